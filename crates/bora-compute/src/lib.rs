@@ -1,0 +1,1 @@
+//! bora-compute
