@@ -1,11 +1,43 @@
-//! The bora command line: parse, load config, wire crates, show progress.
-use clap::Parser;
+//! The bora command line: parse, load config, wire crates, show progress. No logic of its own.
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "bora", version, about = "Fine-tune Mistral-family models end to end")]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the path bora uses for the default model.
+    DefaultModel,
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
+    match Cli::parse().command {
+        Command::DefaultModel => println!("{}", paths::default_model().display()),
+    }
     Ok(())
+}
+
+mod paths {
+    use std::path::PathBuf;
+
+    /// The model cache lives outside the repo so several checkouts share one download;
+    /// `BORA_HOME` moves it (CI and tests may point it elsewhere).
+    pub fn bora_home() -> PathBuf {
+        match std::env::var_os("BORA_HOME") {
+            Some(home) => PathBuf::from(home),
+            None => {
+                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+                home.join(".cache").join("bora")
+            }
+        }
+    }
+
+    /// Where `scripts/fetch-default-model.sh` puts SmolLM2-135M-Instruct (Q4_1 GGUF).
+    pub fn default_model() -> PathBuf {
+        bora_home().join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    }
 }
