@@ -1,1 +1,11 @@
-//! bora-formats
+//! bora-formats: the lowest floor of bora. Reads and writes the weight files bora meets
+//! (safetensors, GGUF), decodes and encodes ggml quant blocks, and maps tensor names and
+//! row layouts between the HF, Mistral consolidated, GGUF and PEFT conventions.
+//!
+//! Nothing here trusts a size read from a file: every count and offset is checked against
+//! the bytes actually present before anything is allocated or sliced.
+
+mod error;
+pub mod quant;
+
+pub use error::FormatError;
