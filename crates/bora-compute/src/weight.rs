@@ -1,0 +1,535 @@
+//! Frozen weights, possibly quantized, and the products a LoRA step needs from them.
+//!
+//! A frozen weight is only ever multiplied: forward by `x · Wᵀ`, backward by `dy · W` to
+//! pass the gradient on to earlier layers. Neither needs the weight in f32 all at once, so
+//! quantized weights stay quantized in memory (borrowed straight from the GGUF memory map)
+//! and are dequantized one tile of rows at a time into a reused scratch buffer that `gemm`
+//! then consumes. With a few activation rows (decoding) the tile detour costs more than the
+//! product itself, so those use the integer dot kernels of `quant_dot`.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bora_formats::quant::{dequantize, GgmlType, QK};
+use rayon::prelude::*;
+
+use crate::arena::{MatScratch, Scratch};
+use crate::error::ComputeError;
+use crate::matmul::{gemm_f32, matmul_dx, matmul_xwt, Mat};
+use crate::quant_dot::{has_dot_kernel, quantize_row_q8, row_dot, Q8Row};
+use crate::Result;
+
+/// At most this many activation rows go through the integer matrix-vector kernels; more
+/// rows amortize a tile dequantization and `gemm` wins.
+const MATVEC_MAX_ROWS: usize = 4;
+
+/// Output rows per rayon task in the matrix-vector path.
+const MATVEC_ROWS_PER_TASK: usize = 32;
+
+/// Floats per dequantized tile (1 MiB): big enough for `gemm` to run at full speed, small
+/// enough to stay in L2 while it does.
+const TILE_FLOATS: usize = 1 << 18;
+
+/// Bytes a weight borrows without copying: a range of a shared owner such as a memory map
+/// (`Arc<memmap2::Mmap>` implements `AsRef<[u8]>`) or a plain `Vec<u8>`. Cloning shares the
+/// owner, so the model can hand the same mapped file to every weight.
+#[derive(Clone)]
+pub struct WeightBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    start: usize,
+    len: usize,
+}
+
+impl WeightBytes {
+    /// Borrows `range` of `owner`; errors if the range is not inside it.
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, range: Range<usize>) -> Result<Self> {
+        let len = (*owner).as_ref().len();
+        if range.start > range.end || range.end > len {
+            return Err(ComputeError::ByteRange {
+                start: range.start,
+                end: range.end,
+                len,
+            });
+        }
+        Ok(Self {
+            owner,
+            start: range.start,
+            len: range.end - range.start,
+        })
+    }
+
+    /// Owns `bytes` (weights produced in memory, tests).
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        let len = bytes.len();
+        Self {
+            owner: Arc::new(bytes),
+            start: 0,
+            len,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.start..self.start + self.len]
+    }
+}
+
+impl fmt::Debug for WeightBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WeightBytes({} bytes at {})", self.len, self.start)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Storage {
+    F32(Arc<[f32]>),
+    Quant { ty: GgmlType, bytes: WeightBytes },
+}
+
+/// A frozen `[rows, cols]` matrix (torch `[out, in]`), in f32 or any supported ggml type.
+#[derive(Debug, Clone)]
+pub struct Weight {
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+}
+
+fn supported(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) || has_dot_kernel(ty)
+}
+
+impl Weight {
+    /// An f32 weight; `name` only labels errors.
+    pub fn from_f32(
+        name: &str,
+        rows: usize,
+        cols: usize,
+        data: impl Into<Arc<[f32]>>,
+    ) -> Result<Self> {
+        let data = data.into();
+        if Some(data.len()) != rows.checked_mul(cols) {
+            return Err(ComputeError::WeightShape {
+                name: name.to_string(),
+                ty: GgmlType::F32,
+                rows,
+                cols,
+                what: format!("{} values given", data.len()),
+            });
+        }
+        Ok(Self {
+            rows,
+            cols,
+            storage: Storage::F32(data),
+        })
+    }
+
+    /// A weight stored as `ty` (rows of whole blocks, ggml layout), kept in that form.
+    pub fn from_bytes(
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: WeightBytes,
+    ) -> Result<Self> {
+        let bad = |what: String| ComputeError::WeightShape {
+            name: name.to_string(),
+            ty,
+            rows,
+            cols,
+            what,
+        };
+        if !supported(ty) {
+            return Err(ComputeError::UnsupportedType {
+                name: name.to_string(),
+                ty,
+            });
+        }
+        let row_bytes = ty.row_bytes(cols).map_err(|e| bad(e.to_string()))?;
+        let need = row_bytes
+            .checked_mul(rows)
+            .ok_or_else(|| bad("size overflows".into()))?;
+        if bytes.len != need {
+            return Err(bad(format!("needs {need} bytes, got {}", bytes.len)));
+        }
+        Ok(Self {
+            rows,
+            cols,
+            storage: Storage::Quant { ty, bytes },
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        match &self.storage {
+            Storage::F32(_) => GgmlType::F32,
+            Storage::Quant { ty, .. } => *ty,
+        }
+    }
+
+    /// The values, when the weight is held as f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.storage {
+            Storage::F32(d) => Some(d),
+            Storage::Quant { .. } => None,
+        }
+    }
+
+    /// Decodes rows `rows` into `out` (`rows.len() · cols` floats): embedding lookups, tiles.
+    pub fn dequantize_rows(&self, rows: Range<usize>, out: &mut [f32]) {
+        assert!(
+            rows.start <= rows.end && rows.end <= self.rows,
+            "weight: rows {rows:?} of {}",
+            self.rows
+        );
+        assert_eq!(
+            out.len(),
+            rows.len() * self.cols,
+            "weight: dequantize_rows output"
+        );
+        match &self.storage {
+            Storage::F32(d) => {
+                out.copy_from_slice(&d[rows.start * self.cols..rows.end * self.cols])
+            }
+            Storage::Quant { ty, bytes } => {
+                let rb = bytes.len / self.rows.max(1);
+                let src = &bytes.as_slice()[rows.start * rb..rows.end * rb];
+                dequantize(*ty, src, out)
+                    .expect("type and length were validated when the weight was built");
+            }
+        }
+    }
+
+    /// `y[m, rows] = x[m, cols] · Wᵀ` (`+=` when `accumulate`).
+    pub fn forward(
+        &self,
+        y: &mut [f32],
+        x: &[f32],
+        m: usize,
+        accumulate: bool,
+        scratch: &mut Scratch,
+    ) {
+        self.forward_in(y, x, m, accumulate, &mut scratch.mat)
+    }
+
+    pub(crate) fn forward_in(
+        &self,
+        y: &mut [f32],
+        x: &[f32],
+        m: usize,
+        accumulate: bool,
+        scratch: &mut MatScratch,
+    ) {
+        let (n, k) = (self.rows, self.cols);
+        assert_eq!(x.len(), m * k, "weight forward: x");
+        assert_eq!(y.len(), m * n, "weight forward: y");
+        let (ty, bytes) = match &self.storage {
+            Storage::F32(w) => return matmul_xwt(y, x, w, m, k, n, accumulate),
+            Storage::Quant { ty, bytes } => (*ty, bytes.as_slice()),
+        };
+        if m <= MATVEC_MAX_ROWS && has_dot_kernel(ty) {
+            return self.matvec(ty, bytes, y, x, m, accumulate, scratch);
+        }
+        let tile = (TILE_FLOATS / k.max(1)).clamp(1, n.max(1));
+        let buf = scratch.floats(tile * k);
+        for j0 in (0..n).step_by(tile) {
+            let t = tile.min(n - j0);
+            let w = &mut buf[..t * k];
+            self.dequantize_tile(j0..j0 + t, w);
+            gemm_f32(
+                m,
+                t,
+                k,
+                &mut y[j0..],
+                n,
+                1,
+                accumulate,
+                Mat {
+                    data: x,
+                    rs: k,
+                    cs: 1,
+                },
+                Mat {
+                    data: w,
+                    rs: 1,
+                    cs: k,
+                },
+                true,
+            );
+        }
+    }
+
+    /// Input gradient through the frozen weight: `dx[m, cols] = dy[m, rows] · W` (`+=` when
+    /// `accumulate`).
+    pub fn backward_dx(
+        &self,
+        dx: &mut [f32],
+        dy: &[f32],
+        m: usize,
+        accumulate: bool,
+        scratch: &mut Scratch,
+    ) {
+        self.backward_dx_in(dx, dy, m, accumulate, &mut scratch.mat)
+    }
+
+    pub(crate) fn backward_dx_in(
+        &self,
+        dx: &mut [f32],
+        dy: &[f32],
+        m: usize,
+        accumulate: bool,
+        scratch: &mut MatScratch,
+    ) {
+        let (n, k) = (self.rows, self.cols);
+        assert_eq!(dx.len(), m * k, "weight backward: dx");
+        assert_eq!(dy.len(), m * n, "weight backward: dy");
+        if let Storage::F32(w) = &self.storage {
+            return matmul_dx(dx, dy, w, m, n, k, accumulate);
+        }
+        if n == 0 {
+            if !accumulate {
+                dx.fill(0.0);
+            }
+            return;
+        }
+        let tile = (TILE_FLOATS / k.max(1)).clamp(1, n);
+        let buf = scratch.floats(tile * k);
+        for j0 in (0..n).step_by(tile) {
+            let t = tile.min(n - j0);
+            let w = &mut buf[..t * k];
+            self.dequantize_tile(j0..j0 + t, w);
+            gemm_f32(
+                m,
+                k,
+                t,
+                dx,
+                k,
+                1,
+                accumulate || j0 > 0,
+                Mat {
+                    data: &dy[j0..],
+                    rs: n,
+                    cs: 1,
+                },
+                Mat {
+                    data: w,
+                    rs: k,
+                    cs: 1,
+                },
+                true,
+            );
+        }
+    }
+
+    /// Dequantizes a tile of rows in parallel (one task per group of rows).
+    fn dequantize_tile(&self, rows: Range<usize>, out: &mut [f32]) {
+        let k = self.cols;
+        let per_task = (4096 / k.max(1)).max(1);
+        out.par_chunks_mut(per_task * k)
+            .enumerate()
+            .for_each(|(c, o)| {
+                let r0 = rows.start + c * per_task;
+                self.dequantize_rows(r0..r0 + o.len() / k, o);
+            });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn matvec(
+        &self,
+        ty: GgmlType,
+        bytes: &[u8],
+        y: &mut [f32],
+        x: &[f32],
+        m: usize,
+        accumulate: bool,
+        scratch: &mut MatScratch,
+    ) {
+        let (n, k) = (self.rows, self.cols);
+        let nb = k / QK;
+        let rb = bytes.len() / n.max(1);
+        let (ds, qs) = scratch.with_i8(2 * nb, k);
+        let (d, s) = ds.split_at_mut(nb);
+        for r in 0..m {
+            quantize_row_q8(&x[r * k..(r + 1) * k], qs, d, s);
+            let xq = Q8Row { qs, d, s };
+            y[r * n..(r + 1) * n]
+                .par_chunks_mut(MATVEC_ROWS_PER_TASK)
+                .enumerate()
+                .for_each(|(c, out)| {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        let j = c * MATVEC_ROWS_PER_TASK + i;
+                        let v = row_dot(ty, &bytes[j * rb..(j + 1) * rb], &xq);
+                        *o = if accumulate { *o + v } else { v };
+                    }
+                });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::rand_vec;
+    use bora_formats::quant::quantize;
+
+    /// Random but valid bytes for a K-quant: random quants and scales, sane f16 super-block
+    /// scales (random bytes there could be NaN or huge).
+    fn k_quant_bytes(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let n = rows * ty.row_bytes(cols).unwrap();
+        let mut bytes: Vec<u8> = rand_vec(n, seed)
+            .iter()
+            .map(|v| ((v + 1.0) * 127.9) as u8)
+            .collect();
+        let scales = rand_vec(n, seed + 1);
+        for (b, blk) in bytes.chunks_exact_mut(ty.block_bytes()).enumerate() {
+            let d = half::f16::from_f32(0.01 + 0.01 * scales[b].abs())
+                .to_bits()
+                .to_le_bytes();
+            match ty {
+                GgmlType::Q4_K => {
+                    blk[..2].copy_from_slice(&d);
+                    blk[2..4].copy_from_slice(&d);
+                }
+                _ => blk[208..].copy_from_slice(&d),
+            }
+        }
+        bytes
+    }
+
+    fn weight_of(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Weight {
+        let bytes = match ty {
+            GgmlType::Q4_K | GgmlType::Q6_K => k_quant_bytes(ty, rows, cols, seed),
+            _ => quantize(ty, &rand_vec(rows * cols, seed)).unwrap(),
+        };
+        Weight::from_bytes("w", ty, rows, cols, WeightBytes::from_vec(bytes)).unwrap()
+    }
+
+    fn naive(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut y = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k)
+                    .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                    .sum();
+            }
+        }
+        y
+    }
+
+    const TYPES: [GgmlType; 8] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ];
+
+    #[test]
+    fn quantized_forward_matches_dequantize_then_naive_matmul() {
+        let (k, n) = (512, 37);
+        let mut scratch = Scratch::new();
+        for ty in TYPES {
+            let w = weight_of(ty, n, k, 1);
+            let mut wf = vec![0f32; n * k];
+            w.dequantize_rows(0..n, &mut wf);
+            for m in [1, 3, 9] {
+                let x = rand_vec(m * k, 2 + m as u64);
+                let want = naive(&x, &wf, m, k, n);
+                let mut y = vec![0f32; m * n];
+                w.forward(&mut y, &x, m, false, &mut scratch);
+                // The matrix-vector path quantizes the activation to 8 bits, so its error
+                // is relative to Σ|w·x|, not to the (cancelling) result.
+                for i in 0..m {
+                    for j in 0..n {
+                        let mag: f64 = (0..k)
+                            .map(|t| (x[i * k + t] * wf[j * k + t]).abs() as f64)
+                            .sum();
+                        let tol = if m <= MATVEC_MAX_ROWS && ty.is_quantized() {
+                            1e-2
+                        } else {
+                            1e-5
+                        };
+                        let got = y[i * n + j] as f64;
+                        assert!(
+                            (got - want[i * n + j]).abs() <= tol * mag + 1e-6,
+                            "{ty} m={m}: {got} vs {}",
+                            want[i * n + j]
+                        );
+                    }
+                }
+                let before = y.clone();
+                w.forward(&mut y, &x, m, true, &mut scratch);
+                for (a, b) in y.iter().zip(&before) {
+                    assert!(
+                        (a - 2.0 * b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{ty} accumulate"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_backward_matches_dequantize_then_naive_product() {
+        let (k, n, m) = (256, 300, 5);
+        let mut scratch = Scratch::new();
+        for ty in TYPES {
+            let w = weight_of(ty, n, k, 3);
+            let mut wf = vec![0f32; n * k];
+            w.dequantize_rows(0..n, &mut wf);
+            let dy = rand_vec(m * n, 4);
+            let mut dx = vec![1f32; m * k];
+            w.backward_dx(&mut dx, &dy, m, true, &mut scratch);
+            for i in 0..m {
+                for t in 0..k {
+                    let want = 1.0
+                        + (0..n)
+                            .map(|j| dy[i * n + j] as f64 * wf[j * k + t] as f64)
+                            .sum::<f64>();
+                    assert!(
+                        (dx[i * k + t] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{ty}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_smaller_than_the_matrix_cover_every_row() {
+        // k large enough that a tile holds fewer rows than the matrix.
+        let (k, n, m) = (TILE_FLOATS / 8, 20, 6);
+        let w = weight_of(GgmlType::Q8_0, n, k, 5);
+        let mut wf = vec![0f32; n * k];
+        w.dequantize_rows(0..n, &mut wf);
+        let x = rand_vec(m * k, 6);
+        let want = naive(&x, &wf, m, k, n);
+        let mut y = vec![0f32; m * n];
+        w.forward(&mut y, &x, m, false, &mut Scratch::new());
+        for (g, w) in y.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= 1e-3 * (1.0 + w.abs()));
+        }
+    }
+
+    #[test]
+    fn bad_shapes_and_types_are_errors() {
+        let bytes = WeightBytes::from_vec(vec![0u8; 40]);
+        assert!(Weight::from_bytes("w", GgmlType::Q4_1, 2, 32, bytes.clone()).is_ok());
+        assert!(Weight::from_bytes("w", GgmlType::Q4_1, 3, 32, bytes.clone()).is_err());
+        assert!(Weight::from_bytes("w", GgmlType::Q4_1, 1, 48, bytes.clone()).is_err());
+        assert!(Weight::from_bytes("w", GgmlType::IQ2_XXS, 1, 256, bytes.clone()).is_err());
+        assert!(Weight::from_f32("w", 2, 3, vec![0f32; 5]).is_err());
+        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(vec![0u8; 8]);
+        assert!(WeightBytes::new(owner.clone(), 4..9).is_err());
+        assert_eq!(WeightBytes::new(owner, 2..6).unwrap().as_slice().len(), 4);
+    }
+}
