@@ -13,8 +13,9 @@ Run from anywhere: `scripts/make_format_fixtures.py` (it re-executes itself insi
   lists the metadata and tensor infos as gguf-py's reader sees them.
 - `small.safetensors` + `small.json`: tensors of each float dtype written by the safetensors
   package with metadata, and their values as f32.
-- `smollm2_token_embd_rows.json`: when the default model is in the cache, a few rows of its
-  Q8_0 `token_embd.weight` dequantized by gguf-py.
+- `sharded/`: a two-shard checkpoint with `model.safetensors.index.json` as transformers writes.
+- `smollm2_facts.json`: when the default model is in the cache, its metadata and tensor infos
+  as gguf-py's reader sees them, and a few rows of its Q8_0 `token_embd.weight` dequantized.
 """
 import json
 import os
@@ -95,8 +96,206 @@ def write_quant_vectors():
         (out / f"{qtype.name}.dec.f32").write_bytes(dec.astype("<f4").tobytes())
 
 
+GGUF_TYPE_NAMES = {
+    gguf.GGUFValueType.UINT8: "u8", gguf.GGUFValueType.INT8: "i8",
+    gguf.GGUFValueType.UINT16: "u16", gguf.GGUFValueType.INT16: "i16",
+    gguf.GGUFValueType.UINT32: "u32", gguf.GGUFValueType.INT32: "i32",
+    gguf.GGUFValueType.FLOAT32: "f32", gguf.GGUFValueType.BOOL: "bool",
+    gguf.GGUFValueType.STRING: "string", gguf.GGUFValueType.ARRAY: "array",
+    gguf.GGUFValueType.UINT64: "u64", gguf.GGUFValueType.INT64: "i64",
+    gguf.GGUFValueType.FLOAT64: "f64",
+}
+V = gguf.GGUFValueType
+
+
+def typed(vtype, value):
+    """The JSON form of a value as the writer was told it: {type, value} or, for arrays,
+    {type: "array", elem, items: [typed...]} (gguf-py's reader cannot read nested arrays, so
+    the ground truth is what the writer wrote)."""
+    if vtype == V.ARRAY:
+        elem = gguf.GGUFValueType.get_type(value[0])
+        return {"type": "array", "elem": GGUF_TYPE_NAMES[elem], "items": [typed(elem, v) for v in value]}
+    if vtype == V.FLOAT32:
+        value = float(np.float32(value))
+    return {"type": GGUF_TYPE_NAMES[vtype], "value": value}
+
+
+def typed_array(elem, items):
+    return {"type": "array", "elem": GGUF_TYPE_NAMES[elem], "items": [typed(elem, v) for v in items]}
+
+
+def write_all_types_gguf(rng):
+    path = OUT / "all_types.gguf"
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_custom_alignment(64)
+    expected = [
+        {"key": "general.architecture", **typed(V.STRING, "llama")},
+        {"key": "general.alignment", **typed(V.UINT32, 64)},
+    ]
+    scalars = [
+        ("t.u8", V.UINT8, 255), ("t.i8", V.INT8, -128), ("t.u16", V.UINT16, 65535),
+        ("t.i16", V.INT16, -32768), ("t.u32", V.UINT32, 4000000000), ("t.i32", V.INT32, -2000000000),
+        ("t.f32", V.FLOAT32, 1e-5), ("t.bool.true", V.BOOL, True), ("t.bool.false", V.BOOL, False),
+        ("t.string", V.STRING, "héllo, wörld ▁ 🙂\n"), ("t.string.empty", V.STRING, ""),
+        ("t.u64", V.UINT64, 2**63 + 5), ("t.i64", V.INT64, -(2**62)), ("t.f64", V.FLOAT64, 3.25),
+    ]
+    for key, vtype, value in scalars:
+        w.add_key_value(key, value, vtype)
+        expected.append({"key": key, **typed(vtype, value)})
+    arrays = [
+        ("t.arr.u8", V.UINT8, [0, 1, 255]), ("t.arr.i8", V.INT8, [-1, 2]),
+        ("t.arr.u16", V.UINT16, [7]), ("t.arr.i16", V.INT16, [-7, 7]),
+        ("t.arr.u32", V.UINT32, [1, 2, 3]), ("t.arr.i32", V.INT32, [-1, 0, 1]),
+        ("t.arr.f32", V.FLOAT32, [0.5, -1.25, 3.0e38]), ("t.arr.bool", V.BOOL, [True, False]),
+        ("t.arr.string", V.STRING, ["a", "", "ĠĠ", "<0x0A>"]), ("t.arr.u64", V.UINT64, [2**64 - 1]),
+        ("t.arr.i64", V.INT64, [-(2**63)]), ("t.arr.f64", V.FLOAT64, [0.125, -2.0]),
+    ]
+    for key, elem, items in arrays:
+        w.add_key_value(key, items, V.ARRAY, sub_type=elem)
+        expected.append({"key": key, **typed_array(elem, items)})
+    nested = [
+        ("t.nested.i32", [[1, 2], [3, 4, 5], [6]]),
+        ("t.nested.string", [["x", "yz"], ["w"]]),
+        ("t.nested.deep", [[[1.5], [2.5, 3.5]], [[4.5]]]),
+    ]
+    for key, items in nested:
+        w.add_array(key, items)
+        expected.append({"key": key, **typed(V.ARRAY, items)})
+
+    def q(qtype, rows, cols):
+        x = rng.standard_normal((rows, cols)).astype(np.float32)
+        return gguf.quants.quantize(x, qtype)
+
+    tensors = [
+        ("f32.3d", rng.standard_normal((2, 3, 32)).astype(np.float32), None),
+        ("f32.1d", rng.standard_normal(7).astype(np.float32), None),
+        ("f16", rng.standard_normal((4, 64)).astype(np.float16), None),
+        ("bf16", q(T.BF16, 4, 32), T.BF16),
+        ("q8_0", q(T.Q8_0, 3, 64), T.Q8_0),
+        ("q4_0", q(T.Q4_0, 2, 64), T.Q4_0),
+        ("q4_1", q(T.Q4_1, 5, 32), T.Q4_1),
+        ("q4_k", decode_only_blocks(rng, T.Q4_K).reshape(1, -1), T.Q4_K),
+        ("q6_k", decode_only_blocks(rng, T.Q6_K).reshape(1, -1), T.Q6_K),
+    ]
+    for name, data, raw_dtype in tensors:
+        w.add_tensor(name, data, raw_dtype=raw_dtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    r = gguf.GGUFReader(str(path))
+    tensor_json = []
+    for t in r.tensors:
+        values = gguf.quants.dequantize(t.data.reshape(-1).view(np.uint8), t.tensor_type) \
+            if t.tensor_type not in (T.F32, T.F16) else t.data.astype(np.float32)
+        tensor_json.append({
+            "name": t.name, "type": t.tensor_type.name, "dims": [int(d) for d in t.shape],
+            "n_bytes": int(t.n_bytes), "file_offset": int(t.data_offset),
+            "values": [float(v) for v in np.asarray(values, dtype=np.float32).reshape(-1)],
+        })
+    summary = {
+        "version": 3, "alignment": int(r.alignment), "data_offset": int(r.data_offset),
+        "file_len": path.stat().st_size, "metadata": expected, "tensors": tensor_json,
+    }
+    (OUT / "all_types.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_safetensors(rng):
+    from safetensors import TensorSpec, serialize_file
+    from safetensors.numpy import save_file
+
+    a = rng.standard_normal((3, 4)).astype(np.float32)
+    b = rng.standard_normal((2, 5)).astype(np.float16)
+    c32 = rng.standard_normal((2, 2, 3)).astype(np.float32)
+    c = gguf.quants.quantize(c32, T.BF16).reshape(-1)  # round to bf16 as torch does (RNE)
+    metadata = {"format": "pt", "note": "bora fixture"}
+
+    def spec(dtype, shape, arr):
+        # serialize_file reads through the pointer; the arrays outlive the call.
+        return TensorSpec(dtype=dtype, shape=list(shape), data_ptr=arr.ctypes.data, data_len=arr.nbytes)
+
+    serialize_file({
+        "a.f32": spec("float32", a.shape, a),
+        "model.layers.0.b.f16": spec("float16", b.shape, b),
+        "c.bf16": spec("bfloat16", c32.shape, c),
+    }, str(OUT / "small.safetensors"), metadata=metadata)
+    c_f32 = gguf.quants.dequantize(c, T.BF16).reshape(-1)
+    expected = {
+        "metadata": metadata,
+        "tensors": {
+            "a.f32": {"dtype": "F32", "shape": list(a.shape), "values": [float(v) for v in a.reshape(-1)]},
+            "model.layers.0.b.f16": {"dtype": "F16", "shape": list(b.shape),
+                                     "values": [float(v) for v in b.astype(np.float32).reshape(-1)]},
+            "c.bf16": {"dtype": "BF16", "shape": list(c32.shape), "values": [float(v) for v in c_f32]},
+        },
+    }
+    (OUT / "small.json").write_text(json.dumps(expected, indent=1) + "\n")
+
+    # A sharded checkpoint the way transformers saves one.
+    shard_dir = OUT / "sharded"
+    shard_dir.mkdir(exist_ok=True)
+    shards = {
+        "model-00001-of-00002.safetensors": {"x.weight": a},
+        "model-00002-of-00002.safetensors": {"y.weight": b, "z.weight": a[:1]},
+    }
+    weight_map = {}
+    total = 0
+    for fname, tensors in shards.items():
+        save_file(tensors, str(shard_dir / fname), metadata={"format": "pt"})
+        for name, t in tensors.items():
+            weight_map[name] = fname
+            total += t.nbytes
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (shard_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def default_model_path():
+    home = os.environ.get("BORA_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "bora")
+    return Path(home) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def write_smollm2_facts():
+    path = default_model_path()
+    if not path.exists():
+        print(f"skipping SmolLM2 fixtures: {path} is missing (scripts/fetch-default-model.sh)")
+        return
+    r = gguf.GGUFReader(str(path))
+    metadata = []
+    for field in r.fields.values():
+        if field.name.startswith("GGUF."):
+            continue
+        entry = {"key": field.name, "type": GGUF_TYPE_NAMES[field.types[0]]}
+        if field.types[0] == V.ARRAY:
+            contents = field.contents()
+            entry["elem"] = GGUF_TYPE_NAMES[field.types[-1]]
+            entry["len"] = len(contents)
+            entry["first"] = contents[:8]
+            entry["last"] = contents[-1]
+        else:
+            entry["value"] = field.contents()
+        metadata.append(entry)
+    tensors = [{"name": t.name, "type": t.tensor_type.name, "dims": [int(d) for d in t.shape],
+                "n_bytes": int(t.n_bytes), "file_offset": int(t.data_offset)} for t in r.tensors]
+    emb = next(t for t in r.tensors if t.name == "token_embd.weight")
+    rows = [0, 1, 2, 100, 49151]
+    decoded = gguf.quants.dequantize(emb.data[rows], emb.tensor_type)
+    facts = {
+        "file_len": path.stat().st_size, "alignment": int(r.alignment), "data_offset": int(r.data_offset),
+        "metadata": metadata, "tensors": tensors,
+        "token_embd_rows": rows,
+        "token_embd_values": [[float(v) for v in row] for row in decoded],
+    }
+    (OUT / "smollm2_facts.json").write_text(json.dumps(facts, ensure_ascii=False) + "\n")
+
+
 def main():
+    OUT.mkdir(parents=True, exist_ok=True)
     write_quant_vectors()
+    rng = np.random.default_rng(SEED + 1)
+    write_all_types_gguf(rng)
+    write_safetensors(rng)
+    write_smollm2_facts()
 
 
 if __name__ == "__main__":

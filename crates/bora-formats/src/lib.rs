@@ -5,7 +5,9 @@
 //! Nothing here trusts a size read from a file: every count and offset is checked against
 //! the bytes actually present before anything is allocated or sliced.
 
+mod atomic;
 mod error;
+pub mod gguf;
 pub mod quant;
 
 pub use error::FormatError;
