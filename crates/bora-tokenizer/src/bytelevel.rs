@@ -1,0 +1,181 @@
+//! Byte-level BPE: Tekken (tiktoken ranks) and GPT-2-style vocabularies (merges list), e.g.
+//! SmolLM2's GGUF. Text is split by the pre-tokenizer regexes, each piece is merged by the
+//! shared core in `bpe`, and pieces repeat so often in real text that a per-call cache of
+//! piece → ids does most of the work on long inputs.
+
+use rustc_hash::FxHashMap;
+
+use crate::bpe::{self, Scratch, Symbol};
+
+/// How adjacent symbols are ranked.
+pub(crate) enum PairRanks {
+    /// tiktoken: a pair merges when its concatenated bytes are a token; lower rank first. Maps
+    /// bytes → token id (rank + id offset, so ids order like ranks).
+    Tiktoken(FxHashMap<Vec<u8>, u32>),
+    /// GPT-2 merges: (left id, right id) → (position in the merges list, merged id).
+    Merges(FxHashMap<(u32, u32), (u32, u32)>),
+}
+
+/// A pre-tokenizer: regexes applied one after another, each splitting every fragment left by
+/// the previous one into its matches and the text between them (llama.cpp's
+/// `unicode_regex_split`, which HF's `Sequence[Split, ...]` pre-tokenizers also amount to).
+pub(crate) struct PreTokenizer {
+    regexes: Vec<fancy_regex::Regex>,
+}
+
+impl PreTokenizer {
+    pub(crate) fn new(patterns: &[&str]) -> Result<PreTokenizer, fancy_regex::Error> {
+        let regexes = patterns
+            .iter()
+            .map(|p| fancy_regex::Regex::new(p))
+            .collect::<Result<_, _>>()?;
+        Ok(PreTokenizer { regexes })
+    }
+
+    /// Calls `f` with each piece of `text`, in order.
+    fn split<'t>(&self, text: &'t str, f: &mut impl FnMut(&'t str)) {
+        self.split_from(0, text, f);
+    }
+
+    fn split_from<'t>(&self, level: usize, text: &'t str, f: &mut impl FnMut(&'t str)) {
+        let Some(regex) = self.regexes.get(level) else {
+            f(text);
+            return;
+        };
+        let mut last = 0;
+        for m in regex.find_iter(text) {
+            // An error here is the backtracking limit; the rest of the text then stays one
+            // fragment, which still encodes every byte.
+            let Ok(m) = m else { break };
+            if m.start() > last {
+                self.split_from(level + 1, &text[last..m.start()], f);
+            }
+            if m.end() > m.start() {
+                self.split_from(level + 1, m.as_str(), f);
+            }
+            last = m.end();
+        }
+        if last < text.len() {
+            self.split_from(level + 1, &text[last..], f);
+        }
+    }
+}
+
+pub(crate) struct ByteLevelBpe {
+    pre: PreTokenizer,
+    ranks: PairRanks,
+    /// Token id of each single byte; `None` where the vocabulary lacks it (the byte is then
+    /// dropped, as HF's BPE does without an unknown token).
+    byte_ids: [Option<u32>; 256],
+}
+
+impl ByteLevelBpe {
+    pub(crate) fn new(pre: PreTokenizer, ranks: PairRanks, byte_ids: [Option<u32>; 256]) -> Self {
+        ByteLevelBpe {
+            pre,
+            ranks,
+            byte_ids,
+        }
+    }
+
+    /// The id of a tiktoken token given its bytes (GPT-2 vocabularies keep their own map).
+    pub(crate) fn token_id(&self, bytes: &[u8]) -> Option<u32> {
+        match &self.ranks {
+            PairRanks::Tiktoken(ranks) => ranks.get(bytes).copied(),
+            PairRanks::Merges(_) => None,
+        }
+    }
+
+    /// Appends the ids of ordinary text (no special-token parsing) to `out`.
+    pub(crate) fn encode(&self, text: &str, out: &mut Vec<u32>) {
+        let mut scratch = Scratch::default();
+        let mut cache: FxHashMap<&str, (usize, usize)> = FxHashMap::default();
+        let mut cached_ids: Vec<u32> = Vec::new();
+        self.pre.split(text, &mut |piece| {
+            if let Some(&(start, end)) = cache.get(piece) {
+                out.extend_from_slice(&cached_ids[start..end]);
+                return;
+            }
+            let start = out.len();
+            self.encode_piece(piece.as_bytes(), &mut scratch, out);
+            let cached_start = cached_ids.len();
+            cached_ids.extend_from_slice(&out[start..]);
+            cache.insert(piece, (cached_start, cached_ids.len()));
+        });
+    }
+
+    fn encode_piece(&self, piece: &[u8], scratch: &mut Scratch, out: &mut Vec<u32>) {
+        if let PairRanks::Tiktoken(ranks) = &self.ranks {
+            // tiktoken emits a piece that is itself a token without running the merges.
+            if let Some(&id) = ranks.get(piece) {
+                out.push(id);
+                return;
+            }
+        }
+        scratch.symbols.clear();
+        for (i, &b) in piece.iter().enumerate() {
+            if let Some(id) = self.byte_ids[b as usize] {
+                scratch.symbols.push(Symbol::new(i, 1, id, false));
+            }
+        }
+        match &self.ranks {
+            PairRanks::Tiktoken(ranks) => bpe::merge(piece, scratch, |w, l, r| {
+                let joined = &w[l.start as usize..(r.start + r.len) as usize];
+                ranks.get(joined).map(|&id| (u64::from(id), id))
+            }),
+            PairRanks::Merges(merges) => bpe::merge(piece, scratch, |_, l, r| {
+                merges
+                    .get(&(l.id, r.id))
+                    .map(|&(rank, id)| (u64::from(rank), id))
+            }),
+        }
+        out.extend(scratch.live().map(|s| s.id));
+    }
+}
+
+/// GPT-2's printable stand-in for each byte: printable Latin-1 bytes map to themselves, the
+/// rest to U+0100 onwards in byte order. Byte-level vocabularies store tokens in this form.
+pub(crate) fn gpt2_byte_chars() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        table[b as usize] = if printable {
+            char::from(b)
+        } else {
+            let c = char::from_u32(next).unwrap_or('\0');
+            next += 1;
+            c
+        };
+    }
+    table
+}
+
+/// Inverse of `gpt2_byte_chars` applied to a token string; `None` if a character is not a
+/// byte stand-in.
+pub(crate) fn gpt2_token_bytes(token: &str, inverse: &FxHashMap<char, u8>) -> Option<Vec<u8>> {
+    token.chars().map(|c| inverse.get(&c).copied()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_byte_chars_are_distinct_and_known() {
+        let t = gpt2_byte_chars();
+        assert_eq!(t[b' ' as usize], 'Ġ');
+        assert_eq!(t[b'\n' as usize], 'Ċ');
+        assert_eq!(t[b'a' as usize], 'a');
+        let distinct: std::collections::HashSet<_> = t.iter().collect();
+        assert_eq!(distinct.len(), 256);
+    }
+
+    #[test]
+    fn pre_tokenizer_keeps_text_between_matches() {
+        let pre = PreTokenizer::new(&[r"\p{N}", r"[a-z]+"]).unwrap();
+        let mut pieces = Vec::new();
+        pre.split("ab12 cd", &mut |p| pieces.push(p.to_string()));
+        assert_eq!(pieces, ["ab", "1", "2", " ", "cd"]);
+    }
+}

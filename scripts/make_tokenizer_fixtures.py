@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Reference token ids for bora-tokenizer, produced by mistral-common and HF tokenizers.
+
+Run from anywhere: `scripts/make_tokenizer_fixtures.py` (it re-executes itself inside the repo's
+`.venv-fixtures`, creating it if needed). Needs `scripts/fetch-tokenizers.sh` and
+`scripts/fetch-default-model.sh` to have run. Writes `crates/bora-tokenizer/tests/fixtures/encode/`:
+
+- `<tokenizer file without .json>.json` for tokenizer.model.v1, the v2/v3/v7 SentencePiece models and both
+  Tekken files: for every corpus text, `tokenizer.instruct_tokenizer.tokenizer.encode(text,
+  bos=False, eos=False)` from mistral-common and its `decode`; plus `decode` cases, id lists
+  (byte tokens cut inside a character, special tokens between them) with what mistral-common's
+  `decode` returns for them.
+- `smollm2.json`: the same for SmolLM2's GGUF vocabulary (`tokenizer.ggml.*` read by gguf-py),
+  built as an HF `tokenizers` BPE with the pre-tokenizer of SmolLM2's own `tokenizer.json`
+  and llama.cpp's `smollm` pre-type (single digits, then GPT-2's byte-level regex). `ids` keeps
+  control tokens written in the text as text; `ids_special` parses them (HF's default).
+  transformers' GGUF loader does not split digits for `smollm` and so differs from the model's
+  own tokenizer on numbers; its ids are recorded as `ids_transformers_gguf` for the record.
+"""
+import json
+import os
+from importlib.metadata import version
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv-fixtures"
+PACKAGES = ["mistral-common==1.13.1", "sentencepiece", "tiktoken", "tokenizers", "gguf==0.19.0",
+            "transformers", "torch"]
+
+
+def ensure_venv():
+    python = VENV / "bin" / "python"
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    if not python.exists():
+        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
+        subprocess.check_call([str(python), "-m", "pip", "install", "--quiet", *PACKAGES])
+    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+
+
+ensure_venv()
+
+import mistral_common  # noqa: E402
+from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy  # noqa: E402
+from mistral_common.tokens.tokenizers.mistral import MistralTokenizer  # noqa: E402
+
+BORA_HOME = Path(os.environ.get("BORA_HOME", Path.home() / ".cache" / "bora"))
+TOKENIZERS = BORA_HOME / "tokenizers"
+GGUF = BORA_HOME / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+OUT = ROOT / "crates" / "bora-tokenizer" / "tests" / "fixtures" / "encode"
+MISTRAL_FILES = [
+    "tokenizer.model.v1",
+    "mistral_instruct_tokenizer_240216.model.v2",
+    "mistral_instruct_tokenizer_240323.model.v3",
+    "mistral_instruct_tokenizer_241114.model.v7",
+    "tekken_240718.json",
+    "tekken_240911.json",
+]
+
+
+def corpus():
+    texts = [
+        "", " ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n \t ", "a", "Hello world", " Hello",
+        "Hello  world", "Hello world ", "   leading spaces", "trailing spaces   ", "a\tb\t\tc",
+        "line1\nline2\r\nline3\n\n\nline6", "a" * 200, "ab" * 150, " " * 100, "\n" * 50,
+        "\t" * 20, " \t" * 20, "word " * 60,
+        # multilingual
+        "Le cœur déçu mais l'âme plutôt naïve, Louÿs rêva de crapaüter en canoë au delà des îles.",
+        "Falsches Üben von Xylophonmusik quält jeden größeren Zwerg. Straße, Maß, Fußgängerübergänge.",
+        "我能吞下玻璃而不伤身体。机器学习是人工智能的一个分支。",
+        "私はガラスを食べられます。それは私を傷つけません。カタカナとひらがな、漢字。",
+        "أنا قادر على أكل الزجاج و هذا لا يؤلمني. مرحبا بالعالم",
+        "Съешь же ещё этих мягких французских булок, да выпей чаю.",
+        "मैं काँच खा सकता हूँ और मुझे उससे कोई चोट नहीं पहुंचती.",
+        "안녕하세요 세계! Ελληνικά: Ξεσκεπάζω την ψυχοφθόρα βδελυγμία. עברית: שלום",
+        "ไทย: สวัสดีครับ  Tiếng Việt: Xin chào thế giới",
+        # code
+        "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
+        'fn main() {\n\tlet x: Vec<u32> = (0..10).collect();\n\tprintln!("{:?}", x);\n}\n',
+        '{"key": [1, 2.5, null, true], "nested": {"a": "b\\n"}}',
+        "<div class=\"x\">&amp; <b>bold</b></div>\n<!-- comment -->",
+        "SELECT * FROM users WHERE id = 42 AND name LIKE '%o''k%';",
+        "x+=1; y->z; a&&b || !c; i++; //comment\n/* block */ #include <stdio.h>",
+        "https://example.com/path?q=1&r=two#frag user@example.org",
+        # emoji
+        "👋 Hello 🌍!", "👨‍👩‍👧‍👦 family", "🏳️‍🌈 flag 🏴‍☠️", "👍🏽 skin tone 👩🏿‍💻", "🇫🇷🇩🇪🇯🇵",
+        "😀😃😄😁😆😅🤣😂",
+        # numbers
+        "1234567890", "3.14159265358979323846264338327950288", "The year 2024 had 366 days.",
+        "1,000,000 and 1e-10 and 0xDEADBEEF and -42", "١٢٣ ٤٥٦ ١٢", "１２３ full width", "12345678901234567890123",
+        "v1.2.3 2024-11-26T17:22:09Z 99.9%",
+        # control-token look-alikes in plain text
+        "[INST] hello [/INST]", "<s>Hello</s>", "<|im_start|>user\nhi<|im_end|>\n",
+        "[TOOL_CALLS][AVAILABLE_TOOLS][/AVAILABLE_TOOLS]", "<unk><pad>[IMG]", "<SPECIAL_20><SPECIAL_999>",
+        "[REFERENCE_DOC_1] and [REF] x [/REF]", "[control_8]", "<0x0A> <0xFF>", "[SYSTEM_PROMPT]sys[/SYSTEM_PROMPT]",
+        "<|endoftext|><repo_name>", "<|im_start|>", "[INST]", "<s>",
+        # odd characters
+        "can't won't I'm you're he'll we've they'd", "CamelCaseWord HTTPServer iPhone XMLHttpRequest",
+        "a   b    c     d", "\u00a0nbsp\u2003em\u3000ideographic", "zero\u200bwidth\u200djoiner",
+        "e\u0301 vs é", "ﬁ ligature ǅ titlecase", "Ω ≈ ç √ ∫ ∑ ∞ ≠", "\u2581 literal lower block ▁▁x",
+        "\u0000 nul \u0001 soh \u007f del", "\ufffd replacement \U0010ffff max \ue000 private",
+        "\U0001d400 math bold \U00020000 CJK ext B", "MiXeD cAsE wItH ümlaut ÄÖÜ",
+        "tab\tthen space then newline\n", "  \n  \n", "end with newline\n", "\n\nstart with newlines",
+        "'s 're 've 'm 'll 'd",
+    ]
+    rng = random.Random(20261126)
+    pool = ("abcxyz ABC  \t\n\n0123456789.,;:!?'\"()[]{}<>/\\_-+=*&^%$#@~`|"
+            "éèàçœßäöüñ" "αβγδ" "абвгд" "中文字符" "ひらがなカタカナ" "한국어" "العربية" "हिन्दी"
+            "😀👍🏽🌍" "\u200d\ufe0f\u0301" "▁")
+    for length in (50, 120, 300, 600):
+        texts.append("".join(rng.choice(pool) for _ in range(length)))
+    paragraph = ("Mistral AI fine-tuning: take a dataset, train LoRA adapters, evaluate against the base, "
+                 "publish.  Numbers like 3.5 and 2,048 appear; so do URLs (https://mistral.ai) and code `x = 1`.\n")
+    texts.append(paragraph * 8)
+    return texts
+
+
+def mistral_decode_cases(tok):
+    """Id lists with byte tokens cut inside a character and special tokens between them."""
+    inner = tok.instruct_tokenizer.tokenizer
+    text_ids = inner.encode("Grüße 👋 dir", bos=False, eos=False)
+    if "tekken" in str(inner.file_path):
+        n = inner.num_special_tokens
+        byte = lambda b: n + b  # noqa: E731
+    else:
+        byte = lambda b: inner._model.piece_to_id(f"<0x{b:02X}>")  # noqa: E731
+    bos, eos = inner.bos_id, inner.eos_id
+    cut = [byte(b) for b in "中".encode()][:2]
+    cases = [
+        text_ids,
+        [bos, *text_ids, eos],
+        cut,
+        [*cut, byte(ord("a"))],
+        [*cut, bos, byte(0xB8), byte(0xAD)],
+        [byte(b) for b in "👋".encode()],
+        [byte(0xFF), byte(0xC0), byte(0x80)],
+        [bos, eos, *inner.encode(" leading", bos=False, eos=False)],
+        [byte(ord("x")), *inner.encode("y z", bos=False, eos=False)],
+        [*inner.encode("a", bos=False, eos=False), *inner.encode("b", bos=False, eos=False)],
+    ]
+    out = []
+    for ids in cases:
+        out.append({"ids": ids, "policy": "skip", "text": inner.decode(ids)})
+        if "tekken" in str(inner.file_path):
+            out.append({"ids": ids, "policy": "keep",
+                        "text": inner.decode(ids, special_token_policy=SpecialTokenPolicy.KEEP)})
+    return out
+
+
+def mistral_fixture(name):
+    tok = MistralTokenizer.from_file(str(TOKENIZERS / name))
+    inner = tok.instruct_tokenizer.tokenizer
+    cases = []
+    for text in corpus():
+        ids = inner.encode(text, bos=False, eos=False)
+        cases.append({"text": text, "ids": ids, "decoded": inner.decode(ids)})
+    return {
+        "source": f"mistral-common {mistral_common.__version__}",
+        "file": name,
+        "vocab_size": inner.n_words,
+        "bos_id": inner.bos_id,
+        "eos_id": inner.eos_id,
+        "encode": cases,
+        "decode": mistral_decode_cases(tok),
+    }
+
+
+def smollm2_fixture():
+    import gguf
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers
+    from transformers import AutoTokenizer
+
+    reader = gguf.GGUFReader(str(GGUF))
+
+    def field(key):
+        return reader.fields[key].contents()
+
+    tokens = field("tokenizer.ggml.tokens")
+    types = field("tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    control = [t for t, ty in zip(tokens, types) if ty in (3, 4)]
+    tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in control])
+    hf = AutoTokenizer.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name)
+
+    def plain(text):
+        tok.encode_special_tokens = True
+        ids = tok.encode(text, add_special_tokens=False).ids
+        tok.encode_special_tokens = False
+        return ids
+
+    cases = []
+    for text in corpus():
+        ids = plain(text)
+        cases.append({
+            "text": text,
+            "ids": ids,
+            "ids_special": tok.encode(text, add_special_tokens=False).ids,
+            "ids_transformers_gguf": hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"],
+            "decoded": tok.decode(ids, skip_special_tokens=True),
+        })
+    byte_id = {b: vocab[ch] for b, ch in zip(range(256), _gpt2_chars()) if ch in vocab}
+    cut = [byte_id[b] for b in "中".encode()][:2]
+    im_start, im_end = vocab["<|im_start|>"], vocab["<|im_end|>"]
+    hello = plain("Grüße 👋 dir")
+    decode = []
+    for ids in ([im_start, *hello, im_end], cut, [*cut, byte_id[ord("a")]], [*cut, im_start, byte_id[0xB8]]):
+        for policy, skip in (("skip", True), ("keep", False)):
+            decode.append({"ids": ids, "policy": policy, "text": tok.decode(ids, skip_special_tokens=skip)})
+    return {
+        "source": f"tokenizers {tokenizers.__version__}, vocabulary read by gguf {version('gguf')}",
+        "file": GGUF.name,
+        "vocab_size": len(tokens),
+        "bos_id": int(field("tokenizer.ggml.bos_token_id")),
+        "eos_id": int(field("tokenizer.ggml.eos_token_id")),
+        "chat_template": field("tokenizer.chat_template"),
+        "encode": cases,
+        "decode": decode,
+    }
+
+
+def _gpt2_chars():
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    table = bytes_to_unicode()
+    return [table[b] for b in range(256)]
+
+
+def write(name, data):
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name.removesuffix('.json')}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=None, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+    print(path.relative_to(ROOT), len(data["encode"]), "texts")
+
+
+def main():
+    for name in MISTRAL_FILES:
+        if not (TOKENIZERS / name).exists():
+            sys.exit(f"{TOKENIZERS / name} is missing: run scripts/fetch-tokenizers.sh")
+    if not GGUF.exists():
+        sys.exit(f"{GGUF} is missing: run scripts/fetch-default-model.sh")
+    for name in MISTRAL_FILES:
+        write(name, mistral_fixture(name))
+    write("smollm2", smollm2_fixture())
+
+
+if __name__ == "__main__":
+    main()
