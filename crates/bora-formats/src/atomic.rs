@@ -52,9 +52,17 @@ impl AtomicFile {
             }),
             None => Err(FormatError::Invalid {
                 path: self.dest.clone(),
-                what: "write after the file was committed".into(),
+                what: "write to a file handed to another writer".into(),
             }),
         }
+    }
+
+    /// For libraries that write by path (the safetensors crate streams to a path it opens
+    /// itself): `write` fills the temporary file, then it is committed as usual.
+    pub(crate) fn write_via_path(mut self, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        drop(self.out.take());
+        write(&self.tmp)?;
+        self.commit()
     }
 
     /// Flushes, fsyncs, renames over the destination and fsyncs the directory so the rename
@@ -64,13 +72,15 @@ impl AtomicFile {
             let path = path.to_path_buf();
             move |source| FormatError::Io { path, source }
         };
-        if let Some(out) = self.out.take() {
-            let file = out.into_inner().map_err(|e| FormatError::Io {
+        let file = match self.out.take() {
+            Some(out) => out.into_inner().map_err(|e| FormatError::Io {
                 path: self.tmp.clone(),
                 source: e.into_error(),
-            })?;
-            file.sync_all().map_err(io(&self.tmp))?;
-        }
+            })?,
+            None => File::open(&self.tmp).map_err(io(&self.tmp))?,
+        };
+        file.sync_all().map_err(io(&self.tmp))?;
+        drop(file);
         fs::rename(&self.tmp, &self.dest).map_err(io(&self.dest))?;
         self.renamed = true;
         if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {

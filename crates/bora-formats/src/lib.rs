@@ -9,5 +9,6 @@ mod atomic;
 mod error;
 pub mod gguf;
 pub mod quant;
+pub mod safetensors;
 
 pub use error::FormatError;

@@ -65,7 +65,12 @@ fn every_truncation_is_an_error() {
     let full = all_types();
     let file = GgufFile::from_bytes("ok.gguf", full.clone()).unwrap();
     // gguf-py pads after the last tensor too; only cutting into real data must fail.
-    let data_end = file.tensors().iter().map(|t| t.offset + t.n_bytes).max().unwrap();
+    let data_end = file
+        .tensors()
+        .iter()
+        .map(|t| t.offset + t.n_bytes)
+        .max()
+        .unwrap();
     let data_end = (file.data_offset() + data_end) as usize;
     for len in 0..data_end {
         error_of(full[..len].to_vec());
