@@ -68,9 +68,9 @@ where
     let heap = &mut scratch.heap;
     heap.clear();
     let n = symbols.len();
-    for i in 0..n {
-        symbols[i].prev = if i == 0 { NONE } else { i as u32 - 1 };
-        symbols[i].next = if i + 1 == n { NONE } else { i as u32 + 1 };
+    for (i, s) in symbols.iter_mut().enumerate() {
+        s.prev = if i == 0 { NONE } else { i as u32 - 1 };
+        s.next = if i + 1 == n { NONE } else { i as u32 + 1 };
     }
     let push = |heap: &mut BinaryHeap<_>, symbols: &[Symbol], left: u32| {
         let l = &symbols[left as usize];
@@ -163,10 +163,12 @@ mod tests {
     }
 
     fn heap_merge(word: &[u8], ranks: &[(&[u8], u64)]) -> Vec<Vec<u8>> {
-        let mut scratch = Scratch::default();
-        scratch.symbols = (0..word.len())
-            .map(|i| Symbol::new(i, 1, 0, false))
-            .collect();
+        let mut scratch = Scratch {
+            symbols: (0..word.len())
+                .map(|i| Symbol::new(i, 1, 0, false))
+                .collect(),
+            ..Scratch::default()
+        };
         merge(word, &mut scratch, |w, l, r| {
             let joined = &w[l.start as usize..(r.start + r.len) as usize];
             ranks
@@ -194,7 +196,7 @@ mod tests {
                 let word: Vec<u8> = (0..len)
                     .map(|_| {
                         state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                        if (state >> 33) % 3 == 0 {
+                        if (state >> 33).is_multiple_of(3) {
                             b'b'
                         } else {
                             b'a'

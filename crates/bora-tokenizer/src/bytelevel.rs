@@ -24,10 +24,10 @@ pub(crate) struct PreTokenizer {
 }
 
 impl PreTokenizer {
-    pub(crate) fn new(patterns: &[&str]) -> Result<PreTokenizer, fancy_regex::Error> {
+    pub(crate) fn new(patterns: &[&str]) -> Result<PreTokenizer, Box<fancy_regex::Error>> {
         let regexes = patterns
             .iter()
-            .map(|p| fancy_regex::Regex::new(p))
+            .map(|p| fancy_regex::Regex::new(p).map_err(Box::new))
             .collect::<Result<_, _>>()?;
         Ok(PreTokenizer { regexes })
     }
@@ -149,12 +149,6 @@ pub(crate) fn gpt2_byte_chars() -> [char; 256] {
         };
     }
     table
-}
-
-/// Inverse of `gpt2_byte_chars` applied to a token string; `None` if a character is not a
-/// byte stand-in.
-pub(crate) fn gpt2_token_bytes(token: &str, inverse: &FxHashMap<char, u8>) -> Option<Vec<u8>> {
-    token.chars().map(|c| inverse.get(&c).copied()).collect()
 }
 
 #[cfg(test)]

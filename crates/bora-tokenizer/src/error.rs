@@ -26,6 +26,9 @@ pub enum TokenizerError {
     },
     #[error("{path}: invalid tokenizer: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    /// The GGUF file itself is unreadable or lacks a tokenizer key (the message names both).
+    #[error(transparent)]
+    Gguf(#[from] bora_formats::FormatError),
     #[error("{path}: invalid pre-tokenizer regex: {source}")]
     Regex {
         path: PathBuf,

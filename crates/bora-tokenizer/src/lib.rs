@@ -8,6 +8,7 @@ mod bpe;
 pub mod chat;
 mod bytelevel;
 mod error;
+mod gguf;
 mod protobuf;
 mod special;
 mod spm;

@@ -175,7 +175,7 @@ impl SentencePiece {
         if options.byte_fallback && byte_ids.iter().any(Option::is_none) {
             return Err("byte_fallback is on but not all 256 byte pieces exist".into());
         }
-        user_defined.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        user_defined.sort_by_key(|(piece, _)| std::cmp::Reverse(piece.len()));
         let split_at_space = mergeable.keys().all(|p| {
             let mut prev_other = false;
             p.chars().all(|c| {

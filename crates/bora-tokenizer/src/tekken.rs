@@ -169,7 +169,7 @@ impl Tekken {
         let pre =
             PreTokenizer::new(&[&file.config.pattern]).map_err(|e| TokenizerError::Regex {
                 path: path.to_path_buf(),
-                source: Box::new(e),
+                source: e,
             })?;
         let byte_ids = std::array::from_fn(|b| Some((num_special + b) as u32));
         Ok(Tekken {

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::TokenizerError;
+use crate::gguf::{self, GgufModel, Gpt2Vocab};
 use crate::special::{Segment, SpecialMatcher};
 use crate::spm::SentencePiece;
 use crate::tekken::Tekken;
@@ -16,6 +17,10 @@ pub enum TokenizerKind {
     SentencePiece { version: u32 },
     /// A Tekken JSON file; `version` is its `config.version`, e.g. "v3".
     Tekken { version: String },
+    /// A GGUF vocabulary with `tokenizer.ggml.model = "llama"` (SentencePiece BPE).
+    GgufSpm,
+    /// A GGUF vocabulary with `tokenizer.ggml.model = "gpt2"` (byte-level BPE).
+    GgufBpe,
 }
 
 /// What `decode` does with special (control) tokens.
@@ -31,6 +36,7 @@ pub enum SpecialTokenPolicy {
 enum Model {
     Spm(SentencePiece),
     Tekken(Tekken),
+    Gpt2(Gpt2Vocab),
 }
 
 /// Text ↔ ids for one vocabulary.
@@ -38,6 +44,8 @@ pub struct Tokenizer {
     model: Model,
     kind: TokenizerKind,
     specials: SpecialMatcher,
+    bos: Option<u32>,
+    eos: Option<u32>,
     chat_template: Option<String>,
 }
 
@@ -78,8 +86,9 @@ fn spm_version(name: &str) -> Option<u32> {
 impl Tokenizer {
     /// Loads a tokenizer from a file or a model directory.
     ///
-    /// Files: a Mistral SentencePiece `.model` / `.model.vN[mM]`, a Tekken `.json`. A directory
-    /// is searched for `tekken.json`, then `tokenizer.model.vN`, then `tokenizer.model`.
+    /// Files: a Mistral SentencePiece `.model` / `.model.vN[mM]`, a Tekken `.json`, a `.gguf`.
+    /// A directory is searched for `tekken*.json`, then `tokenizer.model.vN`, then
+    /// `tokenizer.model`, then a `.gguf`.
     pub fn from_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
         if path.is_dir() {
             return Tokenizer::from_file(&pick_in_dir(path)?);
@@ -89,6 +98,9 @@ impl Tokenizer {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
+        if name.ends_with(".gguf") {
+            return Tokenizer::from_gguf(path);
+        }
         let bytes = read(path)?;
         if name.ends_with(".json") {
             return Tokenizer::from_json(path, &bytes);
@@ -124,10 +136,14 @@ impl Tokenizer {
             let kind = TokenizerKind::Tekken {
                 version: tekken.version.clone(),
             };
+            let bos = tekken.special_ids.get("<s>").copied();
+            let eos = tekken.special_ids.get("</s>").copied();
             return Ok(Tokenizer {
                 model: Model::Tekken(tekken),
                 kind,
                 specials,
+                bos,
+                eos,
                 chat_template: None,
             });
         }
@@ -140,11 +156,43 @@ impl Tokenizer {
     fn with_spm(spm: SentencePiece, kind: TokenizerKind) -> Tokenizer {
         let specials = SpecialMatcher::new(spm.control_tokens());
         Tokenizer {
+            bos: spm.bos_id(),
+            eos: spm.eos_id(),
             model: Model::Spm(spm),
             kind,
             specials,
             chat_template: None,
         }
+    }
+
+    fn from_gguf(path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let loaded = gguf::load(path)?;
+        let mut tokenizer = match loaded.model {
+            GgufModel::Spm(spm) => Tokenizer::with_spm(spm, TokenizerKind::GgufSpm),
+            GgufModel::Bpe(vocab) => {
+                let specials = SpecialMatcher::new(
+                    vocab
+                        .pieces
+                        .iter()
+                        .zip(&vocab.special)
+                        .enumerate()
+                        .filter(|(_, (_, &special))| special)
+                        .map(|(id, (piece, _))| (piece.as_str(), id as u32)),
+                );
+                Tokenizer {
+                    model: Model::Gpt2(vocab),
+                    kind: TokenizerKind::GgufBpe,
+                    specials,
+                    bos: None,
+                    eos: None,
+                    chat_template: None,
+                }
+            }
+        };
+        tokenizer.bos = loaded.bos;
+        tokenizer.eos = loaded.eos;
+        tokenizer.chat_template = loaded.chat_template;
+        Ok(tokenizer)
     }
 
     pub fn kind(&self) -> TokenizerKind {
@@ -163,6 +211,7 @@ impl Tokenizer {
         match &self.model {
             Model::Spm(spm) => spm.encode(text, at_start, out),
             Model::Tekken(t) => t.bpe.encode(text, out),
+            Model::Gpt2(v) => v.bpe.encode(text, out),
         }
     }
 
@@ -228,6 +277,15 @@ impl Tokenizer {
                     }
                 }
             }
+            // HF decodes all kept tokens' bytes together.
+            Model::Gpt2(v) => {
+                for &id in ids {
+                    let id = id as usize;
+                    if id < v.bytes.len() && (keep || !v.special[id]) {
+                        out.extend_from_slice(&v.bytes[id]);
+                    }
+                }
+            }
         }
     }
 
@@ -235,7 +293,7 @@ impl Tokenizer {
     pub(crate) fn finish_text(&self, bytes: &[u8]) -> String {
         let how = match &self.model {
             Model::Spm(_) => Replacement::PerByte,
-            Model::Tekken(_) => Replacement::MaximalSubpart,
+            Model::Tekken(_) | Model::Gpt2(_) => Replacement::MaximalSubpart,
         };
         to_text(bytes, how)
     }
@@ -254,6 +312,7 @@ impl Tokenizer {
                         .map(|b| String::from_utf8_lossy(b).into_owned()),
                 }
             }
+            Model::Gpt2(v) => v.pieces.get(id as usize).cloned(),
         }
     }
 
@@ -266,6 +325,7 @@ impl Tokenizer {
                 .get(piece)
                 .copied()
                 .or_else(|| t.bpe.token_id(piece.as_bytes())),
+            Model::Gpt2(v) => v.ids.get(piece).copied(),
         }
     }
 
@@ -274,27 +334,23 @@ impl Tokenizer {
         match &self.model {
             Model::Spm(spm) => spm.is_control(id),
             Model::Tekken(t) => (id as usize) < t.specials.len(),
+            Model::Gpt2(v) => v.special.get(id as usize) == Some(&true),
         }
     }
 
     pub fn bos_id(&self) -> Option<u32> {
-        match &self.model {
-            Model::Spm(spm) => spm.bos_id(),
-            Model::Tekken(t) => t.special_ids.get("<s>").copied(),
-        }
+        self.bos
     }
 
     pub fn eos_id(&self) -> Option<u32> {
-        match &self.model {
-            Model::Spm(spm) => spm.eos_id(),
-            Model::Tekken(t) => t.special_ids.get("</s>").copied(),
-        }
+        self.eos
     }
 
     pub fn vocab_size(&self) -> usize {
         match &self.model {
             Model::Spm(spm) => spm.vocab_size(),
             Model::Tekken(t) => t.specials.len() + t.token_bytes.len(),
+            Model::Gpt2(v) => v.pieces.len(),
         }
     }
 
@@ -321,6 +377,8 @@ fn pick_in_dir(dir: &Path) -> Result<PathBuf, TokenizerError> {
             Some(1)
         } else if name == "tokenizer.model" {
             Some(2)
+        } else if name.ends_with(".gguf") {
+            Some(3)
         } else {
             None
         }

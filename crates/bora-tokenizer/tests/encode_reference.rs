@@ -151,3 +151,29 @@ fn tekken_240911_matches_mistral_common() {
         },
     );
 }
+
+/// SmolLM2's GGUF vocabulary (gpt2 + `smollm` pre-tokenizer) against HF tokenizers.
+#[test]
+fn smollm2_gguf_matches_hf_tokenizers() {
+    let path = cache().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-default-model.sh",
+        path.display()
+    );
+    let tok = Tokenizer::from_file(&path).unwrap();
+    assert_eq!(tok.kind(), TokenizerKind::GgufBpe);
+    let fx = fixture("smollm2.json");
+    check(&tok, &fx);
+    assert_eq!(tok.chat_template(), fx["chat_template"].as_str());
+    for case in fx["encode"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode_with_special(text),
+            ids(&case["ids_special"]),
+            "{text:?}"
+        );
+    }
+    assert_eq!(tok.token_id("<|im_start|>"), Some(1));
+    assert_eq!(tok.id_to_piece(2).as_deref(), Some("<|im_end|>"));
+}
