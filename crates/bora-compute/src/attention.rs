@@ -1,17 +1,42 @@
 //! Causal self-attention with grouped-query heads, an optional sliding window and packed
 //! sequences, plus the KV-cache decode variant.
 //!
-//! The forward never materializes the `[tokens, tokens]` score matrix: each (row, head)
-//! streams over its visible keys with an online softmax and saves only the row's
-//! log-sum-exp. The backward recomputes the probabilities from `q`, `k` and that
-//! log-sum-exp (the flash-attention recipe), so a layer keeps `O(tokens·heads)` extra floats
-//! for training instead of `O(tokens²·heads)`.
+//! Training never materializes the `[tokens, tokens]` score matrix: queries are taken in
+//! blocks of [`BLOCK`] rows, whose scores against their visible keys are one small `gemm`,
+//! masked and normalized in place, then multiplied by the values with a second `gemm`. Only
+//! each row's log-sum-exp is saved; the backward recomputes the probabilities from `q`, `k`
+//! and it (the flash-attention recipe), so a layer keeps `O(tokens·heads)` extra floats for
+//! training instead of `O(tokens²·heads)`. Decoding, a few rows against a long cache,
+//! streams over the keys with an online softmax instead.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::matmul::gemm_raw;
 use crate::simd::{axpy, dot, SyncPtr};
+
+/// Query rows per block: large enough for `gemm` to be efficient, small enough that a
+/// block's scores (`BLOCK × visible keys`) stay in L2.
+const BLOCK: usize = 64;
+
+thread_local! {
+    /// Per-thread room for a block's scores and their gradient. Grows to the largest block
+    /// once, then is reused by every later call on that thread; tasks hold it only while
+    /// running single-threaded `gemm`s, so no other task can run on the thread meanwhile.
+    static BLOCK_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_block_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    BLOCK_SCRATCH.with(|cell| {
+        let mut v = cell.borrow_mut();
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+        f(&mut v[..len])
+    })
+}
 
 /// Head layout and masking of one attention call. Passed per call, so models whose layers
 /// alternate sliding-window and full attention simply pass a different `window` per layer.
@@ -58,6 +83,11 @@ impl AttentionShape {
             _ => start,
         }
     }
+
+    /// The keys query rows `i0..i1` of a block see together.
+    fn block_keys(&self, seg_start: usize, i0: usize, i1: usize) -> Range<usize> {
+        self.first_key(seg_start, i0)..i1
+    }
 }
 
 /// Checks `segments` is a cumulative list of sequence starts `[0, …, tokens]`.
@@ -72,12 +102,10 @@ fn check_segments(segments: &[usize], tokens: usize) {
     );
 }
 
-/// The online-softmax forward shared by training and decoding: for every (row, head) pair,
-/// attends to `keys(row)` of `k`/`v` and writes the output and, when asked, the row's
-/// log-sum-exp of scaled scores.
-fn attend(
+/// The streaming forward of decoding: for every (row, head) pair, attends to `keys(row)` of
+/// `k`/`v` with an online softmax.
+fn attend_streaming(
     out: &mut [f32],
-    lse: Option<&mut [f32]>,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -90,7 +118,7 @@ fn attend(
         shape.n_kv_heads * shape.head_dim,
     );
     let group = shape.group();
-    let run = |idx: usize, o: &mut [f32]| -> f32 {
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
         let (row, head) = (idx / h, idx % h);
         let qr = &q[row * h * hd + head * hd..][..hd];
         let koff = (head / group) * hd;
@@ -114,18 +142,52 @@ fn attend(
         for x in o.iter_mut() {
             *x *= inv;
         }
-        m + l.ln()
-    };
-    match lse {
-        Some(lse) => out
-            .par_chunks_mut(hd)
-            .zip(lse.par_iter_mut())
-            .enumerate()
-            .for_each(|(idx, (o, s))| *s = run(idx, o)),
-        None => out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-            run(idx, o);
-        }),
+    });
+}
+
+/// Where one head's rows live: base offset of row 0 and the row stride.
+#[derive(Clone, Copy)]
+struct HeadView {
+    base: usize,
+    stride: usize,
+}
+
+impl HeadView {
+    fn at(self, row: usize) -> usize {
+        self.base + row * self.stride
     }
+}
+
+/// `dst[nq, nk] = a[rows…] · b[keys…]ᵀ` for one head: scores (`a = q`, `b = k`) or the
+/// probability gradient (`a = dout`, `b = v`). `dst` is a dense block.
+///
+/// # Safety
+/// Rows `r0..r0+nq` of `a` and `k0..k0+nk` of `b` with `hd` columns at the views must be in
+/// bounds.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_abt(
+    dst: &mut [f32],
+    a: *const f32,
+    av: HeadView,
+    r0: usize,
+    nq: usize,
+    b: *const f32,
+    bv: HeadView,
+    k0: usize,
+    nk: usize,
+    hd: usize,
+) {
+    gemm_raw(
+        nq,
+        nk,
+        hd,
+        dst.as_mut_ptr(),
+        (nk, 1),
+        false,
+        (a.add(av.at(r0)), av.stride, 1),
+        (b.add(bv.at(k0)), 1, bv.stride),
+        false,
+    );
 }
 
 /// Training/prefill forward over packed sequences.
@@ -158,9 +220,76 @@ pub fn attention_forward(
     assert_eq!(v.len(), tokens * kvw, "attention: v");
     assert_eq!(lse.len(), tokens * h, "attention: lse");
     check_segments(segments, tokens);
-    attend(out, Some(lse), q, k, v, shape, |row| {
-        let start = segments[segments.partition_point(|&s| s <= row) - 1];
-        shape.first_key(start, row)..row + 1
+    let (outp, lsep) = (SyncPtr(out.as_mut_ptr()), SyncPtr(lse.as_mut_ptr()));
+    let group = shape.group();
+    (0..segments.len() - 1).into_par_iter().for_each(|seg| {
+        let (start, end) = (segments[seg], segments[seg + 1]);
+        let blocks = (end - start).div_ceil(BLOCK);
+        (0..h * blocks).into_par_iter().for_each(|task| {
+            let (head, blk) = (task / blocks, task % blocks);
+            let (i0, i1) = (start + blk * BLOCK, (start + (blk + 1) * BLOCK).min(end));
+            let keys = shape.block_keys(start, i0, i1);
+            let (nq, nk) = (i1 - i0, keys.len());
+            let qv = HeadView {
+                base: head * hd,
+                stride: h * hd,
+            };
+            let kv = HeadView {
+                base: (head / group) * hd,
+                stride: kvw,
+            };
+            with_block_scratch(nq * nk, |p| {
+                // SAFETY: rows i0..i1 of q and keys of k/v are in bounds (length checks
+                // above). This task alone writes rows i0..i1 of head `head` in out and lse.
+                unsafe {
+                    block_abt(
+                        p,
+                        q.as_ptr(),
+                        qv,
+                        i0,
+                        nq,
+                        k.as_ptr(),
+                        kv,
+                        keys.start,
+                        nk,
+                        hd,
+                    )
+                };
+                for (r, row) in p.chunks_mut(nk).enumerate() {
+                    let i = i0 + r;
+                    let vis = shape.first_key(start, i) - keys.start..i + 1 - keys.start;
+                    let m = row[vis.clone()]
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+                        * shape.scale;
+                    let mut l = 0f32;
+                    for (j, x) in row.iter_mut().enumerate() {
+                        *x = if vis.contains(&j) {
+                            (*x * shape.scale - m).exp()
+                        } else {
+                            0.0
+                        };
+                        l += *x;
+                    }
+                    let inv = 1.0 / l;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                    unsafe { *lsep.get().add(i * h + head) = m + l.ln() };
+                }
+                unsafe {
+                    gemm_raw(
+                        nq,
+                        hd,
+                        nk,
+                        outp.get().add(qv.at(i0)),
+                        (qv.stride, 1),
+                        false,
+                        (p.as_ptr(), nk, 1),
+                        (v.as_ptr().add(kv.at(keys.start)), kv.stride, 1),
+                        false,
+                    )
+                };
+            });
+        });
     });
 }
 
@@ -195,7 +324,7 @@ pub fn attention_decode(
         "attention_decode: cache holds fewer than {} rows",
         first_pos + m
     );
-    attend(out, None, q, k_cache, v_cache, shape, |row| {
+    attend_streaming(out, q, k_cache, v_cache, shape, |row| {
         let pos = first_pos + row;
         shape.first_key(0, pos)..pos + 1
     });
@@ -248,42 +377,112 @@ pub fn attention_backward(
     let n_seg = segments.len() - 1;
     (0..n_seg * kvh).into_par_iter().for_each(|task| {
         let (seg, g) = (task / kvh, task % kvh);
-        let rows = segments[seg]..segments[seg + 1];
-        let koff = g * hd;
-        // SAFETY: this task is the only one touching rows `rows` of kv-head column block `g`
-        // in dk/dv and of query heads `g·group..(g+1)·group` in dq (tasks differ in segment
-        // or kv head, and query heads belong to exactly one kv head); all indices are in
-        // bounds by the length checks above.
-        let dq_at = |row: usize, head: usize| unsafe {
-            std::slice::from_raw_parts_mut(dqp.get().add(row * qw + head * hd), hd)
+        let (start, end) = (segments[seg], segments[seg + 1]);
+        let kv = HeadView {
+            base: g * hd,
+            stride: kvw,
         };
-        let dk_at = |row: usize| unsafe {
-            std::slice::from_raw_parts_mut(dkp.get().add(row * kvw + koff), hd)
-        };
-        let dv_at = |row: usize| unsafe {
-            std::slice::from_raw_parts_mut(dvp.get().add(row * kvw + koff), hd)
-        };
-        for row in rows.clone() {
-            dk_at(row).fill(0.0);
-            dv_at(row).fill(0.0);
+        // SAFETY (every raw access below): this task is the only one touching rows
+        // start..end of kv-head column block `g` in dk/dv and of query heads
+        // g·group..(g+1)·group in dq (tasks differ in segment or kv head, and each query
+        // head belongs to exactly one kv head); all rows are in bounds by the length checks.
+        for row in start..end {
+            unsafe {
+                std::slice::from_raw_parts_mut(dkp.get().add(kv.at(row)), hd).fill(0.0);
+                std::slice::from_raw_parts_mut(dvp.get().add(kv.at(row)), hd).fill(0.0);
+            }
         }
         for head in g * group..(g + 1) * group {
-            for i in rows.clone() {
-                let qi = &q[i * qw + head * hd..][..hd];
-                let doi = &dout[i * qw + head * hd..][..hd];
-                let delta = dot(doi, &out[i * qw + head * hd..][..hd]);
-                let li = lse[i * h + head];
-                let dqi = dq_at(i, head);
-                dqi.fill(0.0);
-                for j in shape.first_key(rows.start, i)..i + 1 {
-                    let kj = &k[j * kvw + koff..][..hd];
-                    let p = (dot(qi, kj) * shape.scale - li).exp();
-                    let dp = dot(doi, &v[j * kvw + koff..][..hd]);
-                    let ds = p * (dp - delta) * shape.scale;
-                    axpy(dqi, ds, kj);
-                    axpy(dk_at(j), ds, qi);
-                    axpy(dv_at(j), p, doi);
-                }
+            let qv = HeadView {
+                base: head * hd,
+                stride: qw,
+            };
+            for i0 in (start..end).step_by(BLOCK) {
+                let i1 = (i0 + BLOCK).min(end);
+                let keys = shape.block_keys(start, i0, i1);
+                let (nq, nk) = (i1 - i0, keys.len());
+                with_block_scratch(2 * nq * nk, |buf| {
+                    let (p, ds) = buf.split_at_mut(nq * nk);
+                    unsafe {
+                        block_abt(
+                            p,
+                            q.as_ptr(),
+                            qv,
+                            i0,
+                            nq,
+                            k.as_ptr(),
+                            kv,
+                            keys.start,
+                            nk,
+                            hd,
+                        );
+                        block_abt(
+                            ds,
+                            dout.as_ptr(),
+                            qv,
+                            i0,
+                            nq,
+                            v.as_ptr(),
+                            kv,
+                            keys.start,
+                            nk,
+                            hd,
+                        );
+                    }
+                    for (r, (prow, dsrow)) in p.chunks_mut(nk).zip(ds.chunks_mut(nk)).enumerate() {
+                        let i = i0 + r;
+                        let vis = shape.first_key(start, i) - keys.start..i + 1 - keys.start;
+                        let li = lse[i * h + head];
+                        let delta = dot(&dout[qv.at(i)..][..hd], &out[qv.at(i)..][..hd]);
+                        for (j, (pj, dj)) in prow.iter_mut().zip(dsrow.iter_mut()).enumerate() {
+                            if vis.contains(&j) {
+                                *pj = (*pj * shape.scale - li).exp();
+                                *dj = *pj * (*dj - delta) * shape.scale;
+                            } else {
+                                *pj = 0.0;
+                                *dj = 0.0;
+                            }
+                        }
+                    }
+                    unsafe {
+                        let (ks, kst) = (k.as_ptr().add(kv.at(keys.start)), kv.stride);
+                        gemm_raw(
+                            nq,
+                            hd,
+                            nk,
+                            dqp.get().add(qv.at(i0)),
+                            (qw, 1),
+                            false,
+                            (ds.as_ptr(), nk, 1),
+                            (ks, kst, 1),
+                            false,
+                        );
+                        let dkd = dkp.get().add(kv.at(keys.start));
+                        gemm_raw(
+                            nk,
+                            hd,
+                            nq,
+                            dkd,
+                            (kst, 1),
+                            true,
+                            (ds.as_ptr(), 1, nk),
+                            (q.as_ptr().add(qv.at(i0)), qw, 1),
+                            false,
+                        );
+                        let dvd = dvp.get().add(kv.at(keys.start));
+                        gemm_raw(
+                            nk,
+                            hd,
+                            nq,
+                            dvd,
+                            (kst, 1),
+                            true,
+                            (p.as_ptr(), 1, nk),
+                            (dout.as_ptr().add(qv.at(i0)), qw, 1),
+                            false,
+                        );
+                    }
+                });
             }
         }
     });
@@ -372,6 +571,43 @@ mod tests {
                 "attention out",
             );
         }
+    }
+
+    #[test]
+    fn several_query_blocks_match_the_dense_reference_and_finite_differences() {
+        let s = shape(Some(BLOCK + 9));
+        let segments = [0usize, BLOCK + 5, 2 * BLOCK + 40];
+        let t = segments[2];
+        let q = rand_vec(t * 32, 11);
+        let k = rand_vec(t * 16, 12);
+        let v = rand_vec(t * 16, 13);
+        let mut out = vec![0f32; t * 32];
+        let mut lse = vec![0f32; t * 4];
+        attention_forward(&mut out, &mut lse, &q, &k, &v, &segments, &s);
+        assert_close(
+            &out,
+            &reference(&q, &k, &v, &segments, &s),
+            1e-5,
+            "attention out",
+        );
+        let dout = rand_vec(t * 32, 14);
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; q.len()],
+            vec![0f32; k.len()],
+            vec![0f32; v.len()],
+        );
+        attention_backward(
+            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse, &segments, &s,
+        );
+        let loss = |q: &[f32], k: &[f32], v: &[f32]| {
+            let mut o = vec![0f32; t * 32];
+            let mut l = vec![0f32; t * 4];
+            attention_forward(&mut o, &mut l, q, k, v, &segments, &s);
+            project(&o, &dout)
+        };
+        check_grad(&q, &dq, |x| loss(x, &k, &v), 1e-2, 3e-3, "dq");
+        check_grad(&k, &dk, |x| loss(&q, x, &v), 1e-2, 3e-3, "dk");
+        check_grad(&v, &dv, |x| loss(&q, &k, x), 1e-2, 3e-3, "dv");
     }
 
     #[test]

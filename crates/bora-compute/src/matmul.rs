@@ -62,36 +62,69 @@ pub(crate) fn gemm_f32(
     }
     check_bounds(lhs.data.len(), m, k, lhs.rs, lhs.cs, "gemm lhs");
     check_bounds(rhs.data.len(), k, n, rhs.rs, rhs.cs, "gemm rhs");
-    let par = if parallel && m * n * k >= 32 * 32 * 32 {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    };
+    let parallel = parallel && m * n * k >= 32 * 32 * 32;
     // SAFETY: every index the product touches lies inside the slices (checked above); dst
     // is exclusively borrowed and cannot alias lhs or rhs.
     unsafe {
-        gemm::gemm(
+        gemm_raw(
             m,
             n,
             k,
             dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
+            (dst_rs, dst_cs),
             accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
+            (lhs.data.as_ptr(), lhs.rs, lhs.cs),
+            (rhs.data.as_ptr(), rhs.rs, rhs.cs),
+            parallel,
+        )
     }
+}
+
+/// `dst[m,n] (=|+=) lhs[m,k] · rhs[k,n]` on raw (pointer, row stride, column stride)
+/// operands, for kernels whose parallel tasks own strided, interleaved parts of one buffer
+/// (attention heads) and so cannot hold them as slices.
+///
+/// # Safety
+/// Every element the product reads or writes must be in bounds of a live allocation; `dst`
+/// must not be written or read by anyone else during the call and must not overlap the
+/// operands. `k` must be non-zero.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+    parallel: bool,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        if parallel {
+            Parallelism::Rayon(0)
+        } else {
+            Parallelism::None
+        },
+    );
 }
 
 /// Linear forward: `y[m,n] = x[m,k] · w[n,k]ᵀ`, or `y += …` when `accumulate` (used to add a

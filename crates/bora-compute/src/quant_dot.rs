@@ -147,10 +147,103 @@ fn row_dot_body(ty: GgmlType, row: &[u8], x: &Q8Row<'_>) -> f32 {
     acc
 }
 
+/// Hand-written AVX2 kernels for the classic 32-element formats, ggml's approach: unpack
+/// a block to 32 bytes, `maddubs` it against the activation bytes (u8·i8 → i16 pairs),
+/// widen to i32, and fold the block's combined scale in with one FMA. LLVM does not find
+/// this sequence from the portable body, which was about 3× slower.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_dot_avx2(ty: GgmlType, row: &[u8], x: &Q8Row<'_>) -> f32 {
-    row_dot_body(ty, row, x)
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{row_dot_body, Q8Row};
+    use bora_formats::quant::{GgmlType, QK};
+
+    #[inline(always)]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        let bits = u16::from_le_bytes([*p, *p.add(1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// The 32 nibbles of a Q4 block as bytes 0..16 (low nibbles) and 16..32 (high).
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        let lo = _mm_loadu_si128(p as *const __m128i);
+        let hi = _mm_srli_epi16(lo, 4);
+        _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
+    }
+
+    /// Σ u[i]·s[i] over 32 unsigned × signed bytes, as 8 f32 partial sums.
+    #[inline(always)]
+    unsafe fn dot_us(u: __m256i, s: __m256i) -> __m256 {
+        let pairs = _mm256_maddubs_epi16(u, s);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `row` must be whole blocks of `ty` and `x`
+    /// must cover as many 32-element blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn row_dot(ty: GgmlType, row: &[u8], x: &Q8Row<'_>) -> f32 {
+        let bb = ty.block_bytes();
+        let nb = row.len() / bb;
+        let (qs, xd, xs) = (x.qs.as_ptr(), x.d.as_ptr(), x.s.as_ptr());
+        assert!(x.qs.len() >= nb * QK && x.d.len() >= nb && x.s.len() >= nb);
+        let w = row.as_ptr();
+        // Two independent accumulators so consecutive blocks' FMAs do not wait on each
+        // other's latency.
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut offset = [0f32; 2];
+        match ty {
+            GgmlType::Q4_0 => {
+                // (q − 8)·d = q·d − 8d: the −8 moves into the activation-sum term.
+                for b in 0..nb {
+                    let blk = w.add(b * bb);
+                    let d = f16_at(blk);
+                    let xv = _mm256_loadu_si256(qs.add(b * QK) as *const __m256i);
+                    let p = dot_us(nibbles(blk.add(2)), xv);
+                    acc[b & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * *xd.add(b)), p, acc[b & 1]);
+                    offset[b & 1] -= 8.0 * d * *xs.add(b);
+                }
+            }
+            GgmlType::Q4_1 => {
+                for b in 0..nb {
+                    let blk = w.add(b * bb);
+                    let xv = _mm256_loadu_si256(qs.add(b * QK) as *const __m256i);
+                    let p = dot_us(nibbles(blk.add(4)), xv);
+                    acc[b & 1] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(f16_at(blk) * *xd.add(b)), p, acc[b & 1]);
+                    offset[b & 1] += f16_at(blk.add(2)) * *xs.add(b);
+                }
+            }
+            GgmlType::Q8_0 => {
+                for b in 0..nb {
+                    let blk = w.add(b * bb);
+                    let wv = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                    let xv = _mm256_loadu_si256(qs.add(b * QK) as *const __m256i);
+                    // maddubs wants one unsigned operand: |w| times x carrying w's sign.
+                    let p = dot_us(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+                    acc[b & 1] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(f16_at(blk) * *xd.add(b)), p, acc[b & 1]);
+                }
+            }
+            _ => return row_dot_body(ty, row, x),
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1])) + offset[0] + offset[1]
+    }
+
+    /// The portable body compiled with AVX2 enabled, for the K-quants.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn row_dot_autovec(ty: GgmlType, row: &[u8], x: &Q8Row<'_>) -> f32 {
+        row_dot_body(ty, row, x)
+    }
 }
 
 /// True for the types [`row_dot`] handles.
@@ -165,9 +258,58 @@ pub(crate) fn has_dot_kernel(ty: GgmlType) -> bool {
 /// [`has_dot_kernel`].
 pub(crate) fn row_dot(ty: GgmlType, row: &[u8], x: &Q8Row<'_>) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { row_dot_avx2(ty, row, x) };
+    if crate::simd::has_avx2() && std::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above); callers pass
+        // whole blocks and an activation row of the matching length.
+        return unsafe {
+            match ty {
+                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => x86::row_dot(ty, row, x),
+                _ => x86::row_dot_autovec(ty, row, x),
+            }
+        };
     }
     row_dot_body(ty, row, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::rand_vec;
+    use bora_formats::quant::{dequantize, quantize};
+
+    /// The dispatched kernel (AVX2 on x86-64) against the portable one and against
+    /// dequantize + f64 dot on the dequantized activation.
+    #[test]
+    fn dispatched_dot_matches_portable_dot_and_dequantized_reference() {
+        let k = 512;
+        let x = rand_vec(k, 1);
+        let (mut qs, mut d, mut s) = (vec![0i8; k], vec![0f32; k / QK], vec![0f32; k / QK]);
+        quantize_row_q8(&x, &mut qs, &mut d, &mut s);
+        let xq = Q8Row {
+            qs: &qs,
+            d: &d,
+            s: &s,
+        };
+        let xdeq: Vec<f64> = (0..k).map(|i| qs[i] as f64 * d[i / QK] as f64).collect();
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            for seed in 0..4 {
+                let row = quantize(ty, &rand_vec(k, 10 + seed)).unwrap();
+                let mut w = vec![0f32; k];
+                dequantize(ty, &row, &mut w).unwrap();
+                let want: f64 = w.iter().zip(&xdeq).map(|(a, b)| *a as f64 * b).sum();
+                let mag: f64 = w
+                    .iter()
+                    .zip(&xdeq)
+                    .map(|(a, b)| (*a as f64 * b).abs())
+                    .sum();
+                let fast = row_dot(ty, &row, &xq) as f64;
+                let portable = row_dot_body(ty, &row, &xq) as f64;
+                assert!((fast - want).abs() <= 1e-5 * mag, "{ty}: {fast} vs {want}");
+                assert!(
+                    (portable - want).abs() <= 1e-5 * mag,
+                    "{ty}: {portable} vs {want}"
+                );
+            }
+        }
+    }
 }

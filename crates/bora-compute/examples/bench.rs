@@ -1,0 +1,192 @@
+//! Micro-benchmark of the kernels that dominate a step, at SmolLM2-135M's shapes.
+//!
+//! `cargo run --release -p bora-compute --example bench`
+//!
+//! Prints GFLOP/s of the three f32 linear-layer products for a 4×256-token batch, of the
+//! tile-dequantizing Q4_1 product at the same shape, and decode tokens/s of a one-row pass
+//! through all 30 layers' Q4_1 projections plus the Q8_0 tied output head (the weight
+//! reads of one generated token, without attention). Weights are synthetic: only shapes and
+//! formats matter for speed. Also times attention forward+backward and the chunked
+//! cross-entropy (loss and hidden gradient) for the same batch.
+
+use std::time::Instant;
+
+use bora_compute::{
+    attention_backward, attention_forward, cross_entropy_chunked, matmul_dw, matmul_dx, matmul_xwt,
+    AttentionShape, GgmlType, Scratch, Weight, WeightBytes,
+};
+use bora_formats::quant::quantize;
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32
+                / (1u32 << 24) as f32
+                - 0.5
+        })
+        .collect()
+}
+
+/// Best time of `reps` runs after one warm-up, in seconds.
+fn best(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn quant_weight(ty: GgmlType, rows: usize, cols: usize, seed: u32) -> Weight {
+    let bytes = quantize(ty, &data(rows * cols, seed)).expect("whole blocks");
+    Weight::from_bytes("bench", ty, rows, cols, WeightBytes::from_vec(bytes)).expect("valid shape")
+}
+
+fn main() {
+    println!("rayon threads: {}", rayon::current_num_threads());
+    let m = 1024;
+    let shapes = [
+        (576, 1536, "gate/up"),
+        (1536, 576, "down"),
+        (576, 576, "q/o"),
+        (576, 192, "k/v"),
+    ];
+    println!("\nf32 linear products, m={m} tokens (GFLOP/s)");
+    println!(
+        "{:<8} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9}",
+        "layer", "k", "n", "y=xWᵀ", "dx=dyW", "dW=dyᵀx", "Q4_1 y"
+    );
+    let mut scratch = Scratch::new();
+    for (k, n, name) in shapes {
+        let x = data(m * k, 1);
+        let w = data(n * k, 2);
+        let dy = data(m * n, 3);
+        let mut y = vec![0f32; m * n];
+        let mut dx = vec![0f32; m * k];
+        let mut dw = vec![0f32; n * k];
+        let flops = 2.0 * (m * n * k) as f64 / 1e9;
+        let t_fwd = best(5, || matmul_xwt(&mut y, &x, &w, m, k, n, false));
+        let t_dx = best(5, || matmul_dx(&mut dx, &dy, &w, m, n, k, false));
+        let t_dw = best(5, || matmul_dw(&mut dw, &dy, &x, m, n, k, false));
+        let q = quant_weight(GgmlType::Q4_1, n, k, 4);
+        let t_q = best(5, || q.forward(&mut y, &x, m, false, &mut scratch));
+        println!(
+            "{name:<8} {k:>5} {n:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            flops / t_fwd,
+            flops / t_dx,
+            flops / t_dw,
+            flops / t_q
+        );
+    }
+
+    let (d, ffn, kv, vocab, layers) = (576, 1536, 192, 49152, 30);
+    let per_layer: Vec<Weight> = [
+        (d, d),
+        (kv, d),
+        (kv, d),
+        (d, d),
+        (ffn, d),
+        (ffn, d),
+        (d, ffn),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, &(r, c))| quant_weight(GgmlType::Q4_1, r, c, 10 + i as u32))
+    .collect();
+    let head = quant_weight(GgmlType::Q8_0, vocab, d, 99);
+    let x = data(ffn, 5);
+    let mut y = vec![0f32; vocab];
+    let t_layers = best(5, || {
+        for _ in 0..layers {
+            for w in &per_layer {
+                w.forward(&mut y[..w.rows()], &x[..w.cols()], 1, false, &mut scratch);
+            }
+        }
+    });
+    let t_head = best(5, || head.forward(&mut y, &x[..d], 1, false, &mut scratch));
+    let bytes = layers as f64
+        * per_layer
+            .iter()
+            .map(|w| (w.rows() * w.cols()) as f64 * 20.0 / 32.0)
+            .sum::<f64>()
+        + (vocab * d) as f64 * 34.0 / 32.0;
+    let t = t_layers + t_head;
+    println!("\ndecode, one token through 30 Q4_1 layers + Q8_0 head (integer dot kernels)");
+    println!(
+        "  layers {:.2} ms, head {:.2} ms, total {:.2} ms = {:.0} tokens/s ({:.1} GB/s of weights)",
+        t_layers * 1e3,
+        t_head * 1e3,
+        t * 1e3,
+        1.0 / t,
+        bytes / t / 1e9
+    );
+
+    let (seqs, len, heads, kv_heads, hd) = (4, 256, 9, 3, 64);
+    let t = seqs * len;
+    let shape = AttentionShape {
+        n_heads: heads,
+        n_kv_heads: kv_heads,
+        head_dim: hd,
+        window: None,
+        scale: 0.125,
+    };
+    let segments: Vec<usize> = (0..=seqs).map(|s| s * len).collect();
+    let q = data(t * heads * hd, 6);
+    let k = data(t * kv_heads * hd, 7);
+    let v = data(t * kv_heads * hd, 8);
+    let dout = data(t * heads * hd, 9);
+    let mut out = vec![0f32; q.len()];
+    let mut lse = vec![0f32; t * heads];
+    let (mut dq, mut dk, mut dv) = (
+        vec![0f32; q.len()],
+        vec![0f32; k.len()],
+        vec![0f32; v.len()],
+    );
+    let t_af = best(3, || {
+        attention_forward(&mut out, &mut lse, &q, &k, &v, &segments, &shape)
+    });
+    let t_ab = best(3, || {
+        attention_backward(
+            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse, &segments, &shape,
+        )
+    });
+    // Causal score and value products: forward 2, backward 5 (recomputed scores, dP, dQ, dK, dV).
+    let pair_flops = (seqs * len * (len + 1) / 2 * heads * hd) as f64 * 2.0 / 1e9;
+    println!(
+        "
+attention, {seqs}x{len} tokens, {heads} heads / {kv_heads} kv, head_dim {hd}, per layer"
+    );
+    println!(
+        "  forward {:.2} ms ({:.1} GFLOP/s), backward {:.2} ms ({:.1} GFLOP/s)",
+        t_af * 1e3,
+        2.0 * pair_flops / t_af,
+        t_ab * 1e3,
+        5.0 * pair_flops / t_ab
+    );
+
+    let hidden = data(t * d, 10);
+    let targets: Vec<Option<u32>> = (0..t).map(|i| Some((i * 7919 % vocab) as u32)).collect();
+    let mut dh = vec![0f32; t * d];
+    let flops = 4.0 * (t * vocab * d) as f64 / 1e9;
+    for chunk in [64, 256] {
+        let t_ce = best(2, || {
+            cross_entropy_chunked(
+                Some(&mut dh),
+                &hidden,
+                &head,
+                &targets,
+                1.0,
+                chunk,
+                &mut scratch,
+            )
+            .expect("targets in vocab");
+        });
+        println!(
+            "cross-entropy, {t} tokens x {vocab} vocab, Q8_0 tied head, chunk {chunk}: {:.0} ms ({:.1} GFLOP/s)",
+            t_ce * 1e3,
+            flops / t_ce
+        );
+    }
+}
