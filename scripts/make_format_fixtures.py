@@ -14,6 +14,11 @@ Run from anywhere: `scripts/make_format_fixtures.py` (it re-executes itself insi
 - `small.safetensors` + `small.json`: tensors of each float dtype written by the safetensors
   package with metadata, and their values as f32.
 - `sharded/`: a two-shard checkpoint with `model.safetensors.index.json` as transformers writes.
+- `names.json`: a tiny transformers Mistral's tensor names with gguf-py's GGUF names for them
+  and for their consolidated spellings, peft's adapter keys, and the row order transformers'
+  GGUF loader gives q/k weights (llama.cpp's interleaved layout back to HF's rotate-half).
+- `smollm2_attn_k_hf_rows.json`: rows of the default model's `blk.0.attn_k.weight` after
+  transformers' GGUF loader un-permuted them.
 - `smollm2_facts.json`: when the default model is in the cache, its metadata and tensor infos
   as gguf-py's reader sees them, and a few rows of its Q8_0 `token_embd.weight` dequantized.
 """
@@ -25,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-fixtures"
-PACKAGES = ["gguf==0.19.0", "safetensors", "numpy"]
+PACKAGES = ["gguf==0.19.0", "safetensors", "numpy", "torch", "transformers==5.24.0", "peft==0.21.2"]
 
 
 def ensure_venv():
@@ -289,6 +294,74 @@ def write_smollm2_facts():
     (OUT / "smollm2_facts.json").write_text(json.dumps(facts, ensure_ascii=False) + "\n")
 
 
+# Consolidated module paths per HF path, from transformers' Mistral converter
+# (convert_mistral_weights_to_hf.py); gguf-py maps both spellings, which the test checks.
+HF_TO_CONSOLIDATED = {
+    "model.embed_tokens": "tok_embeddings", "model.norm": "norm", "lm_head": "output",
+    "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2", "mlp.up_proj": "feed_forward.w3",
+}
+
+
+def to_consolidated(hf_name):
+    stem = hf_name.removesuffix(".weight")
+    if stem.startswith("model.layers."):
+        layer, path = stem.removeprefix("model.layers.").split(".", 1)
+        return f"layers.{layer}.{HF_TO_CONSOLIDATED[path]}.weight"
+    return f"{HF_TO_CONSOLIDATED[stem]}.weight"
+
+
+def write_names_and_rope(rng):
+    """Tensor names of a tiny transformers Mistral, their GGUF names per gguf-py's tensor map,
+    PEFT adapter keys from peft, and q/k rows un-permuted by transformers' GGUF loader."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import MistralConfig, MistralForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    torch.manual_seed(SEED)
+    cfg = MistralConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    model = MistralForCausalLM(cfg)
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    names = []
+    for hf in model.state_dict().keys():
+        cons = to_consolidated(hf)
+        names.append({
+            "hf": hf, "gguf": tmap.get_name(hf, try_suffixes=(".weight", ".bias")),
+            "consolidated": cons, "gguf_from_consolidated": tmap.get_name(cons, try_suffixes=(".weight",)),
+        })
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    peft_keys = sorted(get_peft_model_state_dict(peft_model).keys())
+
+    # Reference q/k layout change: transformers' GGUF loader turns llama.cpp's interleaved rows
+    # back into HF rows. Inputs are row indices so every row's destination is visible.
+    rope = []
+    for n_heads, head_dim in [(4, 8), (2, 8), (3, 64), (1, 2)]:
+        rows = np.arange(n_heads * head_dim, dtype=np.float32).reshape(-1, 1) * np.ones((1, 3), np.float32)
+        proc = LlamaTensorProcessor(config={"num_attention_heads": n_heads, "num_key_value_heads": n_heads})
+        out = proc.process(rows, "blk.0.attn_q.weight").weights
+        rope.append({"n_heads": n_heads, "head_dim": head_dim, "hf_rows_from": [int(v) for v in out[:, 0]]})
+    (OUT / "names.json").write_text(json.dumps({"tensors": names, "peft": peft_keys, "rope": rope}, indent=1) + "\n")
+
+    path = default_model_path()
+    if path.exists():
+        r = gguf.GGUFReader(str(path))
+        k = next(t for t in r.tensors if t.name == "blk.0.attn_k.weight")
+        n_head = int(r.fields["llama.attention.head_count"].contents())
+        n_kv = int(r.fields["llama.attention.head_count_kv"].contents())
+        dense = gguf.quants.dequantize(k.data, k.tensor_type)
+        proc = LlamaTensorProcessor(config={"num_attention_heads": n_head, "num_key_value_heads": n_kv})
+        hf = proc.process(dense, "blk.0.attn_k.weight").weights
+        rows = [0, 1, 31, 32, 33, 63, 64, 191]
+        (OUT / "smollm2_attn_k_hf_rows.json").write_text(json.dumps({
+            "n_kv_heads": n_kv, "rows": rows, "values": [[float(v) for v in hf[i]] for i in rows],
+        }) + "\n")
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     write_quant_vectors()
@@ -296,6 +369,7 @@ def main():
     write_all_types_gguf(rng)
     write_safetensors(rng)
     write_smollm2_facts()
+    write_names_and_rope(rng)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 mod atomic;
 mod error;
 pub mod gguf;
+pub mod names;
 pub mod quant;
 pub mod safetensors;
 
