@@ -4,8 +4,8 @@
 //!
 //! Prints GFLOP/s of the three f32 linear-layer products for a 4×256-token batch, of the
 //! tile-dequantizing Q4_1 product at the same shape, and decode tokens/s of a one-row pass
-//! through all 30 layers' Q4_1 projections plus the Q8_0 tied output head (the weight
-//! reads of one generated token, without attention). Weights are synthetic: only shapes and
+//! through all 30 layers' projections (Q4_1 as shipped, and the other quant types) plus
+//! the Q8_0 tied output head: the weight reads of one generated token, without attention. Weights are synthetic: only shapes and
 //! formats matter for speed. Also times attention forward+backward and the chunked
 //! cross-entropy (loss and hidden gradient) for the same batch.
 
@@ -82,6 +82,10 @@ fn main() {
     }
 
     let (d, ffn, kv, vocab, layers) = (576, 1536, 192, 49152, 30);
+    let head = quant_weight(GgmlType::Q8_0, vocab, d, 99);
+    let x = data(ffn, 5);
+    let mut y = vec![0f32; vocab];
+    let t_head = best(5, || head.forward(&mut y, &x[..d], 1, false, &mut scratch));
     let per_layer: Vec<Weight> = [
         (d, d),
         (kv, d),
@@ -95,33 +99,65 @@ fn main() {
     .enumerate()
     .map(|(i, &(r, c))| quant_weight(GgmlType::Q4_1, r, c, 10 + i as u32))
     .collect();
-    let head = quant_weight(GgmlType::Q8_0, vocab, d, 99);
-    let x = data(ffn, 5);
-    let mut y = vec![0f32; vocab];
-    let t_layers = best(5, || {
-        for _ in 0..layers {
-            for w in &per_layer {
-                w.forward(&mut y[..w.rows()], &x[..w.cols()], 1, false, &mut scratch);
-            }
-        }
-    });
-    let t_head = best(5, || head.forward(&mut y, &x[..d], 1, false, &mut scratch));
+    let t_layers = decode_layers(&per_layer, layers, &mut scratch);
     let bytes = layers as f64
         * per_layer
             .iter()
-            .map(|w| (w.rows() * w.cols()) as f64 * 20.0 / 32.0)
+            .map(|w| (w.rows() * w.cols()) as f64)
             .sum::<f64>()
-        + (vocab * d) as f64 * 34.0 / 32.0;
-    let t = t_layers + t_head;
-    println!("\ndecode, one token through 30 Q4_1 layers + Q8_0 head (integer dot kernels)");
+        * 20.0
+        / 32.0;
     println!(
-        "  layers {:.2} ms, head {:.2} ms, total {:.2} ms = {:.0} tokens/s ({:.1} GB/s of weights)",
-        t_layers * 1e3,
-        t_head * 1e3,
-        t * 1e3,
-        1.0 / t,
-        bytes / t / 1e9
+        "\ndecode, SmolLM2-135M Q4_1: one token through 30 layers' 7 projections + Q8_0 tied head"
     );
+    println!(
+        "  layers {:.2} ms ({:.1} GB/s) + head {:.2} ms = {:.0} tokens/s",
+        t_layers * 1e3,
+        bytes / t_layers / 1e9,
+        t_head * 1e3,
+        1.0 / (t_layers + t_head)
+    );
+
+    // Mistral-7B shapes, one layer: what decode speed of the bigger models depends on.
+    // Weights are zero blocks (valid, and as fast to multiply as any others), since
+    // bora-formats has no K-quant encoder and 200M random values would dominate the run.
+    let (d7, ffn7, kv7) = (4096, 14336, 1024);
+    println!("\ndecode, one Mistral-7B-shaped layer (7 projections), one token");
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let shapes = [
+            (d7, d7),
+            (kv7, d7),
+            (kv7, d7),
+            (d7, d7),
+            (ffn7, d7),
+            (ffn7, d7),
+            (d7, ffn7),
+        ];
+        let ws: Vec<Weight> = shapes
+            .iter()
+            .map(|&(r, c)| {
+                let bytes = vec![0u8; r * ty.row_bytes(c).expect("whole blocks")];
+                Weight::from_bytes("bench", ty, r, c, WeightBytes::from_vec(bytes))
+                    .expect("valid shape")
+            })
+            .collect();
+        let t = decode_layers(&ws, 1, &mut scratch);
+        let bytes: f64 = shapes.iter().map(|&(r, c)| (r * c) as f64).sum::<f64>()
+            * ty.block_bytes() as f64
+            / ty.block_elems() as f64;
+        println!(
+            "  {ty:<5} {:>6.2} ms/layer ({:>5.1} GB/s), 32 layers = {:.1} tokens/s before the head",
+            t * 1e3,
+            bytes / t / 1e9,
+            1.0 / (32.0 * t)
+        );
+    }
 
     let (seqs, len, heads, kv_heads, hd) = (4, 256, 9, 3, 64);
     let t = seqs * len;
@@ -189,4 +225,22 @@ attention, {seqs}x{len} tokens, {heads} heads / {kv_heads} kv, head_dim {hd}, pe
             flops / t_ce
         );
     }
+}
+
+/// Best time of one single-row pass through `weights`, `layers` times over.
+fn decode_layers(weights: &[Weight], layers: usize, scratch: &mut Scratch) -> f64 {
+    let widest = weights
+        .iter()
+        .map(|w| w.rows().max(w.cols()))
+        .max()
+        .unwrap_or(0);
+    let x = data(widest, 5);
+    let mut y = vec![0f32; widest];
+    best(5, || {
+        for _ in 0..layers {
+            for w in weights {
+                w.forward(&mut y[..w.rows()], &x[..w.cols()], 1, false, scratch);
+            }
+        }
+    })
 }

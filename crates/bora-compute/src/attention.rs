@@ -70,6 +70,7 @@ impl AttentionShape {
             Some(0),
             "attention: a window of 0 sees nothing"
         );
+        assert!(self.scale > 0.0, "attention: scale must be positive");
     }
 
     fn group(&self) -> usize {

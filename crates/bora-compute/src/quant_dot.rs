@@ -42,6 +42,19 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
+/// The 6-bit (scale, min) of sub-block `j` of a Q4_K super-block's packed `scales[12]`.
+#[inline(always)]
+fn q4_k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
 #[inline(always)]
 fn isum<const N: usize>(a: &[i8], b: &[i8]) -> i32 {
     let (a, b) = (&a[..N], &b[..N]);
@@ -96,14 +109,7 @@ fn row_dot_body(ty: GgmlType, row: &[u8], x: &Q8Row<'_>) -> f32 {
                 for (chunk, q32) in blk[16..].chunks_exact(32).enumerate() {
                     for (half, shift) in [(0usize, 0u8), (1, 4)] {
                         let sub = 2 * chunk + half;
-                        let (sc, mn) = if sub < 4 {
-                            (scales[sub] & 63, scales[sub + 4] & 63)
-                        } else {
-                            (
-                                (scales[sub + 4] & 0x0F) | ((scales[sub - 4] >> 6) << 4),
-                                (scales[sub + 4] >> 4) | ((scales[sub] >> 6) << 4),
-                            )
-                        };
+                        let (sc, mn) = q4_k_scale_min(scales, sub);
                         let mut q = [0i8; 32];
                         for (o, &v) in q.iter_mut().zip(q32) {
                             *o = ((v >> shift) & 0x0F) as i8;
@@ -147,7 +153,7 @@ fn row_dot_body(ty: GgmlType, row: &[u8], x: &Q8Row<'_>) -> f32 {
     acc
 }
 
-/// Hand-written AVX2 kernels for the classic 32-element formats, ggml's approach: unpack
+/// Hand-written AVX2 kernels, ggml's approach: unpack
 /// a block to 32 bytes, `maddubs` it against the activation bytes (u8·i8 → i16 pairs),
 /// widen to i32, and fold the block's combined scale in with one FMA. LLVM does not find
 /// this sequence from the portable body, which was about 3× slower.
@@ -156,7 +162,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{row_dot_body, Q8Row};
-    use bora_formats::quant::{GgmlType, QK};
+    use bora_formats::quant::{GgmlType, QK, QK_K};
 
     #[inline(always)]
     unsafe fn f16_at(p: *const u8) -> f32 {
@@ -234,15 +240,94 @@ mod x86 {
                         _mm256_fmadd_ps(_mm256_set1_ps(f16_at(blk) * *xd.add(b)), p, acc[b & 1]);
                 }
             }
+            GgmlType::Q4_K => {
+                let mask = _mm256_set1_epi8(0x0F);
+                for sb in 0..nb {
+                    let blk = w.add(sb * bb);
+                    let (d, dmin) = (f16_at(blk), f16_at(blk.add(2)));
+                    let scales = std::slice::from_raw_parts(blk.add(4), 12);
+                    for chunk in 0..4 {
+                        let raw = _mm256_loadu_si256(blk.add(16 + 32 * chunk) as *const __m256i);
+                        let halves = [
+                            _mm256_and_si256(raw, mask),
+                            _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask),
+                        ];
+                        for (half, q) in halves.into_iter().enumerate() {
+                            let sub = 2 * chunk + half;
+                            let (sc, mn) = super::q4_k_scale_min(scales, sub);
+                            let b = sb * (QK_K / QK) + sub;
+                            let xv = _mm256_loadu_si256(qs.add(b * QK) as *const __m256i);
+                            let p = dot_us(q, xv);
+                            acc[half] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(d * sc as f32 * *xd.add(b)),
+                                p,
+                                acc[half],
+                            );
+                            offset[half] -= dmin * mn as f32 * *xs.add(b);
+                        }
+                    }
+                }
+            }
+            GgmlType::Q6_K => {
+                // Six-bit quants are unsigned 0..63 here; the −32 is applied as a second
+                // dot of the activation with 32s, per 16-element scale group.
+                let (m4, m3, ones) = (
+                    _mm256_set1_epi8(0x0F),
+                    _mm256_set1_epi8(3),
+                    _mm256_set1_epi16(1),
+                );
+                let thirty_two = _mm256_set1_epi8(32);
+                for sb in 0..nb {
+                    let blk = w.add(sb * bb);
+                    let d = f16_at(blk.add(208));
+                    for half in 0..2 {
+                        let ql0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
+                        let ql1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
+                        let qh = _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
+                        let high = |shift: i32| {
+                            let h = match shift {
+                                0 => qh,
+                                2 => _mm256_srli_epi16(qh, 2),
+                                4 => _mm256_srli_epi16(qh, 4),
+                                _ => _mm256_srli_epi16(qh, 6),
+                            };
+                            _mm256_slli_epi16(_mm256_and_si256(h, m3), 4)
+                        };
+                        let q = [
+                            _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
+                            _mm256_or_si256(_mm256_and_si256(ql1, m4), high(2)),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                high(4),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                high(6),
+                            ),
+                        ];
+                        for (kq, qk) in q.into_iter().enumerate() {
+                            let b = sb * (QK_K / QK) + half * 4 + kq;
+                            let xv = _mm256_loadu_si256(qs.add(b * QK) as *const __m256i);
+                            let dq = _mm256_madd_epi16(_mm256_maddubs_epi16(qk, xv), ones);
+                            let d32 = _mm256_madd_epi16(_mm256_maddubs_epi16(thirty_two, xv), ones);
+                            // Lanes 0..4 hold elements 0..16, lanes 4..8 elements 16..32.
+                            let sc = half * 8 + 2 * kq;
+                            let s0 = *blk.add(192 + sc) as i8 as i32;
+                            let s1 = *blk.add(192 + sc + 1) as i8 as i32;
+                            let scv = _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0));
+                            let sum = _mm256_mullo_epi32(_mm256_sub_epi32(dq, d32), scv);
+                            acc[kq & 1] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(d * *xd.add(b)),
+                                _mm256_cvtepi32_ps(sum),
+                                acc[kq & 1],
+                            );
+                        }
+                    }
+                }
+            }
             _ => return row_dot_body(ty, row, x),
         }
         hsum(_mm256_add_ps(acc[0], acc[1])) + offset[0] + offset[1]
-    }
-
-    /// The portable body compiled with AVX2 enabled, for the K-quants.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn row_dot_autovec(ty: GgmlType, row: &[u8], x: &Q8Row<'_>) -> f32 {
-        row_dot_body(ty, row, x)
     }
 }
 
@@ -261,12 +346,7 @@ pub(crate) fn row_dot(ty: GgmlType, row: &[u8], x: &Q8Row<'_>) -> f32 {
     if crate::simd::has_avx2() && std::is_x86_feature_detected!("f16c") {
         // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above); callers pass
         // whole blocks and an activation row of the matching length.
-        return unsafe {
-            match ty {
-                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => x86::row_dot(ty, row, x),
-                _ => x86::row_dot_autovec(ty, row, x),
-            }
-        };
+        return unsafe { x86::row_dot(ty, row, x) };
     }
     row_dot_body(ty, row, x)
 }
@@ -274,8 +354,9 @@ pub(crate) fn row_dot(ty: GgmlType, row: &[u8], x: &Q8Row<'_>) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::quant_bytes;
     use crate::testutil::rand_vec;
-    use bora_formats::quant::{dequantize, quantize};
+    use bora_formats::quant::dequantize;
 
     /// The dispatched kernel (AVX2 on x86-64) against the portable one and against
     /// dequantize + f64 dot on the dequantized activation.
@@ -291,9 +372,15 @@ mod tests {
             s: &s,
         };
         let xdeq: Vec<f64> = (0..k).map(|i| qs[i] as f64 * d[i / QK] as f64).collect();
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
             for seed in 0..4 {
-                let row = quantize(ty, &rand_vec(k, 10 + seed)).unwrap();
+                let row = quant_bytes(ty, 1, k, 10 + seed);
                 let mut w = vec![0f32; k];
                 dequantize(ty, &row, &mut w).unwrap();
                 let want: f64 = w.iter().zip(&xdeq).map(|(a, b)| *a as f64 * b).sum();

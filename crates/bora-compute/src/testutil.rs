@@ -1,6 +1,7 @@
 //! Helpers shared by the unit tests: deterministic random data, comparison against f64
 //! references, and central finite differences for gradient checks.
 
+use bora_formats::quant::{quantize, GgmlType};
 /// Deterministic values in [-1, 1) from a xorshift stream, so failures reproduce.
 pub(crate) fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -59,4 +60,31 @@ pub(crate) fn check_grad(
 /// respect to the output is `r` itself.
 pub(crate) fn project(y: &[f32], r: &[f32]) -> f64 {
     y.iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum()
+}
+
+/// `rows × cols` of `ty` with random content. Types bora-formats can encode are quantized
+/// from random floats; K-quants (decode-only there) get random quants and scales with sane
+/// f16 super-block scales (random bytes there could be NaN or huge).
+pub(crate) fn quant_bytes(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    if !matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+        return quantize(ty, &rand_vec(rows * cols, seed)).unwrap();
+    }
+    let n = rows * ty.row_bytes(cols).unwrap();
+    let mut bytes: Vec<u8> = rand_vec(n, seed)
+        .iter()
+        .map(|v| ((v + 1.0) * 127.9) as u8)
+        .collect();
+    let scales = rand_vec(n, seed + 1);
+    for (b, blk) in bytes.chunks_exact_mut(ty.block_bytes()).enumerate() {
+        let d = half::f16::from_f32(0.01 + 0.01 * scales[b].abs())
+            .to_bits()
+            .to_le_bytes();
+        if ty == GgmlType::Q4_K {
+            blk[..2].copy_from_slice(&d);
+            blk[2..4].copy_from_slice(&d);
+        } else {
+            blk[208..].copy_from_slice(&d);
+        }
+    }
+    bytes
 }

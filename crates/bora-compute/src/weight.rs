@@ -24,7 +24,8 @@ use crate::Result;
 /// rows amortize a tile dequantization and `gemm` wins.
 const MATVEC_MAX_ROWS: usize = 4;
 
-/// Output rows per rayon task in the matrix-vector path.
+/// Output rows per rayon task in the matrix-vector path: fine-grained, so a thread that is
+/// preempted (other processes share these cores) delays only a small share of the rows.
 const MATVEC_ROWS_PER_TASK: usize = 32;
 
 /// Floats per dequantized tile (1 MiB): big enough for `gemm` to run at full speed, small
@@ -375,38 +376,10 @@ impl Weight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::rand_vec;
-    use bora_formats::quant::quantize;
-
-    /// Random but valid bytes for a K-quant: random quants and scales, sane f16 super-block
-    /// scales (random bytes there could be NaN or huge).
-    fn k_quant_bytes(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-        let n = rows * ty.row_bytes(cols).unwrap();
-        let mut bytes: Vec<u8> = rand_vec(n, seed)
-            .iter()
-            .map(|v| ((v + 1.0) * 127.9) as u8)
-            .collect();
-        let scales = rand_vec(n, seed + 1);
-        for (b, blk) in bytes.chunks_exact_mut(ty.block_bytes()).enumerate() {
-            let d = half::f16::from_f32(0.01 + 0.01 * scales[b].abs())
-                .to_bits()
-                .to_le_bytes();
-            match ty {
-                GgmlType::Q4_K => {
-                    blk[..2].copy_from_slice(&d);
-                    blk[2..4].copy_from_slice(&d);
-                }
-                _ => blk[208..].copy_from_slice(&d),
-            }
-        }
-        bytes
-    }
+    use crate::testutil::{quant_bytes, rand_vec};
 
     fn weight_of(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Weight {
-        let bytes = match ty {
-            GgmlType::Q4_K | GgmlType::Q6_K => k_quant_bytes(ty, rows, cols, seed),
-            _ => quantize(ty, &rand_vec(rows * cols, seed)).unwrap(),
-        };
+        let bytes = quant_bytes(ty, rows, cols, seed);
         Weight::from_bytes("w", ty, rows, cols, WeightBytes::from_vec(bytes)).unwrap()
     }
 
