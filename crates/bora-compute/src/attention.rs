@@ -21,6 +21,10 @@ use crate::simd::{axpy, dot, SyncPtr};
 /// block's scores (`BLOCK × visible keys`) stay in L2.
 const BLOCK: usize = 64;
 
+/// From this many new rows on, a cached forward runs blocked: below it the per-block `gemm`
+/// setup costs more than streaming rows through an online softmax.
+const DECODE_BLOCKED_ROWS: usize = 8;
+
 thread_local! {
     /// Per-thread room for a block's scores and their gradient. Grows to the largest block
     /// once, then is reused by every later call on that thread; tasks hold it only while
@@ -222,74 +226,117 @@ pub fn attention_forward(
     assert_eq!(lse.len(), tokens * h, "attention: lse");
     check_segments(segments, tokens);
     let (outp, lsep) = (SyncPtr(out.as_mut_ptr()), SyncPtr(lse.as_mut_ptr()));
-    let group = shape.group();
     (0..segments.len() - 1).into_par_iter().for_each(|seg| {
-        let (start, end) = (segments[seg], segments[seg + 1]);
-        let blocks = (end - start).div_ceil(BLOCK);
-        (0..h * blocks).into_par_iter().for_each(|task| {
-            let (head, blk) = (task / blocks, task % blocks);
-            let (i0, i1) = (start + blk * BLOCK, (start + (blk + 1) * BLOCK).min(end));
-            let keys = shape.block_keys(start, i0, i1);
-            let (nq, nk) = (i1 - i0, keys.len());
-            let qv = HeadView {
-                base: head * hd,
-                stride: h * hd,
+        let rows = segments[seg]..segments[seg + 1];
+        // SAFETY: segments are disjoint, so each call writes its own rows of out and lse;
+        // lengths were checked above.
+        unsafe {
+            forward_blocks(
+                outp,
+                Some(lsep),
+                q,
+                k,
+                v,
+                shape,
+                rows.clone(),
+                0,
+                rows.start,
+            )
+        };
+    });
+}
+
+/// Blocked forward of one sequence: query rows `rows` of `q`/`out`, where row `i` sits at
+/// index `i + pos_offset` of `k`/`v` and sees keys from `key_start` on (its sequence start).
+///
+/// # Safety
+/// `out` (and `lse`, `[rows, n_heads]`) must be valid for the query rows, nothing else may
+/// touch those rows meanwhile, and `k`/`v` must hold rows up to `rows.end + pos_offset`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_blocks(
+    out: SyncPtr,
+    lse: Option<SyncPtr>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: &AttentionShape,
+    rows: Range<usize>,
+    pos_offset: usize,
+    key_start: usize,
+) {
+    let (h, hd, kvw) = (
+        shape.n_heads,
+        shape.head_dim,
+        shape.n_kv_heads * shape.head_dim,
+    );
+    let group = shape.group();
+    let blocks = rows.len().div_ceil(BLOCK);
+    (0..h * blocks).into_par_iter().for_each(|task| {
+        let (head, blk) = (task / blocks, task % blocks);
+        let i0 = rows.start + blk * BLOCK;
+        let i1 = (i0 + BLOCK).min(rows.end);
+        let keys = shape.block_keys(key_start, i0 + pos_offset, i1 + pos_offset);
+        let (nq, nk) = (i1 - i0, keys.len());
+        let qv = HeadView {
+            base: head * hd,
+            stride: h * hd,
+        };
+        let kv = HeadView {
+            base: (head / group) * hd,
+            stride: kvw,
+        };
+        with_block_scratch(nq * nk, |p| {
+            // SAFETY: in bounds per the function contract; this task alone writes rows
+            // i0..i1 of head `head` in out and lse.
+            unsafe {
+                block_abt(
+                    p,
+                    q.as_ptr(),
+                    qv,
+                    i0,
+                    nq,
+                    k.as_ptr(),
+                    kv,
+                    keys.start,
+                    nk,
+                    hd,
+                )
             };
-            let kv = HeadView {
-                base: (head / group) * hd,
-                stride: kvw,
-            };
-            with_block_scratch(nq * nk, |p| {
-                // SAFETY: rows i0..i1 of q and keys of k/v are in bounds (length checks
-                // above). This task alone writes rows i0..i1 of head `head` in out and lse.
-                unsafe {
-                    block_abt(
-                        p,
-                        q.as_ptr(),
-                        qv,
-                        i0,
-                        nq,
-                        k.as_ptr(),
-                        kv,
-                        keys.start,
-                        nk,
-                        hd,
-                    )
-                };
-                for (r, row) in p.chunks_mut(nk).enumerate() {
-                    let i = i0 + r;
-                    let vis = shape.first_key(start, i) - keys.start..i + 1 - keys.start;
-                    let m = row[vis.clone()]
-                        .iter()
-                        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
-                        * shape.scale;
-                    let mut l = 0f32;
-                    for (j, x) in row.iter_mut().enumerate() {
-                        *x = if vis.contains(&j) {
-                            (*x * shape.scale - m).exp()
-                        } else {
-                            0.0
-                        };
-                        l += *x;
-                    }
-                    let inv = 1.0 / l;
-                    row.iter_mut().for_each(|x| *x *= inv);
-                    unsafe { *lsep.get().add(i * h + head) = m + l.ln() };
+            for (r, row) in p.chunks_mut(nk).enumerate() {
+                let pos = i0 + r + pos_offset;
+                let vis = shape.first_key(key_start, pos) - keys.start..pos + 1 - keys.start;
+                let m = row[vis.clone()]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+                    * shape.scale;
+                let mut l = 0f32;
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x = if vis.contains(&j) {
+                        (*x * shape.scale - m).exp()
+                    } else {
+                        0.0
+                    };
+                    l += *x;
                 }
-                unsafe {
-                    gemm_raw(
-                        nq,
-                        hd,
-                        nk,
-                        outp.get().add(qv.at(i0)),
-                        (qv.stride, 1),
-                        false,
-                        (p.as_ptr(), nk, 1),
-                        (v.as_ptr().add(kv.at(keys.start)), kv.stride, 1),
-                        false,
-                    )
-                };
-            });
+                let inv = 1.0 / l;
+                row.iter_mut().for_each(|x| *x *= inv);
+                if let Some(lse) = lse {
+                    unsafe { *lse.get().add((i0 + r) * h + head) = m + l.ln() };
+                }
+            }
+            unsafe {
+                gemm_raw(
+                    nq,
+                    hd,
+                    nk,
+                    out.get().add(qv.at(i0)),
+                    (qv.stride, 1),
+                    false,
+                    (p.as_ptr(), nk, 1),
+                    (v.as_ptr().add(kv.at(keys.start)), kv.stride, 1),
+                    false,
+                )
+            };
         });
     });
 }
@@ -297,7 +344,8 @@ pub fn attention_forward(
 /// Decode/prefill against a KV cache of one sequence: `q` holds `m` new rows at positions
 /// `first_pos..first_pos+m`, whose keys and values the caller has already appended, so
 /// `k_cache`/`v_cache` (`[cached, n_kv_heads·head_dim]`) hold at least `first_pos + m` rows.
-/// No log-sum-exp is kept: generation has no backward.
+/// No log-sum-exp is kept: generation has no backward. A long prefill (at least
+/// [`DECODE_BLOCKED_ROWS`] rows) runs blocked like training; fewer rows stream over the cache.
 pub fn attention_decode(
     out: &mut [f32],
     q: &[f32],
@@ -325,6 +373,24 @@ pub fn attention_decode(
         "attention_decode: cache holds fewer than {} rows",
         first_pos + m
     );
+    if m >= DECODE_BLOCKED_ROWS {
+        // SAFETY: out holds exactly the m query rows; the cache covers rows up to
+        // first_pos + m (checked above).
+        unsafe {
+            forward_blocks(
+                SyncPtr(out.as_mut_ptr()),
+                None,
+                q,
+                k_cache,
+                v_cache,
+                shape,
+                0..m,
+                first_pos,
+                0,
+            )
+        };
+        return;
+    }
     attend_streaming(out, q, k_cache, v_cache, shape, |row| {
         let pos = first_pos + row;
         shape.first_key(0, pos)..pos + 1
@@ -614,15 +680,17 @@ mod tests {
     #[test]
     fn decode_matches_the_dense_reference_on_the_last_rows() {
         let s = shape(Some(5));
-        let t = 11;
+        let t = BLOCK + 20;
         let q = rand_vec(t * 32, 4);
         let k = rand_vec(t * 16, 5);
         let v = rand_vec(t * 16, 6);
         let want = reference(&q, &k, &v, &[0, t], &s);
-        let first = 8;
-        let mut out = vec![0f32; (t - first) * 32];
-        attention_decode(&mut out, &q[first * 32..], &k, &v, first, &s);
-        assert_close(&out, &want[first * 32..], 1e-5, "decode out");
+        // Few rows stream; many rows (a prefill) run blocked.
+        for first in [t - 3, 0, 5] {
+            let mut out = vec![0f32; (t - first) * 32];
+            attention_decode(&mut out, &q[first * 32..], &k, &v, first, &s);
+            assert_close(&out, &want[first * 32..], 1e-5, "decode out");
+        }
     }
 
     #[test]
