@@ -239,7 +239,7 @@ pub fn matmul_dw(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{assert_close, rand_vec as fill};
+    use crate::testutil::{assert_close, check_grad, project, rand_vec as fill};
 
     fn close(a: &[f32], b: &[f64], tol: f64) {
         assert_close(a, b, tol, "matmul");
@@ -291,5 +291,40 @@ mod tests {
             }
             close(&dw, &want, 1e-5);
         }
+    }
+
+    #[test]
+    fn input_and_weight_gradients_match_finite_differences() {
+        let (m, k, n) = (5, 12, 7);
+        let x = fill(m * k, 4);
+        let w = fill(n * k, 5);
+        let r = fill(m * n, 6);
+        let mut dx = vec![0f32; m * k];
+        let mut dw = vec![0f32; n * k];
+        matmul_dx(&mut dx, &r, &w, m, n, k, false);
+        matmul_dw(&mut dw, &r, &x, m, n, k, false);
+        let mut y = vec![0f32; m * n];
+        check_grad(
+            &x,
+            &dx,
+            |xp| {
+                matmul_xwt(&mut y, xp, &w, m, k, n, false);
+                project(&y, &r)
+            },
+            1e-2,
+            1e-3,
+            "dx",
+        );
+        check_grad(
+            &w,
+            &dw,
+            |wp| {
+                matmul_xwt(&mut y, &x, wp, m, k, n, false);
+                project(&y, &r)
+            },
+            1e-2,
+            1e-3,
+            "dw",
+        );
     }
 }

@@ -495,6 +495,20 @@ mod tests {
             .map(|(i, &v)| v as f64 * (1.0 + 0.1 * (1.0 + (positions[i / 2] / 8) as f64).ln()))
             .collect();
         assert_close(&y, &want, 1e-6, "query scale");
+        let mut g = vec![1f32; x.len()];
+        position_query_scale(&mut g, 2, &positions, 0.1, 8);
+        check_grad(
+            &x,
+            &g,
+            |xp| {
+                let mut y = xp.to_vec();
+                position_query_scale(&mut y, 2, &positions, 0.1, 8);
+                y.iter().map(|v| *v as f64).sum()
+            },
+            1e-2,
+            1e-4,
+            "query scale backward",
+        );
     }
 
     #[test]

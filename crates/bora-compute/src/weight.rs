@@ -376,7 +376,7 @@ impl Weight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{quant_bytes, rand_vec};
+    use crate::testutil::{check_grad, project, quant_bytes, rand_vec};
 
     fn weight_of(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Weight {
         let bytes = quant_bytes(ty, rows, cols, seed);
@@ -474,6 +474,34 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn quantized_backward_is_the_gradient_of_the_forward() {
+        // m above the matrix-vector threshold: the tile path is exact in x, so finite
+        // differences are not blurred by activation quantization.
+        let (k, n, m) = (256, 24, MATVEC_MAX_ROWS + 2);
+        let mut scratch = Scratch::new();
+        for ty in TYPES {
+            let w = weight_of(ty, n, k, 7);
+            let x = rand_vec(m * k, 8);
+            let r = rand_vec(m * n, 9);
+            let mut dx = vec![0f32; m * k];
+            w.backward_dx(&mut dx, &r, m, false, &mut scratch);
+            let mut y = vec![0f32; m * n];
+            let mut s2 = Scratch::new();
+            check_grad(
+                &x,
+                &dx,
+                |xp| {
+                    w.forward(&mut y, xp, m, false, &mut s2);
+                    project(&y, &r)
+                },
+                1e-2,
+                2e-3,
+                "quantized dx",
+            );
         }
     }
 
