@@ -1,6 +1,8 @@
 //! The bora command line: parse, load config, wire crates, show progress. No logic of its own.
 use clap::{Parser, Subcommand};
 
+mod data;
+
 #[derive(Parser)]
 #[command(name = "bora", version, about = "Fine-tune Mistral-family models end to end")]
 struct Cli {
@@ -12,11 +14,14 @@ struct Cli {
 enum Command {
     /// Print the path bora uses for the default model.
     DefaultModel,
+    /// Check a dataset: validation, token statistics, steps, memory and time preflight.
+    Data(data::DataArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::DefaultModel => println!("{}", paths::default_model().display()),
+        Command::Data(args) => data::run(&args, &paths::default_model())?,
     }
     Ok(())
 }
