@@ -552,6 +552,111 @@ def chatml_cases(gguf_path):
     return cases
 
 
+# A template in the style of Hugging Face Mistral templates, written for this test: it exercises
+# what real templates use (namespace, loop controls, Python string methods, dict literals,
+# `tojson` with and without indent, `map`, `raise_exception`, tools, bos/eos variables).
+TEST_TEMPLATE = """
+{%- set ns = namespace(system='', shown=false) %}
+{%- for m in messages %}
+    {%- if m['role'] == 'system' %}{% set ns.system = ns.system + m['content'].strip() + '\n\n' %}{% endif %}
+{%- endfor %}
+{{- bos_token }}
+{%- for message in messages %}
+    {%- if message['role'] == 'system' %}{% continue %}{% endif %}
+    {%- if message['role'] == 'user' %}
+        {%- if tools is not none and loop.last %}
+            {{- '[AVAILABLE_TOOLS]' + tools|tojson(indent=2) + '[/AVAILABLE_TOOLS]' }}
+        {%- endif %}
+        {{- '[INST]' }}
+        {%- if ns.system and not ns.shown %}{{ ns.system }}{% set ns.shown = true %}{% endif %}
+        {{- message['content'].strip() + '[/INST]' }}
+    {%- elif message['role'] == 'assistant' %}
+        {%- if message.tool_calls is defined and message.tool_calls %}
+            {{- '[TOOL_CALLS]' + message.tool_calls|map(attribute='function')|list|tojson }}
+        {%- else %}
+            {{- message['content'] }}
+        {%- endif %}
+        {{- eos_token }}
+    {%- elif message['role'] == 'tool' %}
+        {{- '[TOOL_RESULTS]' + {'content': message['content'], 'call_id': message['tool_call_id']}|tojson + '[/TOOL_RESULTS]' }}
+    {%- else %}
+        {{- raise_exception('unexpected role ' + message['role']) }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt and messages[-1]['role'] == 'tool' %}{{ '\n' }}{% endif %}
+"""
+
+
+def jinja_tekken_cases(tekken_path):
+    """TEST_TEMPLATE rendered by transformers, tokenized by mistral-common's Tekken with the
+    special-token strings in the text turned into their ids (what `encode_with_special` does)."""
+    import re
+
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    tok = Tekkenizer.from_file(str(tekken_path))
+    specials = {t["token_str"]: t["rank"] for t in tok._all_special_tokens}
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
+
+    def encode(text):
+        ids, pos = [], 0
+        for m in pattern.finditer(text):
+            ids += tok.encode(text[pos : m.start()], bos=False, eos=False) + [specials[m.group()]]
+            pos = m.end()
+        return ids + tok.encode(text[pos:], bos=False, eos=False)
+
+    def render(messages, tools, prompt):
+        rendered, _ = render_jinja_template(
+            [messages],
+            tools=tools,
+            chat_template=TEST_TEMPLATE,
+            add_generation_prompt=prompt,
+            bos_token="<s>",
+            eos_token="</s>",
+        )
+        return rendered[0]
+
+    def common(a, b):
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    cases = []
+    for name, conv in CONVERSATIONS:
+        messages = conv["messages"]
+        if name.startswith("error_") or any(
+            not isinstance(m.get("content"), (str, type(None))) or m.get("prefix") for m in messages
+        ):
+            continue
+        tools = conv.get("tools")
+        prompt = messages[-1]["role"] in ("user", "tool")
+        full_text = render(messages, tools, prompt)
+        full = encode(full_text)
+        mask = [0] * len(full)
+        case = {"name": name, "conversation": conv, "add_generation_prompt": prompt}
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant" or m.get("weight") == 0:
+                continue
+            end_text = render(messages[: i + 1], tools, False)
+            start_text = render(messages[:i], tools, True)
+            if not (full_text.startswith(end_text) and full_text.startswith(start_text)):
+                # The template moves text between turns: no message boundary to attribute by.
+                case["error"] = f"rendering of the first {i + 1} messages is not a prefix"
+                break
+            start, end = common(encode(start_text), full), common(encode(end_text), full)
+            for pos in range(start, end):
+                mask[pos] = 1
+                if full[pos] == specials["</s>"]:
+                    break
+        if "error" not in case:
+            case["ids"] = full
+            case["mask"] = mask
+        cases.append(case)
+    return cases
+
+
 def write_json(path, value):
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -577,6 +682,13 @@ def main():
             OUT / f"mistral_{file_name.removesuffix('.json')}.json",
             {"tokenizer": file_name, "mistral_common": mistral_common.__version__, "cases": cases},
         )
+
+    cases = jinja_tekken_cases(data / "tekken_240911.json")
+    print(f"test template on tekken_240911: {len(cases)} conversations")
+    write_json(
+        OUT / "jinja_tekken_240911.json",
+        {"tokenizer": "tekken_240911.json", "template": TEST_TEMPLATE, "cases": cases},
+    )
 
     home = Path(os.environ.get("BORA_HOME", Path.home() / ".cache" / "bora"))
     gguf = home / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,7 +1,7 @@
 //! The bora command line: parse, load config, wire crates, show progress. No logic of its own.
 use clap::{Parser, Subcommand};
 
-mod data;
+mod tokenize;
 
 #[derive(Parser)]
 #[command(name = "bora", version, about = "Fine-tune Mistral-family models end to end")]
@@ -14,14 +14,14 @@ struct Cli {
 enum Command {
     /// Print the path bora uses for the default model.
     DefaultModel,
-    /// Check a dataset: validation, token statistics, steps, memory and time preflight.
-    Data(data::DataArgs),
+    /// Show token ids (and a chat's loss mask) for text, a file or a conversation.
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::DefaultModel => println!("{}", paths::default_model().display()),
-        Command::Data(args) => data::run(&args, &paths::default_model())?,
+        Command::Tokenize(args) => tokenize::run(&args)?,
     }
     Ok(())
 }

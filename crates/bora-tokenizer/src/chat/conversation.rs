@@ -150,11 +150,19 @@ impl Conversation {
 }
 
 fn top(field: &str, reason: &str) -> ChatError {
-    ChatError::Field { index: None, field: field.into(), reason: reason.into() }
+    ChatError::Field {
+        index: None,
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 fn bad(index: usize, field: &str, reason: impl Into<String>) -> ChatError {
-    ChatError::Field { index: Some(index), field: field.into(), reason: reason.into() }
+    ChatError::Field {
+        index: Some(index),
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 fn opt_string(i: usize, m: &JsonValue, field: &str) -> Result<Option<String>, ChatError> {
@@ -198,14 +206,30 @@ fn parse_message(i: usize, m: &JsonValue) -> Result<Message, ChatError> {
                         texts.push(text.clone())
                     }
                     (Some(JsonValue::String(t)), _) if t != "text" => {
-                        return Err(bad(i, &field, format!("has type {t:?}; only \"text\" parts are supported")))
+                        return Err(bad(
+                            i,
+                            &field,
+                            format!("has type {t:?}; only \"text\" parts are supported"),
+                        ))
                     }
-                    _ => return Err(bad(i, &field, "must be {\"type\": \"text\", \"text\": string}")),
+                    _ => {
+                        return Err(bad(
+                            i,
+                            &field,
+                            "must be {\"type\": \"text\", \"text\": string}",
+                        ))
+                    }
                 }
             }
             Some(Content::Parts(texts))
         }
-        Some(_) => return Err(bad(i, "content", "must be a string or a list of text parts")),
+        Some(_) => {
+            return Err(bad(
+                i,
+                "content",
+                "must be a string or a list of text parts",
+            ))
+        }
     };
     let tool_calls = match m.get("tool_calls") {
         None | Some(JsonValue::Null) => Vec::new(),
@@ -234,7 +258,14 @@ fn parse_message(i: usize, m: &JsonValue) -> Result<Message, ChatError> {
             ("prefix", prefix),
         ] {
             if set {
-                return Err(bad(i, field, format!("is only allowed on assistant messages, not {}", role.as_str())));
+                return Err(bad(
+                    i,
+                    field,
+                    format!(
+                        "is only allowed on assistant messages, not {}",
+                        role.as_str()
+                    ),
+                ));
             }
         }
     }
@@ -242,7 +273,11 @@ fn parse_message(i: usize, m: &JsonValue) -> Result<Message, ChatError> {
         return Err(bad(i, "content", "is missing"));
     }
     if role == Role::Tool && content.is_none() {
-        return Err(bad(i, "content", "is missing (a tool result needs content)"));
+        return Err(bad(
+            i,
+            "content",
+            "is missing (a tool result needs content)",
+        ));
     }
     Ok(Message {
         role,
@@ -275,10 +310,18 @@ fn parse_tool_call(i: usize, j: usize, c: &JsonValue) -> Result<ToolCall, ChatEr
         None | Some(JsonValue::Null) => JsonValue::String("{}".into()),
         Some(v @ (JsonValue::String(_) | JsonValue::Object(_))) => v.clone(),
         Some(_) => {
-            return Err(bad(i, &field("function.arguments"), "must be a JSON string or an object"))
+            return Err(bad(
+                i,
+                &field("function.arguments"),
+                "must be a JSON string or an object",
+            ))
         }
     };
-    Ok(ToolCall { id, name, arguments })
+    Ok(ToolCall {
+        id,
+        name,
+        arguments,
+    })
 }
 
 fn parse_tool(k: usize, t: &JsonValue) -> Result<Tool, ChatError> {
@@ -307,9 +350,18 @@ fn parse_tool(k: usize, t: &JsonValue) -> Result<Tool, ChatError> {
     let parameters = match function.get("parameters") {
         None | Some(JsonValue::Null) => JsonValue::Object(Vec::new()),
         Some(v @ JsonValue::Object(_)) => v.clone(),
-        Some(_) => return Err(err("function.parameters", "must be a JSON object (a JSON schema)")),
+        Some(_) => {
+            return Err(err(
+                "function.parameters",
+                "must be a JSON object (a JSON schema)",
+            ))
+        }
     };
-    Ok(Tool { name, description, parameters })
+    Ok(Tool {
+        name,
+        description,
+        parameters,
+    })
 }
 
 impl<'de> Deserialize<'de> for Conversation {
@@ -328,7 +380,10 @@ impl Tool {
                 "function".into(),
                 JsonValue::Object(vec![
                     ("name".into(), JsonValue::String(self.name.clone())),
-                    ("description".into(), JsonValue::String(self.description.clone())),
+                    (
+                        "description".into(),
+                        JsonValue::String(self.description.clone()),
+                    ),
                     ("parameters".into(), self.parameters.clone()),
                 ]),
             ),

@@ -8,9 +8,11 @@
 //! and including the first EOS (`<|im_end|>` for ChatML) are trained; what a template writes
 //! after it (ChatML's newline) belongs to the template, not to the answer.
 
+use minijinja::value::Kwargs;
 use minijinja::{Environment, Error, ErrorKind, Value};
 
 use super::conversation::{Conversation, Message, Tool};
+use super::json::JsonValue;
 use super::{ChatError, EncodedChat};
 use crate::Tokenizer;
 
@@ -55,11 +57,19 @@ impl JinjaFormat {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_fuel(Some(FUEL));
-        env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, message))
-        });
-        env.add_template_owned("chat", template.to_owned()).map_err(template_error)?;
-        let token_text = |id: Option<u32>| id.and_then(|id| tok.id_to_piece(id)).unwrap_or_default();
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<Value, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
+        // Templates are written for Python Jinja: `.strip()`, `.startswith()`, `.items()`...
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_filter("tojson", python_tojson);
+        env.add_template_owned("chat", template.to_owned())
+            .map_err(template_error)?;
+        let token_text =
+            |id: Option<u32>| id.and_then(|id| tok.id_to_piece(id)).unwrap_or_default();
         Ok(JinjaFormat {
             env,
             bos_token: token_text(tok.bos_id()),
@@ -68,7 +78,12 @@ impl JinjaFormat {
         })
     }
 
-    fn render(&self, messages: &[Message], tools: &[Tool], add_generation_prompt: bool) -> Result<String, ChatError> {
+    fn render(
+        &self,
+        messages: &[Message],
+        tools: &[Tool],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
         let template = self.env.get_template("chat").map_err(template_error)?;
         let tools = if tools.is_empty() {
             Value::from(())
@@ -95,7 +110,8 @@ impl JinjaFormat {
         let messages = &conv.messages;
         if messages.last().is_some_and(|m| m.prefix) {
             return Err(ChatError::Unsupported(
-                "an assistant prefix (continuing the final message) with a Jinja chat template".into(),
+                "an assistant prefix (continuing the final message) with a Jinja chat template"
+                    .into(),
             ));
         }
         let full = self.render(messages, &conv.tools, add_generation_prompt)?;
@@ -133,6 +149,22 @@ impl JinjaFormat {
         }
         Ok(EncodedChat { ids, mask })
     }
+}
+
+/// transformers' `tojson`: Python's `json.dumps(x, ensure_ascii=False, indent=indent)`, not
+/// minijinja's compact HTML-safe JSON, because tool schemas land in the prompt verbatim.
+fn python_tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let text = serde_json::to_string(&value)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let json = JsonValue::parse(&text).ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: value is not representable as JSON",
+        )
+    })?;
+    Ok(Value::from(json.to_python_json_indented(indent)))
 }
 
 fn not_prefix_stable(n: usize) -> ChatError {

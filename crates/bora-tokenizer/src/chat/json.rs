@@ -41,12 +41,18 @@ impl JsonValue {
 
     /// `json.dumps(value, ensure_ascii=False)` with Python's default separators.
     pub fn to_python_json(&self) -> String {
+        self.to_python_json_indented(None)
+    }
+
+    /// `json.dumps(value, ensure_ascii=False, indent=indent)`: with an indent Python puts each
+    /// item on its own line and drops the space after commas.
+    pub fn to_python_json_indented(&self, indent: Option<usize>) -> String {
         let mut out = String::new();
-        self.write_python(&mut out);
+        self.write_python(&mut out, indent, 0);
         out
     }
 
-    fn write_python(&self, out: &mut String) {
+    fn write_python(&self, out: &mut String, indent: Option<usize>, level: usize) {
         match self {
             JsonValue::Null => out.push_str("null"),
             JsonValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -59,29 +65,56 @@ impl JsonValue {
             JsonValue::Float(f) => python_float(*f, out),
             JsonValue::String(s) => python_string(s, out),
             JsonValue::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    item.write_python(out);
-                }
-                out.push(']');
+                write_container(out, indent, level, ('[', ']'), items, |out, item| {
+                    item.write_python(out, indent, level + 1)
+                })
             }
-            JsonValue::Object(entries) => {
-                out.push('{');
-                for (i, (key, value)) in entries.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
+            JsonValue::Object(entries) => write_container(
+                out,
+                indent,
+                level,
+                ('{', '}'),
+                entries,
+                |out, (key, value)| {
                     python_string(key, out);
                     out.push_str(": ");
-                    value.write_python(out);
-                }
-                out.push('}');
-            }
+                    value.write_python(out, indent, level + 1);
+                },
+            ),
         }
     }
+}
+
+/// Brackets, separators and (with an indent) line breaks around `items`, as `json.dumps`
+/// lays them out.
+fn write_container<T>(
+    out: &mut String,
+    indent: Option<usize>,
+    level: usize,
+    (open, close): (char, char),
+    items: &[T],
+    mut write_item: impl FnMut(&mut String, &T),
+) {
+    out.push(open);
+    if items.is_empty() {
+        out.push(close);
+        return;
+    }
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(width) = indent {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', width * depth));
+        }
+    };
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(if indent.is_some() { "," } else { ", " });
+        }
+        newline(out, level + 1);
+        write_item(out, item);
+    }
+    newline(out, level);
+    out.push(close);
 }
 
 /// Python's `json.dumps` string escaping with `ensure_ascii=False`: only quotes, backslashes and
@@ -149,7 +182,12 @@ fn python_float(f: f64, out: &mut String) {
             out.push('.');
             out.push_str(&digits[1..]);
         }
-        let _ = write!(out, "e{}{:02}", if exponent < 0 { '-' } else { '+' }, exponent.abs());
+        let _ = write!(
+            out,
+            "e{}{:02}",
+            if exponent < 0 { '-' } else { '+' },
+            exponent.abs()
+        );
     }
 }
 
@@ -260,19 +298,37 @@ impl Serialize for JsonValue {
 mod tests {
     use super::*;
 
-    /// Expected strings are CPython 3.11 `json.dumps(json.loads(src), ensure_ascii=False)`.
+    /// Expected strings are CPython 3.11 `json.dumps(json.loads(src), ensure_ascii=False)`
+    /// (with `indent=2` for the nested case).
     #[test]
     fn matches_python_json_dumps() {
         let cases = [
-            (r#"{"b": 1, "a": [true, null, "x"]}"#, r#"{"b": 1, "a": [true, null, "x"]}"#),
+            (
+                r#"{"b": 1, "a": [true, null, "x"]}"#,
+                r#"{"b": 1, "a": [true, null, "x"]}"#,
+            ),
             (r#"{"a":1,"a":2,"c":3}"#, r#"{"a": 2, "c": 3}"#),
-            ("[1.0, 0.5, 1e16, 1.5e-5, 123456789.125, -0.0001, 1e22, 2.5e-7]", "[1.0, 0.5, 1e+16, 1.5e-05, 123456789.125, -0.0001, 1e+22, 2.5e-07]"),
-            (r#""é\u00e9\n\t\u0001\"\\/""#, "\"éé\\n\\t\\u0001\\\"\\\\/\""),
-            ("[18446744073709551615, -5, 0]", "[18446744073709551615, -5, 0]"),
+            (
+                "[1.0, 0.5, 1e16, 1.5e-5, 123456789.125, -0.0001, 1e22, 2.5e-7]",
+                "[1.0, 0.5, 1e+16, 1.5e-05, 123456789.125, -0.0001, 1e+22, 2.5e-07]",
+            ),
+            (
+                r#""é\u00e9\n\t\u0001\"\\/""#,
+                "\"éé\\n\\t\\u0001\\\"\\\\/\"",
+            ),
+            (
+                "[18446744073709551615, -5, 0]",
+                "[18446744073709551615, -5, 0]",
+            ),
         ];
         for (src, want) in cases {
             let value = JsonValue::parse(src).unwrap();
             assert_eq!(value.to_python_json(), want, "{src}");
         }
+        let nested = JsonValue::parse(r#"{"a": [1, {"b": null}], "c": {}, "d": []}"#).unwrap();
+        assert_eq!(
+            nested.to_python_json_indented(Some(2)),
+            "{\n  \"a\": [\n    1,\n    {\n      \"b\": null\n    }\n  ],\n  \"c\": {},\n  \"d\": []\n}"
+        );
     }
 }

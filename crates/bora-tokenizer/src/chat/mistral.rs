@@ -78,13 +78,22 @@ impl MistralFormat {
                 end_results: c("[/TOOL_RESULTS]")?,
                 calls: c("[TOOL_CALLS]")?,
                 v7: if version >= InstructVersion::V7 {
-                    Some((c("[SYSTEM_PROMPT]")?, c("[/SYSTEM_PROMPT]")?, c("[TOOL_CONTENT]")?))
+                    Some((
+                        c("[SYSTEM_PROMPT]")?,
+                        c("[/SYSTEM_PROMPT]")?,
+                        c("[TOOL_CONTENT]")?,
+                    ))
                 } else {
                     None
                 },
             })
         };
-        Ok(MistralFormat { version, bos, eos, controls })
+        Ok(MistralFormat {
+            version,
+            bos,
+            eos,
+            controls,
+        })
     }
 
     pub fn version(&self) -> InstructVersion {
@@ -98,7 +107,9 @@ impl MistralFormat {
         add_generation_prompt: bool,
     ) -> Result<EncodedChat, ChatError> {
         let messages = &conv.messages;
-        let last = messages.last().ok_or_else(|| structure("the conversation has no messages"))?;
+        let last = messages
+            .last()
+            .ok_or_else(|| structure("the conversation has no messages"))?;
         // mistral-common's `finetuning` validation mode applies to complete conversations, its
         // `test` mode to prompts (ending in a user/tool turn or an assistant prefix).
         let training = last.role == Role::Assistant && !last.prefix;
@@ -107,7 +118,10 @@ impl MistralFormat {
         }
         validate(self.version, conv, training)?;
         let request = normalize(self.version, conv)?;
-        let mut out = EncodedChat { ids: vec![self.bos], mask: vec![false] };
+        let mut out = EncodedChat {
+            ids: vec![self.bos],
+            mask: vec![false],
+        };
         self.encode_request(tok, &request, &mut out)?;
         Ok(out)
     }
@@ -118,8 +132,13 @@ impl MistralFormat {
         req: &Request<'_>,
         out: &mut EncodedChat,
     ) -> Result<(), ChatError> {
-        let users: Vec<usize> =
-            req.turns.iter().enumerate().filter(|(_, t)| matches!(t, Turn::User(_))).map(|(i, _)| i).collect();
+        let users: Vec<usize> = req
+            .turns
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| matches!(t, Turn::User(_)))
+            .map(|(i, _)| i)
+            .collect();
         let first_user = users.first().copied();
         let last_user = users.last().copied();
         if self.version == InstructVersion::V2 {
@@ -146,14 +165,25 @@ impl MistralFormat {
     }
 
     fn controls(&self) -> &Controls {
-        self.controls.as_ref().expect("v2+ formats resolve their control tokens in new()")
+        self.controls
+            .as_ref()
+            .expect("v2+ formats resolve their control tokens in new()")
     }
 
     fn v7_controls(&self) -> (u32, u32, u32) {
-        self.controls().v7.expect("system turns exist only in v7 requests")
+        self.controls()
+            .v7
+            .expect("system turns exist only in v7 requests")
     }
 
-    fn user(&self, tok: &Tokenizer, req: &Request<'_>, text: &str, first: bool, last: bool) -> Vec<u32> {
+    fn user(
+        &self,
+        tok: &Tokenizer,
+        req: &Request<'_>,
+        text: &str,
+        first: bool,
+        last: bool,
+    ) -> Vec<u32> {
         if self.version == InstructVersion::V1 {
             let content = match &req.system_prompt {
                 Some(system) if first => format!("{system}\n\n{text}"),
@@ -178,7 +208,12 @@ impl MistralFormat {
         ids
     }
 
-    fn tool(&self, tok: &Tokenizer, result: &ToolResult, before_last_user: bool) -> Result<Vec<u32>, ChatError> {
+    fn tool(
+        &self,
+        tok: &Tokenizer,
+        result: &ToolResult,
+        before_last_user: bool,
+    ) -> Result<Vec<u32>, ChatError> {
         let c = match self.version {
             InstructVersion::V1 => return Err(no_tools_in_v1()),
             _ => self.controls(),
@@ -188,7 +223,10 @@ impl MistralFormat {
             // v2 shows the model only the tool results that answer the current user turn.
             InstructVersion::V2 if before_last_user => return Ok(Vec::new()),
             InstructVersion::V2 => {
-                let name = result.name.clone().map_or(JsonValue::Null, JsonValue::String);
+                let name = result
+                    .name
+                    .clone()
+                    .map_or(JsonValue::Null, JsonValue::String);
                 let entry = JsonValue::Object(vec![
                     ("name".into(), name),
                     ("content".into(), parsed_payload(&result.content)),
@@ -196,7 +234,10 @@ impl MistralFormat {
                 tok.encode(&JsonValue::Array(vec![entry]).to_python_json())
             }
             InstructVersion::V3 => {
-                let call_id = result.call_id.clone().ok_or_else(|| structure("a tool message has no tool_call_id"))?;
+                let call_id = result
+                    .call_id
+                    .clone()
+                    .ok_or_else(|| structure("a tool message has no tool_call_id"))?;
                 let entry = JsonValue::Object(vec![
                     ("content".into(), parsed_payload(&result.content)),
                     ("call_id".into(), JsonValue::String(call_id)),
@@ -204,7 +245,10 @@ impl MistralFormat {
                 tok.encode(&entry.to_python_json())
             }
             InstructVersion::V7 => {
-                let call_id = result.call_id.as_deref().ok_or_else(|| structure("a tool message has no tool_call_id"))?;
+                let call_id = result
+                    .call_id
+                    .as_deref()
+                    .ok_or_else(|| structure("a tool message has no tool_call_id"))?;
                 let (_, _, tool_content) = self.v7_controls();
                 let mut ids = tok.encode(call_id);
                 ids.push(tool_content);
@@ -215,7 +259,12 @@ impl MistralFormat {
         Ok(wrap(c.results, body, c.end_results))
     }
 
-    fn assistant(&self, tok: &Tokenizer, a: &AssistantTurn, before_last_user: bool) -> Result<Vec<u32>, ChatError> {
+    fn assistant(
+        &self,
+        tok: &Tokenizer,
+        a: &AssistantTurn,
+        before_last_user: bool,
+    ) -> Result<Vec<u32>, ChatError> {
         let has_content = !a.content.is_empty();
         let mut ids = Vec::new();
         match self.version {
@@ -224,7 +273,9 @@ impl MistralFormat {
                     return Err(no_tools_in_v1());
                 }
                 if !has_content {
-                    return Err(structure("an assistant message has neither content nor tool calls"));
+                    return Err(structure(
+                        "an assistant message has neither content nor tool calls",
+                    ));
                 }
                 ids = tok.encode(&a.content);
             }
@@ -243,12 +294,16 @@ impl MistralFormat {
                 } else if has_content {
                     ids = tok.encode(a.content.trim_end_matches(' '));
                 } else {
-                    return Err(structure("an assistant message has neither content nor tool calls"));
+                    return Err(structure(
+                        "an assistant message has neither content nor tool calls",
+                    ));
                 }
             }
             InstructVersion::V7 => {
                 if !has_content && a.calls.is_empty() {
-                    return Err(structure("an assistant message has neither content nor tool calls"));
+                    return Err(structure(
+                        "an assistant message has neither content nor tool calls",
+                    ));
                 }
                 if has_content {
                     ids = tok.encode(a.content.trim_end_matches(' '));
@@ -303,7 +358,9 @@ fn structure(reason: impl Into<String>) -> ChatError {
 }
 
 fn no_tools_in_v1() -> ChatError {
-    ChatError::Unsupported("Mistral instruct v1 has no tool calling (tool calls or tool messages)".into())
+    ChatError::Unsupported(
+        "Mistral instruct v1 has no tool calling (tool calls or tool messages)".into(),
+    )
 }
 
 /// What a tool payload becomes in the prompt JSON: mistral-common normalizes it to JSON text
@@ -352,18 +409,28 @@ struct ToolResult {
     name: Option<String>,
 }
 
-fn normalize<'a>(version: InstructVersion, conv: &'a Conversation) -> Result<Request<'a>, ChatError> {
+fn normalize<'a>(
+    version: InstructVersion,
+    conv: &'a Conversation,
+) -> Result<Request<'a>, ChatError> {
     let v7 = version == InstructVersion::V7;
     let system_prompt = if v7 {
         None
     } else {
-        let systems: Vec<String> =
-            conv.messages.iter().filter(|m| m.role == Role::System && m.has_content()).map(Message::text).collect();
+        let systems: Vec<String> = conv
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::System && m.has_content())
+            .map(Message::text)
+            .collect();
         Some(systems.join("\n\n")).filter(|joined| !joined.is_empty())
     };
     let mut turns = Vec::new();
     // Runs of one role and one weight merge (a missing weight is its own value).
-    for run in conv.messages.chunk_by(|a, b| a.role == b.role && a.weight == b.weight) {
+    for run in conv
+        .messages
+        .chunk_by(|a, b| a.role == b.role && a.weight == b.weight)
+    {
         match run[0].role {
             Role::User => {
                 let texts: Vec<String> = run.iter().map(Message::text).collect();
@@ -384,7 +451,10 @@ fn normalize<'a>(version: InstructVersion, conv: &'a Conversation) -> Result<Req
                 let texts: Vec<String> = run.iter().map(Message::text).collect();
                 turns.push(Turn::Assistant(AssistantTurn {
                     content: join_nonempty(texts.iter().map(String::as_str)),
-                    calls: run.iter().flat_map(|m| m.tool_calls.iter().cloned()).collect(),
+                    calls: run
+                        .iter()
+                        .flat_map(|m| m.tool_calls.iter().cloned())
+                        .collect(),
                     prefix: run.iter().any(|m| m.prefix),
                     trained: run[0].is_trained(),
                 }));
@@ -395,7 +465,11 @@ fn normalize<'a>(version: InstructVersion, conv: &'a Conversation) -> Result<Req
     if turns.is_empty() || (!v7 && !starts_with_user) {
         turns.insert(0, Turn::User(String::new()));
     }
-    Ok(Request { system_prompt, tools: &conv.tools, turns })
+    Ok(Request {
+        system_prompt,
+        tools: &conv.tools,
+        turns,
+    })
 }
 
 /// `InstructRequestNormalizer._normalize_json_content`: empty becomes `{}`, JSON is
@@ -436,7 +510,10 @@ fn check_v2_tool_results(turns: &[Turn], last_user: Option<usize>) -> Result<(),
 }
 
 fn is_function_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn is_call_id(id: &str) -> bool {
@@ -444,16 +521,28 @@ fn is_call_id(id: &str) -> bool {
 }
 
 fn at(index: usize, field: &str, reason: impl Into<String>) -> ChatError {
-    ChatError::Field { index: Some(index), field: field.into(), reason: reason.into() }
+    ChatError::Field {
+        index: Some(index),
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// mistral-common's request validation for `version`, in `finetuning` mode when `training`
 /// and `test` mode otherwise.
-fn validate(version: InstructVersion, conv: &Conversation, training: bool) -> Result<(), ChatError> {
+fn validate(
+    version: InstructVersion,
+    conv: &Conversation,
+    training: bool,
+) -> Result<(), ChatError> {
     let messages = &conv.messages;
     let n = messages.len();
     if n == 1 && !matches!(messages[0].role, Role::User | Role::System) {
-        return Err(at(0, "role", "a conversation must start with a user or system message"));
+        return Err(at(
+            0,
+            "role",
+            "a conversation must start with a user or system message",
+        ));
     }
     for (i, pair) in messages.windows(2).enumerate() {
         let (prev, cur) = (pair[0].role, pair[1].role);
@@ -467,7 +556,11 @@ fn validate(version: InstructVersion, conv: &Conversation, training: bool) -> Re
             return Err(at(
                 i + 1,
                 "role",
-                format!("a {} message cannot follow a {} message", cur.as_str(), prev.as_str()),
+                format!(
+                    "a {} message cannot follow a {} message",
+                    cur.as_str(),
+                    prev.as_str()
+                ),
             ));
         }
     }
@@ -478,7 +571,11 @@ fn validate(version: InstructVersion, conv: &Conversation, training: bool) -> Re
             Role::Tool => pending -= 1,
             Role::Assistant => {
                 if pending != 0 {
-                    return Err(at(i, "tool_calls", "the previous tool calls and tool results do not pair up"));
+                    return Err(at(
+                        i,
+                        "tool_calls",
+                        "the previous tool calls and tool results do not pair up",
+                    ));
                 }
                 pending = m.tool_calls.len() as i64;
             }
@@ -493,8 +590,13 @@ fn validate(version: InstructVersion, conv: &Conversation, training: bool) -> Re
         let last = i + 1 == n;
         match m.role {
             Role::Assistant => {
-                if version < InstructVersion::V7 && m.has_content() == !m.tool_calls.is_empty() {
-                    return Err(at(i, "content", "an assistant message needs either content or tool_calls, not both"));
+                let has_calls = !m.tool_calls.is_empty();
+                if version < InstructVersion::V7 && m.has_content() == has_calls {
+                    return Err(at(
+                        i,
+                        "content",
+                        "an assistant message needs either content or tool_calls, not both",
+                    ));
                 }
                 for (j, call) in m.tool_calls.iter().enumerate() {
                     if checks_ids {
@@ -505,28 +607,53 @@ fn validate(version: InstructVersion, conv: &Conversation, training: bool) -> Re
                                 return Err(at(i, &field, "a tool call id may be missing only on the final assistant message of a training conversation"));
                             }
                         } else if !is_call_id(id) {
-                            return Err(at(i, &field, format!("is {id:?}; it must be 9 characters a-z, A-Z, 0-9")));
+                            return Err(at(
+                                i,
+                                &field,
+                                format!("is {id:?}; it must be 9 characters a-z, A-Z, 0-9"),
+                            ));
                         }
                     }
                     if !is_function_name(&call.name) {
-                        return Err(at(i, &format!("tool_calls[{j}].function.name"), format!("is {:?}; it must be 1-64 characters a-z, A-Z, 0-9, _ or -", call.name)));
+                        return Err(at(
+                            i,
+                            &format!("tool_calls[{j}].function.name"),
+                            format!(
+                                "is {:?}; it must be 1-64 characters a-z, A-Z, 0-9, _ or -",
+                                call.name
+                            ),
+                        ));
                     }
                 }
                 if m.prefix && !last {
-                    return Err(at(i, "prefix", "only the last message may be an assistant prefix"));
+                    return Err(at(
+                        i,
+                        "prefix",
+                        "only the last message may be an assistant prefix",
+                    ));
                 }
             }
             Role::Tool => {
                 if let Some(name) = &m.name {
                     if !is_function_name(name) {
-                        return Err(at(i, "name", format!("is {name:?}; it must be 1-64 characters a-z, A-Z, 0-9, _ or -")));
+                        return Err(at(
+                            i,
+                            "name",
+                            format!(
+                                "is {name:?}; it must be 1-64 characters a-z, A-Z, 0-9, _ or -"
+                            ),
+                        ));
                     }
                 }
                 if checks_ids {
                     match m.tool_call_id.as_deref() {
                         None => return Err(at(i, "tool_call_id", "is missing")),
                         Some(id) if !is_call_id(id) => {
-                            return Err(at(i, "tool_call_id", format!("is {id:?}; it must be 9 characters a-z, A-Z, 0-9")))
+                            return Err(at(
+                                i,
+                                "tool_call_id",
+                                format!("is {id:?}; it must be 9 characters a-z, A-Z, 0-9"),
+                            ))
                         }
                         Some(_) => {}
                     }
@@ -540,7 +667,10 @@ fn validate(version: InstructVersion, conv: &Conversation, training: bool) -> Re
             return Err(ChatError::Field {
                 index: None,
                 field: format!("tools[{k}].function.name"),
-                reason: format!("is {:?}; it must be 1-64 characters a-z, A-Z, 0-9, _ or -", tool.name),
+                reason: format!(
+                    "is {:?}; it must be 1-64 characters a-z, A-Z, 0-9, _ or -",
+                    tool.name
+                ),
             });
         }
     }

@@ -61,7 +61,8 @@ pub enum ChatError {
 #[derive(Debug)]
 pub enum ChatFormat {
     Mistral(MistralFormat),
-    Jinja(JinjaFormat),
+    /// Boxed: a compiled template environment is several times larger than the Mistral ids.
+    Jinja(Box<JinjaFormat>),
 }
 
 impl ChatFormat {
@@ -90,7 +91,9 @@ impl ChatFormat {
         match mistral_version {
             Some(version) => Ok(ChatFormat::Mistral(MistralFormat::new(tok, version)?)),
             None => match tok.chat_template() {
-                Some(template) => Ok(ChatFormat::Jinja(JinjaFormat::new(tok, template)?)),
+                Some(template) => Ok(ChatFormat::Jinja(Box::new(JinjaFormat::new(
+                    tok, template,
+                )?))),
                 None => Err(ChatError::NoFormat(
                     "it is not a Mistral tokenizer and carries no chat template".into(),
                 )),
@@ -108,7 +111,9 @@ impl ChatFormat {
         add_generation_prompt: bool,
     ) -> Result<EncodedChat, ChatError> {
         if conv.messages.is_empty() {
-            return Err(ChatError::Structure("the conversation has no messages".into()));
+            return Err(ChatError::Structure(
+                "the conversation has no messages".into(),
+            ));
         }
         match self {
             ChatFormat::Mistral(f) => f.encode(tok, conv, add_generation_prompt),
