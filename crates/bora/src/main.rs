@@ -1,6 +1,7 @@
 //! The bora command line: parse, load config, wire crates, show progress. No logic of its own.
 use clap::{Parser, Subcommand};
 
+mod data;
 mod tokenize;
 
 #[derive(Parser)]
@@ -16,12 +17,15 @@ enum Command {
     DefaultModel,
     /// Show token ids (and a chat's loss mask) for text, a file or a conversation.
     Tokenize(tokenize::TokenizeArgs),
+    /// Check a dataset: validation, token statistics, steps, memory and time preflight.
+    Data(data::DataArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::DefaultModel => println!("{}", paths::default_model().display()),
         Command::Tokenize(args) => tokenize::run(&args)?,
+        Command::Data(args) => data::run(&args, &paths::default_model())?,
     }
     Ok(())
 }
