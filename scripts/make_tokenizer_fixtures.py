@@ -16,6 +16,11 @@ Run from anywhere: `scripts/make_tokenizer_fixtures.py` (it re-executes itself i
   control tokens written in the text as text; `ids_special` parses them (HF's default).
   transformers' GGUF loader does not split digits for `smollm` and so differs from the model's
   own tokenizer on numbers; its ids are recorded as `ids_transformers_gguf` for the record.
+- `hf_bytelevel/` and `hf_metaspace/` (`tokenizer.json` + `tokenizer_config.json`) with
+  `hf_bytelevel.json` / `hf_metaspace.json`: two small BPE vocabularies trained here by HF
+  `tokenizers` on the corpus, one GPT-2 style (ByteLevel) and one Llama/Mistral style (Metaspace
+  '▁' with byte fallback), each with special and non-special added tokens; ids and decoded
+  text from HF `tokenizers`, as for SmolLM2.
 """
 import json
 import os
@@ -229,6 +234,65 @@ def smollm2_fixture():
     }
 
 
+def hf_fixture(style):
+    import tokenizers
+    from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    if style == "bytelevel":
+        tok = tokenizers.Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+        tok.decoder = decoders.Sequence([
+            decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
+        ])
+        specials = ["<unk>", "<s>", "</s>", *specials]
+        alphabet = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials, initial_alphabet=alphabet,
+                                  show_progress=False)
+    tok.train_from_iterator(corpus() * 2, trainer)
+    tok.add_tokens([AddedToken("<think>", special=False, normalized=False)])
+    directory = OUT / f"hf_{style}"
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    bos, eos = ("<|im_start|>", "<|im_end|>") if style == "bytelevel" else ("<s>", "</s>")
+    config = {"bos_token": bos, "eos_token": {"content": eos, "special": True},
+              "chat_template": [{"name": "default", "template": "{% for m in messages %}{{ m.content }}{% endfor %}"},
+                                {"name": "tool_use", "template": "tools"}]}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    def plain(text):
+        tok.encode_special_tokens = True
+        ids = tok.encode(text, add_special_tokens=False).ids
+        tok.encode_special_tokens = False
+        return ids
+
+    cases = []
+    for text in corpus() + ["<think>x</think> <|im_start|>a<|im_end|>"]:
+        ids = plain(text)
+        cases.append({"text": text, "ids": ids, "ids_special": tok.encode(text, add_special_tokens=False).ids,
+                      "decoded": tok.decode(ids, skip_special_tokens=True)})
+    im_start = tok.token_to_id("<|im_start|>")
+    decode = []
+    for ids in ([im_start, *plain("Grüße 👋 dir")], [im_start, *plain(" leading"), im_start]):
+        for policy, skip in (("skip", True), ("keep", False)):
+            decode.append({"ids": ids, "policy": policy, "text": tok.decode(ids, skip_special_tokens=skip)})
+    return {
+        "source": f"tokenizers {tokenizers.__version__}",
+        "file": f"hf_{style}/tokenizer.json",
+        "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+        "bos_id": tok.token_to_id(bos),
+        "eos_id": tok.token_to_id(eos),
+        "chat_template": config["chat_template"][0]["template"],
+        "encode": cases,
+        "decode": decode,
+    }
+
+
 def _gpt2_chars():
     from transformers.convert_slow_tokenizer import bytes_to_unicode
     table = bytes_to_unicode()
@@ -253,6 +317,8 @@ def main():
     for name in MISTRAL_FILES:
         write(name, mistral_fixture(name))
     write("smollm2", smollm2_fixture())
+    for style in ("bytelevel", "metaspace"):
+        write(f"hf_{style}", hf_fixture(style))
 
 
 if __name__ == "__main__":

@@ -210,3 +210,63 @@ fn load_gpt2(
         ids,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use bora_formats::gguf::GgufWriter;
+
+    use crate::{Tokenizer, TokenizerKind};
+
+    /// llama.cpp's converter writes a Mistral SentencePiece model into GGUF as `llama` tokens,
+    /// scores and types (gguf-py `vocab.py`). Doing the same with v3 must reproduce
+    /// mistral-common's ids for the whole fixture corpus.
+    #[test]
+    fn llama_vocabulary_from_mistral_v3_matches_mistral_common() {
+        let home = std::env::var_os("BORA_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/bora")
+            });
+        let name = "mistral_instruct_tokenizer_240323.model.v3";
+        let model = home.join("tokenizers").join(name);
+        let bytes = std::fs::read(&model).unwrap_or_else(|e| {
+            panic!("{}: {e}: run scripts/fetch-tokenizers.sh", model.display())
+        });
+        let proto = crate::protobuf::parse_model(&bytes).unwrap();
+        let mut w = GgufWriter::new();
+        w.add_metadata("general.architecture", "llama").unwrap();
+        w.add_metadata("tokenizer.ggml.model", "llama").unwrap();
+        let tokens: Vec<&str> = proto.pieces.iter().map(|p| p.piece.as_str()).collect();
+        w.add_metadata("tokenizer.ggml.tokens", tokens).unwrap();
+        let scores: Vec<f32> = proto.pieces.iter().map(|p| p.score).collect();
+        w.add_metadata("tokenizer.ggml.scores", scores).unwrap();
+        let types: Vec<i32> = proto.pieces.iter().map(|p| p.kind as i32).collect();
+        w.add_metadata("tokenizer.ggml.token_type", types).unwrap();
+        w.add_metadata("tokenizer.ggml.bos_token_id", 1u32).unwrap();
+        w.add_metadata("tokenizer.ggml.eos_token_id", 2u32).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.gguf");
+        w.create(&path).unwrap().finish().unwrap();
+
+        let tok = Tokenizer::from_file(&path).unwrap();
+        assert_eq!(tok.kind(), TokenizerKind::GgufSpm);
+        assert_eq!((tok.bos_id(), tok.eos_id()), (Some(1), Some(2)));
+        let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/encode")
+            .join(format!("{name}.json"));
+        let fx: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+        for case in fx["encode"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            assert_eq!(tok.encode(text), want, "{text:?}");
+            assert_eq!(
+                tok.decode(&want),
+                case["decoded"].as_str().unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+}

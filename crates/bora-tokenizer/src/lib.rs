@@ -1,14 +1,17 @@
 //! bora-tokenizer: text ↔ token ids for every vocabulary a Mistral fine-tune touches, exactly as
 //! the reference libraries compute them (mistral-common, sentencepiece, tiktoken).
 //!
-//! One `Tokenizer` type loads Mistral SentencePiece `.model` files (v1, v2, v3, v7) and Tekken
-//! JSON files. All BPE variants share one merge loop (`bpe`).
+//! One `Tokenizer` type loads Mistral SentencePiece `.model` files (v1, v2, v3, v7), Tekken JSON
+//! files, GGUF-embedded vocabularies (`llama` and `gpt2`) and HF `tokenizer.json`. Every BPE
+//! variant bora implements itself shares one merge loop (`bpe`); `tokenizer.json` runs through
+//! the `tokenizers` crate.
 
 mod bpe;
 pub mod chat;
 mod bytelevel;
 mod error;
 mod gguf;
+mod hf;
 mod protobuf;
 mod special;
 mod spm;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::TokenizerError;
 use crate::gguf::{self, GgufModel, Gpt2Vocab};
+use crate::hf::{self, HfDecodeStream, HfTokenizer};
 use crate::special::{Segment, SpecialMatcher};
 use crate::spm::SentencePiece;
 use crate::tekken::Tekken;
@@ -21,6 +22,8 @@ pub enum TokenizerKind {
     GgufSpm,
     /// A GGUF vocabulary with `tokenizer.ggml.model = "gpt2"` (byte-level BPE).
     GgufBpe,
+    /// An HF `tokenizer.json`, run by the `tokenizers` crate.
+    Hf,
 }
 
 /// What `decode` does with special (control) tokens.
@@ -37,6 +40,7 @@ enum Model {
     Spm(SentencePiece),
     Tekken(Tekken),
     Gpt2(Gpt2Vocab),
+    Hf(Box<HfTokenizer>),
 }
 
 /// Text ↔ ids for one vocabulary.
@@ -86,9 +90,10 @@ fn spm_version(name: &str) -> Option<u32> {
 impl Tokenizer {
     /// Loads a tokenizer from a file or a model directory.
     ///
-    /// Files: a Mistral SentencePiece `.model` / `.model.vN[mM]`, a Tekken `.json`, a `.gguf`.
-    /// A directory is searched for `tekken*.json`, then `tokenizer.model.vN`, then
-    /// `tokenizer.model`, then a `.gguf`.
+    /// Files: a Mistral SentencePiece `.model` / `.model.vN[mM]`, a Tekken `.json`, a `.gguf`, an
+    /// HF `tokenizer.json` (with `tokenizer_config.json` beside it). A directory is searched
+    /// for `tekken*.json`, then `tokenizer.model.vN`, then `tokenizer.json`, then
+    /// `tokenizer.model`, then a `.gguf`: Mistral's own files first, as mistral-common does.
     pub fn from_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
         if path.is_dir() {
             return Tokenizer::from_file(&pick_in_dir(path)?);
@@ -147,9 +152,21 @@ impl Tokenizer {
                 chat_template: None,
             });
         }
+        if json.get("model").is_some() {
+            let hf = hf::load(path, bytes)?;
+            let specials = SpecialMatcher::new(std::iter::empty());
+            return Ok(Tokenizer {
+                bos: hf.bos,
+                eos: hf.eos,
+                chat_template: hf.chat_template.clone(),
+                model: Model::Hf(Box::new(hf)),
+                kind: TokenizerKind::Hf,
+                specials,
+            });
+        }
         Err(TokenizerError::UnknownFormat {
             path: path.to_path_buf(),
-            reason: "JSON without Tekken's \"config\" and \"vocab\"".into(),
+            reason: "JSON that is neither Tekken (\"config\" and \"vocab\") nor HF tokenizer.json (\"model\")".into(),
         })
     }
 
@@ -202,6 +219,9 @@ impl Tokenizer {
     /// Ids of ordinary text: no BOS/EOS, and control tokens written in the text stay text.
     /// SentencePiece adds its dummy '▁' in front, as sentencepiece does.
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        if let Model::Hf(hf) = &self.model {
+            return hf.encode(text, false);
+        }
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
         self.encode_text(text, true, &mut out);
         out
@@ -212,6 +232,7 @@ impl Tokenizer {
             Model::Spm(spm) => spm.encode(text, at_start, out),
             Model::Tekken(t) => t.bpe.encode(text, out),
             Model::Gpt2(v) => v.bpe.encode(text, out),
+            Model::Hf(hf) => out.extend(hf.encode(text, false)),
         }
     }
 
@@ -219,6 +240,9 @@ impl Tokenizer {
     /// their ids, which is what a Jinja-rendered chat template needs. SentencePiece gives a
     /// dummy '▁' to the text at the start and after each control token, as llama.cpp does.
     pub fn encode_with_special(&self, text: &str) -> Vec<u32> {
+        if let Model::Hf(hf) = &self.model {
+            return hf.encode(text, true);
+        }
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
         let mut after_special = true;
         for segment in self.specials.split(text) {
@@ -277,6 +301,7 @@ impl Tokenizer {
                     }
                 }
             }
+            Model::Hf(hf) => out.extend_from_slice(hf.decode(ids, !keep).as_bytes()),
             // HF decodes all kept tokens' bytes together.
             Model::Gpt2(v) => {
                 for &id in ids {
@@ -293,7 +318,7 @@ impl Tokenizer {
     pub(crate) fn finish_text(&self, bytes: &[u8]) -> String {
         let how = match &self.model {
             Model::Spm(_) => Replacement::PerByte,
-            Model::Tekken(_) | Model::Gpt2(_) => Replacement::MaximalSubpart,
+            Model::Tekken(_) | Model::Gpt2(_) | Model::Hf(_) => Replacement::MaximalSubpart,
         };
         to_text(bytes, how)
     }
@@ -313,6 +338,7 @@ impl Tokenizer {
                 }
             }
             Model::Gpt2(v) => v.pieces.get(id as usize).cloned(),
+            Model::Hf(hf) => hf.plain.id_to_token(id),
         }
     }
 
@@ -326,6 +352,7 @@ impl Tokenizer {
                 .copied()
                 .or_else(|| t.bpe.token_id(piece.as_bytes())),
             Model::Gpt2(v) => v.ids.get(piece).copied(),
+            Model::Hf(hf) => hf.plain.token_to_id(piece),
         }
     }
 
@@ -335,6 +362,7 @@ impl Tokenizer {
             Model::Spm(spm) => spm.is_control(id),
             Model::Tekken(t) => (id as usize) < t.specials.len(),
             Model::Gpt2(v) => v.special.get(id as usize) == Some(&true),
+            Model::Hf(hf) => hf.special.contains(&id),
         }
     }
 
@@ -351,6 +379,16 @@ impl Tokenizer {
             Model::Spm(spm) => spm.vocab_size(),
             Model::Tekken(t) => t.specials.len() + t.token_bytes.len(),
             Model::Gpt2(v) => v.pieces.len(),
+            Model::Hf(hf) => hf.plain.get_vocab_size(true),
+        }
+    }
+
+    /// HF's own stream decoder, for `StreamDecoder` (HF decoders work on token strings, not
+    /// bytes, so the byte-level stream logic does not apply).
+    pub(crate) fn hf_stream(&self, policy: SpecialTokenPolicy) -> Option<HfDecodeStream<'_>> {
+        match &self.model {
+            Model::Hf(hf) => Some(hf.plain.decode_stream(policy == SpecialTokenPolicy::Skip)),
+            _ => None,
         }
     }
 
@@ -375,10 +413,12 @@ fn pick_in_dir(dir: &Path) -> Result<PathBuf, TokenizerError> {
             Some(0)
         } else if name.starts_with("tokenizer.model.v") {
             Some(1)
-        } else if name == "tokenizer.model" {
+        } else if name == "tokenizer.json" {
             Some(2)
-        } else if name.ends_with(".gguf") {
+        } else if name == "tokenizer.model" {
             Some(3)
+        } else if name.ends_with(".gguf") {
+            Some(4)
         } else {
             None
         }

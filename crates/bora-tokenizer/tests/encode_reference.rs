@@ -177,3 +177,38 @@ fn smollm2_gguf_matches_hf_tokenizers() {
     assert_eq!(tok.token_id("<|im_start|>"), Some(1));
     assert_eq!(tok.id_to_piece(2).as_deref(), Some("<|im_end|>"));
 }
+
+/// HF `tokenizer.json` + `tokenizer_config.json`, through the `tokenizers` crate.
+fn check_hf(style: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/encode")
+        .join(format!("hf_{style}"));
+    let fx = fixture(&format!("hf_{style}.json"));
+    for path in [dir.join("tokenizer.json"), dir.clone()] {
+        let tok = Tokenizer::from_file(&path).unwrap();
+        assert_eq!(tok.kind(), TokenizerKind::Hf);
+        check(&tok, &fx);
+        assert_eq!(tok.chat_template(), fx["chat_template"].as_str());
+        for case in fx["encode"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            assert_eq!(
+                tok.encode_with_special(text),
+                ids(&case["ids_special"]),
+                "{text:?}"
+            );
+        }
+        let im_start = tok.token_id("<|im_start|>").unwrap();
+        assert!(tok.is_special(im_start));
+        assert_eq!(tok.id_to_piece(im_start).as_deref(), Some("<|im_start|>"));
+    }
+}
+
+#[test]
+fn hf_bytelevel_tokenizer_json_matches_hf_tokenizers() {
+    check_hf("bytelevel");
+}
+
+#[test]
+fn hf_metaspace_tokenizer_json_matches_hf_tokenizers() {
+    check_hf("metaspace");
+}
