@@ -56,7 +56,7 @@ impl Batch {
 
 /// Groups samples (visited in `order`) into rows of at most `seq_len` tokens: one sample per
 /// row, or with `pack` as many consecutive ones as fit (first fit in order, so the plan stays
-/// a simple function of the order). Every length must be ≤ `seq_len`.
+/// a simple function of the order). Every length must be in `1..=seq_len`.
 pub fn pack_rows(
     lengths: &[usize],
     order: &[usize],

@@ -11,7 +11,7 @@ use bora_tokenizer::chat::{
 use bora_tokenizer::Tokenizer;
 
 use crate::error::{DataError, LineError};
-use crate::read::{read_jsonl, Example};
+use crate::read::{chat_field, read_jsonl, Example};
 
 /// A tokenizer and its chat format, built once per run.
 pub struct Encoder<'a> {
@@ -122,12 +122,20 @@ pub fn load(path: &Path, encoder: &Encoder, skip_bad_lines: bool) -> Result<Data
                 ids,
                 mask,
             }),
-            Err(e) => errors.push(LineError {
-                file: path.to_path_buf(),
-                line: record.line,
-                field: "messages".into(),
-                what: e.to_string(),
-            }),
+            Err(e) => {
+                let (field, what) = match (&record.example, chat_field(e)) {
+                    (Example::Chat(_), field_what) => field_what,
+                    // The format saw a conversation the user never wrote; name their field.
+                    (Example::Completion { .. }, (_, what)) => ("prompt".into(), what),
+                    (Example::Text(_), (_, what)) => ("text".into(), what),
+                };
+                errors.push(LineError {
+                    file: path.to_path_buf(),
+                    line: record.line,
+                    field,
+                    what,
+                })
+            }
         }
     }
     errors.sort_by_key(|e| e.line);

@@ -48,6 +48,4 @@ pub enum DataError {
     Empty(String),
     #[error("invalid data setting: {0}")]
     Config(String),
-    #[error(transparent)]
-    Chat(#[from] bora_tokenizer::chat::ChatError),
 }

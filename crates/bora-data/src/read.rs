@@ -110,8 +110,8 @@ fn string_field(
     }
 }
 
-/// The chat parser's error as `(field, what)`, the field prefixed by its message.
-fn chat_field(e: ChatError) -> (String, String) {
+/// The chat parser's or format's error as `(field, what)`, the field prefixed by its message.
+pub(crate) fn chat_field(e: ChatError) -> (String, String) {
     match e {
         ChatError::Field {
             index: Some(i),

@@ -114,7 +114,7 @@ fn bad_lines_stop_the_load_unless_skipped() {
         errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
         [
             format!(
-                r#"{f}:2: messages: message 1: tool_calls[0].id: is "short"; it must be 9 characters a-z, A-Z, 0-9"#
+                r#"{f}:2: messages[1].tool_calls[0].id: is "short"; it must be 9 characters a-z, A-Z, 0-9"#
             ),
             format!("{f}:3: json: invalid JSON: expected ident at line 1 column 2"),
         ]
