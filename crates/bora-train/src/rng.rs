@@ -1,0 +1,159 @@
+//! The one random generator of a run: PCG64 (XSL-RR 128/64, the generator numpy's
+//! `PCG64` implements), small enough to read, with a state that fits in a checkpoint so a
+//! resumed run draws the same dropout masks it would have drawn.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+const MULTIPLIER: u128 = 0x2360_ED05_1FC6_5DA4_4385_DF64_9FCC_F645;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rng {
+    state: u128,
+    inc: u128,
+}
+
+/// The generator's state as hex strings: JSON numbers cannot hold 128 bits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    pub state: String,
+    pub inc: String,
+}
+
+/// Independent streams drawn from one seed, so that adding dropout does not change the
+/// data order or the initial weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Stream {
+    Init = 1,
+    Data = 2,
+    Dropout = 3,
+}
+
+impl Rng {
+    /// A generator from the run seed and a stream. The seed is spread over the 128-bit
+    /// state with SplitMix64 so nearby seeds give unrelated sequences.
+    pub fn new(seed: u64, stream: Stream) -> Self {
+        let mut sm = seed;
+        let hi = splitmix64(&mut sm);
+        let lo = splitmix64(&mut sm);
+        let mut rng = Self {
+            state: 0,
+            inc: ((stream as u128) << 1) | 1,
+        };
+        rng.step();
+        rng.state = rng
+            .state
+            .wrapping_add((u128::from(hi) << 64) | u128::from(lo));
+        rng.step();
+        rng
+    }
+
+    /// A generator at an exact PCG64 state (`inc` must be odd), as numpy's
+    /// `bit_generator.state` would set it.
+    pub fn from_raw(state: u128, inc: u128) -> Result<Self> {
+        if inc & 1 == 0 {
+            return Err(TrainError::Mismatch {
+                what: format!("PCG64 increment {inc:#x} must be odd"),
+            });
+        }
+        Ok(Self { state, inc })
+    }
+
+    pub fn state(&self) -> RngState {
+        RngState {
+            state: format!("{:032x}", self.state),
+            inc: format!("{:032x}", self.inc),
+        }
+    }
+
+    pub fn from_state(saved: &RngState) -> Result<Self> {
+        let parse = |field: &str, text: &str| {
+            u128::from_str_radix(text, 16).map_err(|e| TrainError::Mismatch {
+                what: format!("RNG state `{field}` = {text:?} is not 128-bit hex: {e}"),
+            })
+        };
+        Self::from_raw(parse("state", &saved.state)?, parse("inc", &saved.inc)?)
+    }
+
+    fn step(&mut self) {
+        self.state = self.state.wrapping_mul(MULTIPLIER).wrapping_add(self.inc);
+    }
+
+    /// The next 64 random bits (numpy's `random_raw`: advance, then output).
+    pub fn next_u64(&mut self) -> u64 {
+        self.step();
+        let folded = ((self.state >> 64) as u64) ^ (self.state as u64);
+        folded.rotate_right((self.state >> 122) as u32)
+    }
+
+    /// Uniform in [0, 1) with 24 random bits, every value exactly representable.
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 * (1.0 / (1u32 << 24) as f32)
+    }
+
+    /// Uniform in [0, n) without modulo bias (Lemire's multiply-and-reject); 0 when n is 0.
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            return 0;
+        }
+        let threshold = n.wrapping_neg() % n;
+        loop {
+            let wide = u128::from(self.next_u64()) * u128::from(n);
+            if (wide as u64) >= threshold {
+                return (wide >> 64) as u64;
+            }
+        }
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+
+    /// Fills `mask` for inverted dropout as torch does it: each element is 0 with
+    /// probability `p`, else `1 / (1 - p)`, so the expected activation is unchanged and
+    /// evaluation needs no rescaling.
+    pub fn dropout_mask(&mut self, mask: &mut [f32], p: f32) {
+        let keep_scale = 1.0 / (1.0 - p);
+        for m in mask {
+            *m = if self.uniform() < p { 0.0 } else { keep_scale };
+        }
+    }
+}
+
+fn splitmix64(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The bound of PEFT's LoRA A init, `kaiming_uniform_(a=sqrt(5))`: gain √(2/(1+a²)) times
+/// √3/√fan_in, which is 1/√fan_in. That small bound keeps the initial adapter update tiny
+/// while B = 0 makes it exactly zero.
+pub fn kaiming_uniform_bound(fan_in: usize) -> f32 {
+    let a2 = 5.0f64;
+    let gain = (2.0 / (1.0 + a2)).sqrt();
+    (gain * 3.0f64.sqrt() / (fan_in as f64).sqrt()) as f32
+}
+
+/// PEFT's init of one LoRA pair: A ([rank, in_features]) uniform in ±1/√in_features, B
+/// ([out_features, rank]) zero, so training starts from exactly the base model.
+pub fn init_lora(
+    rng: &mut Rng,
+    rank: usize,
+    in_features: usize,
+    out_features: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let bound = kaiming_uniform_bound(in_features);
+    let a = (0..rank * in_features)
+        .map(|_| (2.0 * rng.uniform() - 1.0) * bound)
+        .collect();
+    (a, vec![0.0; out_features * rank])
+}
