@@ -14,6 +14,9 @@ Masks:
   normalized request with mistral-common's own per-message encoders: BOS, system, user and tool
   tokens are not trained; an assistant message's tokens (with its EOS) are trained unless its
   `weight` is 0. The concatenated per-message ids are asserted equal to the whole-request ids.
+  mistral-finetune's `only_last` switch (train only the final assistant message when tools are
+  present) and its stripping of the final call id are not applied: bora keeps training ids equal
+  to serving ids and expresses the former with `weight: 0`.
 - ChatML: the assistant span of message i starts where the rendering of messages[:i] with a
   generation prompt ends and stops where the rendering of messages[:i+1] ends (token positions
   from transformers' tokenization of each prefix); within it, tokens up to and including the

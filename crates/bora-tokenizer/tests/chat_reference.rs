@@ -108,7 +108,10 @@ fn check_mistral(file: &str, version: InstructVersion) {
         Tokenizer::from_file(&cached("tokenizers", file, "scripts/fetch-tokenizers.sh")).unwrap();
     let format = ChatFormat::from_tokenizer(&tok).unwrap();
     match &format {
-        ChatFormat::Mistral(f) => assert_eq!(f.version(), version),
+        ChatFormat::Mistral(f) => {
+            assert_eq!(f.version(), version);
+            assert_eq!(format.to_string(), format!("Mistral instruct {version:?}"));
+        }
         other => panic!("{file}: expected a Mistral format, got {other:?}"),
     }
     let fx = fixture(&format!("mistral_{}.json", file.trim_end_matches(".json")));

@@ -6,8 +6,12 @@
 //! other vocabulary uses the Jinja chat template it ships with ([`jinja`]).
 //!
 //! The mask is mistral-finetune's rule for every format: assistant content and the token that
-//! ends the assistant turn are trained; BOS, system, user and tool tokens, and assistant
-//! messages with `"weight": 0`, are not.
+//! ends the assistant turn are trained (tool-call turns included); BOS, system, user and tool
+//! tokens, and assistant messages with `"weight": 0`, are not. Two mistral-finetune switches
+//! are deliberately not copied, because they would make training ids differ from the ids the
+//! model is served with: its `only_last` (with tools present, only the final assistant message
+//! is trained; say so per message with `"weight": 0`) and its removal of the call id from a
+//! final tool call (give that call no `id` to get the same prompt).
 
 mod conversation;
 mod jinja;
@@ -118,6 +122,16 @@ impl ChatFormat {
         match self {
             ChatFormat::Mistral(f) => f.encode(tok, conv, add_generation_prompt),
             ChatFormat::Jinja(f) => f.encode(tok, conv, add_generation_prompt),
+        }
+    }
+}
+
+/// What `bora info` and logs call the format: "Mistral instruct V3", "Jinja chat template".
+impl std::fmt::Display for ChatFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChatFormat::Mistral(m) => write!(f, "Mistral instruct {:?}", m.version()),
+            ChatFormat::Jinja(_) => f.write_str("Jinja chat template"),
         }
     }
 }
