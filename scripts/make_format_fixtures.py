@@ -19,6 +19,9 @@ Run from anywhere: `scripts/make_format_fixtures.py` (it re-executes itself insi
   GGUF loader gives q/k weights (llama.cpp's interleaved layout back to HF's rotate-half).
 - `smollm2_attn_k_hf_rows.json`: rows of the default model's `blk.0.attn_k.weight` after
   transformers' GGUF loader un-permuted them.
+- `arch/<case>/config.json` (saved by transformers) and `arch/<case>/params.json`, with
+  `arch/expected.json`: the values transformers resolves when loading each config.json, and
+  those vLLM's params.json adapter derives.
 - `smollm2_facts.json`: when the default model is in the cache, its metadata and tensor infos
   as gguf-py's reader sees them, and a few rows of its Q8_0 `token_embd.weight` dequantized.
 """
@@ -362,6 +365,126 @@ def write_names_and_rope(rng):
         }) + "\n")
 
 
+def write_arch_configs():
+    """config.json files saved by transformers for each supported family, each with the
+    values transformers resolves when loading it (defaults filled in, legacy keys converted),
+    and params.json files with the values vLLM's params.json adapter derives."""
+    from transformers import (AutoConfig, LlamaConfig, MinistralConfig, Ministral3Config,
+                              Mistral3Config, MistralConfig)
+
+    small = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2)
+    cases = {
+        "mistral_v01": MistralConfig(**small, sliding_window=4096, rope_theta=10000.0),
+        "mistral_default_window": MistralConfig(**small),
+        "mistral_nemo": MistralConfig(**{**small, "head_dim": 32}, sliding_window=None,
+                                      rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+        "llama_llama3": LlamaConfig(**small, tie_word_embeddings=True, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+        "llama_linear": LlamaConfig(**small, rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}),
+        "ministral": MinistralConfig(**small, sliding_window=32768,
+                                     layer_types=["full_attention", "sliding_attention"] * 2),
+        "ministral3": Ministral3Config(**{**small, "head_dim": 32}),
+        "mistral3": Mistral3Config(text_config={**small, "model_type": "ministral3", "head_dim": 16},
+                                   vision_config={"model_type": "pixtral", "hidden_size": 32,
+                                                  "intermediate_size": 32, "num_hidden_layers": 1,
+                                                  "num_attention_heads": 2}),
+    }
+    out = OUT / "arch"
+    expected = {}
+    for name, cfg in cases.items():
+        d = out / name
+        cfg.save_pretrained(str(d))
+        if name == "mistral_default_window":
+            # Leave out keys whose class defaults readers must supply.
+            saved = json.loads((d / "config.json").read_text())
+            for key in ("sliding_window", "rms_norm_eps", "max_position_embeddings", "bos_token_id",
+                        "eos_token_id", "pad_token_id", "tie_word_embeddings", "head_dim",
+                        "rope_parameters"):
+                saved.pop(key)
+            (d / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
+        expected[name] = resolved(AutoConfig.from_pretrained(str(d)))
+    # A transformers 4 style file: rope_theta at top level and rope_scaling with "type".
+    legacy = out / "mistral_legacy_yarn"
+    legacy.mkdir(parents=True, exist_ok=True)
+    (legacy / "config.json").write_text(json.dumps({
+        "model_type": "mistral", **small, "head_dim": 16, "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 131072, "sliding_window": None, "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768,
+                         "beta_fast": 32.0, "beta_slow": 1.0},
+        "bos_token_id": 1, "eos_token_id": [2, 5], "tie_word_embeddings": False}, indent=2) + "\n")
+    expected["mistral_legacy_yarn"] = resolved(AutoConfig.from_pretrained(str(legacy)))
+
+    params = {
+        "ministral_8b_params": {"dim": 64, "n_layers": 6, "head_dim": 16, "hidden_dim": 96, "n_heads": 4,
+                                "n_kv_heads": 2, "norm_eps": 1e-5, "vocab_size": 96, "rope_theta": 1e8,
+                                "sliding_window": [32768, 32768, None], "max_seq_len": 131072},
+        "ministral3_params": {"dim": 64, "n_layers": 2, "head_dim": 32, "hidden_dim": 96, "n_heads": 2,
+                              "n_kv_heads": 1, "norm_eps": 1e-5, "vocab_size": 96, "rope_theta": 1e6,
+                              "tied_embeddings": True, "max_position_embeddings": 262144,
+                              "yarn": {"original_max_position_embeddings": 16384, "factor": 16.0,
+                                       "apply_scale": False, "beta": 32.0, "alpha": 1.0},
+                              "llama_4_scaling": {"original_max_position_embeddings": 16384, "beta": 0.1}},
+        "mistral_7b_params": {"dim": 64, "n_layers": 2, "head_dim": 16, "hidden_dim": 96, "n_heads": 4,
+                              "n_kv_heads": 2, "norm_eps": 1e-5, "vocab_size": 96, "sliding_window": 4096},
+    }
+    for name, p in params.items():
+        (out / name).mkdir(parents=True, exist_ok=True)
+        (out / name / "params.json").write_text(json.dumps(p, indent=2) + "\n")
+        expected[name] = from_params(p)
+    (out / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
+
+
+def resolved(cfg):
+    """What transformers' model classes use from a loaded config."""
+    outer_tie = cfg.tie_word_embeddings
+    t = cfg.get_text_config()
+    n = t.num_hidden_layers
+    window = getattr(t, "sliding_window", None) if t.model_type != "llama" else None
+    layer_types = getattr(t, "layer_types", None)
+    per_layer = [window if lt == "sliding_attention" else None for lt in layer_types] if layer_types else [window] * n
+    eos = t.eos_token_id
+    return {
+        "model_type": t.model_type, "vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
+        "intermediate_size": t.intermediate_size, "num_layers": n,
+        "num_heads": t.num_attention_heads, "num_kv_heads": t.num_key_value_heads,
+        "head_dim": getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads,
+        "rms_norm_eps": t.rms_norm_eps, "rope": dict(t.rope_parameters),
+        "max_position_embeddings": t.max_position_embeddings, "sliding_window": per_layer,
+        "tie_word_embeddings": outer_tie, "bos_token_id": t.bos_token_id,
+        "eos_token_ids": eos if isinstance(eos, list) else ([] if eos is None else [eos]),
+        "pad_token_id": t.pad_token_id,
+    }
+
+
+def from_params(p):
+    """The values vLLM's params.json adapter and mistral-inference derive."""
+    n = p["n_layers"]
+    sw = p.get("sliding_window")
+    per_layer = [sw[i % len(sw)] for i in range(n)] if isinstance(sw, list) else [sw] * n
+    rope = {"rope_type": "default", "rope_theta": p.get("rope_theta", 1e6)}
+    if "yarn" in p:
+        y = p["yarn"]
+        rope.update({"rope_type": "yarn", "factor": y["factor"],
+                     "original_max_position_embeddings": y["original_max_position_embeddings"],
+                     "beta_fast": y["beta"], "beta_slow": y["alpha"]})
+        if y.get("apply_scale") is False:
+            rope.update({"mscale": 1.0, "mscale_all_dim": 1.0})
+    if "llama_4_scaling" in p:
+        rope["llama_4_scaling_beta"] = p["llama_4_scaling"]["beta"]
+        rope["llama_4_original_max_position_embeddings"] = p["llama_4_scaling"]["original_max_position_embeddings"]
+    return {
+        "model_type": "mistral", "vocab_size": p["vocab_size"], "hidden_size": p["dim"],
+        "intermediate_size": p["hidden_dim"], "num_layers": n, "num_heads": p["n_heads"],
+        "num_kv_heads": p.get("n_kv_heads", p["n_heads"]), "head_dim": p.get("head_dim", p["dim"] // p["n_heads"]),
+        "rms_norm_eps": p["norm_eps"], "rope": rope,
+        "max_position_embeddings": p.get("max_position_embeddings", p.get("max_seq_len", 128000)),
+        "sliding_window": per_layer, "tie_word_embeddings": p.get("tied_embeddings", False),
+        "bos_token_id": None, "eos_token_ids": [], "pad_token_id": None,
+    }
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     write_quant_vectors()
@@ -370,6 +493,7 @@ def main():
     write_safetensors(rng)
     write_smollm2_facts()
     write_names_and_rope(rng)
+    write_arch_configs()
 
 
 if __name__ == "__main__":

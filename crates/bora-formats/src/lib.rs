@@ -5,6 +5,7 @@
 //! Nothing here trusts a size read from a file: every count and offset is checked against
 //! the bytes actually present before anything is allocated or sliced.
 
+pub mod arch;
 mod atomic;
 mod error;
 pub mod gguf;
