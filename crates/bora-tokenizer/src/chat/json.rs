@@ -5,6 +5,7 @@
 //! separators, float spelling) are part of the token ids. `serde_json::Value` sorts keys unless a
 //! workspace-wide feature is switched on, hence this small type.
 
+use std::collections::HashMap;
 use std::fmt::{self, Write};
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -255,12 +256,17 @@ impl<'de> Visitor<'de> for JsonVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonValue, A::Error> {
         let mut entries: Vec<(String, JsonValue)> = Vec::new();
+        // Position of each key, so an object with many keys parses in linear time.
+        let mut positions: HashMap<String, usize> = HashMap::new();
         while let Some((key, value)) = map.next_entry::<String, JsonValue>()? {
             // A repeated key keeps its first position and takes the last value, as a Python
             // dict built by `json.loads` does.
-            match entries.iter_mut().find(|(k, _)| *k == key) {
-                Some(slot) => slot.1 = value,
-                None => entries.push((key, value)),
+            match positions.get(&key) {
+                Some(&at) => entries[at].1 = value,
+                None => {
+                    positions.insert(key.clone(), entries.len());
+                    entries.push((key, value));
+                }
             }
         }
         Ok(JsonValue::Object(entries))
