@@ -1,1 +1,23 @@
-//! bora-model
+//! bora-model: the Mistral-family decoder bora trains and serves.
+//!
+//! One [`ModelConfig`] read from HF `config.json`, Mistral `params.json` or GGUF metadata;
+//! weights loaded from any of the three layouts and kept in their stored type (quantized
+//! weights stay quantized); a decoder with a KV cache for generation and a packed path for
+//! batches; sampling and a streaming generation loop.
+
+mod config;
+mod error;
+mod exact;
+mod generate;
+mod model;
+mod sample;
+mod score;
+mod weights;
+
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};
+pub use generate::{GenerateOptions, Generation, Generator, StopReason};
+pub use model::{KvCache, LoadOptions, Logits, Model, Workspace, DEFAULT_CONTEXT};
+pub use sample::{argmax, Rng, Sampler, SamplingParams};
+pub use score::{perplexity, Perplexity};
+pub use weights::{CheckpointKind, LayerWeights, ModelWeights};

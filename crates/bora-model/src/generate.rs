@@ -1,0 +1,303 @@
+//! The generation loop: prefill, then sample one token at a time until an end token, a stop
+//! string, the token budget or the context runs out, streaming text as it completes.
+
+use std::time::{Duration, Instant};
+
+use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
+
+use crate::error::{ModelError, Result};
+use crate::model::{KvCache, Logits, Model, Workspace};
+use crate::sample::{Sampler, SamplingParams};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends when one of these ids is sampled (it is not part of the output).
+    pub stop_tokens: Vec<u32>,
+    /// Generation ends when the text contains one of these; the text is cut before it.
+    pub stop_strings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop token (end of sequence / end of turn) was sampled.
+    EndToken,
+    StopString,
+    MaxTokens,
+    /// The context is full.
+    Context,
+}
+
+/// What one call produced, with timings for tokens/s reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Generated ids, without the stop token.
+    pub tokens: Vec<u32>,
+    /// Their text, cut before a stop string.
+    pub text: String,
+    pub stop: StopReason,
+    /// Prompt tokens actually run (those not already in the cache).
+    pub prefill_tokens: usize,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+}
+
+/// Runs a model on one conversation, keeping its KV cache between calls so a multi-turn chat
+/// only runs each new turn's tokens.
+pub struct Generator<'m> {
+    model: &'m Model,
+    cache: KvCache,
+    ws: Workspace,
+    /// The tokens whose keys and values are in `cache`.
+    history: Vec<u32>,
+}
+
+impl<'m> Generator<'m> {
+    pub fn new(model: &'m Model) -> Self {
+        Generator {
+            model,
+            cache: model.new_cache(),
+            ws: Workspace::new(),
+            history: Vec::new(),
+        }
+    }
+
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Generates ids after `prompt` (the whole sequence so far, not only the new part: the
+    /// longest prefix already in the cache is reused). `on_token` sees each new id and
+    /// returns false to stop (reported as [`StopReason::StopString`]).
+    pub fn generate_ids(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Generation> {
+        opts.sampling.validate().map_err(ModelError::Sampling)?;
+        if prompt.is_empty() {
+            return Err(ModelError::Empty("the prompt has no tokens"));
+        }
+        if prompt.len() > self.cache.capacity() {
+            return Err(ModelError::ContextOverflow {
+                needed: prompt.len(),
+                context: self.cache.capacity(),
+                prompt: prompt.len(),
+            });
+        }
+        // Reuse the cached prefix, but always run at least one token to get logits.
+        let common = self
+            .history
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let keep = common.min(prompt.len() - 1);
+        self.cache.truncate(keep);
+        self.history.truncate(keep);
+
+        let start = Instant::now();
+        let mut logits = self
+            .model
+            .forward(&prompt[keep..], &mut self.cache, &mut self.ws, Logits::Last)?
+            .to_vec();
+        self.history.extend_from_slice(&prompt[keep..]);
+        let prefill_time = start.elapsed();
+
+        let mut sampler = Sampler::new(opts.sampling.clone());
+        let mut tokens = Vec::new();
+        let decode_start = Instant::now();
+        let stop = loop {
+            if tokens.len() >= opts.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            let next = sampler.sample(&mut logits, &self.history);
+            if opts.stop_tokens.contains(&next) {
+                break StopReason::EndToken;
+            }
+            tokens.push(next);
+            if !on_token(next) {
+                break StopReason::StopString;
+            }
+            if tokens.len() >= opts.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if self.cache.len() >= self.cache.capacity() {
+                break StopReason::Context;
+            }
+            let out = self
+                .model
+                .forward(&[next], &mut self.cache, &mut self.ws, Logits::Last)?;
+            logits.copy_from_slice(out);
+            self.history.push(next);
+        };
+        Ok(Generation {
+            tokens,
+            text: String::new(),
+            stop,
+            prefill_tokens: prompt.len() - keep,
+            prefill_time,
+            decode_time: decode_start.elapsed(),
+        })
+    }
+
+    /// Like [`Generator::generate_ids`], decoding text as it completes and handing it to
+    /// `on_text`. Text that might be the start of a stop string is held back until it is
+    /// known not to be one, so nothing after a stop string is ever shown.
+    pub fn generate_text(
+        &mut self,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        let mut decoder = StreamDecoder::new(tokenizer, SpecialTokenPolicy::Skip);
+        let mut stops = StopMatcher::new(&opts.stop_strings);
+        let mut gen = self.generate_ids(prompt, opts, |id| {
+            let piece = decoder.push(id);
+            let (emit, hit) = stops.push(&piece);
+            on_text(emit);
+            !hit
+        })?;
+        if gen.stop != StopReason::StopString {
+            let rest = decoder.finish();
+            let (emit, _) = stops.push(&rest);
+            on_text(emit);
+            let tail = stops.flush();
+            on_text(tail);
+        }
+        gen.text = stops.into_text();
+        Ok(gen)
+    }
+
+    /// Forgets the conversation (the cache buffers are kept).
+    pub fn reset(&mut self) {
+        self.cache.clear();
+        self.history.clear();
+    }
+}
+
+/// Finds stop strings in streamed text and decides how much text is safe to show.
+struct StopMatcher<'a> {
+    stops: &'a [String],
+    text: String,
+    emitted: usize,
+    /// Set once a stop string is found; `text` is then cut before it.
+    done: bool,
+}
+
+impl<'a> StopMatcher<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        StopMatcher {
+            stops,
+            text: String::new(),
+            emitted: 0,
+            done: false,
+        }
+    }
+
+    /// Adds `piece`; returns the text now safe to show and whether a stop string was hit.
+    fn push(&mut self, piece: &str) -> (&str, bool) {
+        if self.done {
+            return ("", true);
+        }
+        let from = self.emitted;
+        self.text.push_str(piece);
+        let hit = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| {
+                self.text[from.saturating_sub(s.len()).min(from)..]
+                    .find(s.as_str())
+                    .map(|i| i + from.saturating_sub(s.len()).min(from))
+            })
+            .min();
+        let end = match hit {
+            Some(at) => {
+                self.text.truncate(at);
+                self.done = true;
+                at.max(from)
+            }
+            None => self.safe_end(),
+        };
+        self.emitted = end.max(from);
+        (&self.text[from..self.emitted], self.done)
+    }
+
+    /// End of the text that cannot be the beginning of a stop string.
+    fn safe_end(&self) -> usize {
+        let mut end = self.text.len();
+        for s in self.stops.iter().filter(|s| !s.is_empty()) {
+            for (i, _) in self.text.char_indices().rev().take(s.len()) {
+                if i < self.emitted {
+                    break;
+                }
+                if s.starts_with(&self.text[i..]) {
+                    end = end.min(i);
+                }
+            }
+        }
+        end
+    }
+
+    /// Whatever was held back, once generation ended without a stop string.
+    fn flush(&mut self) -> &str {
+        let from = self.emitted;
+        self.emitted = self.text.len();
+        &self.text[from..]
+    }
+
+    fn into_text(self) -> String {
+        self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut m = StopMatcher::new(&stops);
+        let mut shown = String::new();
+        let mut hit = false;
+        for p in pieces {
+            let (emit, h) = m.push(p);
+            shown.push_str(emit);
+            if h {
+                hit = true;
+                break;
+            }
+        }
+        if !hit {
+            shown.push_str(m.flush());
+        }
+        (shown, m.into_text(), hit)
+    }
+
+    #[test]
+    fn stop_string_split_over_pieces_is_never_shown() {
+        let (shown, text, hit) = run(&["\nUser:"], &["Hello", " there\n", "Us", "er: hi"]);
+        assert!(hit);
+        assert_eq!(shown, "Hello there");
+        assert_eq!(text, "Hello there");
+    }
+
+    #[test]
+    fn held_back_prefix_is_released_when_it_does_not_complete() {
+        let (shown, text, hit) = run(&["STOP"], &["ab", "ST", "x", "ST"]);
+        assert!(!hit);
+        assert_eq!(shown, "abSTxST");
+        assert_eq!(text, "abSTxST");
+    }
+
+    #[test]
+    fn earliest_of_several_stops_wins_and_multibyte_text_is_kept_whole() {
+        let (shown, _, hit) = run(&["é!", "b"], &["aé", "!b"]);
+        assert!(hit);
+        assert_eq!(shown, "a");
+    }
+}

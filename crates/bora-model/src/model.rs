@@ -1,0 +1,633 @@
+//! The decoder: embeddings, `n_layers` pre-norm blocks (RMSNorm → GQA attention with RoPE →
+//! residual, RMSNorm → SwiGLU MLP → residual), a final RMSNorm and the output projection.
+//!
+//! Activations live in a [`Workspace`] whose buffers grow to the largest token count seen
+//! and are then reused, so decoding allocates nothing per token. Residual additions are
+//! folded into the output projections (`accumulate`), which saves a pass and a buffer.
+
+use std::path::{Path, PathBuf};
+
+use bora_compute::{
+    attention_decode, attention_forward, cross_entropy_chunked, position_query_scale,
+    rmsnorm_forward, rope_forward, swiglu_forward, AttentionShape, CrossEntropy, RopeTables,
+    Scratch, Weight,
+};
+use bora_formats::gguf::GgufFile;
+use bora_formats::quant::GgmlType;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::weights::{CheckpointKind, LayerWeights, ModelWeights, TensorSource};
+
+/// Options that shape a loaded model without changing its weights.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Longest sequence (prompt + generated) the model will run; RoPE tables and KV caches
+    /// are sized for it. `None`: the model's own maximum, capped at [`DEFAULT_CONTEXT`].
+    pub context: Option<usize>,
+    /// Decode with f32 activations against quantized weights (see `exact.rs`): logits then
+    /// match the fp32 reference to rounding, at some cost in decode speed. Off: the faster
+    /// ggml-style kernels that quantize activations to 8 bits.
+    pub exact: bool,
+}
+
+/// Up to this many rows, bora-compute multiplies quantized weights with 8-bit activations;
+/// the exact mode takes those products over.
+const FEW_ROWS: usize = 4;
+
+/// Cap on the default context: long-context models would otherwise allocate RoPE tables
+/// (and users KV caches) for hundreds of thousands of positions they never use.
+pub const DEFAULT_CONTEXT: usize = 8192;
+
+/// A loaded decoder, ready to run.
+#[derive(Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: ModelWeights,
+    source: PathBuf,
+    kind: CheckpointKind,
+    rope: RopeTables,
+    context: usize,
+    exact: bool,
+}
+
+/// Per-sequence keys and values of every layer, for incremental decoding.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// Tokens already in the cache (the position of the next one).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets the sequence; the buffers are kept for the next one.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Keeps the first `len` tokens (e.g. a shared chat prefix) and drops the rest.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+/// Activation buffers for a forward pass, grown to the largest token count seen.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    h: Vec<f32>,
+    rstd: Vec<f32>,
+    lse: Vec<f32>,
+    logits: Vec<f32>,
+    positions: Vec<usize>,
+    mat: MatRoom,
+}
+
+/// Room for weight products: bora-compute's scratch and the exact path's transposed output.
+#[derive(Debug, Default)]
+struct MatRoom {
+    scratch: Scratch,
+    yt: Vec<f32>,
+}
+
+fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// How attention finds its keys: packed independent sequences, or one sequence's KV cache.
+enum Attend<'a> {
+    Packed(&'a [usize]),
+    Cached(&'a mut KvCache),
+}
+
+/// Which rows of logits a forward produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's row (generation).
+    Last,
+    /// Every token's row.
+    All,
+}
+
+fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+fn safetensors_files(dir: &Path, single: &str, index: &str) -> Result<Vec<PathBuf>> {
+    let index_path = dir.join(index);
+    if index_path.is_file() {
+        let text = std::fs::read_to_string(&index_path).map_err(|source| ModelError::Io {
+            path: index_path.clone(),
+            source,
+        })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Config {
+                path: index_path.clone(),
+                what: format!("invalid JSON: {e}"),
+            })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Config {
+                path: index_path.clone(),
+                what: "`weight_map` is missing".into(),
+            })?;
+        let mut files: Vec<PathBuf> = Vec::new();
+        for shard in map.values() {
+            let name = shard
+                .as_str()
+                .filter(|s| !s.contains('/') && !s.contains('\\'))
+                .ok_or_else(|| ModelError::Config {
+                    path: index_path.clone(),
+                    what: format!("shard name {shard} is not a file name"),
+                })?;
+            let p = dir.join(name);
+            if !files.contains(&p) {
+                files.push(p);
+            }
+        }
+        for p in &files {
+            if !p.is_file() {
+                return Err(ModelError::NotAModel {
+                    path: p.clone(),
+                    what: format!("shard listed in {index} is missing"),
+                });
+            }
+        }
+        return Ok(files);
+    }
+    let p = dir.join(single);
+    if !p.is_file() {
+        return Err(ModelError::NotAModel {
+            path: dir.to_path_buf(),
+            what: format!("neither {single} nor {index} is in this directory"),
+        });
+    }
+    Ok(vec![p])
+}
+
+impl Model {
+    /// Loads a `.gguf` file, an HF model directory (`config.json`) or a Mistral consolidated
+    /// directory (`params.json`).
+    pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(ModelError::NotAModel {
+                path: path.to_path_buf(),
+                what: "no such file or directory".into(),
+            });
+        }
+        let (config, source) = if path.is_file() {
+            if !is_gguf(path) {
+                return Err(ModelError::NotAModel {
+                    path: path.to_path_buf(),
+                    what: "a model file must be .gguf; otherwise pass the model directory".into(),
+                });
+            }
+            let gguf = GgufFile::open(path)?;
+            (ModelConfig::from_gguf(&gguf)?, TensorSource::gguf(&gguf)?)
+        } else if path.join("config.json").is_file() {
+            let cfg = ModelConfig::from_hf_config(&path.join("config.json"))?;
+            let files =
+                safetensors_files(path, "model.safetensors", "model.safetensors.index.json")?;
+            (
+                cfg,
+                TensorSource::safetensors(CheckpointKind::HuggingFace, &files)?,
+            )
+        } else if path.join("params.json").is_file() {
+            let cfg = ModelConfig::from_params_json(&path.join("params.json"))?;
+            let files = safetensors_files(
+                path,
+                "consolidated.safetensors",
+                "consolidated.safetensors.index.json",
+            )?;
+            (
+                cfg,
+                TensorSource::safetensors(CheckpointKind::Consolidated, &files)?,
+            )
+        } else {
+            return Err(ModelError::NotAModel {
+                path: path.to_path_buf(),
+                what: "a model directory needs config.json (Hugging Face) or params.json (Mistral consolidated)".into(),
+            });
+        };
+        let weights = source.load(&config, path)?;
+        Self::from_parts(config, weights, path.to_path_buf(), source.kind(), options)
+    }
+
+    fn from_parts(
+        config: ModelConfig,
+        weights: ModelWeights,
+        source: PathBuf,
+        kind: CheckpointKind,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let context = match options.context {
+            Some(0) => return Err(ModelError::Empty("a context of 0 tokens")),
+            Some(c) => c,
+            None => config.max_position.min(DEFAULT_CONTEXT),
+        };
+        let rope = RopeTables::new(
+            config.head_dim,
+            config.rope_theta,
+            &config.rope_scaling,
+            context,
+        )?;
+        Ok(Model {
+            config,
+            weights,
+            source,
+            kind,
+            rope,
+            context,
+            exact: options.exact,
+        })
+    }
+
+    /// Where the model was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn checkpoint_kind(&self) -> CheckpointKind {
+        self.kind
+    }
+
+    /// The longest sequence this model instance runs.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// An empty cache able to hold the full context. The buffers are zero-initialized lazily
+    /// by the OS, so untouched positions cost no memory.
+    pub fn new_cache(&self) -> KvCache {
+        let n = self.context * self.config.kv_dim();
+        KvCache {
+            k: (0..self.config.n_layers).map(|_| vec![0.0; n]).collect(),
+            v: (0..self.config.n_layers).map(|_| vec![0.0; n]).collect(),
+            len: 0,
+            capacity: self.context,
+        }
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        match tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(&token) => Err(ModelError::TokenOutOfRange { token, vocab }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `tokens` as the continuation of the sequence in `cache` and appends their keys
+    /// and values. Returns logits `[1, vocab]` ([`Logits::Last`]) or `[tokens, vocab]`.
+    pub fn forward<'w>(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        ws: &'w mut Workspace,
+        logits: Logits,
+    ) -> Result<&'w [f32]> {
+        if tokens.is_empty() {
+            return Err(ModelError::Empty("no tokens to run"));
+        }
+        self.check_tokens(tokens)?;
+        let needed = cache.len + tokens.len();
+        if needed > cache.capacity.min(self.context) {
+            return Err(ModelError::ContextOverflow {
+                needed,
+                context: cache.capacity.min(self.context),
+                prompt: tokens.len(),
+            });
+        }
+        ws.positions.clear();
+        ws.positions.extend(cache.len..needed);
+        self.run(tokens, Attend::Cached(cache), ws)?;
+        Ok(self.output(ws, tokens.len(), logits))
+    }
+
+    /// Runs several independent sequences packed into one pass (no cache) and returns each
+    /// sequence's logits `[len, vocab]` for every position.
+    pub fn forward_batch(&self, sequences: &[&[u32]], ws: &mut Workspace) -> Result<Vec<Vec<f32>>> {
+        let tokens = self.hidden_batch(sequences, ws)?;
+        let v = self.config.vocab_size;
+        let all = self.output(ws, tokens, Logits::All);
+        let mut out = Vec::with_capacity(sequences.len());
+        let mut start = 0;
+        for s in sequences {
+            out.push(all[start * v..(start + s.len()) * v].to_vec());
+            start += s.len();
+        }
+        Ok(out)
+    }
+
+    /// Packed forward up to the final norm: returns the token count; the normalized hidden
+    /// states `[tokens, hidden]` are then in [`Model::final_hidden`]. This is what a loss
+    /// over the vocabulary (perplexity, training) consumes chunk by chunk.
+    pub fn hidden_batch(&self, sequences: &[&[u32]], ws: &mut Workspace) -> Result<usize> {
+        if sequences.is_empty() || sequences.iter().any(|s| s.is_empty()) {
+            return Err(ModelError::Empty("an empty sequence in the batch"));
+        }
+        let mut segments = vec![0usize];
+        let mut tokens = Vec::new();
+        ws.positions.clear();
+        for s in sequences {
+            if s.len() > self.context {
+                return Err(ModelError::ContextOverflow {
+                    needed: s.len(),
+                    context: self.context,
+                    prompt: s.len(),
+                });
+            }
+            self.check_tokens(s)?;
+            tokens.extend_from_slice(s);
+            ws.positions.extend(0..s.len());
+            segments.push(tokens.len());
+        }
+        self.run(&tokens, Attend::Packed(&segments), ws)?;
+        let d = self.config.hidden_size;
+        let (x, xn) = (
+            &ws.x[..tokens.len() * d],
+            sized(&mut ws.xn, tokens.len() * d),
+        );
+        rmsnorm_forward(
+            xn,
+            sized(&mut ws.rstd, tokens.len()),
+            x,
+            &self.weights.norm,
+            self.config.rms_norm_eps,
+        );
+        Ok(tokens.len())
+    }
+
+    /// Summed negative log-likelihood of `tokens[1..]`, each given the tokens before it, in
+    /// one packed pass (no cache). The loss is computed a few rows of logits at a time, so a
+    /// long window never holds `[tokens, vocab]` floats.
+    pub fn nll(&self, tokens: &[u32], ws: &mut Workspace) -> Result<CrossEntropy> {
+        if tokens.len() < 2 {
+            return Err(ModelError::Empty("scoring needs at least two tokens"));
+        }
+        let n = self.hidden_batch(&[tokens], ws)?;
+        let targets: Vec<Option<u32>> =
+            tokens[1..].iter().map(|&t| Some(t)).chain([None]).collect();
+        let hidden = &ws.xn[..n * self.config.hidden_size];
+        Ok(cross_entropy_chunked(
+            None,
+            hidden,
+            self.weights.output(),
+            &targets,
+            1.0,
+            64,
+            &mut ws.mat.scratch,
+        )?)
+    }
+
+    /// Every weight matrix with its name, for summaries (`bora info`).
+    pub fn matrices(&self) -> Vec<(String, &Weight)> {
+        let w = &self.weights;
+        let mut out = vec![("embed".to_string(), &w.embed)];
+        for (l, layer) in w.layers.iter().enumerate() {
+            for (name, m) in [
+                ("q", &layer.wq),
+                ("k", &layer.wk),
+                ("v", &layer.wv),
+                ("o", &layer.wo),
+                ("gate", &layer.w_gate),
+                ("up", &layer.w_up),
+                ("down", &layer.w_down),
+            ] {
+                out.push((format!("layers.{l}.{name}"), m));
+            }
+        }
+        if let Some(h) = &w.lm_head {
+            out.push(("lm_head".to_string(), h));
+        }
+        out
+    }
+
+    /// Bytes the weights occupy as loaded (matrices in their stored type, norms in f32).
+    pub fn weight_bytes(&self) -> u64 {
+        let matrices: u64 = self
+            .matrices()
+            .iter()
+            .map(|(_, m)| {
+                m.ty()
+                    .row_bytes(m.cols())
+                    .map_or(0, |b| (b * m.rows()) as u64)
+            })
+            .sum();
+        let norms = (2 * self.config.n_layers + 1) * self.config.hidden_size * 4;
+        matrices + norms as u64
+    }
+
+    /// Bytes of a full KV cache at this model's context (f32 keys and values, every layer).
+    pub fn kv_cache_bytes(&self) -> u64 {
+        2 * self.config.n_layers as u64 * self.context as u64 * self.config.kv_dim() as u64 * 4
+    }
+
+    /// Matrix count and element count per stored type, most elements first.
+    pub fn dtype_summary(&self) -> Vec<(GgmlType, usize, u64)> {
+        let mut out: Vec<(GgmlType, usize, u64)> = Vec::new();
+        for (_, m) in self.matrices() {
+            let elems = (m.rows() * m.cols()) as u64;
+            match out.iter_mut().find(|e| e.0 == m.ty()) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += elems;
+                }
+                None => out.push((m.ty(), 1, elems)),
+            }
+        }
+        out.sort_by_key(|e| std::cmp::Reverse(e.2));
+        out
+    }
+
+    /// The final-normed hidden states of the last [`Model::hidden_batch`] call.
+    pub fn final_hidden<'w>(&self, ws: &'w Workspace, tokens: usize) -> &'w [f32] {
+        &ws.xn[..tokens * self.config.hidden_size]
+    }
+
+    /// Final norm and output projection of the rows `run` left in `ws.x`.
+    fn output<'w>(&self, ws: &'w mut Workspace, tokens: usize, which: Logits) -> &'w [f32] {
+        let (d, v) = (self.config.hidden_size, self.config.vocab_size);
+        let first = match which {
+            Logits::Last => tokens - 1,
+            Logits::All => 0,
+        };
+        let rows = tokens - first;
+        let x = &ws.x[first * d..tokens * d];
+        let xn = sized(&mut ws.xn, rows * d);
+        rmsnorm_forward(
+            xn,
+            sized(&mut ws.rstd, rows),
+            x,
+            &self.weights.norm,
+            self.config.rms_norm_eps,
+        );
+        let logits = sized(&mut ws.logits, rows * v);
+        self.linear(
+            self.weights.output(),
+            logits,
+            &ws.xn[..rows * d],
+            rows,
+            false,
+            &mut ws.mat,
+        );
+        &ws.logits[..rows * v]
+    }
+
+    /// `y = x · Wᵀ` (`+=` when `accumulate`) for `t` rows, through the exact path when the
+    /// model was loaded with it and the product is one the fast kernels would approximate.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        w: &Weight,
+        y: &mut [f32],
+        x: &[f32],
+        t: usize,
+        accumulate: bool,
+        room: &mut MatRoom,
+    ) {
+        if self.exact && t <= FEW_ROWS && w.ty().is_quantized() {
+            crate::exact::forward(w, y, x, t, accumulate, &mut room.yt);
+        } else {
+            w.forward(y, x, t, accumulate, &mut room.scratch);
+        }
+    }
+
+    /// Embeddings and every decoder layer; leaves the residual stream in `ws.x`.
+    fn run(&self, tokens: &[u32], mut attend: Attend<'_>, ws: &mut Workspace) -> Result<()> {
+        let c = &self.config;
+        let (t, d) = (tokens.len(), c.hidden_size);
+        let x = sized(&mut ws.x, t * d);
+        for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
+            self.weights
+                .embed
+                .dequantize_rows(tok as usize..tok as usize + 1, row);
+        }
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let shape = AttentionShape {
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim,
+                window: c.layer_windows[l],
+                scale: 1.0 / (c.head_dim as f32).sqrt(),
+            };
+            self.attention_block(l, layer, &shape, &mut attend, ws, t);
+            self.mlp_block(layer, ws, t);
+        }
+        if let Attend::Cached(cache) = attend {
+            cache.len += t;
+        }
+        Ok(())
+    }
+
+    /// `x += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))`, `n = norm(x)`.
+    fn attention_block(
+        &self,
+        l: usize,
+        w: &LayerWeights,
+        shape: &AttentionShape,
+        attend: &mut Attend<'_>,
+        ws: &mut Workspace,
+        t: usize,
+    ) {
+        let c = &self.config;
+        let (d, qd, kvd) = (c.hidden_size, c.q_dim(), c.kv_dim());
+        let xn = sized(&mut ws.xn, t * d);
+        rmsnorm_forward(
+            xn,
+            sized(&mut ws.rstd, t),
+            &ws.x[..t * d],
+            &w.attn_norm,
+            c.rms_norm_eps,
+        );
+        let (q, k, v) = (
+            sized(&mut ws.q, t * qd),
+            sized(&mut ws.k, t * kvd),
+            sized(&mut ws.v, t * kvd),
+        );
+        self.linear(&w.wq, q, xn, t, false, &mut ws.mat);
+        self.linear(&w.wk, k, xn, t, false, &mut ws.mat);
+        self.linear(&w.wv, v, xn, t, false, &mut ws.mat);
+        let positions = &ws.positions[..t];
+        rope_forward(q, positions, c.n_heads, &self.rope);
+        rope_forward(k, positions, c.n_kv_heads, &self.rope);
+        if let Some((beta, original_max)) = c.query_scale {
+            position_query_scale(q, qd, positions, beta, original_max);
+        }
+        let att = sized(&mut ws.att, t * qd);
+        match attend {
+            Attend::Packed(segments) => {
+                attention_forward(
+                    att,
+                    sized(&mut ws.lse, t * c.n_heads),
+                    q,
+                    k,
+                    v,
+                    segments,
+                    shape,
+                );
+            }
+            Attend::Cached(cache) => {
+                let first = cache.len;
+                let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+                kc[first * kvd..(first + t) * kvd].copy_from_slice(k);
+                vc[first * kvd..(first + t) * kvd].copy_from_slice(v);
+                let end = (first + t) * kvd;
+                attention_decode(att, q, &kc[..end], &vc[..end], first, shape);
+            }
+        }
+        self.linear(&w.wo, &mut ws.x[..t * d], att, t, true, &mut ws.mat);
+    }
+
+    /// `x += down(silu(gate(n)) ⊙ up(n))`, `n = norm(x)`.
+    fn mlp_block(&self, w: &LayerWeights, ws: &mut Workspace, t: usize) {
+        let c = &self.config;
+        let (d, f) = (c.hidden_size, c.intermediate_size);
+        let xn = sized(&mut ws.xn, t * d);
+        rmsnorm_forward(
+            xn,
+            sized(&mut ws.rstd, t),
+            &ws.x[..t * d],
+            &w.ffn_norm,
+            c.rms_norm_eps,
+        );
+        let (gate, up) = (sized(&mut ws.gate, t * f), sized(&mut ws.up, t * f));
+        self.linear(&w.w_gate, gate, xn, t, false, &mut ws.mat);
+        self.linear(&w.w_up, up, xn, t, false, &mut ws.mat);
+        let h = sized(&mut ws.h, t * f);
+        swiglu_forward(h, gate, up);
+        self.linear(&w.w_down, &mut ws.x[..t * d], h, t, true, &mut ws.mat);
+    }
+}

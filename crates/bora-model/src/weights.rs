@@ -1,0 +1,327 @@
+//! Weight loading from the three checkpoint layouts bora reads: an HF directory
+//! (`config.json` + `*.safetensors`), a Mistral consolidated directory (`params.json` +
+//! `consolidated.safetensors`) and a single `.gguf` file.
+//!
+//! Weights stay in the checkpoint's type (f32, f16, bf16 or a ggml quant) and, where no
+//! reordering is needed, borrow the memory map instead of being copied: a 7B model must not
+//! need twice its size in RAM to load. Only q/k of consolidated and GGUF checkpoints are
+//! copied, because their rows are reordered into the HF rotate-half layout the RoPE kernel
+//! expects.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bora_compute::{Weight, WeightBytes};
+use bora_formats::gguf::GgufFile;
+use bora_formats::names::permute_rows_interleaved_to_half;
+use bora_formats::quant::{dequantize, GgmlType};
+use memmap2::Mmap;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+
+/// Which layout a checkpoint uses; decides tensor names and whether q/k rows are interleaved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointKind {
+    HuggingFace,
+    Consolidated,
+    Gguf,
+}
+
+impl CheckpointKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointKind::HuggingFace => "Hugging Face safetensors",
+            CheckpointKind::Consolidated => "Mistral consolidated safetensors",
+            CheckpointKind::Gguf => "GGUF",
+        }
+    }
+}
+
+/// The weights of one decoder layer, in torch `[out, in]` layout with HF q/k row order.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub wq: Weight,
+    pub wk: Weight,
+    pub wv: Weight,
+    pub wo: Weight,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Weight,
+    pub w_up: Weight,
+    pub w_down: Weight,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelWeights {
+    pub embed: Weight,
+    pub layers: Vec<LayerWeights>,
+    pub norm: Vec<f32>,
+    /// `None` when the embeddings are tied: the output projection is `embed`.
+    pub lm_head: Option<Weight>,
+}
+
+impl ModelWeights {
+    /// The output projection (the embedding matrix when tied).
+    pub fn output(&self) -> &Weight {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+/// The role of a tensor inside a layer; mapped to each layout's name in [`tensor_name`].
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    AttnNorm,
+    Q,
+    K,
+    V,
+    O,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+fn tensor_name(kind: CheckpointKind, layer: usize, role: Role) -> String {
+    let (hf, cons, gguf) = match role {
+        Role::AttnNorm => ("input_layernorm", "attention_norm", "attn_norm"),
+        Role::Q => ("self_attn.q_proj", "attention.wq", "attn_q"),
+        Role::K => ("self_attn.k_proj", "attention.wk", "attn_k"),
+        Role::V => ("self_attn.v_proj", "attention.wv", "attn_v"),
+        Role::O => ("self_attn.o_proj", "attention.wo", "attn_output"),
+        Role::FfnNorm => ("post_attention_layernorm", "ffn_norm", "ffn_norm"),
+        Role::Gate => ("mlp.gate_proj", "feed_forward.w1", "ffn_gate"),
+        Role::Up => ("mlp.up_proj", "feed_forward.w3", "ffn_up"),
+        Role::Down => ("mlp.down_proj", "feed_forward.w2", "ffn_down"),
+    };
+    match kind {
+        CheckpointKind::HuggingFace => format!("model.layers.{layer}.{hf}.weight"),
+        CheckpointKind::Consolidated => format!("layers.{layer}.{cons}.weight"),
+        CheckpointKind::Gguf => format!("blk.{layer}.{gguf}.weight"),
+    }
+}
+
+/// Names of the model-level tensors: (embeddings, final norm, output head).
+fn global_names(kind: CheckpointKind) -> [&'static str; 3] {
+    match kind {
+        CheckpointKind::HuggingFace => [
+            "model.embed_tokens.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+        ],
+        CheckpointKind::Consolidated => ["tok_embeddings.weight", "norm.weight", "output.weight"],
+        CheckpointKind::Gguf => ["token_embd.weight", "output_norm.weight", "output.weight"],
+    }
+}
+
+/// A tensor found in a checkpoint: its type, torch-order shape and bytes (borrowed).
+struct RawTensor {
+    ty: GgmlType,
+    shape: Vec<usize>,
+    bytes: WeightBytes,
+    file: PathBuf,
+}
+
+/// Where tensors are looked up: one or more memory-mapped files and an index by name.
+pub(crate) struct TensorSource {
+    kind: CheckpointKind,
+    tensors: BTreeMap<String, RawTensor>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn map_file(path: &Path) -> Result<Arc<Mmap>> {
+    let file = File::open(path).map_err(io_err(path))?;
+    // SAFETY: read-only private map; like every mmap-based loader we rely on the checkpoint
+    // not being truncated while the model is loaded. Every range is checked against the
+    // length seen here before it is used.
+    let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
+    Ok(Arc::new(map))
+}
+
+impl TensorSource {
+    pub(crate) fn gguf(gguf: &GgufFile) -> Result<Self> {
+        let path = gguf.path().to_path_buf();
+        let map = map_file(&path)?;
+        let mut tensors = BTreeMap::new();
+        for info in gguf.tensors() {
+            // Validates the range against the file before we borrow it ourselves.
+            let data = gguf.tensor_bytes(info)?;
+            let start = (gguf.data_offset() + info.offset) as usize;
+            let bytes = WeightBytes::new(map.clone(), start..start + data.len())?;
+            let shape: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
+            tensors.insert(
+                info.name.clone(),
+                RawTensor {
+                    ty: info.ty,
+                    shape,
+                    bytes,
+                    file: path.clone(),
+                },
+            );
+        }
+        Ok(TensorSource {
+            kind: CheckpointKind::Gguf,
+            tensors,
+        })
+    }
+
+    /// Reads the safetensors files of an HF or consolidated directory (sharded or not).
+    pub(crate) fn safetensors(kind: CheckpointKind, files: &[PathBuf]) -> Result<Self> {
+        let mut tensors = BTreeMap::new();
+        for path in files {
+            let map = map_file(path)?;
+            let (header_len, meta) =
+                safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| {
+                    ModelError::NotAModel {
+                        path: path.clone(),
+                        what: format!("not a valid safetensors file: {e}"),
+                    }
+                })?;
+            let data_start = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                let ty = match info.dtype {
+                    safetensors::Dtype::F32 => GgmlType::F32,
+                    safetensors::Dtype::F16 => GgmlType::F16,
+                    safetensors::Dtype::BF16 => GgmlType::BF16,
+                    other => {
+                        return Err(ModelError::Tensor {
+                            path: path.clone(),
+                            name,
+                            what: format!("dtype {other:?} is not supported (F32, F16, BF16)"),
+                        })
+                    }
+                };
+                let (a, b) = info.data_offsets;
+                let bytes = WeightBytes::new(map.clone(), data_start + a..data_start + b)?;
+                tensors.insert(
+                    name,
+                    RawTensor {
+                        ty,
+                        shape: info.shape.clone(),
+                        bytes,
+                        file: path.clone(),
+                    },
+                );
+            }
+        }
+        Ok(TensorSource { kind, tensors })
+    }
+
+    pub(crate) fn kind(&self) -> CheckpointKind {
+        self.kind
+    }
+
+    /// The tensor `name`, checked to have `shape` (torch order). `file_hint` names the
+    /// checkpoint in the error when the tensor is missing.
+    fn get(&self, name: &str, shape: &[usize], file_hint: &Path) -> Result<&RawTensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: file_hint.to_path_buf(),
+                name: name.to_string(),
+            })?;
+        if t.shape != shape {
+            return Err(ModelError::TensorShape {
+                path: t.file.clone(),
+                name: name.to_string(),
+                found: t.shape.clone(),
+                expected: shape.to_vec(),
+            });
+        }
+        Ok(t)
+    }
+
+    fn vector(&self, name: &str, len: usize, hint: &Path) -> Result<Vec<f32>> {
+        let t = self.get(name, &[len], hint)?;
+        let mut out = vec![0f32; len];
+        dequantize(t.ty, t.bytes.as_slice(), &mut out).map_err(|e| ModelError::Tensor {
+            path: t.file.clone(),
+            name: name.to_string(),
+            what: e.to_string(),
+        })?;
+        Ok(out)
+    }
+
+    /// A `[rows, cols]` matrix. `interleaved_heads` reorders q/k rows from the interleaved
+    /// (Meta/GGUF) rotary layout to HF rotate-half, with that many heads.
+    fn matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        interleaved_heads: Option<usize>,
+        hint: &Path,
+    ) -> Result<Weight> {
+        let t = self.get(name, &[rows, cols], hint)?;
+        let bad = |what: String| ModelError::Tensor {
+            path: t.file.clone(),
+            name: name.to_string(),
+            what,
+        };
+        let row_bytes = t.ty.row_bytes(cols).map_err(|e| bad(e.to_string()))?;
+        let bytes = match interleaved_heads {
+            Some(heads) => WeightBytes::from_vec(
+                permute_rows_interleaved_to_half(t.bytes.as_slice(), row_bytes, heads)
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            None => t.bytes.clone(),
+        };
+        if t.ty == GgmlType::F32 {
+            // f32 goes to gemm directly; copying once here keeps the weight aligned.
+            let mut data = vec![0f32; rows * cols];
+            dequantize(GgmlType::F32, bytes.as_slice(), &mut data)
+                .map_err(|e| bad(e.to_string()))?;
+            return Ok(Weight::from_f32(name, rows, cols, data)?);
+        }
+        Ok(Weight::from_bytes(name, t.ty, rows, cols, bytes)?)
+    }
+
+    /// Loads every weight `cfg` describes; `hint` names the checkpoint in errors.
+    pub(crate) fn load(&self, cfg: &ModelConfig, hint: &Path) -> Result<ModelWeights> {
+        let kind = self.kind;
+        let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let permute = |heads: usize| (kind != CheckpointKind::HuggingFace).then_some(heads);
+        let [embed_name, norm_name, head_name] = global_names(kind);
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            let name = |r| tensor_name(kind, l, r);
+            layers.push(LayerWeights {
+                attn_norm: self.vector(&name(Role::AttnNorm), d, hint)?,
+                wq: self.matrix(&name(Role::Q), cfg.q_dim(), d, permute(cfg.n_heads), hint)?,
+                wk: self.matrix(
+                    &name(Role::K),
+                    cfg.kv_dim(),
+                    d,
+                    permute(cfg.n_kv_heads),
+                    hint,
+                )?,
+                wv: self.matrix(&name(Role::V), cfg.kv_dim(), d, None, hint)?,
+                wo: self.matrix(&name(Role::O), d, cfg.q_dim(), None, hint)?,
+                ffn_norm: self.vector(&name(Role::FfnNorm), d, hint)?,
+                w_gate: self.matrix(&name(Role::Gate), f, d, None, hint)?,
+                w_up: self.matrix(&name(Role::Up), f, d, None, hint)?,
+                w_down: self.matrix(&name(Role::Down), d, f, None, hint)?,
+            });
+        }
+        let lm_head = if cfg.tied_embeddings {
+            None
+        } else {
+            Some(self.matrix(head_name, v, d, None, hint)?)
+        };
+        Ok(ModelWeights {
+            embed: self.matrix(embed_name, v, d, None, hint)?,
+            layers,
+            norm: self.vector(norm_name, d, hint)?,
+            lm_head,
+        })
+    }
+}
