@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 
 mod data;
+mod generate;
 mod tokenize;
 
 #[derive(Parser)]
@@ -17,6 +18,14 @@ enum Command {
     DefaultModel,
     /// Show token ids (and a chat's loss mask) for text, a file or a conversation.
     Tokenize(tokenize::TokenizeArgs),
+    /// Generate text from a prompt, streamed to stdout.
+    Generate(generate::GenerateArgs),
+    /// Chat with a model over stdin, one user message per line.
+    Chat(generate::ChatArgs),
+    /// Perplexity of a model on a text file.
+    Perplexity(generate::PerplexityArgs),
+    /// Describe a model: architecture, size, dtypes, tokenizer, chat format, memory.
+    Info(generate::InfoArgs),
     /// Check a dataset: validation, token statistics, steps, memory and time preflight.
     Data(data::DataArgs),
 }
@@ -25,6 +34,10 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::DefaultModel => println!("{}", paths::default_model().display()),
         Command::Tokenize(args) => tokenize::run(&args)?,
+        Command::Generate(args) => generate::generate(&args)?,
+        Command::Chat(args) => generate::chat(&args)?,
+        Command::Perplexity(args) => generate::perplexity(&args)?,
+        Command::Info(args) => generate::info(&args)?,
         Command::Data(args) => data::run(&args, &paths::default_model())?,
     }
     Ok(())

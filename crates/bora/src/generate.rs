@@ -1,0 +1,369 @@
+//! `bora generate`, `bora chat`, `bora perplexity`, `bora info`: run a model through
+//! `bora_model` with the tokenizer and chat format from `bora_tokenizer`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bora_model::{
+    GenerateOptions, Generation, Generator, LoadOptions, Model, SamplingParams, Workspace,
+};
+use bora_tokenizer::chat::{ChatFormat, Content, Conversation, Message, Role};
+use bora_tokenizer::Tokenizer;
+use clap::Args;
+
+/// Where the model comes from and how long a sequence it may run.
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// A `.gguf` file, a Hugging Face model directory or a Mistral consolidated directory
+    /// [default: the default model, see `bora default-model`].
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Longest sequence (prompt + reply) to run [default: the model's, at most 8192].
+    #[arg(long, value_name = "N")]
+    context: Option<usize>,
+    /// Decode with f32 activations against quantized weights: matches the fp32 reference
+    /// (transformers) to rounding, about 2-3x slower than the default 8-bit-activation kernels.
+    #[arg(long)]
+    exact: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 picks the most likely token every step (greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this total probability.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Keep only the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Drop tokens less likely than this fraction of the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalty on tokens already in the context (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Seed of the sampler: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the text contains this (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user turn in the model's chat format.
+    #[arg(long)]
+    chat: bool,
+    /// System message (with --chat).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print timing (tokens/s) to stderr.
+    #[arg(long)]
+    stats: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// System message for the conversation.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// UTF-8 text file to score.
+    #[arg(long, value_name = "TEXT")]
+    file: PathBuf,
+    /// Print exactly {"tokens": N, "nll": MEAN_NLL_PER_TOKEN, "ppl": P}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+fn load(args: &ModelArgs) -> Result<(Model, Tokenizer)> {
+    let path = args
+        .model
+        .clone()
+        .unwrap_or_else(crate::paths::default_model);
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            context: args.context,
+            exact: args.exact,
+        },
+    )
+    .with_context(|| format!("loading model {}", path.display()))?;
+    let tok = Tokenizer::from_file(&path)
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    if tok.vocab_size() > model.config.vocab_size {
+        bail!(
+            "{}: the tokenizer has {} tokens but the model only {}",
+            path.display(),
+            tok.vocab_size(),
+            model.config.vocab_size
+        );
+    }
+    Ok((model, tok))
+}
+
+fn options(model: &Model, tok: &Tokenizer, s: &SamplingArgs) -> Result<GenerateOptions> {
+    let sampling = SamplingParams {
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repeat_penalty: s.repeat_penalty,
+        seed: s.seed,
+    };
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    let mut stop_tokens = model.config.eos_token_ids.clone();
+    stop_tokens.extend(tok.eos_id());
+    Ok(GenerateOptions {
+        max_tokens: s.max_tokens,
+        sampling,
+        stop_tokens,
+        stop_strings: s.stop.clone(),
+    })
+}
+
+fn message(role: Role, text: &str) -> Message {
+    Message {
+        role,
+        content: Some(Content::Text(text.to_string())),
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+        name: None,
+        weight: None,
+        prefix: false,
+    }
+}
+
+fn chat_format(tok: &Tokenizer, model: &Path) -> Result<ChatFormat> {
+    ChatFormat::from_tokenizer(tok).with_context(|| format!("{}: no chat format", model.display()))
+}
+
+fn stream(
+    gen: &mut Generator<'_>,
+    tok: &Tokenizer,
+    ids: &[u32],
+    opts: &GenerateOptions,
+) -> Result<Generation> {
+    let mut out = std::io::stdout().lock();
+    let mut failed = None;
+    let generation = gen.generate_text(tok, ids, opts, |text| {
+        if failed.is_none() {
+            if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+                failed = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e).context("writing to stdout");
+    }
+    Ok(generation)
+}
+
+fn print_stats(g: &Generation) {
+    let rate = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    eprintln!(
+        "prompt: {} tokens, {:.1} tokens/s; generated: {} tokens, {:.1} tokens/s; stop: {:?}",
+        g.prefill_tokens,
+        rate(g.prefill_tokens, g.prefill_time),
+        g.tokens.len(),
+        rate(g.tokens.len().saturating_sub(1), g.decode_time),
+        g.stop
+    );
+}
+
+pub fn generate(args: &GenerateArgs) -> Result<()> {
+    let (model, tok) = load(&args.model)?;
+    let opts = options(&model, &tok, &args.sampling)?;
+    let ids = if args.chat {
+        let mut conv = Conversation {
+            messages: Vec::new(),
+            tools: Vec::new(),
+        };
+        if let Some(system) = &args.system {
+            conv.messages.push(message(Role::System, system));
+        }
+        conv.messages.push(message(Role::User, &args.prompt));
+        chat_format(&tok, model.source())?
+            .encode(&tok, &conv, true)?
+            .ids
+    } else {
+        let mut ids: Vec<u32> = model
+            .config
+            .bos_token_id
+            .filter(|_| model.config.add_bos)
+            .into_iter()
+            .collect();
+        ids.extend(tok.encode(&args.prompt));
+        ids
+    };
+    if ids.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let mut gen = Generator::new(&model);
+    let g = stream(&mut gen, &tok, &ids, &opts)?;
+    println!();
+    if args.stats {
+        print_stats(&g);
+    }
+    Ok(())
+}
+
+pub fn chat(args: &ChatArgs) -> Result<()> {
+    let (model, tok) = load(&args.model)?;
+    let opts = options(&model, &tok, &args.sampling)?;
+    let format = chat_format(&tok, model.source())?;
+    let mut conv = Conversation {
+        messages: Vec::new(),
+        tools: Vec::new(),
+    };
+    if let Some(system) = &args.system {
+        conv.messages.push(message(Role::System, system));
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "Chatting with {} (end with Ctrl-D)",
+            model.source().display()
+        );
+    }
+    let mut gen = Generator::new(&model);
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        conv.messages.push(message(Role::User, &line));
+        let ids = format.encode(&tok, &conv, true)?.ids;
+        let g = stream(&mut gen, &tok, &ids, &opts)?;
+        println!();
+        conv.messages.push(message(Role::Assistant, &g.text));
+    }
+    Ok(())
+}
+
+pub fn perplexity(args: &PerplexityArgs) -> Result<()> {
+    let (model, tok) = load(&args.model)?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {} (it must be UTF-8 text)", args.file.display()))?;
+    let tokens = tok.encode(&text);
+    let window = args.model.context.unwrap_or(model.context().min(512));
+    let p = bora_model::perplexity(&model, &tokens, window, &mut Workspace::new())
+        .with_context(|| format!("scoring {}", args.file.display()))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "tokens": p.tokens, "nll": p.nll, "ppl": p.ppl() })
+        );
+    } else {
+        println!(
+            "{} tokens scored in windows of {window}: mean NLL {:.4} nats, perplexity {:.3}",
+            p.tokens,
+            p.nll,
+            p.ppl()
+        );
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+pub fn info(args: &InfoArgs) -> Result<()> {
+    let (model, tok) = load(&args.model)?;
+    let c = &model.config;
+    println!(
+        "model:        {} ({})",
+        model.source().display(),
+        model.checkpoint_kind().name()
+    );
+    println!("architecture: {}", c.architecture);
+    println!(
+        "shape:        {} layers, hidden {}, ffn {}, {} heads / {} kv heads of {}, vocab {}",
+        c.n_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.vocab_size
+    );
+    println!(
+        "parameters:   {} ({:.1} M)",
+        c.parameter_count(),
+        c.parameter_count() as f64 / 1e6
+    );
+    let windows: Vec<String> = c
+        .layer_windows
+        .iter()
+        .map(|w| w.map_or("full".into(), |w| w.to_string()))
+        .collect();
+    println!("attention:    {}", windows.join(","));
+    println!(
+        "rope:         theta {}, scaling {:?}{}",
+        c.rope_theta,
+        c.rope_scaling,
+        c.query_scale.map_or(String::new(), |(b, m)| format!(
+            ", query scale beta {b} per {m} positions"
+        ))
+    );
+    println!("tied output:  {}", c.tied_embeddings);
+    let dtypes: Vec<String> = model
+        .dtype_summary()
+        .iter()
+        .map(|(ty, n, e)| format!("{ty} ({n} matrices, {:.1} M values)", *e as f64 / 1e6))
+        .collect();
+    println!("dtypes:       {}", dtypes.join(", "));
+    println!(
+        "tokenizer:    {:?}, {} tokens",
+        tok.kind(),
+        tok.vocab_size()
+    );
+    let chat = match ChatFormat::from_tokenizer(&tok) {
+        Ok(ChatFormat::Mistral(f)) => format!("Mistral instruct {:?}", f.version()),
+        Ok(ChatFormat::Jinja(_)) => "Jinja chat template".into(),
+        Err(e) => format!("none ({e})"),
+    };
+    println!("chat format:  {chat}");
+    println!(
+        "memory:       weights {}, KV cache {} at a context of {} tokens",
+        mib(model.weight_bytes()),
+        mib(model.kv_cache_bytes()),
+        model.context()
+    );
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! `bora generate`, `perplexity` and `info` run as a user runs them, on the default model,
+//! checked against transformers' greedy tokens in bora-model's SmolLM2 fixture.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use bora_tokenizer::Tokenizer;
+use serde_json::Value;
+
+fn default_model() -> PathBuf {
+    let home = match std::env::var_os("BORA_HOME") {
+        Some(home) => PathBuf::from(home),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/bora"),
+    };
+    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-default-model.sh",
+        path.display()
+    );
+    path
+}
+
+fn bora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("bora runs")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "bora failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn fixture() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bora-model/tests/fixtures/smollm2/expected.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// The text bora should print for fixture prompt `i`: transformers' greedy tokens up to the
+/// first end-of-sequence token, decoded without special tokens, then a newline.
+fn expected_text(tok: &Tokenizer, prompt: &Value) -> String {
+    let eos = tok.eos_id().unwrap();
+    let greedy: Vec<u32> = ids(&prompt["greedy"])
+        .into_iter()
+        .take_while(|&t| t != eos)
+        .collect();
+    tok.decode(&greedy) + "\n"
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let model = default_model();
+    let tok = Tokenizer::from_file(&model).unwrap();
+    let fx = fixture();
+    for prompt in &fx["prompts"].as_array().unwrap()[..2] {
+        let text = prompt["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text),
+            ids(&prompt["ids"]),
+            "the prompt tokenizes as in the fixture"
+        );
+        let out = bora(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            text,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "64",
+            "--exact",
+        ]);
+        assert_eq!(stdout(&out), expected_text(&tok, prompt), "prompt {text:?}");
+    }
+}
+
+#[test]
+fn chat_generation_matches_transformers_chat_template() {
+    let tok = Tokenizer::from_file(&default_model()).unwrap();
+    let prompt = &fixture()["prompts"][2];
+    // The fixture's third prompt is the chat template applied to this one user message.
+    let out = bora(&[
+        "generate",
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "64",
+        "--exact",
+    ]);
+    assert_eq!(stdout(&out), expected_text(&tok, prompt));
+}
+
+#[test]
+fn same_seed_same_text() {
+    let args = [
+        "generate",
+        "--prompt",
+        "Once upon a time",
+        "--max-tokens",
+        "24",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "7",
+    ];
+    let a = stdout(&bora(&args));
+    let b = stdout(&bora(&args));
+    assert_eq!(a, b);
+    assert!(!a.trim().is_empty());
+}
+
+#[test]
+fn perplexity_json_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("text.txt");
+    std::fs::write(
+        &file,
+        "The quick brown fox jumps over the lazy dog. ".repeat(20),
+    )
+    .unwrap();
+    let out = bora(&[
+        "perplexity",
+        "--file",
+        file.to_str().unwrap(),
+        "--context",
+        "64",
+        "--json",
+    ]);
+    let text = stdout(&out);
+    let json: Value = serde_json::from_str(text.trim()).unwrap();
+    let obj = json.as_object().unwrap();
+    let mut keys: Vec<&str> = obj.keys().map(|k| k.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["nll", "ppl", "tokens"]);
+    let tokens = json["tokens"].as_u64().unwrap();
+    let n_text = Tokenizer::from_file(&default_model())
+        .unwrap()
+        .encode(&std::fs::read_to_string(&file).unwrap())
+        .len();
+    // Windows of 64 without BOS: the first token of each window is context only.
+    assert_eq!(tokens as usize, n_text - n_text.div_ceil(64));
+    let (nll, ppl) = (json["nll"].as_f64().unwrap(), json["ppl"].as_f64().unwrap());
+    assert!(nll > 0.0 && (ppl - nll.exp()).abs() < 1e-9 * ppl);
+    // A repeated sentence is easy to predict.
+    assert!(ppl < 10.0, "ppl {ppl}");
+}
+
+#[test]
+fn info_describes_the_default_model() {
+    let text = stdout(&bora(&["info"]));
+    for want in [
+        "architecture: llama",
+        "30 layers",
+        "Q4_1",
+        "Q8_0",
+        "GgufBpe",
+        "Jinja chat template",
+        "134.5 M",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn bad_model_path_is_a_clear_error() {
+    let out = bora(&[
+        "generate",
+        "--model",
+        "/nonexistent/model.gguf",
+        "--prompt",
+        "hi",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/model.gguf") && err.contains("no such file"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = bora(&["info", "--model", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config.json") && err.contains("params.json"),
+        "{err}"
+    );
+}
