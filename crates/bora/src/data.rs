@@ -199,11 +199,12 @@ fn check(args: &CheckArgs, default_model: &Path) -> Result<()> {
         stats.min, stats.median, stats.p95, stats.max
     );
     let action = match overlong {
-        Overlong::Truncate => format!(
-            "truncated ({} dropped: nothing trained left)",
+        Overlong::Drop => "dropped".to_string(),
+        Overlong::Truncate if fitted.dropped > 0 => format!(
+            "truncated; {} of them dropped, no trained token left",
             fitted.dropped
         ),
-        Overlong::Drop => "dropped".into(),
+        Overlong::Truncate => "truncated".into(),
     };
     println!(
         "over {}:   {} example(s), {action}",
