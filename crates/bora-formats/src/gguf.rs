@@ -8,14 +8,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
-
-use memmap2::Mmap;
 
 use crate::atomic::AtomicFile;
 use crate::error::{FormatError, Result};
+use crate::mapped::{map_file, Bytes};
 use crate::quant::{dequantize, GgmlType};
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -270,8 +267,9 @@ pub struct GgufTensorInfo {
 }
 
 impl GgufTensorInfo {
+    /// Element count (saturating: an info built by hand with absurd dims must not panic).
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims.iter().fold(1u64, |a, &d| a.saturating_mul(d))
     }
 
     /// Elements in one row (`dims[0]`; 1 for a scalar).
@@ -281,7 +279,10 @@ impl GgufTensorInfo {
 
     /// Rows: the product of all dims but the first.
     pub fn n_rows(&self) -> u64 {
-        self.dims.iter().skip(1).product()
+        self.dims
+            .iter()
+            .skip(1)
+            .fold(1u64, |a, &d| a.saturating_mul(d))
     }
 
     /// The shape in torch/safetensors order (outermost first).
@@ -291,7 +292,7 @@ impl GgufTensorInfo {
 }
 
 /// Data size of a tensor with these ggml dims, checked: every row a whole number of blocks
-/// and no overflow. `None` describes the problem for the caller's error.
+/// and no overflow. The error text describes the problem for the caller's error.
 fn tensor_n_bytes(dims: &[u64], ty: GgmlType) -> std::result::Result<u64, String> {
     let n_elems = dims
         .iter()
@@ -311,21 +312,6 @@ fn tensor_n_bytes(dims: &[u64], ty: GgmlType) -> std::result::Result<u64, String
 
 fn align_up(x: u64, align: u64) -> Option<u64> {
     x.checked_add(align - 1).map(|v| v / align * align)
-}
-
-enum Bytes {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Mapped(m) => m,
-            Bytes::Owned(v) => v,
-        }
-    }
 }
 
 /// An open GGUF file: parsed metadata and tensor infos over a memory map of the file.
@@ -477,21 +463,7 @@ impl GgufFile {
     /// Maps and parses `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let io = |source| FormatError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        let bytes = if len == 0 {
-            Bytes::Owned(Vec::new())
-        } else {
-            // SAFETY: the map is read-only and private to this process. Like every mmap
-            // reader (llama.cpp included) we rely on nobody truncating the model file while
-            // it is open; all offsets are validated against the length seen here.
-            Bytes::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?)
-        };
-        Self::parse(path.to_path_buf(), bytes)
+        Self::parse(path.to_path_buf(), map_file(path)?)
     }
 
     /// Parses GGUF bytes already in memory; `path` only labels errors.

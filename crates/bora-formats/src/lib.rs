@@ -9,6 +9,7 @@ pub mod arch;
 mod atomic;
 mod error;
 pub mod gguf;
+mod mapped;
 pub mod names;
 pub mod quant;
 pub mod safetensors;

@@ -7,16 +7,15 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use safetensors::tensor::{Metadata, View};
 pub use safetensors::Dtype;
 use serde::Deserialize;
 
 use crate::atomic::AtomicFile;
 use crate::error::{FormatError, Result};
+use crate::mapped::{map_file, Bytes};
 use crate::quant::{self, GgmlType};
 
 /// The index file transformers writes next to sharded checkpoints.
@@ -52,14 +51,8 @@ impl SafeTensorInfo {
 
 struct Shard {
     path: PathBuf,
-    map: Option<Mmap>,
+    bytes: Bytes,
     metadata: HashMap<String, String>,
-}
-
-impl Shard {
-    fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
-    }
 }
 
 /// An opened checkpoint (one or more files).
@@ -100,19 +93,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FormatError + '_ {
     }
 }
 
-/// Maps one file and lists its tensors (appended to `tensors`, tagged with `file`).
-fn open_shard(path: &Path, file: usize, tensors: &mut Vec<SafeTensorInfo>) -> Result<Shard> {
-    let f = File::open(path).map_err(io_err(path))?;
-    let len = f.metadata().map_err(io_err(path))?.len();
-    let map = if len == 0 {
-        None
-    } else {
-        // SAFETY: read-only private map; as with any mmap reader we rely on the checkpoint
-        // not being truncated while open. All ranges are validated against this length.
-        Some(unsafe { Mmap::map(&f) }.map_err(io_err(path))?)
-    };
-    let bytes = map.as_deref().unwrap_or(&[]);
-    let (header_len, meta): (usize, Metadata) = safetensors::SafeTensors::read_metadata(bytes)
+/// Parses one file's header and lists its tensors (appended to `tensors`, tagged with
+/// `file`).
+fn open_shard(
+    path: &Path,
+    bytes: Bytes,
+    file: usize,
+    tensors: &mut Vec<SafeTensorInfo>,
+) -> Result<Shard> {
+    let (header_len, meta): (usize, Metadata) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| invalid(path, format!("not a valid safetensors file: {e}")))?;
     let data_start = 8 + header_len;
     let mut listed: Vec<SafeTensorInfo> = meta
@@ -148,7 +137,7 @@ fn open_shard(path: &Path, file: usize, tensors: &mut Vec<SafeTensorInfo>) -> Re
     Ok(Shard {
         path: path.to_path_buf(),
         metadata: meta.metadata().clone().unwrap_or_default(),
-        map,
+        bytes,
     })
 }
 
@@ -165,8 +154,25 @@ impl Safetensors {
         let mut tensors = Vec::new();
         let mut shards = Vec::with_capacity(files.len());
         for (i, f) in files.iter().enumerate() {
-            shards.push(open_shard(f, i, &mut tensors)?);
+            shards.push(open_shard(f, map_file(f)?, i, &mut tensors)?);
         }
+        let st = Self::assemble(shards, tensors)?;
+        let index_path = path.join(INDEX_FILE);
+        if path.is_dir() && index_path.exists() {
+            st.check_weight_map(&index_path)?;
+        }
+        Ok(st)
+    }
+
+    /// Parses one safetensors file already in memory; `path` only labels errors.
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        let path = path.into();
+        let mut tensors = Vec::new();
+        let shard = open_shard(&path, Bytes::Owned(bytes), 0, &mut tensors)?;
+        Self::assemble(vec![shard], tensors)
+    }
+
+    fn assemble(shards: Vec<Shard>, tensors: Vec<SafeTensorInfo>) -> Result<Self> {
         let mut index = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
             if let Some(prev) = index.insert(t.name.clone(), i) {
@@ -177,16 +183,11 @@ impl Safetensors {
                 ));
             }
         }
-        let st = Self {
+        Ok(Self {
             shards,
             tensors,
             index,
-        };
-        let index_path = path.join(INDEX_FILE);
-        if path.is_dir() && index_path.exists() {
-            st.check_weight_map(&index_path)?;
-        }
-        Ok(st)
+        })
     }
 
     fn directory_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -282,7 +283,7 @@ impl Safetensors {
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
         let t = self.require(name)?;
         // The range was checked against the map when the file was opened.
-        Ok(&self.shards[t.file].bytes()[t.start..t.end])
+        Ok(&self.shards[t.file].bytes[t.start..t.end])
     }
 
     /// A tensor decoded to f32 (F32, F16 or BF16), row-major.

@@ -219,3 +219,37 @@ fn bad_directories() {
         "{e}"
     );
 }
+
+#[test]
+fn in_memory_parse_matches_file_and_survives_corruption() {
+    let full = std::fs::read(fixtures().join("small.safetensors")).unwrap();
+    let st = Safetensors::from_bytes("mem.safetensors", full.clone()).unwrap();
+    let file = Safetensors::open(fixtures().join("small.safetensors")).unwrap();
+    assert_eq!(st.tensors(), file.tensors());
+    assert_eq!(
+        st.tensor_f32("a.f32").unwrap(),
+        file.tensor_f32("a.f32").unwrap()
+    );
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..3000 {
+        let mut b = full.clone();
+        for _ in 0..1 + next() % 3 {
+            let i = (next() % b.len() as u64) as usize;
+            b[i] = next() as u8;
+        }
+        match Safetensors::from_bytes("fuzz.safetensors", b) {
+            Ok(st) => {
+                for t in st.tensors() {
+                    st.tensor_f32(&t.name).ok();
+                }
+            }
+            Err(e) => assert!(e.to_string().contains("fuzz.safetensors"), "{e}"),
+        }
+    }
+}
