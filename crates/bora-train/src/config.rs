@@ -263,7 +263,7 @@ impl RunConfig {
             if !old.is_str() {
                 return Err(bad(
                     key,
-                    format!("expected a {}, got {s:?}", old.type_str()),
+                    format!("expected type {}, got {s:?}", old.type_str()),
                 ));
             }
         }

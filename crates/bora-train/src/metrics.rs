@@ -325,3 +325,75 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
 pub fn masked_crc32c(bytes: &[u8]) -> u32 {
     crc32c(bytes).rotate_right(15).wrapping_add(0xA282_EAD8)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Record payloads of a TFRecord stream, each CRC checked.
+    fn records(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            assert_eq!(
+                u32::from_le_bytes(bytes[8..12].try_into().unwrap()),
+                masked_crc32c(&bytes[..8])
+            );
+            let payload = &bytes[12..12 + len];
+            assert_eq!(
+                u32::from_le_bytes(bytes[12 + len..16 + len].try_into().unwrap()),
+                masked_crc32c(payload)
+            );
+            out.push(payload.to_vec());
+            bytes = &bytes[16 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn tensorboard_sink_writes_one_event_per_scalar() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sink = TensorBoardSink::create(tmp.path()).unwrap();
+        let name = sink
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(name.starts_with("events.out.tfevents."), "{name}");
+        assert!(name.contains(&format!(".{}.", hostname())), "{name}");
+        let mut m = Metrics {
+            step: 1,
+            loss: 2.0,
+            lr: 1e-4,
+            grad_norm: 0.5,
+            tokens_per_s: 100.0,
+            val_loss: None,
+        };
+        sink.log(&m).unwrap();
+        m.step = 2;
+        m.val_loss = Some(1.5);
+        sink.log(&m).unwrap();
+        sink.flush().unwrap();
+        let second = TensorBoardSink::create(tmp.path()).unwrap();
+        assert_ne!(second.path(), sink.path());
+
+        let recs = records(&std::fs::read(sink.path()).unwrap());
+        assert_eq!(recs.len(), 1 + 4 + 5);
+        assert!(recs[0].windows(13).any(|w| w == b"brain.Event:2"));
+        for (rec, (tag, _)) in recs[5..].iter().zip(m.scalars()) {
+            assert!(rec.windows(tag.len()).any(|w| w == tag.as_bytes()), "{tag}");
+        }
+    }
+
+    #[test]
+    fn varint_steps_beyond_one_byte() {
+        let mut out = Vec::new();
+        put_varint(&mut out, 300);
+        assert_eq!(out, [0xAC, 0x02]);
+        out.clear();
+        put_varint(&mut out, u64::MAX);
+        assert_eq!(out.len(), 10);
+        assert_eq!(out[9], 0x01);
+    }
+}

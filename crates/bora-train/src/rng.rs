@@ -157,3 +157,82 @@ pub fn init_lora(
         .collect();
     (a, vec![0.0; out_features * rank])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_state_continues_the_same_sequence() {
+        let mut rng = Rng::new(42, Stream::Dropout);
+        for _ in 0..10 {
+            rng.next_u64();
+        }
+        let saved = rng.state();
+        let json = serde_json::to_string(&saved).unwrap();
+        let mut resumed = Rng::from_state(&serde_json::from_str(&json).unwrap()).unwrap();
+        for _ in 0..100 {
+            assert_eq!(resumed.next_u64(), rng.next_u64());
+        }
+        let bad = RngState {
+            state: "zz".into(),
+            inc: "1".into(),
+        };
+        assert!(Rng::from_state(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("state"));
+        assert!(Rng::from_raw(1, 2).is_err());
+    }
+
+    #[test]
+    fn seeds_and_streams_are_independent() {
+        let first = |seed, stream| Rng::new(seed, stream).next_u64();
+        assert_eq!(first(1, Stream::Data), first(1, Stream::Data));
+        assert_ne!(first(1, Stream::Data), first(2, Stream::Data));
+        assert_ne!(first(1, Stream::Data), first(1, Stream::Dropout));
+        assert_ne!(first(1, Stream::Init), first(1, Stream::Dropout));
+    }
+
+    #[test]
+    fn uniform_below_and_shuffle_have_the_right_distribution() {
+        let mut rng = Rng::new(3, Stream::Data);
+        let n = 60_000;
+        let draws: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+        assert!(draws.iter().all(|&u| (0.0..1.0).contains(&u)));
+        let mean = draws.iter().map(|&u| f64::from(u)).sum::<f64>() / n as f64;
+        // Standard error of the mean of U(0,1) is 1/sqrt(12 n) ≈ 0.0012; allow 5 of them.
+        assert!((mean - 0.5).abs() < 0.006, "mean {mean}");
+
+        let mut counts = [0u32; 6];
+        for _ in 0..n {
+            counts[rng.below(6) as usize] += 1;
+        }
+        for c in counts {
+            // Binomial(n, 1/6): sd ≈ 91; allow 5 sd.
+            assert!((f64::from(c) - n as f64 / 6.0).abs() < 460.0, "{counts:?}");
+        }
+        assert_eq!(rng.below(0), 0);
+        assert_eq!(rng.below(1), 0);
+
+        let mut items: Vec<u32> = (0..50).collect();
+        rng.shuffle(&mut items);
+        assert_ne!(items, (0..50).collect::<Vec<_>>());
+        items.sort_unstable();
+        assert_eq!(items, (0..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn dropout_mask_drops_p_and_keeps_the_expectation() {
+        let mut rng = Rng::new(11, Stream::Dropout);
+        let p = 0.25f32;
+        let mut mask = vec![0.0f32; 40_000];
+        rng.dropout_mask(&mut mask, p);
+        let dropped = mask.iter().filter(|&&m| m == 0.0).count() as f64 / mask.len() as f64;
+        // sd of the dropped fraction ≈ 0.0022; allow 5 sd.
+        assert!((dropped - 0.25).abs() < 0.011, "dropped {dropped}");
+        assert!(mask.iter().all(|&m| m == 0.0 || m == 1.0 / 0.75));
+        let mean = mask.iter().map(|&m| f64::from(m)).sum::<f64>() / mask.len() as f64;
+        assert!((mean - 1.0).abs() < 0.015, "mean {mean}");
+    }
+}
