@@ -27,10 +27,6 @@ impl<'a> Encoder<'a> {
         })
     }
 
-    pub fn tokenizer(&self) -> &Tokenizer {
-        self.tok
-    }
-
     /// Ids and mask of one example. `mask[i]` says whether token `i` is a training target.
     pub fn encode(&self, example: &Example) -> Result<EncodedChat, ChatError> {
         match example {
