@@ -124,11 +124,12 @@ pub struct Scratch {
     pub(crate) mat: MatScratch,
 }
 
-/// The room a weight product needs: a dequantized tile, or a Q8 copy of activation rows.
+/// The room a weight product needs: a dequantized tile, or a 16-bit copy of an activation
+/// row with its block scales and sums.
 #[derive(Debug, Default)]
 pub(crate) struct MatScratch {
     floats: Vec<f32>,
-    bytes: Vec<i8>,
+    ints: Vec<i16>,
 }
 
 fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
@@ -159,10 +160,8 @@ impl MatScratch {
         grow(&mut self.floats, len)
     }
 
-    /// Floats and signed bytes at once, for a quantized copy of an activation (its int8
-    /// values plus per-block scales).
-    pub(crate) fn with_i8(&mut self, floats: usize, bytes: usize) -> (&mut [f32], &mut [i8]) {
-        (grow(&mut self.floats, floats), grow(&mut self.bytes, bytes))
+    pub(crate) fn with_i16(&mut self, floats: usize, ints: usize) -> (&mut [f32], &mut [i16]) {
+        (grow(&mut self.floats, floats), grow(&mut self.ints, ints))
     }
 }
 

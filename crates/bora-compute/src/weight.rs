@@ -5,7 +5,7 @@
 //! quantized weights stay quantized in memory (borrowed straight from the GGUF memory map)
 //! and are dequantized one tile of rows at a time into a reused scratch buffer that `gemm`
 //! then consumes. With a few activation rows (decoding) the tile detour costs more than the
-//! product itself, so those use the integer dot kernels of `quant_dot`.
+//! product itself, so those use the block-wise dot kernels of `quant_dot`.
 
 use std::fmt;
 use std::ops::Range;
@@ -17,10 +17,10 @@ use rayon::prelude::*;
 use crate::arena::{MatScratch, Scratch};
 use crate::error::ComputeError;
 use crate::matmul::{gemm_f32, matmul_dx, matmul_xwt, Mat};
-use crate::quant_dot::{has_dot_kernel, quantize_row_q8, row_dot, Q8Row};
+use crate::quant_dot::{has_dot_kernel, quantize_row, row_dot, XRow};
 use crate::Result;
 
-/// At most this many activation rows go through the integer matrix-vector kernels; more
+/// At most this many activation rows go through the matrix-vector kernels; more
 /// rows amortize a tile dequantization and `gemm` wins.
 const MATVEC_MAX_ROWS: usize = 4;
 
@@ -352,20 +352,21 @@ impl Weight {
         scratch: &mut MatScratch,
     ) {
         let (n, k) = (self.rows, self.cols);
-        let nb = k / QK;
         let rb = bytes.len() / n.max(1);
-        let (ds, qs) = scratch.with_i8(2 * nb, k);
-        let (d, s) = ds.split_at_mut(nb);
+        let nb = k / QK;
+        let (floats, q) = scratch.with_i16(2 * nb, k);
+        let (d, sums) = floats.split_at_mut(nb);
         for r in 0..m {
-            quantize_row_q8(&x[r * k..(r + 1) * k], qs, d, s);
-            let xq = Q8Row { qs, d, s };
+            let x = &x[r * k..(r + 1) * k];
+            quantize_row(x, q, d, sums);
+            let xr = XRow { x, q, d, sums };
             y[r * n..(r + 1) * n]
                 .par_chunks_mut(MATVEC_ROWS_PER_TASK)
                 .enumerate()
                 .for_each(|(c, out)| {
                     for (i, o) in out.iter_mut().enumerate() {
                         let j = c * MATVEC_ROWS_PER_TASK + i;
-                        let v = row_dot(ty, &bytes[j * rb..(j + 1) * rb], &xq);
+                        let v = row_dot(ty, &bytes[j * rb..(j + 1) * rb], &xr);
                         *o = if accumulate { *o + v } else { v };
                     }
                 });
@@ -419,15 +420,15 @@ mod tests {
                 let want = naive(&x, &wf, m, k, n);
                 let mut y = vec![0f32; m * n];
                 w.forward(&mut y, &x, m, false, &mut scratch);
-                // The matrix-vector path quantizes the activation to 8 bits, so its error
-                // is relative to Σ|w·x|, not to the (cancelling) result.
+                // Errors are relative to Σ|w·x|, not to the (cancelling) result.
                 for i in 0..m {
                     for j in 0..n {
                         let mag: f64 = (0..k)
                             .map(|t| (x[i * k + t] * wf[j * k + t]).abs() as f64)
                             .sum();
+                        // The matrix-vector path rounds activations to 16 bits.
                         let tol = if m <= MATVEC_MAX_ROWS && ty.is_quantized() {
-                            1e-2
+                            1e-4
                         } else {
                             1e-5
                         };
