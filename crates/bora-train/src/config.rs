@@ -53,6 +53,13 @@ pub struct DataSection {
     pub eval: PathBuf,
 }
 
+impl DataSection {
+    /// The validation file, if one is set.
+    pub fn eval_path(&self) -> Option<&Path> {
+        (!self.eval.as_os_str().is_empty()).then_some(self.eval.as_path())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoraSection {
@@ -413,6 +420,16 @@ impl RunConfig {
             targets: self.lora.targets.clone(),
             rslora: self.lora.rslora,
         }
+    }
+
+    /// Optimizer steps of the whole run, given how many micro-batches one epoch yields: a
+    /// partial accumulation window at the end of an epoch still makes a step.
+    pub fn total_steps(&self, micro_batches_per_epoch: u64) -> u64 {
+        if self.train.max_steps > 0 {
+            return self.train.max_steps;
+        }
+        let per_epoch = micro_batches_per_epoch.div_ceil(u64::from(self.train.grad_accum));
+        self.train.epochs.saturating_mul(per_epoch)
     }
 
     pub fn adamw(&self) -> AdamWConfig {

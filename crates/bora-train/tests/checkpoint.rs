@@ -6,9 +6,10 @@ use std::path::Path;
 
 use bora_formats::safetensors::Safetensors;
 use bora_train::{
-    latest_checkpoint, peft_tensor_name, save_adapter, AdamWState, Checkpoint, DataPosition,
-    LoraMatrix, LoraTarget, NamedTensor, ParamSpec, Rng, RunConfig, Stream, TrainError,
-    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LATEST_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE,
+    latest_checkpoint, peft_tensor_name, save_adapter, AdamW, AdamWConfig, AdamWState, Checkpoint,
+    DataPosition, LoraMatrix, LoraTarget, NamedTensor, ParamSpec, Rng, RunConfig, Stream,
+    TrainError, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LATEST_FILE, OPTIMIZER_FILE,
+    TRAINER_STATE_FILE,
 };
 
 fn config() -> RunConfig {
@@ -266,4 +267,57 @@ fn inconsistent_state_is_refused_before_writing() {
     let err = ckpt.save(tmp.path(), 2).unwrap_err().to_string();
     assert!(err.contains(&ckpt.params[3].name), "{err}");
     assert!(latest_checkpoint(tmp.path()).unwrap().is_none());
+}
+
+/// Training interrupted by a checkpoint round trip continues exactly as if never stopped.
+#[test]
+fn resumed_optimizer_continues_bit_for_bit() {
+    let config = AdamWConfig {
+        betas: (0.9, 0.95),
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let start = checkpoint(0);
+    let grads_at = |step: u64| -> Vec<Vec<f32>> {
+        let mut rng = Rng::new(step, Stream::Data);
+        start
+            .params
+            .iter()
+            .map(|p| p.values.iter().map(|_| rng.uniform() - 0.5).collect())
+            .collect()
+    };
+    let run = |params: &mut Vec<NamedTensor>, opt: &mut AdamW, steps: std::ops::Range<u64>| {
+        for step in steps {
+            let grads = grads_at(step);
+            let g: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+            let mut p: Vec<&mut [f32]> =
+                params.iter_mut().map(|t| t.values.as_mut_slice()).collect();
+            opt.step(1e-2, &mut p, &g).unwrap();
+        }
+    };
+    let sizes: Vec<usize> = start.params.iter().map(|p| p.values.len()).collect();
+
+    let mut straight = start.params.clone();
+    let mut opt = AdamW::new(config, &sizes);
+    run(&mut straight, &mut opt, 0..5);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut params = start.params.clone();
+    let mut opt = AdamW::new(config, &sizes);
+    run(&mut params, &mut opt, 0..3);
+    let saved = Checkpoint {
+        step: 3,
+        params,
+        optimizer: opt.state().clone(),
+        ..start.clone()
+    };
+    saved.save(tmp.path(), 2).unwrap();
+    let loaded = Checkpoint::load_latest(tmp.path(), &specs())
+        .unwrap()
+        .unwrap();
+    let mut params = loaded.params;
+    let mut opt = AdamW::with_state(config, loaded.optimizer);
+    run(&mut params, &mut opt, 3..5);
+
+    assert_eq!(params, straight);
 }

@@ -27,6 +27,21 @@ fn left_out_keys_take_documented_defaults() {
 }
 
 #[test]
+fn total_steps_from_epochs_or_max_steps() {
+    let mut cfg = minimal();
+    assert_eq!(cfg.data.eval_path(), None);
+    cfg.train.epochs = 3;
+    cfg.train.grad_accum = 4;
+    // 10 micro-batches in windows of 4: 4 + 4 + 2, three steps per epoch.
+    assert_eq!(cfg.total_steps(10), 9);
+    assert_eq!(cfg.total_steps(8), 6);
+    cfg.train.max_steps = 5;
+    assert_eq!(cfg.total_steps(10), 5);
+    assert_eq!(cfg.lr_schedule(5).total_steps, 5);
+    assert_eq!(cfg.adamw().betas, (0.9, 0.999));
+}
+
+#[test]
 fn resolved_config_round_trips() {
     let text = format!(
         "name = \"exp-1\"\n{MINIMAL}[lora]\nrank = 8\nalpha = 16.5\ntargets = [\"gate\", \"q\"]\n\
@@ -121,7 +136,10 @@ fn every_key_can_be_overridden_like_a_cli_flag() {
     assert_eq!(cfg.optim.schedule, ScheduleKind::Linear);
     assert_eq!(cfg.optim.lr, 3e-4);
     assert_eq!(cfg.model.path, "models/other.gguf");
-    assert_eq!(cfg.data.eval.to_str(), Some("val.jsonl"));
+    assert_eq!(
+        cfg.data.eval_path(),
+        Some(std::path::Path::new("val.jsonl"))
+    );
     assert_eq!(cfg.train.max_steps, 100);
     assert_eq!(cfg.name, "sweep-3");
 }
