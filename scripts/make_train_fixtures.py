@@ -20,6 +20,10 @@ Run from anywhere: `scripts/make_train_fixtures.py` (it re-executes itself insid
   `SummaryWriter.add_scalar`, and its events as tensorboard's `LegacyEventFileLoader` reads them.
 - `peft/<case>/adapter_config.json` + `peft/<case>/tensors.json`: what peft's `save_pretrained`
   writes for a tiny Mistral model, and the names and shapes in its `adapter_model.safetensors`.
+
+Then, when `cargo` is on PATH, it checks the other direction: an events file written by
+bora's `TensorBoardSink` (the ignored test `write_events_for_tensorboard_reader`) is read
+back with tensorboard's `EventAccumulator` and its scalars compared (nothing is written).
 """
 import json
 import math
@@ -270,6 +274,37 @@ def make_peft():
             shutil.rmtree(tmp)
 
 
+def check_bora_events_readable():
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if shutil.which("cargo") is None:
+        print("cargo not found: skipping the tensorboard read-back of bora's events file")
+        return
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        subprocess.check_call(
+            ["cargo", "test", "-q", "-p", "bora-train", "--test", "reference", "--",
+             "--ignored", "--exact", "write_events_for_tensorboard_reader"],
+            cwd=ROOT, env={**os.environ, "BORA_TRAIN_EVENTS_OUT": str(tmp)},
+        )
+        acc = EventAccumulator(str(tmp))
+        acc.Reload()
+        scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+        f32 = lambda x: float(np.float32(x))  # noqa: E731
+        expected = {
+            "train/loss": [(s, f32(4.0 / s)) for s in (1, 2, 3)],
+            "train/lr": [(s, f32(1e-4 * s)) for s in (1, 2, 3)],
+            "train/grad_norm": [(s, f32(0.5 + s)) for s in (1, 2, 3)],
+            "train/tokens_per_s": [(s, f32(1000.0 * s)) for s in (1, 2, 3)],
+            "val/loss": [(3, 1.25)],
+        }
+        if scalars != expected:
+            raise SystemExit(f"tensorboard read bora's events as {scalars}, expected {expected}")
+        print("tensorboard reads bora's events file: ok")
+    finally:
+        shutil.rmtree(tmp)
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     make_adamw()
@@ -280,6 +315,7 @@ def main():
     make_tfevents()
     make_peft()
     print(f"fixtures written to {OUT.relative_to(ROOT)}")
+    check_bora_events_readable()
 
 
 if __name__ == "__main__":

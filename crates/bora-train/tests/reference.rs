@@ -373,3 +373,26 @@ fn run_config_adapter_settings_feed_adapter_config() {
     );
     assert!((cfg.adapter_config().scale() - 4.0).abs() < 1e-12);
 }
+
+/// Writes a TensorBoard file through [`TensorBoardSink`] into `$BORA_TRAIN_EVENTS_OUT`, for
+/// `scripts/make_train_fixtures.py` to read back with tensorboard's own reader (the proof
+/// that TensorBoard can read bora's files, run where tensorboard is installed).
+#[test]
+#[ignore = "run by scripts/make_train_fixtures.py"]
+fn write_events_for_tensorboard_reader() {
+    use bora_train::{MetricSink, Metrics, TensorBoardSink};
+    let dir = std::env::var("BORA_TRAIN_EVENTS_OUT").expect("set BORA_TRAIN_EVENTS_OUT");
+    let mut sink = TensorBoardSink::create(&dir).unwrap();
+    for step in 1..=3u64 {
+        sink.log(&Metrics {
+            step,
+            loss: 4.0 / step as f32,
+            lr: 1e-4 * step as f64,
+            grad_norm: 0.5 + step as f32,
+            tokens_per_s: 1000.0 * step as f64,
+            val_loss: (step == 3).then_some(1.25),
+        })
+        .unwrap();
+    }
+    sink.flush().unwrap();
+}
