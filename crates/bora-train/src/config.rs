@@ -235,7 +235,8 @@ impl RunConfig {
 
     /// The resolved config, every key written out, as saved in the run directory.
     pub fn to_toml(&self) -> Result<String> {
-        let body = toml::to_string_pretty(self).map_err(|e| bad("", e.to_string()))?;
+        let body =
+            toml::to_string_pretty(self).map_err(|e| bad("(whole config)", e.to_string()))?;
         Ok(format!(
             "# bora run config, resolved: every key with the value the run used.\n{body}"
         ))

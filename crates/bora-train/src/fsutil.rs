@@ -42,7 +42,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// Publishes a directory atomically: `fill` writes its files into a temporary sibling,
 /// which is fsynced and renamed to `dest` only once complete. An existing `dest` is moved
 /// aside first and deleted only after the new one is in place, so at every moment one
-/// complete version exists. On error the temporary directory is removed.
+/// complete version exists (between the two renames, the old one under its aside name).
+/// On error the temporary directory is removed.
 pub(crate) fn publish_dir(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     let name = dest.file_name().unwrap_or_default().to_string_lossy();

@@ -52,6 +52,11 @@ pub trait MetricSink {
     fn flush(&mut self) -> Result<()>;
 }
 
+#[derive(Deserialize)]
+struct StepOnly {
+    step: u64,
+}
+
 /// `metrics.jsonl`: one JSON object per step, appended and flushed line by line.
 pub struct JsonlSink {
     path: PathBuf,
@@ -79,7 +84,8 @@ impl JsonlSink {
                     if line.trim().is_empty() {
                         continue;
                     }
-                    let m: Metrics =
+                    // Only the step matters here; a NaN logged as `null` must not stop a resume.
+                    let m: StepOnly =
                         serde_json::from_str(&line).map_err(|e| TrainError::Invalid {
                             path: path.to_path_buf(),
                             what: format!("line {}: {e}", i + 1),

@@ -238,7 +238,19 @@ fn jsonl_metrics_one_object_per_line_and_resume_drops_replayed_steps() {
         .collect();
     assert_eq!(steps, [1, 2, 3, 4]);
 
-    std::fs::write(&path, "{\"step\": 1}\n").unwrap();
+    // A NaN validation loss is logged as `null`; resuming still works.
+    let mut sink = JsonlSink::resume(&path, 4).unwrap();
+    sink.log(&Metrics {
+        val_loss: Some(f32::NAN),
+        ..metrics(5)
+    })
+    .unwrap();
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("\"val_loss\":null"));
+    JsonlSink::resume(&path, 5).unwrap();
+
+    std::fs::write(&path, "{\"loss\": 1}\n").unwrap();
     let err = JsonlSink::resume(&path, 3).err().unwrap().to_string();
     assert!(
         err.contains("metrics.jsonl") && err.contains("line 1"),
