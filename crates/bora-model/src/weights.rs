@@ -17,6 +17,7 @@ use bora_compute::{Weight, WeightBytes};
 use bora_formats::gguf::GgufFile;
 use bora_formats::names::permute_rows_interleaved_to_half;
 use bora_formats::quant::{dequantize, GgmlType};
+use bora_formats::safetensors::dtype_to_ggml;
 use memmap2::Mmap;
 
 use crate::config::ModelConfig;
@@ -187,18 +188,11 @@ impl TensorSource {
                 })?;
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
-                let ty = match info.dtype {
-                    safetensors::Dtype::F32 => GgmlType::F32,
-                    safetensors::Dtype::F16 => GgmlType::F16,
-                    safetensors::Dtype::BF16 => GgmlType::BF16,
-                    other => {
-                        return Err(ModelError::Tensor {
-                            path: path.clone(),
-                            name,
-                            what: format!("dtype {other:?} is not supported (F32, F16, BF16)"),
-                        })
-                    }
-                };
+                let ty = dtype_to_ggml(info.dtype).ok_or_else(|| ModelError::Tensor {
+                    path: path.clone(),
+                    name: name.clone(),
+                    what: format!("dtype {:?} is not supported (F32, F16, BF16)", info.dtype),
+                })?;
                 let (a, b) = info.data_offsets;
                 let bytes = WeightBytes::new(map.clone(), data_start + a..data_start + b)?;
                 tensors.insert(
