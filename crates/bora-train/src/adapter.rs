@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use bora_formats::names::{LayerTensor, LoraName, LoraPart, Scheme, TensorKind, TensorName};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -44,11 +45,16 @@ impl LoraTarget {
         }
     }
 
-    /// The block inside a decoder layer that holds the projection.
-    fn block(self) -> &'static str {
+    /// The decoder weight this target adapts, in bora-formats' naming.
+    pub fn layer_tensor(self) -> LayerTensor {
         match self {
-            LoraTarget::Q | LoraTarget::K | LoraTarget::V | LoraTarget::O => "self_attn",
-            LoraTarget::Gate | LoraTarget::Up | LoraTarget::Down => "mlp",
+            LoraTarget::Q => LayerTensor::Q,
+            LoraTarget::K => LayerTensor::K,
+            LoraTarget::V => LayerTensor::V,
+            LoraTarget::O => LayerTensor::O,
+            LoraTarget::Gate => LayerTensor::Gate,
+            LoraTarget::Up => LayerTensor::Up,
+            LoraTarget::Down => LayerTensor::Down,
         }
     }
 }
@@ -60,25 +66,14 @@ impl fmt::Display for LoraTarget {
     }
 }
 
-/// Which of the pair: A projects down to the rank, B back up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoraMatrix {
-    A,
-    B,
-}
-
 /// The tensor name PEFT saves, e.g.
 /// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight`.
-pub fn peft_tensor_name(layer: usize, target: LoraTarget, matrix: LoraMatrix) -> String {
-    let m = match matrix {
-        LoraMatrix::A => "A",
-        LoraMatrix::B => "B",
+pub fn peft_tensor_name(layer: usize, target: LoraTarget, part: LoraPart) -> String {
+    let base = TensorName {
+        kind: TensorKind::Layer(layer, target.layer_tensor()),
+        bias: false,
     };
-    format!(
-        "base_model.model.model.layers.{layer}.{}.{}.lora_{m}.weight",
-        target.block(),
-        target.module_name()
-    )
+    LoraName { base, part }.format(Scheme::Hf)
 }
 
 /// The LoRA settings `adapter_config.json` records.

@@ -22,7 +22,8 @@ mod rng;
 mod run;
 mod schedule;
 
-pub use adapter::{peft_tensor_name, AdapterConfig, LoraMatrix, LoraTarget};
+pub use adapter::{peft_tensor_name, AdapterConfig, LoraTarget};
+pub use bora_formats::names::LoraPart;
 pub use checkpoint::{
     checkpoint_dir_name, latest_checkpoint, save_adapter, write_adapter_files, Checkpoint,
     DataPosition, NamedTensor, ParamSpec, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LATEST_FILE,

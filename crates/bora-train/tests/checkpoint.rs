@@ -7,9 +7,8 @@ use std::path::Path;
 use bora_formats::safetensors::Safetensors;
 use bora_train::{
     latest_checkpoint, peft_tensor_name, save_adapter, AdamW, AdamWConfig, AdamWState, Checkpoint,
-    DataPosition, LoraMatrix, LoraTarget, NamedTensor, ParamSpec, Rng, RunConfig, Stream,
-    TrainError, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LATEST_FILE, OPTIMIZER_FILE,
-    TRAINER_STATE_FILE,
+    DataPosition, LoraPart, LoraTarget, NamedTensor, ParamSpec, Rng, RunConfig, Stream, TrainError,
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LATEST_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE,
 };
 
 fn config() -> RunConfig {
@@ -24,11 +23,11 @@ fn specs() -> Vec<ParamSpec> {
     for layer in 0..2 {
         for (t, (inp, outp)) in [(LoraTarget::Q, (8, 8)), (LoraTarget::Down, (12, 8))] {
             out.push(ParamSpec {
-                name: peft_tensor_name(layer, t, LoraMatrix::A),
+                name: peft_tensor_name(layer, t, LoraPart::A),
                 shape: vec![2, inp],
             });
             out.push(ParamSpec {
-                name: peft_tensor_name(layer, t, LoraMatrix::B),
+                name: peft_tensor_name(layer, t, LoraPart::B),
                 shape: vec![outp, 2],
             });
         }
@@ -205,7 +204,7 @@ fn shape_mismatch_names_the_tensor() {
     let mut wrong = specs();
     wrong[2].shape = vec![4, 12];
     let err = Checkpoint::load(&dir, &wrong).unwrap_err();
-    let name = peft_tensor_name(0, LoraTarget::Down, LoraMatrix::A);
+    let name = peft_tensor_name(0, LoraTarget::Down, LoraPart::A);
     match &err {
         TrainError::TensorShape {
             name: n,
@@ -229,7 +228,7 @@ fn missing_and_unexpected_tensors_are_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = checkpoint(1).save(tmp.path(), 2).unwrap();
     let mut more = specs();
-    let extra = peft_tensor_name(5, LoraTarget::V, LoraMatrix::A);
+    let extra = peft_tensor_name(5, LoraTarget::V, LoraPart::A);
     more.push(ParamSpec {
         name: extra.clone(),
         shape: vec![2, 8],

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use bora_train::{
     clip_grad_norm, init_lora, kaiming_uniform_bound, peft_tensor_name, AdamW, AdamWConfig,
-    AdapterConfig, EventWriter, LoraMatrix, LoraTarget, LrSchedule, Rng, RunConfig, ScheduleKind,
+    AdapterConfig, EventWriter, LoraPart, LoraTarget, LrSchedule, Rng, RunConfig, ScheduleKind,
     Stream,
 };
 use serde_json::Value;
@@ -348,7 +348,7 @@ fn tensor_names_match_peft() {
         let mut ours = Vec::new();
         for layer in 0..2 {
             for &t in &targets {
-                for m in [LoraMatrix::A, LoraMatrix::B] {
+                for m in [LoraPart::A, LoraPart::B] {
                     ours.push(peft_tensor_name(layer, t, m));
                 }
             }
