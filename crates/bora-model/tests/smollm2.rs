@@ -140,3 +140,78 @@ fn greedy_tokens_match_transformers() {
         assert_eq!(got.tokens, want, "prompt {i}");
     }
 }
+
+/// A second chat turn reuses the cached first turn: its reply must equal what a fresh
+/// generator produces from the whole conversation, and only the new tokens are run.
+#[test]
+fn cached_prefix_gives_the_same_reply_as_a_fresh_run() {
+    let model = Model::load(
+        default_model(),
+        &LoadOptions {
+            exact: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (json, _) = fixture();
+    let first = ids(&json["prompts"][2]["ids"]);
+    let opts = GenerateOptions {
+        max_tokens: 12,
+        sampling: SamplingParams::default(),
+        stop_tokens: vec![],
+        stop_strings: vec![],
+    };
+    let mut gen = Generator::new(&model);
+    let reply = gen.generate_ids(&first, &opts, |_| true).unwrap();
+    assert_eq!(reply.prefill_tokens, first.len());
+    let mut second = first.clone();
+    second.extend(&reply.tokens);
+    second.extend(&ids(&json["prompts"][0]["ids"]));
+    let cached = gen.generate_ids(&second, &opts, |_| true).unwrap();
+    // Everything up to the last generated token was already cached (that token's own
+    // keys/values were never computed: generation stopped after sampling it).
+    assert_eq!(
+        cached.prefill_tokens,
+        second.len() - (first.len() + reply.tokens.len() - 1)
+    );
+    let fresh = Generator::new(&model)
+        .generate_ids(&second, &opts, |_| true)
+        .unwrap();
+    assert_eq!(cached.tokens, fresh.tokens);
+}
+
+/// Streaming text with a stop string: the text ends before the stop string and equals the
+/// decoded tokens cut there.
+#[test]
+fn stop_string_cuts_the_streamed_text() {
+    let path = default_model();
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            exact: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let tok = bora_tokenizer::Tokenizer::from_file(&path).unwrap();
+    let (json, _) = fixture();
+    let p = &json["prompts"][1];
+    let full = tok.decode(&ids(&p["greedy"]));
+    let stop = "return";
+    let cut = full
+        .find(stop)
+        .expect("the reference continuation contains the stop string");
+    let opts = GenerateOptions {
+        max_tokens: 64,
+        sampling: SamplingParams::default(),
+        stop_tokens: vec![],
+        stop_strings: vec![stop.to_string()],
+    };
+    let mut streamed = String::new();
+    let g = Generator::new(&model)
+        .generate_text(&tok, &ids(&p["ids"]), &opts, |t| streamed.push_str(t))
+        .unwrap();
+    assert_eq!(g.stop, bora_model::StopReason::StopString);
+    assert_eq!(g.text, full[..cut]);
+    assert_eq!(streamed, g.text);
+}

@@ -6,7 +6,11 @@ mod generate;
 mod tokenize;
 
 #[derive(Parser)]
-#[command(name = "bora", version, about = "Fine-tune Mistral-family models end to end")]
+#[command(
+    name = "bora",
+    version,
+    about = "Fine-tune Mistral-family models end to end"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,7 +56,9 @@ mod paths {
         match std::env::var_os("BORA_HOME") {
             Some(home) => PathBuf::from(home),
             None => {
-                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+                let home = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
                 home.join(".cache").join("bora")
             }
         }
@@ -60,6 +66,8 @@ mod paths {
 
     /// Where `scripts/fetch-default-model.sh` puts SmolLM2-135M-Instruct (Q4_1 GGUF).
     pub fn default_model() -> PathBuf {
-        bora_home().join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf")
+        bora_home()
+            .join("models")
+            .join("SmolLM2-135M-Instruct.Q4_1.gguf")
     }
 }

@@ -1,8 +1,9 @@
 //! `bora generate`, `perplexity` and `info` run as a user runs them, on the default model,
 //! checked against transformers' greedy tokens in bora-model's SmolLM2 fixture.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use bora_tokenizer::Tokenizer;
 use serde_json::Value;
@@ -206,4 +207,40 @@ fn bad_model_path_is_a_clear_error() {
         err.contains("config.json") && err.contains("params.json"),
         "{err}"
     );
+}
+
+/// Two turns over stdin: the first reply is the single-turn chat reply; the second turn
+/// runs on the same conversation and the session ends cleanly at end of input.
+#[test]
+fn chat_over_stdin_multi_turn() {
+    let tok = Tokenizer::from_file(&default_model()).unwrap();
+    let first = expected_text(&tok, &fixture()["prompts"][2]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args([
+            "chat",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "32",
+            "--exact",
+        ])
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\n\nAnd of Italy?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&first),
+        "{text:?} does not start with {first:?}"
+    );
+    assert!(text.len() > first.len() + 1, "no second reply in {text:?}");
 }
