@@ -20,16 +20,41 @@ pub(crate) enum PairRanks {
 /// the previous one into its matches and the text between them (llama.cpp's
 /// `unicode_regex_split`, which HF's `Sequence[Split, ...]` pre-tokenizers also amount to).
 pub(crate) struct PreTokenizer {
-    regexes: Vec<fancy_regex::Regex>,
+    levels: Vec<Level>,
+}
+
+/// The whitespace tail of GPT-2-style patterns, the only part that needs backtracking.
+const WHITESPACE_TAIL: &str = r"|\s+(?!\S)|\s+";
+
+enum Level {
+    /// `X|\s+(?!\S)|\s+` run as an anchored DFA search for `X` plus a hand-written rule for
+    /// the whitespace alternatives. tiktoken and HF run such patterns with a backtracking
+    /// engine; the lookahead is what forces that, and the DFA is several times faster. The
+    /// rule, from the backtracking semantics: where `X` does not match, take the whitespace
+    /// run; if more text follows it and it is longer than one character, leave its last
+    /// character for the next match (which `X` then starts with, e.g. " word").
+    Tail(regex_automata::meta::Regex),
+    /// Any other pattern, with fancy-regex.
+    Fancy(fancy_regex::Regex),
 }
 
 impl PreTokenizer {
     pub(crate) fn new(patterns: &[&str]) -> Result<PreTokenizer, Box<fancy_regex::Error>> {
-        let regexes = patterns
+        let levels = patterns
             .iter()
-            .map(|p| fancy_regex::Regex::new(p).map_err(Box::new))
+            .map(|p| {
+                let fast = p
+                    .strip_suffix(WHITESPACE_TAIL)
+                    .and_then(|head| regex_automata::meta::Regex::new(head).ok());
+                match fast {
+                    Some(re) => Ok(Level::Tail(re)),
+                    None => fancy_regex::Regex::new(p)
+                        .map(Level::Fancy)
+                        .map_err(Box::new),
+                }
+            })
             .collect::<Result<_, _>>()?;
-        Ok(PreTokenizer { regexes })
+        Ok(PreTokenizer { levels })
     }
 
     /// Calls `f` with each piece of `text`, in order.
@@ -38,26 +63,62 @@ impl PreTokenizer {
     }
 
     fn split_from<'t>(&self, level: usize, text: &'t str, f: &mut impl FnMut(&'t str)) {
-        let Some(regex) = self.regexes.get(level) else {
-            f(text);
-            return;
-        };
-        let mut last = 0;
-        for m in regex.find_iter(text) {
-            // An error here is the backtracking limit; the rest of the text then stays one
-            // fragment, which still encodes every byte.
-            let Ok(m) = m else { break };
-            if m.start() > last {
-                self.split_from(level + 1, &text[last..m.start()], f);
+        match self.levels.get(level) {
+            None => f(text),
+            Some(Level::Fancy(regex)) => {
+                let mut last = 0;
+                for m in regex.find_iter(text) {
+                    // An error here is the backtracking limit; the rest of the text then
+                    // stays one fragment, which still encodes every byte.
+                    let Ok(m) = m else { break };
+                    if m.start() > last {
+                        self.split_from(level + 1, &text[last..m.start()], f);
+                    }
+                    if m.end() > m.start() {
+                        self.split_from(level + 1, m.as_str(), f);
+                    }
+                    last = m.end();
+                }
+                if last < text.len() {
+                    self.split_from(level + 1, &text[last..], f);
+                }
             }
-            if m.end() > m.start() {
-                self.split_from(level + 1, m.as_str(), f);
+            Some(Level::Tail(regex)) => {
+                let mut pos = 0;
+                while pos < text.len() {
+                    let input = regex_automata::Input::new(text)
+                        .range(pos..)
+                        .anchored(regex_automata::Anchored::Yes);
+                    let end = match regex.search(&input) {
+                        Some(m) if m.end() > pos => m.end(),
+                        _ => whitespace_end(text, pos),
+                    };
+                    self.split_from(level + 1, &text[pos..end], f);
+                    pos = end;
+                }
             }
-            last = m.end();
         }
-        if last < text.len() {
-            self.split_from(level + 1, &text[last..], f);
-        }
+    }
+}
+
+/// Where `\s+(?!\S)|\s+` ends a match starting at `pos`; text neither `X` nor whitespace can
+/// match (impossible for the patterns bora meets) becomes a piece of one character.
+fn whitespace_end(text: &str, pos: usize) -> usize {
+    let rest = &text[pos..];
+    let mut chars = rest.char_indices().take_while(|(_, c)| c.is_whitespace());
+    let Some((_, first)) = chars.next() else {
+        return pos + rest.chars().next().map_or(rest.len(), char::len_utf8);
+    };
+    let mut last_start = 0;
+    let mut run_end = first.len_utf8();
+    for (i, c) in chars {
+        last_start = i;
+        run_end = i + c.len_utf8();
+    }
+    if pos + run_end < text.len() && last_start > 0 {
+        pos + last_start
+    } else {
+        pos + run_end
     }
 }
 
@@ -163,6 +224,47 @@ mod tests {
         assert_eq!(t[b'a' as usize], 'a');
         let distinct: std::collections::HashSet<_> = t.iter().collect();
         assert_eq!(distinct.len(), 256);
+    }
+
+    /// The DFA-plus-rule splitter must cut exactly where fancy-regex's backtracking does.
+    #[test]
+    fn whitespace_tail_rule_matches_backtracking() {
+        let patterns = [crate::gguf::GPT2_PATTERN, crate::gguf::TEKKEN_PATTERN];
+        let pool: Vec<char> = "ab Z9 \t\n\r\u{a0}\u{3000}.,'s!é中\u{301}👍\u{200d}_-/"
+            .chars()
+            .collect();
+        let mut texts: Vec<String> = ["", " ", "  ", "a  b", "a \n b", " \n\n  x", "x   ", "\t\ta"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut state = 99u64;
+        for len in 1..60 {
+            for _ in 0..30 {
+                texts.push(
+                    (0..len)
+                        .map(|_| {
+                            state = state
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            pool[(state >> 33) as usize % pool.len()]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        for pattern in patterns {
+            let fast = PreTokenizer::new(&[pattern]).unwrap();
+            assert!(matches!(fast.levels[0], Level::Tail(_)));
+            let slow = PreTokenizer {
+                levels: vec![Level::Fancy(fancy_regex::Regex::new(pattern).unwrap())],
+            };
+            for text in &texts {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                fast.split(text, &mut |p| a.push(p));
+                slow.split(text, &mut |p| b.push(p));
+                assert_eq!(a, b, "{text:?} with {pattern}");
+            }
+        }
     }
 
     #[test]

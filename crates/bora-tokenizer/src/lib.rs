@@ -7,8 +7,8 @@
 //! the `tokenizers` crate.
 
 mod bpe;
-pub mod chat;
 mod bytelevel;
+pub mod chat;
 mod error;
 mod gguf;
 mod hf;
