@@ -16,6 +16,9 @@ Run from anywhere: `scripts/make_tokenizer_fixtures.py` (it re-executes itself i
   control tokens written in the text as text; `ids_special` parses them (HF's default).
   transformers' GGUF loader does not split digits for `smollm` and so differs from the model's
   own tokenizer on numbers; its ids are recorded as `ids_transformers_gguf` for the record.
+- `tekken_v13/tekken.json` + `tekken_v13.json`: a tiny Tekken file in the newer format (version
+  v13, its own `special_tokens` list, a vocabulary cut by `default_vocab_size`) written here,
+  with mistral-common's ids for the corpus, as for the shipped files.
 - `hf_bytelevel/` and `hf_metaspace/` (`tokenizer.json` + `tokenizer_config.json`) with
   `hf_bytelevel.json` / `hf_metaspace.json`: two small BPE vocabularies trained here by HF
   `tokenizers` on the corpus, one GPT-2 style (ByteLevel) and one Llama/Mistral style (Metaspace
@@ -51,6 +54,7 @@ ensure_venv()
 import mistral_common  # noqa: E402
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy  # noqa: E402
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer  # noqa: E402
+from mistral_common.tokens.tokenizers.tekken import Tekkenizer  # noqa: E402
 
 BORA_HOME = Path(os.environ.get("BORA_HOME", Path.home() / ".cache" / "bora"))
 TOKENIZERS = BORA_HOME / "tokenizers"
@@ -123,9 +127,8 @@ def corpus():
     return texts
 
 
-def mistral_decode_cases(tok):
+def mistral_decode_cases(inner):
     """Id lists with byte tokens cut inside a character and special tokens between them."""
-    inner = tok.instruct_tokenizer.tokenizer
     text_ids = inner.encode("Grüße 👋 dir", bos=False, eos=False)
     if "tekken" in str(inner.file_path):
         n = inner.num_special_tokens
@@ -155,9 +158,11 @@ def mistral_decode_cases(tok):
     return out
 
 
-def mistral_fixture(name):
-    tok = MistralTokenizer.from_file(str(TOKENIZERS / name))
-    inner = tok.instruct_tokenizer.tokenizer
+def mistral_fixture(name, path=None):
+    if path is None:
+        inner = MistralTokenizer.from_file(str(TOKENIZERS / name)).instruct_tokenizer.tokenizer
+    else:  # a bare vocabulary without the instruct control tokens MistralTokenizer requires
+        inner = Tekkenizer.from_file(str(path))
     cases = []
     for text in corpus():
         ids = inner.encode(text, bos=False, eos=False)
@@ -169,7 +174,7 @@ def mistral_fixture(name):
         "bos_id": inner.bos_id,
         "eos_id": inner.eos_id,
         "encode": cases,
-        "decode": mistral_decode_cases(tok),
+        "decode": mistral_decode_cases(inner),
     }
 
 
@@ -232,6 +237,32 @@ def smollm2_fixture():
         "encode": cases,
         "decode": decode,
     }
+
+
+def tekken_v13_file():
+    """A small Tekken file with a `special_tokens` list (the format of files newer than v7)."""
+    import base64
+
+    def entry(rank, token):
+        return {"rank": rank, "token_bytes": base64.b64encode(token).decode(), "token_str": None}
+
+    merges = [b"ab", b"abc", b" t", b" th", b"he", b" the", "é".encode(), b"in", b" in", b"  ", b"\n\n"]
+    vocab = [entry(i, bytes([i])) for i in range(256)] + [entry(256 + i, m) for i, m in enumerate(merges)]
+    specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[THINK]", "[/THINK]"]
+    pattern = json.loads((TOKENIZERS / "tekken_240911.json").read_text())["config"]["pattern"]
+    num_special = 12
+    data = {
+        "config": {"pattern": pattern, "num_vocab_tokens": len(vocab), "version": "v13",
+                   "default_num_special_tokens": num_special,
+                   # the last two merges fall outside the vocabulary actually used
+                   "default_vocab_size": num_special + len(vocab) - 2},
+        "vocab": vocab,
+        "special_tokens": [{"rank": i, "token_str": t, "is_control": True} for i, t in enumerate(specials)],
+    }
+    path = OUT / "tekken_v13" / "tekken.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
 
 
 def hf_fixture(style):
@@ -316,6 +347,7 @@ def main():
         sys.exit(f"{GGUF} is missing: run scripts/fetch-default-model.sh")
     for name in MISTRAL_FILES:
         write(name, mistral_fixture(name))
+    write("tekken_v13", mistral_fixture("tekken_v13/tekken.json", tekken_v13_file()))
     write("smollm2", smollm2_fixture())
     for style in ("bytelevel", "metaspace"):
         write(f"hf_{style}", hf_fixture(style))

@@ -79,6 +79,14 @@ fn check(tok: &Tokenizer, fx: &Value) {
                 case["text"]
             ));
         }
+        let mut stream = StreamDecoder::new(tok, policy);
+        let mut streamed: String = list.iter().map(|&id| stream.push(id)).collect();
+        streamed.push_str(&stream.finish());
+        if streamed != got {
+            failures.push(format!(
+                "stream decode {list:?} ({policy:?}): got {streamed:?}, want {got:?}"
+            ));
+        }
     }
     assert_eq!(tok.vocab_size() as u64, fx["vocab_size"].as_u64().unwrap());
     assert_eq!(tok.bos_id().map(u64::from), fx["bos_id"].as_u64());
@@ -150,6 +158,31 @@ fn tekken_240911_matches_mistral_common() {
             version: "v3".into(),
         },
     );
+}
+
+/// A Tekken file in the newer format: its own `special_tokens` list, version v13.
+#[test]
+fn tekken_with_special_tokens_list_matches_mistral_common() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encode/tekken_v13/tekken.json");
+    let tok = Tokenizer::from_file(&path).unwrap();
+    assert_eq!(
+        tok.kind(),
+        TokenizerKind::Tekken {
+            version: "v13".into()
+        }
+    );
+    check(&tok, &fixture("tekken_v13.json"));
+    assert_eq!(tok.token_id("[THINK]"), Some(5));
+    assert_eq!(tok.id_to_piece(8).as_deref(), Some("<SPECIAL_8>"));
+    assert_eq!(tok.encode_with_special("[THINK]ab"), [5, 12 + 256]);
+}
+
+/// The tokenizer is shared between threads by the data loader and the server.
+#[test]
+fn tokenizer_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
 }
 
 /// SmolLM2's GGUF vocabulary (gpt2 + `smollm` pre-tokenizer) against HF tokenizers.
