@@ -255,6 +255,15 @@ impl Model {
     ) -> Result<Self> {
         let context = match options.context {
             Some(0) => return Err(ModelError::Empty("a context of 0 tokens")),
+            Some(c) if c > config.max_position => {
+                return Err(ModelError::Config {
+                    path: source,
+                    what: format!(
+                        "a context of {c} tokens is more than the model's maximum of {} positions",
+                        config.max_position
+                    ),
+                })
+            }
             Some(c) => c,
             None => config.max_position.min(DEFAULT_CONTEXT),
         };

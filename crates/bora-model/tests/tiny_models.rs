@@ -352,3 +352,36 @@ fn perplexity_scores_windows_without_overlap() {
     assert!(bora_model::perplexity(&model, &tokens[..1], 10, &mut ws).is_err());
     assert!(bora_model::perplexity(&model, tokens, 1, &mut ws).is_err());
 }
+
+/// Configs that would make no sense (or size buffers from nonsense) are refused by name.
+#[test]
+fn hostile_configs_are_errors_not_panics() {
+    let cases: [(&str, serde_json::Value); 4] = [
+        ("num_attention_heads", 0.into()),
+        ("num_key_value_heads", 3.into()),
+        ("hidden_size", (1u64 << 40).into()),
+        ("head_dim", 7.into()),
+    ];
+    for (key, value) in cases {
+        let dir = copy_dir(&fixtures().join("nemo"));
+        let cfg_path = dir.path().join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+        cfg[key] = value.clone();
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let err = Model::load(dir.path(), &LoadOptions::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("config.json"),
+            "{key} = {value}: {err}"
+        );
+    }
+    let err = Model::load(
+        fixtures().join("ministral3"),
+        &LoadOptions {
+            context: Some(1 << 40),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("maximum of 32 positions"), "{err}");
+}
