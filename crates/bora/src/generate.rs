@@ -105,20 +105,21 @@ pub struct InfoArgs {
     model: ModelArgs,
 }
 
-fn load(args: &ModelArgs) -> Result<(Model, Tokenizer)> {
+fn load_model(args: &ModelArgs) -> Result<Model> {
     let path = args
         .model
         .clone()
         .unwrap_or_else(crate::paths::default_model);
-    let model = Model::load(
-        &path,
-        &LoadOptions {
-            context: args.context,
-            exact: args.exact,
-        },
-    )
-    .with_context(|| format!("loading model {}", path.display()))?;
-    let tok = Tokenizer::from_file(&path)
+    let options = LoadOptions {
+        context: args.context,
+        exact: args.exact,
+    };
+    Model::load(&path, &options).with_context(|| format!("loading model {}", path.display()))
+}
+
+fn load_tokenizer(model: &Model) -> Result<Tokenizer> {
+    let path = model.source();
+    let tok = Tokenizer::from_file(path)
         .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
     if tok.vocab_size() > model.config.vocab_size {
         bail!(
@@ -128,6 +129,12 @@ fn load(args: &ModelArgs) -> Result<(Model, Tokenizer)> {
             model.config.vocab_size
         );
     }
+    Ok(tok)
+}
+
+fn load(args: &ModelArgs) -> Result<(Model, Tokenizer)> {
+    let model = load_model(args)?;
+    let tok = load_tokenizer(&model)?;
     Ok((model, tok))
 }
 
@@ -304,7 +311,7 @@ fn mib(bytes: u64) -> String {
 }
 
 pub fn info(args: &InfoArgs) -> Result<()> {
-    let (model, tok) = load(&args.model)?;
+    let model = load_model(&args.model)?;
     let c = &model.config;
     println!(
         "model:        {} ({})",
@@ -348,16 +355,22 @@ pub fn info(args: &InfoArgs) -> Result<()> {
         .map(|(ty, n, e)| format!("{ty} ({n} matrices, {:.1} M values)", *e as f64 / 1e6))
         .collect();
     println!("dtypes:       {}", dtypes.join(", "));
-    println!(
-        "tokenizer:    {:?}, {} tokens",
-        tok.kind(),
-        tok.vocab_size()
-    );
-    let chat = match ChatFormat::from_tokenizer(&tok) {
-        Ok(ChatFormat::Mistral(f)) => format!("Mistral instruct {:?}", f.version()),
-        Ok(ChatFormat::Jinja(_)) => "Jinja chat template".into(),
-        Err(e) => format!("none ({e})"),
+    // A checkpoint without tokenizer files is still worth describing.
+    let (tokenizer, chat) = match load_tokenizer(&model) {
+        Ok(tok) => {
+            let chat = match ChatFormat::from_tokenizer(&tok) {
+                Ok(ChatFormat::Mistral(f)) => format!("Mistral instruct {:?}", f.version()),
+                Ok(ChatFormat::Jinja(_)) => "Jinja chat template".into(),
+                Err(e) => format!("none ({e})"),
+            };
+            (
+                format!("{:?}, {} tokens", tok.kind(), tok.vocab_size()),
+                chat,
+            )
+        }
+        Err(e) => (format!("none ({e:#})"), "none".into()),
     };
+    println!("tokenizer:    {tokenizer}");
     println!("chat format:  {chat}");
     println!(
         "memory:       weights {}, KV cache {} at a context of {} tokens",

@@ -244,3 +244,24 @@ fn chat_over_stdin_multi_turn() {
     );
     assert!(text.len() > first.len() + 1, "no second reply in {text:?}");
 }
+
+/// `info` describes a checkpoint that has no tokenizer; `generate` on it says what is missing.
+#[test]
+fn tokenizer_less_checkpoint() {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bora-model/tests/fixtures/tiny/ministral8b");
+    let text = stdout(&bora(&["info", "--model", dir.to_str().unwrap()]));
+    assert!(text.contains("architecture: ministral"), "{text}");
+    assert!(text.contains("6,full,6"), "{text}");
+    assert!(text.contains("tokenizer:    none"), "{text}");
+    let out = bora(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loading the tokenizer of"), "{err}");
+}
