@@ -20,9 +20,11 @@ use crate::matmul::{gemm_f32, matmul_dx, matmul_xwt, Mat};
 use crate::quant_dot::{has_dot_kernel, quantize_row, row_dot, XRow};
 use crate::Result;
 
-/// At most this many activation rows go through the matrix-vector kernels; more
-/// rows amortize a tile dequantization and `gemm` wins.
-const MATVEC_MAX_ROWS: usize = 4;
+/// At most this many activation rows go through the matrix-vector kernels (one pass over
+/// the weight per row); more rows amortize a tile dequantization and `gemm` wins. Measured
+/// crossover on SmolLM2's matrices: about 11 rows for 576×576 Q4_1, above 16 for 1536×576
+/// Q4_1 and the 49152×576 Q8_0 head.
+const MATVEC_MAX_ROWS: usize = 12;
 
 /// Output rows per rayon task in the matrix-vector path: fine-grained, so a thread that is
 /// preempted (other processes share these cores) delays only a small share of the rows.
@@ -415,7 +417,7 @@ mod tests {
             let w = weight_of(ty, n, k, 1);
             let mut wf = vec![0f32; n * k];
             w.dequantize_rows(0..n, &mut wf);
-            for m in [1, 3, 9] {
+            for m in [1, 3, MATVEC_MAX_ROWS + 1] {
                 let x = rand_vec(m * k, 2 + m as u64);
                 let want = naive(&x, &wf, m, k, n);
                 let mut y = vec![0f32; m * n];
@@ -509,7 +511,7 @@ mod tests {
     #[test]
     fn tiles_smaller_than_the_matrix_cover_every_row() {
         // k large enough that a tile holds fewer rows than the matrix.
-        let (k, n, m) = (TILE_FLOATS / 8, 20, 6);
+        let (k, n, m) = (TILE_FLOATS / 8, 20, MATVEC_MAX_ROWS + 2);
         let w = weight_of(GgmlType::Q8_0, n, k, 5);
         let mut wf = vec![0f32; n * k];
         w.dequantize_rows(0..n, &mut wf);
