@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod exact;
 mod generate;
+mod layer;
 mod model;
 mod sample;
 mod score;

@@ -8,16 +8,16 @@
 use std::path::{Path, PathBuf};
 
 use bora_compute::{
-    attention_decode, attention_forward, cross_entropy_chunked, position_query_scale,
-    rmsnorm_forward, rope_forward, swiglu_forward, AttentionShape, CrossEntropy, RopeTables,
-    Scratch, Weight,
+    cross_entropy_chunked, rmsnorm_forward, AttentionShape, CrossEntropy, RopeTables, Scratch,
+    Weight,
 };
 use bora_formats::gguf::GgufFile;
 use bora_formats::quant::GgmlType;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::weights::{CheckpointKind, LayerWeights, ModelWeights, TensorSource};
+use crate::layer::{Attend, LayerCtx};
+use crate::weights::{CheckpointKind, ModelWeights, TensorSource};
 
 /// Options that shape a loaded model without changing its weights.
 #[derive(Debug, Clone, Default)]
@@ -30,10 +30,6 @@ pub struct LoadOptions {
     /// ggml-style kernels that quantize activations to 8 bits.
     pub exact: bool,
 }
-
-/// Up to this many rows, bora-compute multiplies quantized weights with 8-bit activations;
-/// the exact mode takes those products over.
-const FEW_ROWS: usize = 4;
 
 /// Cap on the default context: long-context models would otherwise allocate RoPE tables
 /// (and users KV caches) for hundreds of thousands of positions they never use.
@@ -54,10 +50,10 @@ pub struct Model {
 /// Per-sequence keys and values of every layer, for incremental decoding.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    len: usize,
-    capacity: usize,
+    pub(crate) k: Vec<Vec<f32>>,
+    pub(crate) v: Vec<Vec<f32>>,
+    pub(crate) len: usize,
+    pub(crate) capacity: usize,
 }
 
 impl KvCache {
@@ -88,30 +84,30 @@ impl KvCache {
 /// Activation buffers for a forward pass, grown to the largest token count seen.
 #[derive(Debug, Default)]
 pub struct Workspace {
-    x: Vec<f32>,
-    xn: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    h: Vec<f32>,
-    rstd: Vec<f32>,
-    lse: Vec<f32>,
-    logits: Vec<f32>,
-    positions: Vec<usize>,
-    mat: MatRoom,
+    pub(crate) x: Vec<f32>,
+    pub(crate) xn: Vec<f32>,
+    pub(crate) q: Vec<f32>,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
+    pub(crate) att: Vec<f32>,
+    pub(crate) gate: Vec<f32>,
+    pub(crate) up: Vec<f32>,
+    pub(crate) h: Vec<f32>,
+    pub(crate) rstd: Vec<f32>,
+    pub(crate) lse: Vec<f32>,
+    pub(crate) logits: Vec<f32>,
+    pub(crate) positions: Vec<usize>,
+    pub(crate) mat: MatRoom,
 }
 
 /// Room for weight products: bora-compute's scratch and the exact path's transposed output.
 #[derive(Debug, Default)]
-struct MatRoom {
-    scratch: Scratch,
-    yt: Vec<f32>,
+pub(crate) struct MatRoom {
+    pub(crate) scratch: Scratch,
+    pub(crate) yt: Vec<f32>,
 }
 
-fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(crate) fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if v.len() < len {
         v.resize(len, 0.0);
     }
@@ -122,12 +118,6 @@ impl Workspace {
     pub fn new() -> Self {
         Self::default()
     }
-}
-
-/// How attention finds its keys: packed independent sequences, or one sequence's KV cache.
-enum Attend<'a> {
-    Packed(&'a [usize]),
-    Cached(&'a mut KvCache),
 }
 
 /// Which rows of logits a forward produces.
@@ -504,7 +494,12 @@ impl Model {
             self.config.rms_norm_eps,
         );
         let logits = sized(&mut ws.logits, rows * v);
-        self.linear(
+        let ctx = LayerCtx {
+            cfg: &self.config,
+            rope: &self.rope,
+            exact: self.exact,
+        };
+        ctx.linear(
             self.weights.output(),
             logits,
             &ws.xn[..rows * d],
@@ -515,28 +510,14 @@ impl Model {
         &ws.logits[..rows * v]
     }
 
-    /// `y = x · Wᵀ` (`+=` when `accumulate`) for `t` rows, through the exact path when the
-    /// model was loaded with it and the product is one the fast kernels would approximate.
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
-        &self,
-        w: &Weight,
-        y: &mut [f32],
-        x: &[f32],
-        t: usize,
-        accumulate: bool,
-        room: &mut MatRoom,
-    ) {
-        if self.exact && t <= FEW_ROWS && w.ty().is_quantized() {
-            crate::exact::forward(w, y, x, t, accumulate, &mut room.yt);
-        } else {
-            w.forward(y, x, t, accumulate, &mut room.scratch);
-        }
-    }
-
     /// Embeddings and every decoder layer; leaves the residual stream in `ws.x`.
     fn run(&self, tokens: &[u32], mut attend: Attend<'_>, ws: &mut Workspace) -> Result<()> {
         let c = &self.config;
+        let ctx = LayerCtx {
+            cfg: c,
+            rope: &self.rope,
+            exact: self.exact,
+        };
         let (t, d) = (tokens.len(), c.hidden_size);
         let x = sized(&mut ws.x, t * d);
         for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
@@ -552,91 +533,12 @@ impl Model {
                 window: c.layer_windows[l],
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
             };
-            self.attention_block(l, layer, &shape, &mut attend, ws, t);
-            self.mlp_block(layer, ws, t);
+            layer.attention_forward(&ctx, l, &shape, &mut attend, ws, t);
+            layer.mlp_forward(&ctx, ws, t);
         }
         if let Attend::Cached(cache) = attend {
             cache.len += t;
         }
         Ok(())
-    }
-
-    /// `x += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))`, `n = norm(x)`.
-    fn attention_block(
-        &self,
-        l: usize,
-        w: &LayerWeights,
-        shape: &AttentionShape,
-        attend: &mut Attend<'_>,
-        ws: &mut Workspace,
-        t: usize,
-    ) {
-        let c = &self.config;
-        let (d, qd, kvd) = (c.hidden_size, c.q_dim(), c.kv_dim());
-        let xn = sized(&mut ws.xn, t * d);
-        rmsnorm_forward(
-            xn,
-            sized(&mut ws.rstd, t),
-            &ws.x[..t * d],
-            &w.attn_norm,
-            c.rms_norm_eps,
-        );
-        let (q, k, v) = (
-            sized(&mut ws.q, t * qd),
-            sized(&mut ws.k, t * kvd),
-            sized(&mut ws.v, t * kvd),
-        );
-        self.linear(&w.wq, q, xn, t, false, &mut ws.mat);
-        self.linear(&w.wk, k, xn, t, false, &mut ws.mat);
-        self.linear(&w.wv, v, xn, t, false, &mut ws.mat);
-        let positions = &ws.positions[..t];
-        rope_forward(q, positions, c.n_heads, &self.rope);
-        rope_forward(k, positions, c.n_kv_heads, &self.rope);
-        if let Some((beta, original_max)) = c.query_scale {
-            position_query_scale(q, qd, positions, beta, original_max);
-        }
-        let att = sized(&mut ws.att, t * qd);
-        match attend {
-            Attend::Packed(segments) => {
-                attention_forward(
-                    att,
-                    sized(&mut ws.lse, t * c.n_heads),
-                    q,
-                    k,
-                    v,
-                    segments,
-                    shape,
-                );
-            }
-            Attend::Cached(cache) => {
-                let first = cache.len;
-                let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
-                kc[first * kvd..(first + t) * kvd].copy_from_slice(k);
-                vc[first * kvd..(first + t) * kvd].copy_from_slice(v);
-                let end = (first + t) * kvd;
-                attention_decode(att, q, &kc[..end], &vc[..end], first, shape);
-            }
-        }
-        self.linear(&w.wo, &mut ws.x[..t * d], att, t, true, &mut ws.mat);
-    }
-
-    /// `x += down(silu(gate(n)) ⊙ up(n))`, `n = norm(x)`.
-    fn mlp_block(&self, w: &LayerWeights, ws: &mut Workspace, t: usize) {
-        let c = &self.config;
-        let (d, f) = (c.hidden_size, c.intermediate_size);
-        let xn = sized(&mut ws.xn, t * d);
-        rmsnorm_forward(
-            xn,
-            sized(&mut ws.rstd, t),
-            &ws.x[..t * d],
-            &w.ffn_norm,
-            c.rms_norm_eps,
-        );
-        let (gate, up) = (sized(&mut ws.gate, t * f), sized(&mut ws.up, t * f));
-        self.linear(&w.w_gate, gate, xn, t, false, &mut ws.mat);
-        self.linear(&w.w_up, up, xn, t, false, &mut ws.mat);
-        let h = sized(&mut ws.h, t * f);
-        swiglu_forward(h, gate, up);
-        self.linear(&w.w_down, &mut ws.x[..t * d], h, t, true, &mut ws.mat);
     }
 }
