@@ -104,6 +104,9 @@ def main():
             inner = MistralTokenizer.from_file(str(path)).instruct_tokenizer.tokenizer
             mc_time, mc_ids = best_of(args.repeats, lambda: inner.encode(text, bos=False, eos=False))
             hf = hf_tokenizer(kind, path)
+            # Control tokens written in the text ("<s>" appears in C sources) stay text, as in
+            # mistral-common's encode and bora's.
+            hf.encode_special_tokens = True
             hf_time, hf_ids = best_of(args.repeats, lambda: hf.encode(text, add_special_tokens=False).ids)
             rows = [("bora", bora["tokens"], bora["seconds"], bora["checksum"]),
                     ("mistral-common", len(mc_ids), mc_time, checksum(mc_ids)),

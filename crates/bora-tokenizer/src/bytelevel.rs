@@ -11,7 +11,7 @@ use crate::bpe::{self, Scratch, Symbol};
 pub(crate) enum PairRanks {
     /// tiktoken: a pair merges when its concatenated bytes are a token; lower rank first. Maps
     /// bytes → token id (rank + id offset, so ids order like ranks).
-    Tiktoken(FxHashMap<Vec<u8>, u32>),
+    Tiktoken(ByteMap<u32>),
     /// GPT-2 merges: (left id, right id) → (position in the merges list, merged id).
     Merges(FxHashMap<(u32, u32), (u32, u32)>),
 }
@@ -122,6 +122,62 @@ fn whitespace_end(text: &str, pos: usize) -> usize {
     }
 }
 
+/// A map keyed by byte strings, tuned for token-sized keys: a key of up to 15 bytes is packed
+/// with its length into one `u128`, so a lookup hashes and compares an integer instead of
+/// calling `memcmp` on a tiny slice, which dominated the profile of Tekken encoding.
+pub(crate) struct ByteMap<V> {
+    short: FxHashMap<u128, V>,
+    long: FxHashMap<Box<[u8]>, V>,
+}
+
+impl<V: Copy> ByteMap<V> {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        let mut short = FxHashMap::default();
+        short.reserve(n);
+        ByteMap {
+            short,
+            long: FxHashMap::default(),
+        }
+    }
+
+    fn pack(key: &[u8]) -> Option<u128> {
+        let mut buf = [0u8; 16];
+        buf.get_mut(..key.len())?.copy_from_slice(key);
+        if key.len() == 16 {
+            return None;
+        }
+        buf[15] = key.len() as u8;
+        Some(u128::from_le_bytes(buf))
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<V> {
+        match Self::pack(key) {
+            Some(packed) => self.short.get(&packed).copied(),
+            None => self.long.get(key).copied(),
+        }
+    }
+
+    /// Inserts `value` unless `key` is present; returns whether it was inserted.
+    pub(crate) fn insert_new(&mut self, key: &[u8], value: V) -> bool {
+        match Self::pack(key) {
+            Some(packed) => match self.short.entry(packed) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(value);
+                    true
+                }
+            },
+            None => match self.long.entry(key.into()) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(value);
+                    true
+                }
+            },
+        }
+    }
+}
+
 pub(crate) struct ByteLevelBpe {
     pre: PreTokenizer,
     ranks: PairRanks,
@@ -142,7 +198,7 @@ impl ByteLevelBpe {
     /// The id of a tiktoken token given its bytes (GPT-2 vocabularies keep their own map).
     pub(crate) fn token_id(&self, bytes: &[u8]) -> Option<u32> {
         match &self.ranks {
-            PairRanks::Tiktoken(ranks) => ranks.get(bytes).copied(),
+            PairRanks::Tiktoken(ranks) => ranks.get(bytes),
             PairRanks::Merges(_) => None,
         }
     }
@@ -150,25 +206,26 @@ impl ByteLevelBpe {
     /// Appends the ids of ordinary text (no special-token parsing) to `out`.
     pub(crate) fn encode(&self, text: &str, out: &mut Vec<u32>) {
         let mut scratch = Scratch::default();
-        let mut cache: FxHashMap<&str, (usize, usize)> = FxHashMap::default();
+        let mut cache: ByteMap<(usize, usize)> = ByteMap::with_capacity(0);
         let mut cached_ids: Vec<u32> = Vec::new();
         self.pre.split(text, &mut |piece| {
-            if let Some(&(start, end)) = cache.get(piece) {
+            let piece = piece.as_bytes();
+            if let Some((start, end)) = cache.get(piece) {
                 out.extend_from_slice(&cached_ids[start..end]);
                 return;
             }
             let start = out.len();
-            self.encode_piece(piece.as_bytes(), &mut scratch, out);
+            self.encode_piece(piece, &mut scratch, out);
             let cached_start = cached_ids.len();
             cached_ids.extend_from_slice(&out[start..]);
-            cache.insert(piece, (cached_start, cached_ids.len()));
+            cache.insert_new(piece, (cached_start, cached_ids.len()));
         });
     }
 
     fn encode_piece(&self, piece: &[u8], scratch: &mut Scratch, out: &mut Vec<u32>) {
         if let PairRanks::Tiktoken(ranks) = &self.ranks {
             // tiktoken emits a piece that is itself a token without running the merges.
-            if let Some(&id) = ranks.get(piece) {
+            if let Some(id) = ranks.get(piece) {
                 out.push(id);
                 return;
             }
@@ -182,7 +239,7 @@ impl ByteLevelBpe {
         match &self.ranks {
             PairRanks::Tiktoken(ranks) => bpe::merge(piece, scratch, |w, l, r| {
                 let joined = &w[l.start as usize..(r.start + r.len) as usize];
-                ranks.get(joined).map(|&id| (u64::from(id), id))
+                ranks.get(joined).map(|id| (u64::from(id), id))
             }),
             PairRanks::Merges(merges) => bpe::merge(piece, scratch, |_, l, r| {
                 merges
@@ -215,6 +272,21 @@ pub(crate) fn gpt2_byte_chars() -> [char; 256] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_map_keys_of_every_length() {
+        let mut map = ByteMap::with_capacity(4);
+        let keys: Vec<Vec<u8>> = (0..40).map(|n| (0..n).map(|i| i as u8).collect()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            assert!(map.insert_new(k, i));
+            assert!(!map.insert_new(k, 99));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(map.get(k), Some(i));
+        }
+        assert_eq!(map.get(&[0, 0]), None);
+        assert_eq!(map.get(&[0; 15]), None);
+    }
 
     #[test]
     fn gpt2_byte_chars_are_distinct_and_known() {

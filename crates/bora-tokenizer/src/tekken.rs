@@ -8,7 +8,7 @@ use base64::Engine;
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
-use crate::bytelevel::{ByteLevelBpe, PairRanks, PreTokenizer};
+use crate::bytelevel::{ByteLevelBpe, ByteMap, PairRanks, PreTokenizer};
 use crate::error::TokenizerError;
 
 #[derive(Deserialize)]
@@ -145,8 +145,7 @@ impl Tekken {
         if vocab_size > u32::MAX as usize {
             return Err(invalid("vocabulary too large".into()));
         }
-        let mut ranks = FxHashMap::default();
-        ranks.reserve(inner);
+        let mut ranks = ByteMap::with_capacity(inner);
         let mut token_bytes = Vec::with_capacity(inner);
         for (i, entry) in file.vocab.into_iter().take(inner).enumerate() {
             if entry.rank != i {
@@ -161,7 +160,7 @@ impl Tekken {
                 )));
             }
             let id = (num_special + i) as u32;
-            if ranks.insert(bytes.clone(), id).is_some() {
+            if !ranks.insert_new(&bytes, id) {
                 return Err(invalid(format!("vocab entry {i} repeats an earlier token")));
             }
             token_bytes.push(bytes);
