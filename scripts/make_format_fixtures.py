@@ -12,7 +12,8 @@ Run from anywhere: `scripts/make_format_fixtures.py` (it re-executes itself insi
   metadata value type (nested arrays included) and tensors of several ggml types; the JSON
   lists the metadata and tensor infos as gguf-py's reader sees them.
 - `small.safetensors` + `small.json`: tensors of each float dtype written by the safetensors
-  package with metadata, and their values as f32.
+  package with metadata, and their values as f32 (the order of the two metadata keys in the
+  header follows the library's hash map, so the bytes may differ between runs).
 - `sharded/`: a two-shard checkpoint with `model.safetensors.index.json` as transformers writes.
 - `names.json`: a tiny transformers Mistral's tensor names with gguf-py's GGUF names for them
   and for their consolidated spellings, peft's adapter keys, and the row order transformers'
@@ -386,6 +387,7 @@ def write_arch_configs():
         "ministral": MinistralConfig(**small, sliding_window=32768,
                                      layer_types=["full_attention", "sliding_attention"] * 2),
         "ministral3": Ministral3Config(**{**small, "head_dim": 32}),
+        "ministral3_defaults": Ministral3Config(**small),
         "mistral3": Mistral3Config(text_config={**small, "model_type": "ministral3", "head_dim": 16},
                                    vision_config={"model_type": "pixtral", "hidden_size": 32,
                                                   "intermediate_size": 32, "num_hidden_layers": 1,
@@ -396,12 +398,10 @@ def write_arch_configs():
     for name, cfg in cases.items():
         d = out / name
         cfg.save_pretrained(str(d))
-        if name == "mistral_default_window":
+        if name in LEAVE_OUT:
             # Leave out keys whose class defaults readers must supply.
             saved = json.loads((d / "config.json").read_text())
-            for key in ("sliding_window", "rms_norm_eps", "max_position_embeddings", "bos_token_id",
-                        "eos_token_id", "pad_token_id", "tie_word_embeddings", "head_dim",
-                        "rope_parameters"):
+            for key in LEAVE_OUT[name]:
                 saved.pop(key)
             (d / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
         expected[name] = resolved(AutoConfig.from_pretrained(str(d)))
@@ -434,6 +434,16 @@ def write_arch_configs():
         (out / name / "params.json").write_text(json.dumps(p, indent=2) + "\n")
         expected[name] = from_params(p)
     (out / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
+
+
+# Keys removed from saved config.json files so that class defaults are exercised.
+LEAVE_OUT = {
+    "mistral_default_window": ("sliding_window", "rms_norm_eps", "max_position_embeddings", "bos_token_id",
+                               "eos_token_id", "pad_token_id", "tie_word_embeddings", "head_dim",
+                               "rope_parameters"),
+    "ministral3_defaults": ("head_dim", "rope_parameters", "pad_token_id", "rms_norm_eps",
+                            "max_position_embeddings"),
+}
 
 
 def resolved(cfg):

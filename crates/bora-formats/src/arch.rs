@@ -161,6 +161,8 @@ fn explicit_option<'de, D: serde::Deserializer<'de>>(
 struct HfDefaults {
     /// `None`: as many KV heads as attention heads.
     num_kv_heads: Option<usize>,
+    /// `None`: hidden_size / num_attention_heads.
+    head_dim: Option<usize>,
     rms_norm_eps: f64,
     max_position_embeddings: usize,
     sliding_window: Option<usize>,
@@ -173,6 +175,7 @@ fn hf_defaults(model_type: &str) -> Option<HfDefaults> {
     Some(match model_type {
         "mistral" | "ministral" => HfDefaults {
             num_kv_heads: Some(8),
+            head_dim: None,
             rms_norm_eps: 1e-6,
             max_position_embeddings: 4096 * 32,
             sliding_window: Some(4096),
@@ -182,6 +185,7 @@ fn hf_defaults(model_type: &str) -> Option<HfDefaults> {
         },
         "ministral3" => HfDefaults {
             num_kv_heads: Some(8),
+            head_dim: Some(128),
             rms_norm_eps: 1e-5,
             max_position_embeddings: 262144,
             sliding_window: None,
@@ -191,6 +195,7 @@ fn hf_defaults(model_type: &str) -> Option<HfDefaults> {
         },
         "llama" => HfDefaults {
             num_kv_heads: None,
+            head_dim: None,
             rms_norm_eps: 1e-6,
             max_position_embeddings: 2048,
             sliding_window: None,
@@ -376,7 +381,10 @@ impl ArchConfig {
                 .num_key_value_heads
                 .or(d.num_kv_heads)
                 .unwrap_or(num_heads),
-            head_dim: c.head_dim.unwrap_or(hidden_size / num_heads.max(1)),
+            head_dim: c
+                .head_dim
+                .or(d.head_dim)
+                .unwrap_or(hidden_size / num_heads.max(1)),
             rms_norm_eps: c.rms_norm_eps.unwrap_or(d.rms_norm_eps),
             rope_theta,
             rope_scaling,
