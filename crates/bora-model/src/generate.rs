@@ -63,10 +63,6 @@ impl<'m> Generator<'m> {
         }
     }
 
-    pub fn model(&self) -> &'m Model {
-        self.model
-    }
-
     /// Generates ids after `prompt` (the whole sequence so far, not only the new part: the
     /// longest prefix already in the cache is reused). `on_token` sees each new id and
     /// returns false to stop (reported as [`StopReason::StopString`]).

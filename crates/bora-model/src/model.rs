@@ -338,7 +338,7 @@ impl Model {
     /// Runs several independent sequences packed into one pass (no cache) and returns each
     /// sequence's logits `[len, vocab]` for every position.
     pub fn forward_batch(&self, sequences: &[&[u32]], ws: &mut Workspace) -> Result<Vec<Vec<f32>>> {
-        let tokens = self.hidden_batch(sequences, ws)?;
+        let tokens = self.run_packed(sequences, ws)?;
         let v = self.config.vocab_size;
         let all = self.output(ws, tokens, Logits::All);
         let mut out = Vec::with_capacity(sequences.len());
@@ -350,10 +350,9 @@ impl Model {
         Ok(out)
     }
 
-    /// Packed forward up to the final norm: returns the token count; the normalized hidden
-    /// states `[tokens, hidden]` are then in [`Model::final_hidden`]. This is what a loss
-    /// over the vocabulary (perplexity, training) consumes chunk by chunk.
-    pub fn hidden_batch(&self, sequences: &[&[u32]], ws: &mut Workspace) -> Result<usize> {
+    /// Packed forward through the decoder layers, each sequence attending only to itself;
+    /// returns the token count, with the residual stream in `ws.x`.
+    fn run_packed(&self, sequences: &[&[u32]], ws: &mut Workspace) -> Result<usize> {
         if sequences.is_empty() || sequences.iter().any(|s| s.is_empty()) {
             return Err(ModelError::Empty("an empty sequence in the batch"));
         }
@@ -374,18 +373,6 @@ impl Model {
             segments.push(tokens.len());
         }
         self.run(&tokens, Attend::Packed(&segments), ws)?;
-        let d = self.config.hidden_size;
-        let (x, xn) = (
-            &ws.x[..tokens.len() * d],
-            sized(&mut ws.xn, tokens.len() * d),
-        );
-        rmsnorm_forward(
-            xn,
-            sized(&mut ws.rstd, tokens.len()),
-            x,
-            &self.weights.norm,
-            self.config.rms_norm_eps,
-        );
         Ok(tokens.len())
     }
 
@@ -396,13 +383,22 @@ impl Model {
         if tokens.len() < 2 {
             return Err(ModelError::Empty("scoring needs at least two tokens"));
         }
-        let n = self.hidden_batch(&[tokens], ws)?;
+        let n = self.run_packed(&[tokens], ws)?;
+        let d = self.config.hidden_size;
+        let hidden = sized(&mut ws.xn, n * d);
+        let eps = self.config.rms_norm_eps;
+        rmsnorm_forward(
+            hidden,
+            sized(&mut ws.rstd, n),
+            &ws.x[..n * d],
+            &self.weights.norm,
+            eps,
+        );
         let targets: Vec<Option<u32>> =
             tokens[1..].iter().map(|&t| Some(t)).chain([None]).collect();
-        let hidden = &ws.xn[..n * self.config.hidden_size];
         Ok(cross_entropy_chunked(
             None,
-            hidden,
+            &ws.xn[..n * d],
             self.weights.output(),
             &targets,
             1.0,
@@ -469,11 +465,6 @@ impl Model {
         }
         out.sort_by_key(|e| std::cmp::Reverse(e.2));
         out
-    }
-
-    /// The final-normed hidden states of the last [`Model::hidden_batch`] call.
-    pub fn final_hidden<'w>(&self, ws: &'w Workspace, tokens: usize) -> &'w [f32] {
-        &ws.xn[..tokens * self.config.hidden_size]
     }
 
     /// Final norm and output projection of the rows `run` left in `ws.x`.

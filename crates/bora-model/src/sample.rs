@@ -97,10 +97,6 @@ impl Sampler {
         }
     }
 
-    pub fn params(&self) -> &SamplingParams {
-        &self.params
-    }
-
     /// Picks the next token from `logits` (one row, vocab-sized). `context` is every token
     /// so far (prompt and generated), for the repetition penalty. `logits` is modified by it.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> u32 {
