@@ -5,6 +5,18 @@
 //! files, GGUF-embedded vocabularies (`llama` and `gpt2`) and HF `tokenizer.json`. Every BPE
 //! variant bora implements itself shares one merge loop (`bpe`); `tokenizer.json` runs through
 //! the `tokenizers` crate.
+//!
+//! ```no_run
+//! use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
+//!
+//! let tok = Tokenizer::from_file("tekken.json".as_ref())?;
+//! let ids = tok.encode("Hello world"); // no BOS/EOS, "[INST]" in the text stays text
+//! assert_eq!(tok.decode(&ids), "Hello world");
+//! let chat = tok.encode_with_special("[INST]Hi[/INST]"); // control tokens become ids
+//! let mut stream = StreamDecoder::new(&tok, SpecialTokenPolicy::Skip);
+//! let text: String = chat.iter().map(|&id| stream.push(id)).collect();
+//! # Ok::<(), bora_tokenizer::TokenizerError>(())
+//! ```
 
 mod bpe;
 mod bytelevel;

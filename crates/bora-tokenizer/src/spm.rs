@@ -307,6 +307,9 @@ impl SentencePiece {
             // Joined symbols are whole characters, so the slice is valid UTF-8.
             let joined = std::str::from_utf8(joined).ok()?;
             let id = *self.mergeable.get(joined)?;
+            // sentencepiece merges into an unused piece and splits it back afterwards
+            // ("resegment"); bora never forms one. The two differ only if a neighbour could
+            // merge with the unused piece in between; no Mistral model has unused pieces.
             if self.kinds[id as usize] == PieceKind::Unused {
                 return None;
             }
