@@ -245,3 +245,43 @@ fn hf_bytelevel_tokenizer_json_matches_hf_tokenizers() {
 fn hf_metaspace_tokenizer_json_matches_hf_tokenizers() {
     check_hf("metaspace");
 }
+
+/// A model directory with several tokenizer files: Mistral's own file wins over
+/// `tokenizer.json`, which wins over a bare `tokenizer.model`.
+#[test]
+fn model_directory_prefers_mistral_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encode/hf_bytelevel");
+    for name in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(hf.join(name), dir.path().join(name)).unwrap();
+    }
+    std::fs::copy(
+        mistral_file("tokenizer.model.v1"),
+        dir.path().join("tokenizer.model"),
+    )
+    .unwrap();
+    let tok = Tokenizer::from_file(dir.path()).unwrap();
+    assert_eq!(tok.kind(), TokenizerKind::Hf);
+    assert!(tok.chat_template().is_some());
+
+    std::fs::copy(
+        mistral_file("mistral_instruct_tokenizer_240323.model.v3"),
+        dir.path().join("tokenizer.model.v3"),
+    )
+    .unwrap();
+    let tok = Tokenizer::from_file(dir.path()).unwrap();
+    assert_eq!(tok.kind(), TokenizerKind::SentencePiece { version: 3 });
+
+    std::fs::copy(
+        mistral_file("tekken_240911.json"),
+        dir.path().join("tekken.json"),
+    )
+    .unwrap();
+    let tok = Tokenizer::from_file(dir.path()).unwrap();
+    assert_eq!(
+        tok.kind(),
+        TokenizerKind::Tekken {
+            version: "v3".into()
+        }
+    );
+}
