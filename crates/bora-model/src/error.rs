@@ -48,6 +48,9 @@ pub enum ModelError {
         context: usize,
         prompt: usize,
     },
+    /// A KV cache whose layer count or row width does not match the model it is used with.
+    #[error("the KV cache was made for another model; create it with Model::new_cache")]
+    CacheMismatch,
     #[error("empty input: {0}")]
     Empty(&'static str),
     #[error("invalid sampling parameters: {0}")]

@@ -201,15 +201,13 @@ impl<'a> StopMatcher<'a> {
         }
         let from = self.emitted;
         self.text.push_str(piece);
+        // A stop string cannot start in text already shown: `safe_end` held back every tail
+        // that could begin one, so searching the unshown part is enough.
         let hit = self
             .stops
             .iter()
             .filter(|s| !s.is_empty())
-            .filter_map(|s| {
-                self.text[from.saturating_sub(s.len()).min(from)..]
-                    .find(s.as_str())
-                    .map(|i| i + from.saturating_sub(s.len()).min(from))
-            })
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
             .min();
         let end = match hit {
             Some(at) => {
@@ -288,6 +286,13 @@ mod tests {
         assert!(!hit);
         assert_eq!(shown, "abSTxST");
         assert_eq!(text, "abSTxST");
+    }
+
+    #[test]
+    fn multibyte_text_before_a_long_stop_string() {
+        let (shown, _, hit) = run(&["<|end|>"], &["ééé", "é<|e", "nd|>x"]);
+        assert!(hit);
+        assert_eq!(shown, "éééé");
     }
 
     #[test]

@@ -321,6 +321,10 @@ impl Model {
             return Err(ModelError::Empty("no tokens to run"));
         }
         self.check_tokens(tokens)?;
+        let per_layer = cache.capacity * self.config.kv_dim();
+        if cache.k.len() != self.config.n_layers || cache.k.iter().any(|k| k.len() != per_layer) {
+            return Err(ModelError::CacheMismatch);
+        }
         let needed = cache.len + tokens.len();
         if needed > cache.capacity.min(self.context) {
             return Err(ModelError::ContextOverflow {

@@ -230,6 +230,11 @@ fn prompt_longer_than_context_is_an_error() {
         ),
         "{err}"
     );
+    let other = Model::load(fixtures().join("ministral8b"), &LoadOptions::default()).unwrap();
+    let err = model
+        .forward(&[1], &mut other.new_cache(), &mut ws, Logits::Last)
+        .unwrap_err();
+    assert!(matches!(err, ModelError::CacheMismatch), "{err}");
 }
 
 /// Copies a fixture directory into a temporary one so a test can break it.
