@@ -14,7 +14,8 @@ Run from anywhere: `scripts/make_model_fixtures.py` (it re-executes itself insid
   (`tiny/llama_q8_0.expected.safetensors`) from transformers loading that GGUF.
 - `smollm2/`: SmolLM2-135M-Instruct (the default Q4_1 GGUF, dequantized by transformers):
   `expected.json` (prompts, ids, per-position argmax / max|logit| / logsumexp / top-8, 64 greedy
-  tokens with each step's top-1/top-2 logit margin) and `last_logits.safetensors` (full fp32 logits of each prompt's last position).
+  tokens with each step's top-1/top-2 logit margin) and `last_logits.safetensors` (full fp32
+  logits of each prompt's last position).
 """
 import json
 import math
