@@ -5,22 +5,17 @@
 
 use bora_compute::{
     attention_decode, attention_forward, position_query_scale, rmsnorm_forward, rope_forward,
-    swiglu_forward, AttentionShape, RopeTables, Weight,
+    swiglu_forward, AttentionShape, RopeTables,
 };
 
 use crate::config::ModelConfig;
-use crate::model::{sized, KvCache, MatRoom, Workspace};
+use crate::model::{sized, KvCache, Workspace};
 use crate::weights::LayerWeights;
 
-/// Up to this many rows, bora-compute multiplies quantized weights with 8-bit activations;
-/// the exact mode takes those products over.
-const FEW_ROWS: usize = 4;
-
-/// What every layer shares: the config, the RoPE tables and the product mode.
+/// What every layer shares: the config and the RoPE tables.
 pub(crate) struct LayerCtx<'a> {
     pub cfg: &'a ModelConfig,
     pub rope: &'a RopeTables,
-    pub exact: bool,
 }
 
 /// How attention finds its keys: packed independent sequences (cumulative starts), or one
@@ -28,26 +23,6 @@ pub(crate) struct LayerCtx<'a> {
 pub(crate) enum Attend<'a> {
     Packed(&'a [usize]),
     Cached(&'a mut KvCache),
-}
-
-impl LayerCtx<'_> {
-    /// `y = x · Wᵀ` (`+=` when `accumulate`) for `t` rows, through the exact path when the
-    /// model was loaded with it and the product is one the fast kernels would approximate.
-    pub(crate) fn linear(
-        &self,
-        w: &Weight,
-        y: &mut [f32],
-        x: &[f32],
-        t: usize,
-        accumulate: bool,
-        room: &mut MatRoom,
-    ) {
-        if self.exact && t <= FEW_ROWS && w.ty().is_quantized() {
-            crate::exact::forward(w, y, x, t, accumulate, &mut room.yt);
-        } else {
-            w.forward(y, x, t, accumulate, &mut room.scratch);
-        }
-    }
 }
 
 impl LayerWeights {
@@ -76,9 +51,9 @@ impl LayerWeights {
             sized(&mut ws.k, t * kvd),
             sized(&mut ws.v, t * kvd),
         );
-        ctx.linear(&w.wq, q, xn, t, false, &mut ws.mat);
-        ctx.linear(&w.wk, k, xn, t, false, &mut ws.mat);
-        ctx.linear(&w.wv, v, xn, t, false, &mut ws.mat);
+        w.wq.forward(q, xn, t, false, &mut ws.scratch);
+        w.wk.forward(k, xn, t, false, &mut ws.scratch);
+        w.wv.forward(v, xn, t, false, &mut ws.scratch);
         let positions = &ws.positions[..t];
         rope_forward(q, positions, c.n_heads, ctx.rope);
         rope_forward(k, positions, c.n_kv_heads, ctx.rope);
@@ -107,7 +82,7 @@ impl LayerWeights {
                 attention_decode(att, q, &kc[..end], &vc[..end], first, shape);
             }
         }
-        ctx.linear(&w.wo, &mut ws.x[..t * d], att, t, true, &mut ws.mat);
+        w.wo.forward(&mut ws.x[..t * d], att, t, true, &mut ws.scratch);
     }
 
     /// `x += down(silu(gate(n)) ⊙ up(n))`, `n = norm(x)`.
@@ -123,10 +98,11 @@ impl LayerWeights {
             c.rms_norm_eps,
         );
         let (gate, up) = (sized(&mut ws.gate, t * f), sized(&mut ws.up, t * f));
-        ctx.linear(&w.w_gate, gate, xn, t, false, &mut ws.mat);
-        ctx.linear(&w.w_up, up, xn, t, false, &mut ws.mat);
+        w.w_gate.forward(gate, xn, t, false, &mut ws.scratch);
+        w.w_up.forward(up, xn, t, false, &mut ws.scratch);
         let h = sized(&mut ws.h, t * f);
         swiglu_forward(h, gate, up);
-        ctx.linear(&w.w_down, &mut ws.x[..t * d], h, t, true, &mut ws.mat);
+        w.w_down
+            .forward(&mut ws.x[..t * d], h, t, true, &mut ws.scratch);
     }
 }

@@ -7,7 +7,6 @@
 
 mod config;
 mod error;
-mod exact;
 mod generate;
 mod layer;
 mod model;

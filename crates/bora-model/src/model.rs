@@ -25,10 +25,6 @@ pub struct LoadOptions {
     /// Longest sequence (prompt + generated) the model will run; RoPE tables and KV caches
     /// are sized for it. `None`: the model's own maximum, capped at [`DEFAULT_CONTEXT`].
     pub context: Option<usize>,
-    /// Decode with f32 activations against quantized weights (see `exact.rs`): logits then
-    /// match the fp32 reference to rounding, at some cost in decode speed. Off: the faster
-    /// ggml-style kernels that quantize activations to 8 bits.
-    pub exact: bool,
 }
 
 /// Cap on the default context: long-context models would otherwise allocate RoPE tables
@@ -44,7 +40,6 @@ pub struct Model {
     kind: CheckpointKind,
     rope: RopeTables,
     context: usize,
-    exact: bool,
 }
 
 /// Per-sequence keys and values of every layer, for incremental decoding.
@@ -97,14 +92,7 @@ pub struct Workspace {
     pub(crate) lse: Vec<f32>,
     pub(crate) logits: Vec<f32>,
     pub(crate) positions: Vec<usize>,
-    pub(crate) mat: MatRoom,
-}
-
-/// Room for weight products: bora-compute's scratch and the exact path's transposed output.
-#[derive(Debug, Default)]
-pub(crate) struct MatRoom {
     pub(crate) scratch: Scratch,
-    pub(crate) yt: Vec<f32>,
 }
 
 pub(crate) fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -270,7 +258,6 @@ impl Model {
             kind,
             rope,
             context,
-            exact: options.exact,
         })
     }
 
@@ -407,7 +394,7 @@ impl Model {
             &targets,
             1.0,
             64,
-            &mut ws.mat.scratch,
+            &mut ws.scratch,
         )?)
     }
 
@@ -489,19 +476,9 @@ impl Model {
             self.config.rms_norm_eps,
         );
         let logits = sized(&mut ws.logits, rows * v);
-        let ctx = LayerCtx {
-            cfg: &self.config,
-            rope: &self.rope,
-            exact: self.exact,
-        };
-        ctx.linear(
-            self.weights.output(),
-            logits,
-            &ws.xn[..rows * d],
-            rows,
-            false,
-            &mut ws.mat,
-        );
+        self.weights
+            .output()
+            .forward(logits, &ws.xn[..rows * d], rows, false, &mut ws.scratch);
         &ws.logits[..rows * v]
     }
 
@@ -511,7 +488,6 @@ impl Model {
         let ctx = LayerCtx {
             cfg: c,
             rope: &self.rope,
-            exact: self.exact,
         };
         let (t, d) = (tokens.len(), c.hidden_size);
         let x = sized(&mut ws.x, t * d);

@@ -112,19 +112,12 @@ fn prompt_logits_match_transformers() {
 }
 
 /// 64 greedy tokens per prompt, identical to transformers' (no stop token: the fixture was
-/// generated without one). Needs the exact decode path: the default 8-bit-activation
-/// kernels move single-token logits by up to ~1 logit on this model, and the reference's
-/// greedy steps include top-1/top-2 gaps below 0.1 (recorded as `greedy_margin`).
+/// generated without one). The reference's greedy steps include top-1/top-2 gaps below 0.1
+/// logit (recorded as `greedy_margin`), so this holds only while decoding stays as exact as
+/// prefill; 8-bit activation kernels (ggml's) flip such ties.
 #[test]
 fn greedy_tokens_match_transformers() {
-    let model = Model::load(
-        default_model(),
-        &LoadOptions {
-            exact: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let model = Model::load(default_model(), &LoadOptions::default()).unwrap();
     let (json, _) = fixture();
     let mut gen = Generator::new(&model);
     for (i, p) in json["prompts"].as_array().unwrap().iter().enumerate() {
@@ -145,14 +138,7 @@ fn greedy_tokens_match_transformers() {
 /// generator produces from the whole conversation, and only the new tokens are run.
 #[test]
 fn cached_prefix_gives_the_same_reply_as_a_fresh_run() {
-    let model = Model::load(
-        default_model(),
-        &LoadOptions {
-            exact: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let model = Model::load(default_model(), &LoadOptions::default()).unwrap();
     let (json, _) = fixture();
     let first = ids(&json["prompts"][2]["ids"]);
     let opts = GenerateOptions {
@@ -185,14 +171,7 @@ fn cached_prefix_gives_the_same_reply_as_a_fresh_run() {
 #[test]
 fn stop_string_cuts_the_streamed_text() {
     let path = default_model();
-    let model = Model::load(
-        &path,
-        &LoadOptions {
-            exact: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let model = Model::load(&path, &LoadOptions::default()).unwrap();
     let tok = bora_tokenizer::Tokenizer::from_file(&path).unwrap();
     let (json, _) = fixture();
     let p = &json["prompts"][1];

@@ -22,10 +22,6 @@ pub struct ModelArgs {
     /// Longest sequence (prompt + reply) to run [default: the model's, at most 8192].
     #[arg(long, value_name = "N")]
     context: Option<usize>,
-    /// Decode with f32 activations against quantized weights: matches the fp32 reference
-    /// (transformers) to rounding, about 2-3x slower than the default 8-bit-activation kernels.
-    #[arg(long)]
-    exact: bool,
 }
 
 #[derive(Args, Debug)]
@@ -112,7 +108,6 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
         .unwrap_or_else(crate::paths::default_model);
     let options = LoadOptions {
         context: args.context,
-        exact: args.exact,
     };
     Model::load(&path, &options).with_context(|| format!("loading model {}", path.display()))
 }

@@ -86,7 +86,6 @@ fn greedy_generation_matches_transformers() {
             "0",
             "--max-tokens",
             "64",
-            "--exact",
         ]);
         assert_eq!(stdout(&out), expected_text(&tok, prompt), "prompt {text:?}");
     }
@@ -106,7 +105,6 @@ fn chat_generation_matches_transformers_chat_template() {
         "0",
         "--max-tokens",
         "64",
-        "--exact",
     ]);
     assert_eq!(stdout(&out), expected_text(&tok, prompt));
 }
@@ -216,14 +214,7 @@ fn chat_over_stdin_multi_turn() {
     let tok = Tokenizer::from_file(&default_model()).unwrap();
     let first = expected_text(&tok, &fixture()["prompts"][2]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_bora"))
-        .args([
-            "chat",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "32",
-            "--exact",
-        ])
+        .args(["chat", "--temperature", "0", "--max-tokens", "32"])
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
