@@ -57,8 +57,15 @@ pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The prompt text.
+    #[arg(long, required_unless_present = "prompt_ids")]
+    prompt: Option<String>,
+    /// The prompt as token ids (comma-separated), used as given: for benchmarks that must feed
+    /// two engines exactly the same tokens.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["prompt", "chat"])]
+    prompt_ids: Vec<u32>,
+    /// Keep generating past end-of-sequence tokens (benchmarks need a fixed length).
     #[arg(long)]
-    prompt: String,
+    ignore_eos: bool,
     /// Wrap the prompt as a user turn in the model's chat format.
     #[arg(long)]
     chat: bool,
@@ -70,6 +77,9 @@ pub struct GenerateArgs {
     /// Print timing (tokens/s) to stderr.
     #[arg(long)]
     stats: bool,
+    /// Print timing and the generated ids to stderr as one JSON object (for `bench/decode.py`).
+    #[arg(long)]
+    stats_json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -204,28 +214,35 @@ fn print_stats(g: &Generation) {
 
 pub fn generate(args: &GenerateArgs) -> Result<()> {
     let (model, tok) = load(&args.model)?;
-    let opts = options(&model, &tok, &args.sampling)?;
-    let ids = if args.chat {
-        let mut conv = Conversation {
-            messages: Vec::new(),
-            tools: Vec::new(),
-        };
-        if let Some(system) = &args.system {
-            conv.messages.push(message(Role::System, system));
+    let mut opts = options(&model, &tok, &args.sampling)?;
+    if args.ignore_eos {
+        opts.stop_tokens.clear();
+    }
+    let ids = match &args.prompt {
+        None => args.prompt_ids.clone(),
+        Some(prompt) if args.chat => {
+            let mut conv = Conversation {
+                messages: Vec::new(),
+                tools: Vec::new(),
+            };
+            if let Some(system) = &args.system {
+                conv.messages.push(message(Role::System, system));
+            }
+            conv.messages.push(message(Role::User, prompt));
+            chat_format(&tok, model.source())?
+                .encode(&tok, &conv, true)?
+                .ids
         }
-        conv.messages.push(message(Role::User, &args.prompt));
-        chat_format(&tok, model.source())?
-            .encode(&tok, &conv, true)?
-            .ids
-    } else {
-        let mut ids: Vec<u32> = model
-            .config
-            .bos_token_id
-            .filter(|_| model.config.add_bos)
-            .into_iter()
-            .collect();
-        ids.extend(tok.encode(&args.prompt));
-        ids
+        Some(prompt) => {
+            let mut ids: Vec<u32> = model
+                .config
+                .bos_token_id
+                .filter(|_| model.config.add_bos)
+                .into_iter()
+                .collect();
+            ids.extend(tok.encode(prompt));
+            ids
+        }
     };
     if ids.is_empty() {
         bail!("the prompt is empty");
@@ -235,6 +252,18 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
     println!();
     if args.stats {
         print_stats(&g);
+    }
+    if args.stats_json {
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "prefill_tokens": g.prefill_tokens,
+                "prefill_s": g.prefill_time.as_secs_f64(),
+                "decode_tokens": g.tokens.len().saturating_sub(1),
+                "decode_s": g.decode_time.as_secs_f64(),
+                "generated": g.tokens,
+            })
+        );
     }
     Ok(())
 }
