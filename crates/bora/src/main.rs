@@ -3,7 +3,9 @@ use clap::{Parser, Subcommand};
 
 mod data;
 mod generate;
+mod serve;
 mod tokenize;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +34,10 @@ enum Command {
     Info(generate::InfoArgs),
     /// Check a dataset: validation, token statistics, steps, memory and time preflight.
     Data(data::DataArgs),
+    /// Fine-tune a LoRA adapter into runs/NAME (or --resume runs/NAME).
+    Train(train::TrainArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +49,8 @@ fn main() -> anyhow::Result<()> {
         Command::Perplexity(args) => generate::perplexity(&args)?,
         Command::Info(args) => generate::info(&args)?,
         Command::Data(args) => data::run(&args, &paths::default_model())?,
+        Command::Train(args) => train::train(&args)?,
+        Command::Serve(args) => serve::run(&args)?,
     }
     Ok(())
 }

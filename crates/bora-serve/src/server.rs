@@ -1,0 +1,654 @@
+//! The HTTP side: routes, API-key check, request → [`Job`], and events → OpenAI responses
+//! (one JSON body, or server-sent events ending with `data: [DONE]`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bora_model::{LoadOptions, Model, SamplingParams, StopReason};
+use bora_tokenizer::chat::{ChatFormat, Conversation, JsonValue};
+use bora_tokenizer::Tokenizer;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::engine::{Event, Job, Rejected, Scheduler};
+use crate::error::{ApiError, ServeError};
+use crate::request::{completion_prompt, parse_body, Params};
+
+/// How the server runs; every field is a `bora serve` flag.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The name clients pass as `model` for the base model.
+    pub model_id: String,
+    /// When set, `/v1/*` requests must carry `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Most sequences decoded together in one step.
+    pub max_batch: usize,
+    /// Most requests waiting for a place in the batch; one more is answered 429.
+    pub max_queue: usize,
+    /// Longest a request may take, waiting included; then it is answered 504 (or, once
+    /// streaming, ends with an error event).
+    pub request_timeout: Duration,
+}
+
+impl ServeOptions {
+    /// Defaults: no key, batches of 16, a queue of 64, ten minutes per request.
+    pub fn new(model_id: impl Into<String>) -> Self {
+        ServeOptions {
+            model_id: model_id.into(),
+            api_key: None,
+            max_batch: 16,
+            max_queue: 64,
+            request_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A loaded model behind its scheduler, ready to be served.
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+struct AppState {
+    scheduler: Scheduler,
+    tokenizer: Arc<Tokenizer>,
+    /// `None` for a model without a chat format: only `/v1/completions` works then.
+    chat: Option<ChatFormat>,
+    /// Prepended to `/v1/completions` prompts, as `bora generate` does.
+    bos: Option<u32>,
+    context: usize,
+    models: Vec<String>,
+    api_key: Option<String>,
+    timeout: Duration,
+    created: u64,
+    next_id: AtomicU64,
+}
+
+impl Server {
+    /// Loads the model and its tokenizer from `path` and starts the scheduler.
+    pub fn load(
+        path: &Path,
+        load: &LoadOptions,
+        options: ServeOptions,
+    ) -> Result<Server, ServeError> {
+        let model = Model::load(path, load).map_err(|source| ServeError::Model {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let tokenizer = Tokenizer::from_file(path).map_err(|source| ServeError::Tokenizer {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Server::new(model, tokenizer, options)
+    }
+
+    /// Serves `model` with `tokenizer` (which must fit its vocabulary).
+    pub fn new(
+        model: Model,
+        tokenizer: Tokenizer,
+        options: ServeOptions,
+    ) -> Result<Server, ServeError> {
+        if tokenizer.vocab_size() > model.config.vocab_size {
+            return Err(ServeError::VocabMismatch {
+                path: model.source().to_path_buf(),
+                tokenizer: tokenizer.vocab_size(),
+                model: model.config.vocab_size,
+            });
+        }
+        if options.max_batch == 0 || options.max_queue == 0 {
+            return Err(ServeError::Option(
+                "--max-batch and --max-queue must be at least 1".into(),
+            ));
+        }
+        if options.model_id.is_empty() {
+            return Err(ServeError::Option("the model name is empty".into()));
+        }
+        let chat = match ChatFormat::from_tokenizer(&tokenizer) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(
+                    "{}: no chat format ({e}); only /v1/completions will work",
+                    model.source().display()
+                );
+                None
+            }
+        };
+        let mut stop_tokens = model.config.eos_token_ids.clone();
+        stop_tokens.extend(tokenizer.eos_id());
+        let bos = model.config.bos_token_id.filter(|_| model.config.add_bos);
+        let context = model.context();
+        let tokenizer = Arc::new(tokenizer);
+        let scheduler = Scheduler::start(
+            Arc::new(model),
+            tokenizer.clone(),
+            stop_tokens,
+            options.max_batch,
+            options.max_queue,
+        )
+        .map_err(|source| ServeError::Io {
+            what: "starting the scheduler thread".into(),
+            source,
+        })?;
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(Server {
+            state: Arc::new(AppState {
+                scheduler,
+                tokenizer,
+                chat,
+                bos,
+                context,
+                models: vec![options.model_id],
+                api_key: options.api_key,
+                timeout: options.request_timeout,
+                created,
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// The routes, for embedding in another axum app or serving on any listener.
+    pub fn router(&self) -> Router {
+        let v1 = Router::new()
+            .route("/v1/models", get(models))
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/completions", post(completions))
+            .route_layer(middleware::from_fn_with_state(
+                self.state.clone(),
+                check_key,
+            ));
+        Router::new()
+            .route("/health", get(health))
+            .merge(v1)
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .with_state(self.state.clone())
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections and lets every
+    /// request in flight, streams included, run to its end before returning.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let router = self.router();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|source| ServeError::Io {
+                what: "serving HTTP".into(),
+                source,
+            })?;
+        // Dropping the last handle joins the scheduler thread; keep that off the I/O threads.
+        let state = self.state;
+        tokio::task::spawn_blocking(move || drop(state))
+            .await
+            .map_err(|e| ServeError::Io {
+                what: "stopping the scheduler".into(),
+                source: std::io::Error::other(e),
+            })
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C: the signals a service manager or a terminal sends.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing the requests in flight");
+}
+
+async fn check_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), key.as_bytes())) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without stopping at the first difference, so timing does not leak the key.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(uri.path())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .models
+        .iter()
+        .map(
+            |id| json!({"id": id, "object": "model", "created": state.created, "owned_by": "bora"}),
+        )
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// Which endpoint a response is for: object names and where the text goes differ.
+#[derive(Clone, Copy, PartialEq)]
+enum Endpoint {
+    Chat,
+    Completion,
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(state, body, Endpoint::Chat).await
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(state, body, Endpoint::Completion).await
+}
+
+async fn respond(
+    state: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    endpoint: Endpoint,
+) -> Response {
+    match start(state, body, endpoint).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn start(
+    state: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let body = body.map_err(|e| ApiError {
+        status: e.status(),
+        ..ApiError::bad_request(e.body_text())
+    })?;
+    let raw = body;
+    let body = parse_body(&raw)?;
+    let params = Params::read(&body)?;
+    if !state.models.contains(&params.model) {
+        return Err(ApiError::unknown_model(&params.model, &state.models));
+    }
+    // Tokenizing (and rendering a chat template) is compute, so it stays off the I/O threads.
+    let prompt = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || encode_prompt(&state, &raw, &body, endpoint))
+            .await
+            .map_err(|e| ApiError::internal(&e))??
+    };
+    let max_tokens = fit_context(prompt.len(), params.max_tokens, state.context, endpoint)?;
+    let (tx, rx) = unbounded_channel();
+    let seed = params.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let prompt_tokens = prompt.len();
+    let job = Job {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: params.temperature,
+            top_p: params.top_p,
+            seed,
+            ..SamplingParams::default()
+        },
+        stop_strings: params.stop.clone(),
+        deadline: arrived + state.timeout,
+        events: tx,
+    };
+    state.scheduler.submit(job).map_err(|e| match e {
+        Rejected::Full => ApiError::queue_full(),
+        Rejected::Closed => ApiError::unavailable(),
+    })?;
+    let meta = Meta {
+        id: format!(
+            "{}-{}",
+            match endpoint {
+                Endpoint::Chat => "chatcmpl",
+                Endpoint::Completion => "cmpl",
+            },
+            state.next_id.fetch_add(1, Ordering::Relaxed)
+        ),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        model: params.model.clone(),
+        endpoint,
+        prompt_tokens,
+    };
+    if params.stream {
+        Ok(stream_response(meta, rx, params.stream_usage))
+    } else {
+        whole_response(meta, rx).await
+    }
+}
+
+/// `raw` is the body as sent: the conversation is read from it directly because tool
+/// definitions are written into the prompt with their keys in the client's order, which a
+/// `serde_json::Value` would sort.
+fn encode_prompt(
+    state: &AppState,
+    raw: &[u8],
+    body: &Value,
+    endpoint: Endpoint,
+) -> Result<Vec<u32>, ApiError> {
+    let tok = &state.tokenizer;
+    let ids = match endpoint {
+        Endpoint::Chat => {
+            let format = state.chat.as_ref().ok_or_else(|| {
+                ApiError::invalid(
+                    "messages",
+                    "this model has no chat format; use /v1/completions",
+                )
+            })?;
+            let value: JsonValue = serde_json::from_slice(raw)
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+            let conv = Conversation::from_value(&value)
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+            format
+                .encode(tok, &conv, true)
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?
+                .ids
+        }
+        Endpoint::Completion => {
+            let text = completion_prompt(body)?;
+            let mut ids: Vec<u32> = state.bos.into_iter().collect();
+            ids.extend(tok.encode(text));
+            ids
+        }
+    };
+    if ids.is_empty() {
+        return Err(ApiError::invalid(
+            endpoint.prompt_param(),
+            "the prompt has no tokens",
+        ));
+    }
+    Ok(ids)
+}
+
+/// The token budget: what was asked for, else whatever room the context leaves; a prompt
+/// or budget that does not fit the context is the client's 400, as with OpenAI.
+fn fit_context(
+    prompt: usize,
+    asked: Option<usize>,
+    context: usize,
+    endpoint: Endpoint,
+) -> Result<usize, ApiError> {
+    if prompt >= context {
+        return Err(ApiError {
+            param: Some(endpoint.prompt_param().into()),
+            ..ApiError::context_exceeded(format!(
+                "the prompt has {prompt} tokens but this model's context is {context} tokens (including at least one generated token)"
+            ))
+        });
+    }
+    match asked {
+        Some(m) if m > context - prompt => Err(ApiError {
+            param: Some("max_tokens".into()),
+            ..ApiError::context_exceeded(format!(
+                "the prompt has {prompt} tokens and max_tokens asks for {m} more, but this model's context is {context} tokens"
+            ))
+        }),
+        Some(m) => Ok(m),
+        None => Ok(context - prompt),
+    }
+}
+
+impl Endpoint {
+    fn prompt_param(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "messages",
+            Endpoint::Completion => "prompt",
+        }
+    }
+}
+
+/// What every response object of one request repeats.
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    endpoint: Endpoint,
+    prompt_tokens: usize,
+}
+
+impl Meta {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.endpoint, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completion, _) => "text_completion",
+        }
+    }
+
+    fn envelope(&self, chunk: bool, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+
+    /// One choice carrying `text`, as a message, a delta or completion text.
+    fn choice(&self, chunk: bool, text: &str, finish: Option<&str>) -> Value {
+        match (self.endpoint, chunk) {
+            (Endpoint::Chat, false) => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+            (Endpoint::Chat, true) => {
+                let delta = if finish.is_some() {
+                    json!({})
+                } else {
+                    json!({"content": text})
+                };
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+            (Endpoint::Completion, _) => json!({
+                "index": 0,
+                "text": text,
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+        }
+    }
+
+    fn usage(&self, completion_tokens: usize) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        })
+    }
+}
+
+fn finish_reason(stop: StopReason) -> &'static str {
+    match stop {
+        StopReason::EndToken | StopReason::StopString => "stop",
+        StopReason::MaxTokens | StopReason::Context => "length",
+    }
+}
+
+async fn whole_response(
+    meta: Meta,
+    mut rx: UnboundedReceiver<Event>,
+) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    loop {
+        match rx.recv().await {
+            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Done {
+                stop,
+                completion_tokens,
+                ..
+            }) => {
+                let choice = meta.choice(false, &text, Some(finish_reason(stop)));
+                let mut body = meta.envelope(false, json!([choice]));
+                body["usage"] = meta.usage(completion_tokens);
+                return Ok(Json(body).into_response());
+            }
+            Some(Event::Failed(e)) => return Err(e),
+            None => return Err(ApiError::unavailable()),
+        }
+    }
+}
+
+fn sse(value: &Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+/// Server-sent events: a role chunk (chat), one chunk per piece of text, a chunk with the
+/// finish reason, optionally one with usage, then `[DONE]`. Dropping the body (the client
+/// went away) drops the receiver, which the scheduler sees and stops the sequence.
+fn stream_response(meta: Meta, rx: UnboundedReceiver<Event>, include_usage: bool) -> Response {
+    let first = match meta.endpoint {
+        Endpoint::Chat => {
+            let choice = json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
+            vec![sse(&meta.envelope(true, json!([choice])))]
+        }
+        Endpoint::Completion => Vec::new(),
+    };
+    struct St {
+        meta: Meta,
+        rx: UnboundedReceiver<Event>,
+        pending: std::collections::VecDeque<Bytes>,
+        done: bool,
+        include_usage: bool,
+    }
+    let state = St {
+        meta,
+        rx,
+        pending: first.into(),
+        done: false,
+        include_usage,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(b) = st.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(b), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.rx.recv().await {
+                Some(Event::Text(t)) => {
+                    let choice = st.meta.choice(true, &t, None);
+                    st.pending
+                        .push_back(sse(&st.meta.envelope(true, json!([choice]))));
+                }
+                Some(Event::Done {
+                    stop,
+                    completion_tokens,
+                    ..
+                }) => {
+                    let choice = st.meta.choice(true, "", Some(finish_reason(stop)));
+                    st.pending
+                        .push_back(sse(&st.meta.envelope(true, json!([choice]))));
+                    if st.include_usage {
+                        let mut last = st.meta.envelope(true, json!([]));
+                        last["usage"] = st.meta.usage(completion_tokens);
+                        st.pending.push_back(sse(&last));
+                    }
+                    st.pending
+                        .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                    st.done = true;
+                }
+                Some(Event::Failed(e)) => {
+                    st.pending.push_back(sse(&e.body()));
+                    st.done = true;
+                }
+                None => {
+                    st.pending.push_back(sse(&ApiError::unavailable().body()));
+                    st.done = true;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|e| ApiError::internal(&e).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_defaults_to_the_room_left_and_overflow_is_a_400() {
+        assert_eq!(fit_context(10, None, 100, Endpoint::Chat).unwrap(), 90);
+        assert_eq!(fit_context(10, Some(90), 100, Endpoint::Chat).unwrap(), 90);
+        let e = fit_context(10, Some(91), 100, Endpoint::Chat).unwrap_err();
+        assert_eq!(
+            (e.status, e.param.as_deref()),
+            (StatusCode::BAD_REQUEST, Some("max_tokens"))
+        );
+        let e = fit_context(100, None, 100, Endpoint::Completion).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("prompt"));
+        assert_eq!(e.code, Some("context_length_exceeded"));
+    }
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"ab", b"abc"));
+    }
+}

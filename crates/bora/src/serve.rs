@@ -1,0 +1,85 @@
+//! `bora serve`: an OpenAI-compatible HTTP server (see `bora_serve`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bora_model::LoadOptions;
+use bora_serve::{ServeOptions, Server};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A `.gguf` file, a Hugging Face model directory or a Mistral consolidated directory
+    /// [default: the default model, see `bora default-model`].
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// The name clients pass as `model` [default: the model file or directory name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Longest sequence (prompt + reply) a request may use [default: the model's, at most 8192].
+    #[arg(long, value_name = "N")]
+    context: Option<usize>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1 requests.
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// Most requests decoded together.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_batch: usize,
+    /// Most requests waiting for a place; more are answered 429.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_queue: usize,
+    /// Seconds a request may take, waiting included.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    timeout: u64,
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let path = args
+        .model
+        .clone()
+        .unwrap_or_else(crate::paths::default_model);
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bora".into()),
+    };
+    let options = ServeOptions {
+        model_id: name.clone(),
+        api_key: args.api_key.clone(),
+        max_batch: args.max_batch,
+        max_queue: args.max_queue,
+        request_timeout: Duration::from_secs(args.timeout),
+    };
+    let load = LoadOptions {
+        context: args.context,
+    };
+    let server = Server::load(&path, &load, options)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bora-io")
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    runtime.block_on(async {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        eprintln!(
+            "serving {} as `{name}` on http://{}",
+            path.display(),
+            listener.local_addr().context("reading the bound address")?
+        );
+        server
+            .serve(listener, bora_serve::shutdown_signal())
+            .await?;
+        Ok(())
+    })
+}
