@@ -51,6 +51,12 @@ pub enum ModelError {
     /// A KV cache whose layer count or row width does not match the model it is used with.
     #[error("the KV cache was made for another model; create it with Model::new_cache")]
     CacheMismatch,
+    /// A LoRA adapter whose layers or projection shapes are not those of the model.
+    #[error("{path}: the LoRA adapter was made for a model of another shape")]
+    AdapterMismatch { path: PathBuf },
+    /// A training batch that does not match the trainer's shape or the model.
+    #[error("training batch: {0}")]
+    Batch(String),
     #[error("empty input: {0}")]
     Empty(&'static str),
     #[error("invalid sampling parameters: {0}")]

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
 
 use crate::error::{ModelError, Result};
+use crate::lora::Lora;
 use crate::model::{KvCache, Logits, Model, Workspace};
 use crate::sample::{Sampler, SamplingParams};
 
@@ -51,6 +52,7 @@ pub struct Generator<'m> {
     ws: Workspace,
     /// The tokens whose keys and values are in `cache`.
     history: Vec<u32>,
+    adapter: Option<&'m Lora>,
 }
 
 impl<'m> Generator<'m> {
@@ -60,7 +62,16 @@ impl<'m> Generator<'m> {
             cache: model.new_cache(),
             ws: Workspace::new(),
             history: Vec::new(),
+            adapter: None,
         }
+    }
+
+    /// Generates with an unmerged LoRA adapter; the cache is cleared, since keys and values
+    /// computed without it (or with another) would be wrong.
+    pub fn with_adapter(mut self, adapter: &'m Lora) -> Self {
+        self.adapter = Some(adapter);
+        self.reset();
+        self
     }
 
     /// Generates ids after `prompt` (the whole sequence so far, not only the new part: the
@@ -97,7 +108,13 @@ impl<'m> Generator<'m> {
         let start = Instant::now();
         let mut logits = self
             .model
-            .forward(&prompt[keep..], &mut self.cache, &mut self.ws, Logits::Last)?
+            .forward_adapted(
+                &prompt[keep..],
+                &mut self.cache,
+                &mut self.ws,
+                Logits::Last,
+                self.adapter,
+            )?
             .to_vec();
         self.history.extend_from_slice(&prompt[keep..]);
         let prefill_time = start.elapsed();
@@ -123,9 +140,13 @@ impl<'m> Generator<'m> {
             if self.cache.len() >= self.cache.capacity() {
                 break StopReason::Context;
             }
-            let out = self
-                .model
-                .forward(&[next], &mut self.cache, &mut self.ws, Logits::Last)?;
+            let out = self.model.forward_adapted(
+                &[next],
+                &mut self.cache,
+                &mut self.ws,
+                Logits::Last,
+                self.adapter,
+            )?;
             logits.copy_from_slice(out);
             self.history.push(next);
         };

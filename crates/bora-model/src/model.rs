@@ -16,7 +16,8 @@ use bora_formats::quant::GgmlType;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layer::{Attend, LayerCtx};
+use crate::layer::{Adapt, Attend, AttnActs, LayerCtx, MlpActs};
+use crate::lora::Lora;
 use crate::weights::{CheckpointKind, ModelWeights, TensorSource};
 
 /// Options that shape a loaded model without changing its weights.
@@ -92,6 +93,8 @@ pub struct Workspace {
     pub(crate) lse: Vec<f32>,
     pub(crate) logits: Vec<f32>,
     pub(crate) positions: Vec<usize>,
+    /// The adapter branches' `s·A·x` of the current layer, when running with an adapter.
+    pub(crate) lora: Vec<f32>,
     pub(crate) scratch: Scratch,
 }
 
@@ -304,6 +307,19 @@ impl Model {
         ws: &'w mut Workspace,
         logits: Logits,
     ) -> Result<&'w [f32]> {
+        self.forward_adapted(tokens, cache, ws, logits, None)
+    }
+
+    /// [`Model::forward`] with an unmerged LoRA adapter on the projections it targets
+    /// (`None`: the base model). The cache must have been filled with the same adapter.
+    pub fn forward_adapted<'w>(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        ws: &'w mut Workspace,
+        logits: Logits,
+        adapter: Option<&Lora>,
+    ) -> Result<&'w [f32]> {
         if tokens.is_empty() {
             return Err(ModelError::Empty("no tokens to run"));
         }
@@ -322,14 +338,14 @@ impl Model {
         }
         ws.positions.clear();
         ws.positions.extend(cache.len..needed);
-        self.run(tokens, Attend::Cached(cache), ws)?;
+        self.run(tokens, Attend::Cached(cache), ws, adapter)?;
         Ok(self.output(ws, tokens.len(), logits))
     }
 
     /// Runs several independent sequences packed into one pass (no cache) and returns each
     /// sequence's logits `[len, vocab]` for every position.
     pub fn forward_batch(&self, sequences: &[&[u32]], ws: &mut Workspace) -> Result<Vec<Vec<f32>>> {
-        let tokens = self.run_packed(sequences, ws)?;
+        let tokens = self.run_packed(sequences, ws, None)?;
         let v = self.config.vocab_size;
         let all = self.output(ws, tokens, Logits::All);
         let mut out = Vec::with_capacity(sequences.len());
@@ -343,7 +359,12 @@ impl Model {
 
     /// Packed forward through the decoder layers, each sequence attending only to itself;
     /// returns the token count, with the residual stream in `ws.x`.
-    fn run_packed(&self, sequences: &[&[u32]], ws: &mut Workspace) -> Result<usize> {
+    fn run_packed(
+        &self,
+        sequences: &[&[u32]],
+        ws: &mut Workspace,
+        adapter: Option<&Lora>,
+    ) -> Result<usize> {
         if sequences.is_empty() || sequences.iter().any(|s| s.is_empty()) {
             return Err(ModelError::Empty("an empty sequence in the batch"));
         }
@@ -363,7 +384,7 @@ impl Model {
             ws.positions.extend(0..s.len());
             segments.push(tokens.len());
         }
-        self.run(&tokens, Attend::Packed(&segments), ws)?;
+        self.run(&tokens, Attend::Packed(&segments), ws, adapter)?;
         Ok(tokens.len())
     }
 
@@ -371,10 +392,20 @@ impl Model {
     /// one packed pass (no cache). The loss is computed a few rows of logits at a time, so a
     /// long window never holds `[tokens, vocab]` floats.
     pub fn nll(&self, tokens: &[u32], ws: &mut Workspace) -> Result<CrossEntropy> {
+        self.nll_adapted(tokens, ws, None)
+    }
+
+    /// [`Model::nll`] with an unmerged LoRA adapter (`None`: the base model).
+    pub fn nll_adapted(
+        &self,
+        tokens: &[u32],
+        ws: &mut Workspace,
+        adapter: Option<&Lora>,
+    ) -> Result<CrossEntropy> {
         if tokens.len() < 2 {
             return Err(ModelError::Empty("scoring needs at least two tokens"));
         }
-        let n = self.run_packed(&[tokens], ws)?;
+        let n = self.run_packed(&[tokens], ws, adapter)?;
         let d = self.config.hidden_size;
         let hidden = sized(&mut ws.xn, n * d);
         let eps = self.config.rms_norm_eps;
@@ -482,34 +513,136 @@ impl Model {
         &ws.logits[..rows * v]
     }
 
-    /// Embeddings and every decoder layer; leaves the residual stream in `ws.x`.
-    fn run(&self, tokens: &[u32], mut attend: Attend<'_>, ws: &mut Workspace) -> Result<()> {
+    /// Embeddings and every decoder layer, with `adapter`'s branches added to the projections
+    /// it targets; leaves the residual stream in `ws.x`.
+    fn run(
+        &self,
+        tokens: &[u32],
+        mut attend: Attend<'_>,
+        ws: &mut Workspace,
+        adapter: Option<&Lora>,
+    ) -> Result<()> {
         let c = &self.config;
         let ctx = LayerCtx {
             cfg: c,
             rope: &self.rope,
         };
+        let adapt = self.adapt(adapter, None)?;
         let (t, d) = (tokens.len(), c.hidden_size);
-        let x = sized(&mut ws.x, t * d);
+        let (qd, kvd, f, h) = (c.q_dim(), c.kv_dim(), c.intermediate_size, c.n_heads);
+        let r = adapter.map_or(0, |a| a.spec().rank);
+        let Workspace {
+            x,
+            xn,
+            q,
+            k,
+            v,
+            att,
+            gate,
+            up,
+            h: hidden,
+            rstd,
+            lse,
+            positions,
+            lora,
+            scratch,
+            ..
+        } = ws;
+        let x = sized(x, t * d);
         for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
             self.weights
                 .embed
                 .dequantize_rows(tok as usize..tok as usize + 1, row);
         }
+        let (xn, rstd) = (sized(xn, t * d), sized(rstd, t));
+        let (q, k, v, att) = (
+            sized(q, t * qd),
+            sized(k, t * kvd),
+            sized(v, t * kvd),
+            sized(att, t * qd),
+        );
+        let (gate, up, hidden) = (sized(gate, t * f), sized(up, t * f), sized(hidden, t * f));
+        let lse = sized(lse, t * h);
+        let lora = sized(lora, 4 * t * r);
+        let positions = &positions[..t];
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            let shape = AttentionShape {
-                n_heads: c.n_heads,
-                n_kv_heads: c.n_kv_heads,
-                head_dim: c.head_dim,
-                window: c.layer_windows[l],
-                scale: 1.0 / (c.head_dim as f32).sqrt(),
+            let shape = self.attention_shape(l);
+            let mut us = lora.chunks_exact_mut(t * r.max(1));
+            let mut u = || us.next().unwrap_or_default();
+            let acts = AttnActs {
+                xn: &mut xn[..],
+                rstd: &mut rstd[..],
+                q: &mut q[..],
+                k: &mut k[..],
+                v: &mut v[..],
+                att: &mut att[..],
+                lse: &mut lse[..],
+                us: [u(), u(), u(), u()],
             };
-            layer.attention_forward(&ctx, l, &shape, &mut attend, ws, t);
-            layer.mlp_forward(&ctx, ws, t);
+            layer.attention_forward(
+                &ctx,
+                l,
+                &shape,
+                &mut attend,
+                positions,
+                x,
+                acts,
+                adapt,
+                &mut [],
+                scratch,
+            );
+            let mut us = lora.chunks_exact_mut(t * r.max(1));
+            let mut u = || us.next().unwrap_or_default();
+            let acts = MlpActs {
+                xn: &mut xn[..],
+                rstd: &mut rstd[..],
+                gate: &mut gate[..],
+                up: &mut up[..],
+                h: &mut hidden[..],
+                us: [u(), u(), u()],
+            };
+            layer.mlp_forward(&ctx, l, t, x, acts, adapt, &mut [], scratch);
         }
         if let Attend::Cached(cache) = attend {
             cache.len += t;
         }
         Ok(())
+    }
+
+    /// Attention layout of layer `l` (its window may differ from other layers').
+    pub(crate) fn attention_shape(&self, l: usize) -> AttentionShape {
+        let c = &self.config;
+        AttentionShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            window: c.layer_windows[l],
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+        }
+    }
+
+    /// The adapter as the layers apply it, after checking it was made for this model.
+    pub(crate) fn adapt<'a>(
+        &self,
+        adapter: Option<&'a Lora>,
+        dropout_seed: Option<u64>,
+    ) -> Result<Option<Adapt<'a>>> {
+        let Some(lora) = adapter else {
+            return Ok(None);
+        };
+        if !lora.fits(&self.config) {
+            return Err(ModelError::AdapterMismatch {
+                path: self.source.clone(),
+            });
+        }
+        Ok(Some(Adapt {
+            lora,
+            scale: lora.spec().scale() as f32,
+            dropout_seed,
+        }))
+    }
+
+    pub(crate) fn rope(&self) -> &RopeTables {
+        &self.rope
     }
 }
