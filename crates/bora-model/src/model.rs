@@ -26,6 +26,10 @@ pub struct LoadOptions {
     /// Longest sequence (prompt + generated) the model will run; RoPE tables and KV caches
     /// are sized for it. `None`: the model's own maximum, capped at [`DEFAULT_CONTEXT`].
     pub context: Option<usize>,
+    /// QLoRA: store the seven decoder projections of an f32/f16/bf16 checkpoint in this
+    /// quant type (Q8_0, Q4_0 or Q4_1) as they load, so a frozen base takes a quarter or an
+    /// eighth of the memory; weights already quantized (GGUF) keep their own type.
+    pub quantize: Option<GgmlType>,
 }
 
 /// Cap on the default context: long-context models would otherwise allocate RoPE tables
@@ -223,7 +227,7 @@ impl Model {
                 what: "a model directory needs config.json (Hugging Face) or params.json (Mistral consolidated)".into(),
             });
         };
-        let weights = source.load(&config, path)?;
+        let weights = source.load(&config, path, options.quantize)?;
         Self::from_parts(config, weights, path.to_path_buf(), source.kind(), options)
     }
 

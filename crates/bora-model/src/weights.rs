@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bora_compute::{Weight, WeightBytes};
 use bora_formats::gguf::GgufFile;
 use bora_formats::names::permute_rows_interleaved_to_half;
-use bora_formats::quant::{dequantize, GgmlType};
+use bora_formats::quant::{dequantize, quantize as quantize_tensor, GgmlType};
 use bora_formats::safetensors::dtype_to_ggml;
 use memmap2::Mmap;
 
@@ -253,6 +253,7 @@ impl TensorSource {
         rows: usize,
         cols: usize,
         interleaved_heads: Option<usize>,
+        quantize: Option<GgmlType>,
         hint: &Path,
     ) -> Result<Weight> {
         let t = self.get(name, &[rows, cols], hint)?;
@@ -269,6 +270,18 @@ impl TensorSource {
             ),
             None => t.bytes.clone(),
         };
+        if let Some(q) = quantize.filter(|_| !t.ty.is_quantized()) {
+            let mut data = vec![0f32; rows * cols];
+            dequantize(t.ty, bytes.as_slice(), &mut data).map_err(|e| bad(e.to_string()))?;
+            let packed = quantize_tensor(q, &data).map_err(|e| bad(e.to_string()))?;
+            return Ok(Weight::from_bytes(
+                name,
+                q,
+                rows,
+                cols,
+                WeightBytes::from_vec(packed),
+            )?);
+        }
         if t.ty == GgmlType::F32 {
             // f32 goes to gemm directly; copying once here keeps the weight aligned.
             let mut data = vec![0f32; rows * cols];
@@ -279,8 +292,26 @@ impl TensorSource {
         Ok(Weight::from_bytes(name, t.ty, rows, cols, bytes)?)
     }
 
-    /// Loads every weight `cfg` describes; `hint` names the checkpoint in errors.
-    pub(crate) fn load(&self, cfg: &ModelConfig, hint: &Path) -> Result<ModelWeights> {
+    /// Loads every weight `cfg` describes, the decoder projections quantized to `quantize`
+    /// when given; `hint` names the checkpoint in errors.
+    pub(crate) fn load(
+        &self,
+        cfg: &ModelConfig,
+        hint: &Path,
+        quantize: Option<GgmlType>,
+    ) -> Result<ModelWeights> {
+        if let Some(q) = quantize {
+            if !matches!(q, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {
+                return Err(ModelError::Config {
+                    path: hint.to_path_buf(),
+                    what: format!(
+                        "quantizing on load supports Q8_0, Q4_0 and Q4_1, not {}",
+                        q.name()
+                    ),
+                });
+            }
+        }
+        let qz = quantize;
         let kind = self.kind;
         let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let permute = |heads: usize| (kind != CheckpointKind::HuggingFace).then_some(heads);
@@ -290,29 +321,37 @@ impl TensorSource {
             let name = |r| tensor_name(kind, l, r);
             layers.push(LayerWeights {
                 attn_norm: self.vector(&name(Role::AttnNorm), d, hint)?,
-                wq: self.matrix(&name(Role::Q), cfg.q_dim(), d, permute(cfg.n_heads), hint)?,
+                wq: self.matrix(
+                    &name(Role::Q),
+                    cfg.q_dim(),
+                    d,
+                    permute(cfg.n_heads),
+                    qz,
+                    hint,
+                )?,
                 wk: self.matrix(
                     &name(Role::K),
                     cfg.kv_dim(),
                     d,
                     permute(cfg.n_kv_heads),
+                    qz,
                     hint,
                 )?,
-                wv: self.matrix(&name(Role::V), cfg.kv_dim(), d, None, hint)?,
-                wo: self.matrix(&name(Role::O), d, cfg.q_dim(), None, hint)?,
+                wv: self.matrix(&name(Role::V), cfg.kv_dim(), d, None, qz, hint)?,
+                wo: self.matrix(&name(Role::O), d, cfg.q_dim(), None, qz, hint)?,
                 ffn_norm: self.vector(&name(Role::FfnNorm), d, hint)?,
-                w_gate: self.matrix(&name(Role::Gate), f, d, None, hint)?,
-                w_up: self.matrix(&name(Role::Up), f, d, None, hint)?,
-                w_down: self.matrix(&name(Role::Down), d, f, None, hint)?,
+                w_gate: self.matrix(&name(Role::Gate), f, d, None, qz, hint)?,
+                w_up: self.matrix(&name(Role::Up), f, d, None, qz, hint)?,
+                w_down: self.matrix(&name(Role::Down), d, f, None, qz, hint)?,
             });
         }
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
-            Some(self.matrix(head_name, v, d, None, hint)?)
+            Some(self.matrix(head_name, v, d, None, None, hint)?)
         };
         Ok(ModelWeights {
-            embed: self.matrix(embed_name, v, d, None, hint)?,
+            embed: self.matrix(embed_name, v, d, None, None, hint)?,
             layers,
             norm: self.vector(norm_name, d, hint)?,
             lm_head,

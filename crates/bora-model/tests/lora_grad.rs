@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use bora_compute::{GgmlType, Weight};
 use bora_model::{LoadOptions, Lora, LoraSpec, LoraTarget, Model, TrainBatch, Trainer, Workspace};
 
 fn fixtures() -> PathBuf {
@@ -276,4 +277,82 @@ fn adapted_inference_matches_the_training_forward() {
     }
     let same = model.nll_adapted(&tokens, &mut ws, Some(&zero_b)).unwrap();
     assert_eq!(same, base);
+}
+
+/// Replaces every decoder projection by an f32 copy of its (dequantized) values.
+fn dequantized(mut model: Model) -> Model {
+    let f32_copy = |w: &mut Weight| {
+        let mut data = vec![0f32; w.rows() * w.cols()];
+        w.dequantize_rows(0..w.rows(), &mut data);
+        *w = Weight::from_f32("dequantized", w.rows(), w.cols(), data).unwrap();
+    };
+    for l in &mut model.weights.layers {
+        for w in [
+            &mut l.wq,
+            &mut l.wk,
+            &mut l.wv,
+            &mut l.wo,
+            &mut l.w_gate,
+            &mut l.w_up,
+            &mut l.w_down,
+        ] {
+            assert!(w.ty().is_quantized());
+            f32_copy(w);
+        }
+    }
+    model
+}
+
+/// QLoRA: training through a base quantized on load gives the gradients of f32 training on
+/// the dequantized weights (the backward only multiplies by the frozen weight).
+#[test]
+fn quantized_base_gradients_match_the_dequantized_f32_base() {
+    for (name, ty) in [
+        ("llama", GgmlType::Q8_0),
+        ("mistral_v01", GgmlType::Q4_1),
+        ("mistral_v01", GgmlType::Q4_0),
+    ] {
+        let options = LoadOptions {
+            quantize: Some(ty),
+            ..Default::default()
+        };
+        let quant = Model::load(fixtures().join(name), &options).unwrap();
+        let reference = dequantized(Model::load(fixtures().join(name), &options).unwrap());
+        let mut rng = Rand(3);
+        let spec = spec(0.0);
+        let lora = random_lora(&quant, &spec, &mut rng);
+        let data = OwnedBatch::new(quant.config.vocab_size, &mut rng);
+        let run = |model: &Model| {
+            let mut trainer = Trainer::new(model, &spec, 2, 7, false).unwrap();
+            let mut grads = Lora::zeros(&model.config, &spec);
+            let ce = trainer
+                .forward_backward(model, &lora, &data.view(), &mut grads, 0)
+                .unwrap();
+            (ce, grads)
+        };
+        let ((ce_q, gq), (ce_f, gf)) = (run(&quant), run(&reference));
+        assert!((ce_q.loss_sum - ce_f.loss_sum).abs() <= 1e-5 * ce_f.loss_sum.abs());
+        for ((tensor, _, a), (_, _, b)) in gq.tensors().into_iter().zip(gf.tensors()) {
+            let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-4 * scale,
+                "{name} {ty:?} {tensor}: {worst} vs scale {scale}"
+            );
+        }
+    }
+}
+
+#[test]
+fn quantize_on_load_refuses_other_types() {
+    let options = LoadOptions {
+        quantize: Some(GgmlType::Q6_K),
+        ..Default::default()
+    };
+    let err = Model::load(fixtures().join("llama"), &options).unwrap_err();
+    assert!(err.to_string().contains("Q6_K"), "{err}");
 }

@@ -180,7 +180,14 @@ fn llama_gguf_q8_0_matches_transformers_reading_it() {
 
 #[test]
 fn prompt_longer_than_context_is_an_error() {
-    let model = Model::load(fixtures().join("llama"), &LoadOptions { context: Some(8) }).unwrap();
+    let model = Model::load(
+        fixtures().join("llama"),
+        &LoadOptions {
+            context: Some(8),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut ws = Workspace::new();
     let mut cache = model.new_cache();
     let err = model
@@ -367,6 +374,7 @@ fn hostile_configs_are_errors_not_panics() {
         fixtures().join("ministral3"),
         &LoadOptions {
             context: Some(1 << 40),
+            ..Default::default()
         },
     )
     .unwrap_err();
