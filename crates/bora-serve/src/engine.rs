@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use bora_model::{KvCache, Logits, Model, Sampler, SamplingParams, StopReason, Workspace};
+use bora_model::{KvCache, Logits, Lora, Model, Sampler, SamplingParams, StopReason, Workspace};
 use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
 use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
@@ -18,6 +18,8 @@ use crate::error::ApiError;
 /// One generation request, already tokenized and checked against the context.
 pub(crate) struct Job {
     pub prompt: Vec<u32>,
+    /// The LoRA adapter the request's `model` names, applied unmerged (`None`: the base).
+    pub adapter: Option<Arc<Lora>>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop_strings: Vec<String>,
@@ -172,7 +174,13 @@ impl<'m> Batch<'m> {
         let model = self.model;
         let prefill = bora_compute::run_in_pool(|| {
             model
-                .forward(&job.prompt, &mut slot.cache, &mut slot.ws, Logits::Last)
+                .forward_adapted(
+                    &job.prompt,
+                    &mut slot.cache,
+                    &mut slot.ws,
+                    Logits::Last,
+                    job.adapter.as_deref(),
+                )
                 .map(<[f32]>::to_vec)
         });
         match prefill {
@@ -224,7 +232,14 @@ impl<'m> Batch<'m> {
                 .enumerate()
                 .filter_map(|(i, seq)| {
                     let slot = &mut seq.slot;
-                    match model.forward(&[seq.next], &mut slot.cache, &mut slot.ws, Logits::Last) {
+                    let adapter = seq.job.adapter.as_deref();
+                    match model.forward_adapted(
+                        &[seq.next],
+                        &mut slot.cache,
+                        &mut slot.ws,
+                        Logits::Last,
+                        adapter,
+                    ) {
                         Ok(out) => {
                             seq.logits.copy_from_slice(out);
                             seq.history.push(seq.next);

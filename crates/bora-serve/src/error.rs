@@ -14,7 +14,7 @@ pub enum ServeError {
     Model {
         path: PathBuf,
         #[source]
-        source: bora_model::ModelError,
+        source: Box<bora_model::ModelError>,
     },
     #[error("{path}: the tokenizer: {source}")]
     Tokenizer {
@@ -27,6 +27,13 @@ pub enum ServeError {
         path: PathBuf,
         tokenizer: usize,
         model: usize,
+    },
+    #[error("adapter `{name}` ({path}): {source}")]
+    Adapter {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: Box<bora_model::ModelError>,
     },
     #[error("invalid server option: {0}")]
     Option(String),

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +16,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bora_model::{LoadOptions, Model, SamplingParams, StopReason};
+use bora_model::{
+    KvCache, LoadOptions, Logits, Lora, Model, SamplingParams, StopReason, Workspace,
+};
 use bora_tokenizer::chat::{ChatFormat, Conversation, JsonValue};
 use bora_tokenizer::Tokenizer;
 use serde_json::{json, Value};
@@ -55,6 +57,12 @@ impl ServeOptions {
     }
 }
 
+/// One name clients can ask for: the base model or the base with an adapter.
+struct Served {
+    id: String,
+    adapter: Option<Arc<Lora>>,
+}
+
 /// A loaded model behind its scheduler, ready to be served.
 pub struct Server {
     state: Arc<AppState>,
@@ -68,7 +76,8 @@ struct AppState {
     /// Prepended to `/v1/completions` prompts, as `bora generate` does.
     bos: Option<u32>,
     context: usize,
-    models: Vec<String>,
+    /// The base first, then each adapter, by the name clients pass as `model`.
+    models: Vec<Served>,
     api_key: Option<String>,
     timeout: Duration,
     created: u64,
@@ -76,27 +85,44 @@ struct AppState {
 }
 
 impl Server {
-    /// Loads the model and its tokenizer from `path` and starts the scheduler.
+    /// Loads the model and its tokenizer from `path`, and each `(name, dir)` of `adapters` as
+    /// a PEFT adapter directory, and starts the scheduler.
     pub fn load(
         path: &Path,
         load: &LoadOptions,
+        adapters: &[(String, PathBuf)],
         options: ServeOptions,
     ) -> Result<Server, ServeError> {
         let model = Model::load(path, load).map_err(|source| ServeError::Model {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         let tokenizer = Tokenizer::from_file(path).map_err(|source| ServeError::Tokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        Server::new(model, tokenizer, options)
+        let adapters = adapters
+            .iter()
+            .map(|(name, dir)| {
+                Lora::load_peft(dir, &model.config)
+                    .map(|lora| (name.clone(), lora))
+                    .map_err(|source| ServeError::Adapter {
+                        name: name.clone(),
+                        path: dir.clone(),
+                        source: Box::new(source),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Server::new(model, tokenizer, adapters, options)
     }
 
-    /// Serves `model` with `tokenizer` (which must fit its vocabulary).
+    /// Serves `model` with `tokenizer` (which must fit its vocabulary), and under each name
+    /// of `adapters` the model with that adapter. Adapters are applied on the fly, never
+    /// merged, so any number share one copy of the base weights.
     pub fn new(
         model: Model,
         tokenizer: Tokenizer,
+        adapters: Vec<(String, Lora)>,
         options: ServeOptions,
     ) -> Result<Server, ServeError> {
         if tokenizer.vocab_size() > model.config.vocab_size {
@@ -111,7 +137,27 @@ impl Server {
                 "--max-batch and --max-queue must be at least 1".into(),
             ));
         }
-        if options.model_id.is_empty() {
+        let mut models = vec![Served {
+            id: options.model_id,
+            adapter: None,
+        }];
+        for (name, lora) in adapters {
+            if name.is_empty() || models.iter().any(|m| m.id == name) {
+                return Err(ServeError::Option(format!(
+                    "adapter name {name:?} is empty or already taken; each served name must be unique"
+                )));
+            }
+            probe(&model, &lora).map_err(|source| ServeError::Adapter {
+                name: name.clone(),
+                path: model.source().to_path_buf(),
+                source: Box::new(source),
+            })?;
+            models.push(Served {
+                id: name,
+                adapter: Some(Arc::new(lora)),
+            });
+        }
+        if models[0].id.is_empty() {
             return Err(ServeError::Option("the model name is empty".into()));
         }
         let chat = match ChatFormat::from_tokenizer(&tokenizer) {
@@ -150,7 +196,7 @@ impl Server {
                 chat,
                 bos,
                 context,
-                models: vec![options.model_id],
+                models,
                 api_key: options.api_key,
                 timeout: options.request_timeout,
                 created,
@@ -201,6 +247,22 @@ impl Server {
                 source: std::io::Error::other(e),
             })
     }
+}
+
+/// Runs one token through `model` with `lora`, so an adapter made for another model is
+/// refused at start-up rather than failing every request that names it.
+fn probe(model: &Model, lora: &Lora) -> bora_model::Result<()> {
+    let mut cache: KvCache = model.new_cache();
+    let token = model.config.bos_token_id.unwrap_or(0);
+    model
+        .forward_adapted(
+            &[token],
+            &mut cache,
+            &mut Workspace::new(),
+            Logits::Last,
+            Some(lora),
+        )
+        .map(|_| ())
 }
 
 /// Completes on SIGTERM or Ctrl-C: the signals a service manager or a terminal sends.
@@ -265,7 +327,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
         .models
         .iter()
         .map(
-            |id| json!({"id": id, "object": "model", "created": state.created, "owned_by": "bora"}),
+            |m| json!({"id": m.id, "object": "model", "created": state.created, "owned_by": "bora"}),
         )
         .collect();
     Json(json!({"object": "list", "data": data}))
@@ -316,9 +378,11 @@ async fn start(
     let raw = body;
     let body = parse_body(&raw)?;
     let params = Params::read(&body)?;
-    if !state.models.contains(&params.model) {
-        return Err(ApiError::unknown_model(&params.model, &state.models));
-    }
+    let Some(served) = state.models.iter().find(|m| m.id == params.model) else {
+        let names: Vec<String> = state.models.iter().map(|m| m.id.clone()).collect();
+        return Err(ApiError::unknown_model(&params.model, &names));
+    };
+    let adapter = served.adapter.clone();
     // Tokenizing (and rendering a chat template) is compute, so it stays off the I/O threads.
     let prompt = {
         let state = state.clone();
@@ -336,6 +400,7 @@ async fn start(
     let prompt_tokens = prompt.len();
     let job = Job {
         prompt,
+        adapter,
         max_tokens,
         sampling: SamplingParams {
             temperature: params.temperature,

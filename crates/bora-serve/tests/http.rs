@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bora_model::LoadOptions;
+use bora_model::{LoadOptions, Lora, LoraSpec, LoraTarget, Model, Rng};
 use bora_serve::{ServeOptions, Server};
+use bora_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
 const KEY: &str = "test-key";
@@ -34,11 +35,14 @@ fn default_model() -> PathBuf {
 
 /// Starts a server on an ephemeral loopback port in a thread of its own, for the rest of
 /// the test process.
-fn start(options: ServeOptions) -> SocketAddr {
+fn start(adapters: Vec<(String, Lora)>, options: ServeOptions) -> SocketAddr {
     let load = LoadOptions {
         context: Some(CONTEXT),
+        ..LoadOptions::default()
     };
-    let server = Server::load(&default_model(), &load, options).unwrap();
+    let model = Model::load(default_model(), &load).unwrap();
+    let tokenizer = Tokenizer::from_file(&default_model()).unwrap();
+    let server = Server::new(model, tokenizer, adapters, options).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -58,13 +62,48 @@ fn start(options: ServeOptions) -> SocketAddr {
     rx.recv().unwrap()
 }
 
-/// The shared server: an API key, room for every test's requests at once.
+/// An adapter on every projection: all-zero factors, or uniform noise in ±0.25 from `seed`.
+fn adapter(seed: Option<u64>) -> Lora {
+    let config = Model::load(
+        default_model(),
+        &LoadOptions {
+            context: Some(CONTEXT),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap()
+    .config;
+    let spec = LoraSpec {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        rslora: false,
+        targets: LoraTarget::ALL.to_vec(),
+    };
+    let mut lora = Lora::zeros(&config, &spec);
+    if let Some(seed) = seed {
+        let mut rng = Rng::new(seed);
+        for (_, _, values) in lora.tensors_mut() {
+            for v in values {
+                *v = (rng.next_f64() as f32 - 0.5) * 0.5;
+            }
+        }
+    }
+    lora
+}
+
+/// The shared server: an API key, room for every test's requests at once, and two adapters
+/// on the one base model.
 fn server() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();
     *ADDR.get_or_init(|| {
         let mut o = ServeOptions::new(MODEL);
         o.api_key = Some(KEY.into());
-        start(o)
+        let adapters = vec![
+            ("zero".to_string(), adapter(None)),
+            ("noisy".to_string(), adapter(Some(1))),
+        ];
+        start(adapters, o)
     })
 }
 
@@ -343,6 +382,36 @@ fn concurrent_requests_answer_as_they_do_alone() {
     }
 }
 
+/// One server, three names: an all-zero adapter must answer exactly as the base does (the
+/// branch adds nothing), a random one differently, and `/v1/models` lists all three.
+#[test]
+fn adapters_are_chosen_per_request() {
+    let ask = |model: &str| {
+        let mut body = chat_body("Write a short poem about the sea.", json!({}));
+        body["model"] = json!(model);
+        let (code, text) = post("/v1/chat/completions", &body.to_string());
+        assert_eq!(code, 200, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["model"], model);
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let base = ask(MODEL);
+    assert_eq!(ask("zero"), base);
+    assert_ne!(ask("noisy"), base);
+    let (_, models) = get("/v1/models");
+    let v: Value = serde_json::from_str(&models).unwrap();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [MODEL, "zero", "noisy"]);
+}
+
 #[test]
 fn seeded_sampling_repeats() {
     let body = chat_body(
@@ -435,7 +504,7 @@ fn queue_timeout_and_disconnect() {
     o.max_batch = 1;
     o.max_queue = 1;
     o.request_timeout = Duration::from_secs(3);
-    let addr = start(o);
+    let addr = start(Vec::new(), o);
     let post = |body: &str| request(addr, "POST", "/v1/completions", None, body);
     let long = json!({"model": MODEL, "prompt": "1, 2, 3, 4,", "temperature": 0, "max_tokens": CONTEXT - 20}).to_string();
     let short =

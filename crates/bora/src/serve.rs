@@ -17,6 +17,10 @@ pub struct ServeArgs {
     /// The name clients pass as `model` [default: the model file or directory name].
     #[arg(long)]
     name: Option<String>,
+    /// Serve a PEFT adapter directory under NAME as well (repeatable); adapters share the
+    /// base weights and are applied per request, unmerged.
+    #[arg(long = "adapter", value_name = "NAME=DIR", value_parser = parse_adapter)]
+    adapters: Vec<(String, PathBuf)>,
     /// Longest sequence (prompt + reply) a request may use [default: the model's, at most 8192].
     #[arg(long, value_name = "N")]
     context: Option<usize>,
@@ -59,8 +63,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     };
     let load = LoadOptions {
         context: args.context,
+        ..LoadOptions::default()
     };
-    let server = Server::load(&path, &load, options)?;
+    let server = Server::load(&path, &load, &args.adapters, options)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bora-io")
@@ -82,4 +87,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .await?;
         Ok(())
     })
+}
+
+fn parse_adapter(arg: &str) -> Result<(String, PathBuf), String> {
+    match arg.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
+        _ => Err(format!("expected NAME=DIR, got {arg:?}")),
+    }
 }

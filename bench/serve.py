@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Serving load: `bora serve` against llama.cpp's server (llama-cpp-python) on the same GGUF.
+
+Each server runs alone (one after the other) on loopback with the same thread count; 1, 4
+and 16 clients each send requests back to back to `/v1/completions` (greedy, a fixed
+`max_tokens`, a different prompt per client). Reported per server and client count:
+aggregate generated tokens/s (summed `usage.completion_tokens` over wall time) and p50/p99
+end-to-end request latency. Run from the repo root after `cargo build --release -p bora`:
+
+    .venv-bench/bin/python bench/serve.py [--model PATH] [--threads 2] [--max-tokens 64]
+        [--requests 2] [--clients 1,4,16] [--only bora|llama]
+
+`.venv-bench` needs `llama-cpp-python` with its server extras:
+`.venv-bench/bin/pip install uvicorn fastapi sse-starlette pydantic-settings starlette-context`.
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPICS = [
+    "the sea", "a mountain", "a city at night", "a robot", "the moon", "a forest", "a river",
+    "a library", "a train", "winter", "a garden", "a storm", "a lighthouse", "a desert",
+    "a violin", "the first day of school",
+]
+
+
+def default_model():
+    home = Path(os.environ.get("BORA_HOME", Path.home() / ".cache" / "bora"))
+    return home / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url, proc, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"{url} did not answer in {seconds} s")
+
+
+def complete(base, model, prompt, max_tokens):
+    body = json.dumps(
+        {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+    ).encode()
+    req = urllib.request.Request(
+        base + "/v1/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=600) as r:
+        out = json.load(r)
+    return time.perf_counter() - t0, out["usage"]["completion_tokens"]
+
+
+def load(base, model, clients, requests, max_tokens):
+    """`clients` threads, each sending `requests` requests back to back."""
+    latencies, tokens, lock = [], [0], threading.Lock()
+
+    def client(i):
+        for r in range(requests):
+            prompt = f"Write a long story about {TOPICS[(i + r) % len(TOPICS)]}. Once upon a time,"
+            dt, n = complete(base, model, prompt, max_tokens)
+            with lock:
+                latencies.append(dt)
+                tokens[0] += n
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    latencies.sort()
+
+    def pct(p):
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))]
+
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "tokens": tokens[0],
+        "wall_s": round(wall, 2),
+        "tok_per_s": round(tokens[0] / wall, 1),
+        "p50_s": round(pct(50), 2),
+        "p99_s": round(pct(99), 2),
+    }
+
+
+def start_bora(model, port, threads, max_batch):
+    binary = ROOT / "target" / "release" / "bora"
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    cmd = [
+        str(binary), "serve", "--model", str(model), "--name", "m", "--port", str(port),
+        "--context", "2048", "--max-batch", str(max_batch), "--max-queue", "256",
+    ]
+    return subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+
+
+def start_llama(model, port, threads):
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "m",
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+        "--n_threads", str(threads), "--n_threads_batch", str(threads),
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run(name, start, args):
+    port = free_port()
+    proc = start(port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base + "/v1/models", proc)
+        complete(base, "m", "Hello", 8)  # warm-up
+        rows = []
+        for c in args.clients:
+            row = load(base, "m", c, args.requests, args.max_tokens)
+            row["server"] = name
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        return rows
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(default_model()))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=2, help="per client")
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--only", choices=["bora", "llama"])
+    args = ap.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",")]
+    results = {}
+    if args.only != "llama":
+        results["bora"] = run("bora", lambda p: start_bora(args.model, p, args.threads, args.max_batch), args)
+    if args.only != "bora":
+        results["llama.cpp"] = run("llama.cpp", lambda p: start_llama(args.model, p, args.threads), args)
+    print(f"\n{'server':<10} {'clients':>7} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7}")
+    for rows in results.values():
+        for r in rows:
+            print(f"{r['server']:<10} {r['clients']:>7} {r['tok_per_s']:>8} {r['p50_s']:>7} {r['p99_s']:>7}")
+    if "bora" in results:
+        b = {r["clients"]: r["tok_per_s"] for r in results["bora"]}
+        if 1 in b and max(b) != 1:
+            print(f"bora {max(b)} clients / 1 client: {b[max(b)] / b[1]:.2f}x")
+        if "llama.cpp" in results:
+            l = {r["clients"]: r["tok_per_s"] for r in results["llama.cpp"]}
+            for c in sorted(set(b) & set(l)):
+                print(f"{c} clients: bora / llama.cpp = {b[c] / l[c]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
