@@ -2,79 +2,9 @@
 //! that every checkpoint bora writes loads in `peft.PeftModel.from_pretrained` unchanged.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use bora_formats::names::{LayerTensor, LoraName, LoraPart, Scheme, TensorKind, TensorName};
-use serde::{Deserialize, Serialize};
+use bora_model::LoraTarget;
 use serde_json::{json, Value};
-
-/// A linear projection of the decoder LoRA can adapt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LoraTarget {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl LoraTarget {
-    pub const ALL: [LoraTarget; 7] = [
-        LoraTarget::Q,
-        LoraTarget::K,
-        LoraTarget::V,
-        LoraTarget::O,
-        LoraTarget::Gate,
-        LoraTarget::Up,
-        LoraTarget::Down,
-    ];
-
-    /// The HF module name PEFT matches in `target_modules`.
-    pub fn module_name(self) -> &'static str {
-        match self {
-            LoraTarget::Q => "q_proj",
-            LoraTarget::K => "k_proj",
-            LoraTarget::V => "v_proj",
-            LoraTarget::O => "o_proj",
-            LoraTarget::Gate => "gate_proj",
-            LoraTarget::Up => "up_proj",
-            LoraTarget::Down => "down_proj",
-        }
-    }
-
-    /// The decoder weight this target adapts, in bora-formats' naming.
-    pub fn layer_tensor(self) -> LayerTensor {
-        match self {
-            LoraTarget::Q => LayerTensor::Q,
-            LoraTarget::K => LayerTensor::K,
-            LoraTarget::V => LayerTensor::V,
-            LoraTarget::O => LayerTensor::O,
-            LoraTarget::Gate => LayerTensor::Gate,
-            LoraTarget::Up => LayerTensor::Up,
-            LoraTarget::Down => LayerTensor::Down,
-        }
-    }
-}
-
-impl fmt::Display for LoraTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let short = self.module_name().trim_end_matches("_proj");
-        f.write_str(short)
-    }
-}
-
-/// The tensor name PEFT saves, e.g.
-/// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight`.
-pub fn peft_tensor_name(layer: usize, target: LoraTarget, part: LoraPart) -> String {
-    let base = TensorName {
-        kind: TensorKind::Layer(layer, target.layer_tensor()),
-        bias: false,
-    };
-    LoraName { base, part }.format(Scheme::Hf)
-}
 
 /// The LoRA settings `adapter_config.json` records.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,6 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use bora_data::DataPosition;
 use bora_formats::safetensors::{write_safetensors, Dtype, Safetensors, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -39,13 +40,6 @@ pub struct NamedTensor {
     pub values: Vec<f32>,
 }
 
-/// Where the data loader stands: the next example is `index` of epoch `epoch`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DataPosition {
-    pub epoch: u64,
-    pub index: u64,
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TrainerState {
@@ -53,6 +47,8 @@ struct TrainerState {
     optimizer_step: u64,
     rng: RngState,
     data: DataPosition,
+    #[serde(default)]
+    elapsed_s: f64,
 }
 
 /// One saved training state.
@@ -67,6 +63,8 @@ pub struct Checkpoint {
     pub optimizer: AdamWState,
     pub rng: RngState,
     pub data: DataPosition,
+    /// Wall-clock seconds of training up to this step, over every session of the run.
+    pub elapsed_s: f64,
 }
 
 /// The directory name of the checkpoint after `step` optimizer steps.
@@ -226,6 +224,7 @@ impl Checkpoint {
             optimizer_step: self.optimizer.step,
             rng: self.rng.clone(),
             data: self.data,
+            elapsed_s: self.elapsed_s,
         };
         let path = dir.join(TRAINER_STATE_FILE);
         before_file_write(&path)?;
@@ -310,6 +309,7 @@ impl Checkpoint {
             },
             rng: state.rng,
             data: state.data,
+            elapsed_s: state.elapsed_s,
         })
     }
 
@@ -454,6 +454,7 @@ mod tests {
                 epoch: 0,
                 index: step,
             },
+            elapsed_s: step as f64,
         };
         (ckpt, vec![spec])
     }

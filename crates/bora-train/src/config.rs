@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::{AdapterConfig, LoraTarget};
+use bora_model::LoraTarget;
+
+use crate::adapter::AdapterConfig;
 use crate::error::{io_err, Result, TrainError};
 use crate::optim::AdamWConfig;
 use crate::schedule::{LrSchedule, ScheduleKind};
@@ -51,6 +53,14 @@ pub struct DataSection {
     pub train: PathBuf,
     /// Held-out JSONL for validation loss. Default: none (empty).
     pub eval: PathBuf,
+    /// Without an eval file, the share of training examples held out for validation (a
+    /// seeded draw). Default 0: no validation.
+    pub val_fraction: f64,
+    /// Leave out lines that fail validation (each is reported) instead of refusing the
+    /// file. Default false.
+    pub skip_bad_lines: bool,
+    /// Drop examples longer than `train.seq_len` instead of truncating them. Default false.
+    pub drop_overlong: bool,
 }
 
 impl DataSection {
@@ -129,7 +139,7 @@ pub struct TrainSection {
 pub struct QloraSection {
     /// Quantize an unquantized base on load. Default false (a GGUF base stays as stored).
     pub enabled: bool,
-    /// The block type to quantize to: q4_0, q4_1, q8_0, q4_k or q6_k. Default "q4_0".
+    /// The block type to quantize to: q4_0, q4_1 or q8_0. Default "q4_0".
     pub quant: String,
 }
 
@@ -200,7 +210,7 @@ impl Default for QloraSection {
     }
 }
 
-const QLORA_QUANTS: [&str; 5] = ["q4_0", "q4_1", "q8_0", "q4_k", "q6_k"];
+const QLORA_QUANTS: [&str; 3] = ["q4_0", "q4_1", "q8_0"];
 
 fn bad(key: &str, reason: impl Into<String>) -> TrainError {
     TrainError::Config {
@@ -212,14 +222,19 @@ fn bad(key: &str, reason: impl Into<String>) -> TrainError {
 impl RunConfig {
     /// Reads and validates a run config file; keys left out take their defaults.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let config = Self::load_unchecked(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a run config file that command-line flags will complete (it may lack
+    /// `model.path` or `data.train`); call [`RunConfig::validate`] once they are applied.
+    pub fn load_unchecked(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        Self::from_toml(&text).map_err(|e| match e {
-            TrainError::ConfigSyntax { message, .. } => TrainError::ConfigSyntax {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
+        toml::from_str(&text).map_err(|e| TrainError::ConfigSyntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
         })
     }
 
@@ -309,6 +324,12 @@ impl RunConfig {
         }
         if self.data.train.as_os_str().is_empty() {
             return Err(bad("data.train", "is required: the training JSONL file"));
+        }
+        if !(0.0..1.0).contains(&self.data.val_fraction) {
+            return Err(bad(
+                "data.val_fraction",
+                format!("must be in [0, 1), got {}", self.data.val_fraction),
+            ));
         }
 
         let lora = &self.lora;

@@ -14,6 +14,14 @@ pub enum TrainError {
     },
     #[error(transparent)]
     Format(#[from] FormatError),
+    #[error(transparent)]
+    Model(#[from] bora_model::ModelError),
+    #[error(transparent)]
+    Data(#[from] bora_data::DataError),
+    #[error(transparent)]
+    Tokenizer(#[from] bora_tokenizer::TokenizerError),
+    #[error("the chat format: {0}")]
+    Chat(#[from] bora_tokenizer::chat::ChatError),
     /// The run config file is not valid TOML or does not fit the schema; `message` is the
     /// parser's, which names the key and line.
     #[error("{path}: {message}")]

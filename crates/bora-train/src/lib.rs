@@ -1,4 +1,5 @@
-//! bora-train: everything around the LoRA step. Read top to bottom, a run is:
+//! bora-train: everything around the LoRA step. [`run`] is the whole recipe, top to
+//! bottom; a run is:
 //!
 //! 1. [`RunConfig::load`] a TOML file (validated whole, before any work) and make its
 //!    [`RunDir`];
@@ -18,16 +19,19 @@ mod fsutil;
 mod grad;
 mod metrics;
 mod optim;
+mod recipe;
 mod rng;
 mod run;
 mod schedule;
 
-pub use adapter::{peft_tensor_name, AdapterConfig, LoraTarget};
+pub use adapter::AdapterConfig;
+pub use bora_data::DataPosition;
 pub use bora_formats::names::LoraPart;
+pub use bora_model::LoraTarget;
 pub use checkpoint::{
     checkpoint_dir_name, latest_checkpoint, save_adapter, write_adapter_files, Checkpoint,
-    DataPosition, NamedTensor, ParamSpec, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LATEST_FILE,
-    OPTIMIZER_FILE, TRAINER_STATE_FILE,
+    NamedTensor, ParamSpec, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LATEST_FILE, OPTIMIZER_FILE,
+    TRAINER_STATE_FILE,
 };
 pub use config::{
     DataSection, LoraSection, ModelSection, OptimSection, QloraSection, RunConfig, TrainSection,
@@ -41,6 +45,7 @@ pub use metrics::{
     crc32c, masked_crc32c, EventWriter, JsonlSink, MetricSink, Metrics, TensorBoardSink,
 };
 pub use optim::{AdamW, AdamWConfig, AdamWState};
+pub use recipe::{run, Event, Start, Summary, Timing, TIMING_FILE};
 pub use rng::{init_lora, kaiming_uniform_bound, Rng, RngState, Stream};
 pub use run::{RunDir, ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE};
 pub use schedule::{LrSchedule, ScheduleKind};

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use bora_formats::safetensors::Safetensors;
 use bora_train::{
-    latest_checkpoint, peft_tensor_name, save_adapter, AdamW, AdamWConfig, AdamWState, Checkpoint,
-    DataPosition, LoraPart, LoraTarget, NamedTensor, ParamSpec, Rng, RunConfig, Stream, TrainError,
+    latest_checkpoint, save_adapter, AdamW, AdamWConfig, AdamWState, Checkpoint, DataPosition,
+    LoraPart, LoraTarget, NamedTensor, ParamSpec, Rng, RunConfig, Stream, TrainError,
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LATEST_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE,
 };
 
@@ -23,11 +23,11 @@ fn specs() -> Vec<ParamSpec> {
     for layer in 0..2 {
         for (t, (inp, outp)) in [(LoraTarget::Q, (8, 8)), (LoraTarget::Down, (12, 8))] {
             out.push(ParamSpec {
-                name: peft_tensor_name(layer, t, LoraPart::A),
+                name: t.peft_name(layer, LoraPart::A),
                 shape: vec![2, inp],
             });
             out.push(ParamSpec {
-                name: peft_tensor_name(layer, t, LoraPart::B),
+                name: t.peft_name(layer, LoraPart::B),
                 shape: vec![outp, 2],
             });
         }
@@ -68,6 +68,7 @@ fn checkpoint(step: u64) -> Checkpoint {
             epoch: 1,
             index: step * 4,
         },
+        elapsed_s: step as f64 * 1.5,
     }
 }
 
@@ -204,7 +205,7 @@ fn shape_mismatch_names_the_tensor() {
     let mut wrong = specs();
     wrong[2].shape = vec![4, 12];
     let err = Checkpoint::load(&dir, &wrong).unwrap_err();
-    let name = peft_tensor_name(0, LoraTarget::Down, LoraPart::A);
+    let name = LoraTarget::Down.peft_name(0, LoraPart::A);
     match &err {
         TrainError::TensorShape {
             name: n,
@@ -228,7 +229,7 @@ fn missing_and_unexpected_tensors_are_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = checkpoint(1).save(tmp.path(), 2).unwrap();
     let mut more = specs();
-    let extra = peft_tensor_name(5, LoraTarget::V, LoraPart::A);
+    let extra = LoraTarget::V.peft_name(5, LoraPart::A);
     more.push(ParamSpec {
         name: extra.clone(),
         shape: vec![2, 8],

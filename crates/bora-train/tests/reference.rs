@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 
 use bora_train::{
-    clip_grad_norm, init_lora, kaiming_uniform_bound, peft_tensor_name, AdamW, AdamWConfig,
-    AdapterConfig, EventWriter, LoraPart, LoraTarget, LrSchedule, Rng, RunConfig, ScheduleKind,
-    Stream,
+    clip_grad_norm, init_lora, kaiming_uniform_bound, AdamW, AdamWConfig, AdapterConfig,
+    EventWriter, LoraPart, LoraTarget, LrSchedule, Rng, RunConfig, ScheduleKind, Stream,
 };
 use serde_json::Value;
 
@@ -349,7 +348,7 @@ fn tensor_names_match_peft() {
         for layer in 0..2 {
             for &t in &targets {
                 for m in [LoraPart::A, LoraPart::B] {
-                    ours.push(peft_tensor_name(layer, t, m));
+                    ours.push(t.peft_name(layer, m));
                 }
             }
         }

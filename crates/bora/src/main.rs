@@ -35,7 +35,7 @@ enum Command {
     /// Check a dataset: validation, token statistics, steps, memory and time preflight.
     Data(data::DataArgs),
     /// Fine-tune a LoRA adapter into runs/NAME (or --resume runs/NAME).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Serve a model over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
 }

@@ -1,0 +1,345 @@
+//! `bora train`: resolve the run config (TOML file, then flags), hand it to
+//! `bora_train::run`, and show its progress.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use bora_train::{run, Event, RunConfig, Start};
+use clap::Args;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Continue the run in this directory from its latest checkpoint; it must be the only
+    /// option (the run's own config.toml says everything else).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
+        "model", "data", "val", "out", "config", "set", "epochs", "max_steps", "lr",
+        "batch_size", "grad_accum", "seq_len", "rank", "alpha", "dropout", "targets", "rslora",
+        "seed", "qlora", "pack", "warmup_steps", "schedule", "weight_decay", "max_grad_norm",
+        "checkpoint_every", "keep_checkpoints", "eval_every", "recompute", "skip_bad_lines",
+        "val_fraction", "drop_overlong",
+    ])]
+    resume: Option<PathBuf>,
+    /// Base model: a `.gguf` file or a model directory (`model.path`).
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Training JSONL (`data.train`).
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Validation JSONL (`data.eval`).
+    #[arg(long, value_name = "FILE")]
+    val: Option<PathBuf>,
+    /// Run directory, e.g. runs/NAME; its last component is the run name.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Run config TOML; flags override its keys.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Set any config key by its dotted name, e.g. `--set optim.eps=1e-6` (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// `train.epochs`
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// `train.max_steps` (0: run the epochs)
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// `optim.lr`
+    #[arg(long)]
+    lr: Option<f64>,
+    /// `train.batch_size`
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// `train.grad_accum`
+    #[arg(long)]
+    grad_accum: Option<u32>,
+    /// `train.seq_len`
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// `lora.rank`
+    #[arg(long)]
+    rank: Option<usize>,
+    /// `lora.alpha`
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// `lora.dropout`
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// `lora.targets`, comma-separated: q,k,v,o,gate,up,down
+    #[arg(long, value_name = "LIST")]
+    targets: Option<String>,
+    /// `lora.rslora`
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    rslora: Option<bool>,
+    /// `train.seed`
+    #[arg(long)]
+    seed: Option<u64>,
+    /// QLoRA: quantize the base's linear weights on load (`qlora.quant`): Q8_0, Q4_0 or Q4_1.
+    #[arg(long, value_name = "TYPE")]
+    qlora: Option<String>,
+    /// `train.packing`
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pack: Option<bool>,
+    /// `optim.warmup_steps`
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// `optim.schedule`: constant, linear or cosine
+    #[arg(long)]
+    schedule: Option<String>,
+    /// `optim.weight_decay`
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// `optim.max_grad_norm` (0 disables clipping)
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// `train.checkpoint_every`
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// `train.keep_checkpoints`
+    #[arg(long)]
+    keep_checkpoints: Option<usize>,
+    /// `train.eval_every`
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// `train.recompute`
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    recompute: Option<bool>,
+    /// `data.skip_bad_lines`
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    skip_bad_lines: Option<bool>,
+    /// `data.val_fraction` (without --val)
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// `data.drop_overlong`
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    drop_overlong: Option<bool>,
+}
+
+pub fn train(args: &TrainArgs) -> Result<()> {
+    let start = match &args.resume {
+        Some(dir) => Start::Resume { dir: dir.clone() },
+        None => {
+            let (runs_root, config) = resolve_config(args)?;
+            Start::New {
+                runs_root,
+                config: Box::new(config),
+            }
+        }
+    };
+    let mut progress = Progress::new();
+    let summary = run(start, &mut |event| progress.event(event))?;
+    println!(
+        "trained {} steps in {:.1}s; adapter: {}",
+        summary.steps,
+        summary.timing.train_seconds,
+        summary.adapter_dir.display()
+    );
+    Ok(())
+}
+
+/// The config file (or defaults), then every flag given, validated once complete.
+fn resolve_config(args: &TrainArgs) -> Result<(PathBuf, RunConfig)> {
+    let mut config = match &args.config {
+        Some(path) => RunConfig::load_unchecked(path)?,
+        None => RunConfig::default(),
+    };
+    // Paths are stored absolute so `--resume` works from any directory.
+    if let Some(model) = &args.model {
+        config.model.path = absolute_if_local(model).display().to_string();
+    }
+    if let Some(data) = &args.data {
+        config.data.train = absolute_if_local(data);
+    }
+    if let Some(val) = &args.val {
+        config.data.eval = absolute_if_local(val);
+    }
+    let Some(out) = &args.out else {
+        bail!("--out runs/NAME is required for a new run (or --resume runs/NAME)");
+    };
+    let name = out
+        .file_name()
+        .with_context(|| format!("--out {}: needs a directory name", out.display()))?;
+    config.name = name.to_string_lossy().into_owned();
+    let runs_root = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+
+    let mut overrides: Vec<(String, String)> = Vec::new();
+    let mut set = |key: &str, value: Option<String>| {
+        if let Some(v) = value {
+            overrides.push((key.to_owned(), v));
+        }
+    };
+    let text = |v: &Option<String>| v.as_ref().map(|s| format!("{s:?}"));
+    set("train.epochs", args.epochs.map(|v| v.to_string()));
+    set("train.max_steps", args.max_steps.map(|v| v.to_string()));
+    set("optim.lr", args.lr.map(toml_float));
+    set("train.batch_size", args.batch_size.map(|v| v.to_string()));
+    set("train.grad_accum", args.grad_accum.map(|v| v.to_string()));
+    set("train.seq_len", args.seq_len.map(|v| v.to_string()));
+    set("lora.rank", args.rank.map(|v| v.to_string()));
+    set("lora.alpha", args.alpha.map(toml_float));
+    set("lora.dropout", args.dropout.map(toml_float));
+    set(
+        "lora.targets",
+        args.targets.as_ref().map(|list| {
+            let items: Vec<String> = list
+                .split(',')
+                .map(|t| format!("{:?}", t.trim().to_lowercase()))
+                .collect();
+            format!("[{}]", items.join(", "))
+        }),
+    );
+    set("lora.rslora", args.rslora.map(|v| v.to_string()));
+    set("train.seed", args.seed.map(|v| v.to_string()));
+    if let Some(quant) = &args.qlora {
+        set("qlora.enabled", Some("true".into()));
+        set("qlora.quant", Some(format!("{:?}", quant.to_lowercase())));
+    }
+    set("train.packing", args.pack.map(|v| v.to_string()));
+    set(
+        "optim.warmup_steps",
+        args.warmup_steps.map(|v| v.to_string()),
+    );
+    set("optim.schedule", text(&args.schedule));
+    set("optim.weight_decay", args.weight_decay.map(toml_float));
+    set("optim.max_grad_norm", args.max_grad_norm.map(toml_float));
+    set(
+        "train.checkpoint_every",
+        args.checkpoint_every.map(|v| v.to_string()),
+    );
+    set(
+        "train.keep_checkpoints",
+        args.keep_checkpoints.map(|v| v.to_string()),
+    );
+    set("train.eval_every", args.eval_every.map(|v| v.to_string()));
+    set("train.recompute", args.recompute.map(|v| v.to_string()));
+    set(
+        "data.skip_bad_lines",
+        args.skip_bad_lines.map(|v| v.to_string()),
+    );
+    set("data.val_fraction", args.val_fraction.map(toml_float));
+    set(
+        "data.drop_overlong",
+        args.drop_overlong.map(|v| v.to_string()),
+    );
+    for item in &args.set {
+        let (key, value) = item
+            .split_once('=')
+            .with_context(|| format!("--set {item}: expected KEY=VALUE"))?;
+        overrides.push((key.trim().to_owned(), value.trim().to_owned()));
+    }
+    for (key, value) in &overrides {
+        config.apply_override(key, value)?;
+    }
+    config.validate()?;
+    Ok((runs_root, config))
+}
+
+/// A float as TOML reads it back as a float (`1` would be an integer).
+fn toml_float(x: f64) -> String {
+    let s = x.to_string();
+    if s.contains(['.', 'e', 'E']) || !x.is_finite() {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
+fn absolute_if_local(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// A progress bar redrawn in place on a terminal, one log line per step otherwise (CI,
+/// pipes, files).
+struct Progress {
+    terminal: bool,
+    started: Instant,
+    first_step: u64,
+    total_steps: u64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            terminal: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            first_step: 0,
+            total_steps: 0,
+        }
+    }
+
+    fn event(&mut self, event: Event<'_>) {
+        match event {
+            Event::Begin {
+                first_step,
+                total_steps,
+                train_examples,
+                val_examples,
+                skipped_lines,
+            } => {
+                for line in skipped_lines {
+                    eprintln!("skipped {line}");
+                }
+                eprintln!(
+                    "training on {train_examples} examples ({val_examples} for validation): \
+                     steps {}..={total_steps}",
+                    first_step + 1
+                );
+                self.first_step = first_step;
+                self.total_steps = total_steps;
+                self.started = Instant::now();
+            }
+            Event::Step(m) => {
+                let done = (m.step - self.first_step) as f64;
+                let per_step = self.started.elapsed().as_secs_f64() / done.max(1.0);
+                let eta = per_step * self.total_steps.saturating_sub(m.step) as f64;
+                let val = m
+                    .val_loss
+                    .map(|v| format!(" val_loss {v:.4}"))
+                    .unwrap_or_default();
+                if self.terminal {
+                    const WIDTH: u64 = 30;
+                    let filled = (m.step * WIDTH / self.total_steps.max(1)).min(WIDTH) as usize;
+                    eprint!(
+                        "\r\x1b[2K[{}{}] {}/{} loss {:.4}{val} {:.0} tok/s ETA {}",
+                        "#".repeat(filled),
+                        ".".repeat(WIDTH as usize - filled),
+                        m.step,
+                        self.total_steps,
+                        m.loss,
+                        m.tokens_per_s,
+                        clock(eta)
+                    );
+                } else {
+                    eprintln!(
+                        "step {}/{} loss {:.4}{val} lr {:.3e} grad_norm {:.3} {:.0} tok/s ETA {}",
+                        m.step,
+                        self.total_steps,
+                        m.loss,
+                        m.lr,
+                        m.grad_norm,
+                        m.tokens_per_s,
+                        clock(eta)
+                    );
+                }
+            }
+            Event::Checkpoint { step, dir } => {
+                let clear = if self.terminal { "\r\x1b[2K" } else { "" };
+                eprintln!("{clear}step {step}: checkpoint {}", dir.display());
+            }
+        }
+    }
+}
+
+/// Seconds as `1h02m03s`, `4m05s` or `6s`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, min, sec) => format!("{min}m{sec:02}s"),
+        (h, min, sec) => format!("{h}h{min:02}m{sec:02}s"),
+    }
+}

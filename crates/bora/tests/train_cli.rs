@@ -1,0 +1,317 @@
+//! `bora train` run as a user runs it, on the tiny Llama fixture of bora-model (2 layers,
+//! hidden 64, vocab 96) with a word-level tokenizer written for its vocabulary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bora-model/tests/fixtures/tiny")
+        .join(name)
+}
+
+/// Words `w3` … `w95` take the ids after `<unk>`, `<s>` and `</s>` (the fixture's BOS 1 and
+/// EOS 2), so every id the tokenizer emits is a row of the model's embedding.
+const VOCAB: u32 = 96;
+
+fn word(id: u32) -> String {
+    format!("w{id}")
+}
+
+/// An HF `tokenizer.json` (word level, split on whitespace) and a `tokenizer_config.json`
+/// with a trivial chat template, which `bora_data::Encoder` requires even for `text` data.
+fn write_tokenizer(dir: &Path) {
+    let specials = ["<unk>", "<s>", "</s>"];
+    let mut vocab = serde_json::Map::new();
+    for (id, s) in specials.iter().enumerate() {
+        vocab.insert((*s).into(), json!(id));
+    }
+    for id in specials.len() as u32..VOCAB {
+        vocab.insert(word(id), json!(id));
+    }
+    let added: Vec<Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(id, s)| {
+            json!({"id": id, "content": s, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let config = json!({
+        "bos_token": "<s>", "eos_token": "</s>",
+        "chat_template": "{% for m in messages %}{{ m['content'] }} {% endfor %}",
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+}
+
+/// A copy of a tiny fixture model with the tokenizer beside it.
+fn model_dir(root: &Path, fixture_name: &str) -> PathBuf {
+    let dir = root.join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(fixture_name).join(file), dir.join(file)).unwrap();
+    }
+    write_tokenizer(&dir);
+    dir
+}
+
+/// `n` `text` examples, each a short run of a repeating word pattern.
+fn write_dataset(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let words: Vec<String> = (0..8 + i % 5)
+                .map(|j| word(3 + ((i + j) % 6) as u32))
+                .collect();
+            json!({"text": words.join(" ")}).to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn bora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("bora runs")
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "bora failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn train_args<'a>(model: &'a str, data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--max-steps",
+        steps,
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "2",
+        "--seq-len",
+        "32",
+        "--rank",
+        "4",
+        "--dropout",
+        "0.1",
+        "--lr",
+        "0.01",
+        "--warmup-steps",
+        "2",
+        "--checkpoint-every",
+        "5",
+        "--eval-every",
+        "10",
+        "--val-fraction",
+        "0.1",
+        "--seed",
+        "3",
+    ]
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn adapter_bytes(run: &Path) -> Vec<u8> {
+    std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap()
+}
+
+/// A run killed with SIGKILL after its first checkpoint and resumed ends with the same
+/// adapter, byte for byte, as a run never interrupted, and with the same metrics log.
+#[test]
+fn killed_run_resumes_to_the_same_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path(), "llama");
+    let data = tmp.path().join("train.jsonl");
+    write_dataset(&data, 60);
+    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
+
+    let straight = tmp.path().join("runs/straight");
+    let out = bora(&train_args(model, data, straight.to_str().unwrap(), "300"));
+    assert_ok(&out);
+
+    let killed = tmp.path().join("runs/killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args(train_args(model, data, killed.to_str().unwrap(), "300"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = killed.join("checkpoints/latest");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !latest.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint within 2 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "bora exited early");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(
+        !killed.join("adapter").exists(),
+        "the run finished before the kill; raise --max-steps"
+    );
+
+    let out = bora(&["train", "--resume", killed.to_str().unwrap()]);
+    assert_ok(&out);
+    assert!(
+        adapter_bytes(&killed) == adapter_bytes(&straight),
+        "the resumed adapter differs from the uninterrupted one"
+    );
+    let without_speed = |run: &Path| -> Vec<Value> {
+        metrics(run)
+            .into_iter()
+            .map(|mut m| {
+                m.as_object_mut().unwrap().remove("tokens_per_s");
+                m
+            })
+            .collect()
+    };
+    assert_eq!(without_speed(&killed), without_speed(&straight));
+    let timing: Value =
+        serde_json::from_str(&std::fs::read_to_string(killed.join("timing.json")).unwrap())
+            .unwrap();
+    assert_eq!(timing["steps"], 300);
+}
+
+/// On a small repetitive dataset the training loss falls and validation is logged.
+#[test]
+fn loss_decreases_on_repetitive_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path(), "llama");
+    let data = tmp.path().join("train.jsonl");
+    write_dataset(&data, 40);
+    let run = tmp.path().join("runs/learn");
+    let out = bora(&train_args(
+        model.to_str().unwrap(),
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        "40",
+    ));
+    assert_ok(&out);
+    let m = metrics(&run);
+    assert_eq!(m.len(), 40);
+    let loss = |i: usize| m[i]["loss"].as_f64().unwrap();
+    let first = (loss(0) + loss(1)) / 2.0;
+    let last = (loss(38) + loss(39)) / 2.0;
+    assert!(last < 0.5 * first, "loss went from {first} to {last}");
+    let vals: Vec<f64> = m.iter().filter_map(|x| x["val_loss"].as_f64()).collect();
+    assert_eq!(vals.len(), 4, "validation at steps 10, 20, 30, 40");
+    assert!(vals[3] < vals[0], "{vals:?}");
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        cfg.contains("rank = 4") && cfg.contains("max_steps = 40"),
+        "{cfg}"
+    );
+    assert!(run.join("adapter/adapter_config.json").is_file());
+}
+
+/// Broken lines are refused with FILE:LINE messages, or skipped and reported.
+#[test]
+fn bad_lines_are_refused_or_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path(), "llama");
+    let data = tmp.path().join("train.jsonl");
+    write_dataset(&data, 10);
+    let mut text = std::fs::read_to_string(&data).unwrap();
+    text.push_str("{\"text\": \n{\"txet\": \"w3 w4\"}\n");
+    std::fs::write(&data, text).unwrap();
+    let (model, data_s) = (model.to_str().unwrap(), data.to_str().unwrap());
+
+    let run = tmp.path().join("runs/bad");
+    let out = bora(&train_args(model, data_s, run.to_str().unwrap(), "2"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for line in [11, 12] {
+        let at = format!("{data_s}:{line}:");
+        assert!(err.contains(&at), "no `{at}` in:\n{err}");
+    }
+    assert!(!run.join("checkpoints/latest").exists());
+
+    let mut args = train_args(model, data_s, run.to_str().unwrap(), "2");
+    args.push("--skip-bad-lines");
+    let out = bora(&args);
+    assert_ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("skipped {data_s}:12:")), "{err}");
+}
+
+/// Resuming after the model under a run changed is refused, naming the tensor that no longer
+/// fits; the run's checkpoint is left as it was.
+#[test]
+fn resume_with_another_model_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path(), "llama");
+    let data = tmp.path().join("train.jsonl");
+    write_dataset(&data, 10);
+    let run = tmp.path().join("runs/swap");
+    let out = bora(&train_args(
+        model.to_str().unwrap(),
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        "5",
+    ));
+    assert_ok(&out);
+    let before = std::fs::read(run.join("checkpoints/step-5/adapter_model.safetensors")).unwrap();
+
+    // Same path, another architecture: hidden size 32 instead of 64.
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("mistral_v01").join(file), model.join(file)).unwrap();
+    }
+    let out = bora(&["train", "--resume", run.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lora_A.weight") && err.contains("shape"),
+        "expected a shape error naming the tensor:\n{err}"
+    );
+    let after = std::fs::read(run.join("checkpoints/step-5/adapter_model.safetensors")).unwrap();
+    assert_eq!(before, after);
+}
+
+/// A new run into a directory that already holds checkpoints is refused (and says how to
+/// resume) rather than overwriting them.
+#[test]
+fn new_run_over_existing_checkpoints_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path(), "llama");
+    let data = tmp.path().join("train.jsonl");
+    write_dataset(&data, 10);
+    let run = tmp.path().join("runs/again");
+    let args = train_args(
+        model.to_str().unwrap(),
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        "5",
+    );
+    assert_ok(&bora(&args));
+    let out = bora(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--resume"), "{err}");
+}
