@@ -64,7 +64,7 @@ pub(crate) fn softmax_row(row: &mut [f32]) {
 /// needs, so nothing else is saved.
 pub fn softmax_forward(y: &mut [f32], x: &[f32], width: usize) {
     assert!(
-        width > 0 && x.len() % width == 0,
+        width > 0 && x.len().is_multiple_of(width),
         "softmax: x is not whole rows of {width}"
     );
     assert_eq!(y.len(), x.len(), "softmax: y");
@@ -79,7 +79,7 @@ pub fn softmax_forward(y: &mut [f32], x: &[f32], width: usize) {
 /// Backward of [`softmax_forward`] from its output: `dx = y ⊙ (dy − Σ dy ⊙ y)`.
 pub fn softmax_backward(dx: &mut [f32], dy: &[f32], y: &[f32], width: usize) {
     assert!(
-        width > 0 && y.len() % width == 0,
+        width > 0 && y.len().is_multiple_of(width),
         "softmax: y is not whole rows of {width}"
     );
     assert!(

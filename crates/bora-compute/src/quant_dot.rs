@@ -271,6 +271,147 @@ mod x86 {
     }
 }
 
+/// AVX-512 kernels for the classic 32-element formats, which are what small models decode
+/// through (SmolLM2's Q4_1 layers and Q8_0 head). One 512-bit register holds a whole block
+/// widened to i16, so a block is one `madd`; and the per-block f16 scales, which the AVX2
+/// kernel converts one at a time in scalar code, are converted 16 blocks at once. The
+/// integer block sums are the same as the AVX2 kernel's, only the f32 accumulation order
+/// differs.
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use std::arch::x86_64::*;
+
+    use super::XRow;
+    use bora_formats::quant::{GgmlType, QK};
+
+    /// True when [`rows_dot`] may run for `ty`.
+    pub(super) fn usable(ty: GgmlType) -> bool {
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("f16c")
+            && std::is_x86_feature_detected!("fma")
+    }
+
+    /// Blocks of 32 whose scales are converted together: one register of f32.
+    const GROUP: usize = 16;
+
+    /// Widens the 32 nibbles at `qs` (low nibbles are elements 0..16) to i16.
+    #[inline(always)]
+    unsafe fn nibbles_i16(qs: *const u8) -> __m512i {
+        let v = _mm_loadu_si128(qs as *const __m128i);
+        let m = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(v, m);
+        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+        _mm512_cvtepu8_epi16(_mm256_set_m128i(hi, lo))
+    }
+
+    /// One row: `Σ_b s_b·Σ w·xq + Σ_b mins_b·sums_b`, with `s_b = d_b·xd_b` and `mins_b`
+    /// the block's additive term (`m` for Q4_1, `−8·d` for Q4_0, none for Q8_0).
+    #[inline(always)]
+    unsafe fn row(ty: GgmlType, w: *const u8, nb: usize, xr: &XRow<'_>) -> f32 {
+        let bb = ty.block_bytes();
+        let (q, xd, sums) = (xr.q.as_ptr(), xr.d.as_ptr(), xr.sums.as_ptr());
+        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut off = _mm512_setzero_ps();
+        let offsets = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(bb as i32),
+        );
+        let mut b0 = 0;
+        while b0 < nb {
+            let cnt = (nb - b0).min(GROUP);
+            let mask: __mmask16 = if cnt == GROUP { !0 } else { (1 << cnt) - 1 };
+            // The two f16 words at the start of each block (d, then m for Q4_1), gathered
+            // straight into a register: assembling them in a stack array and loading that
+            // stalls on store forwarding.
+            let words = _mm512_mask_i32gather_epi32::<1>(
+                _mm512_setzero_si512(),
+                mask,
+                offsets,
+                w.add(b0 * bb) as *const i32,
+            );
+            let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words));
+            let scale = _mm512_mul_ps(d, _mm512_maskz_loadu_ps(mask, xd.add(b0)));
+            let bsum = _mm512_maskz_loadu_ps(mask, sums.add(b0));
+            match ty {
+                GgmlType::Q4_1 => {
+                    let m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)));
+                    off = _mm512_fmadd_ps(m, bsum, off);
+                }
+                GgmlType::Q4_0 => {
+                    off = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(-8.0)), bsum, off);
+                }
+                _ => {}
+            }
+            let block = |i: usize| {
+                let b = b0 + i;
+                let blk = w.add(b * bb);
+                let wq = match ty {
+                    GgmlType::Q4_0 => nibbles_i16(blk.add(2)),
+                    GgmlType::Q4_1 => nibbles_i16(blk.add(4)),
+                    _ => _mm512_cvtepi8_epi16(_mm256_loadu_si256(blk.add(2) as *const __m256i)),
+                };
+                let xq = _mm512_loadu_si512(q.add(b * QK) as *const __m512i);
+                // Lane i of the 16 scales, broadcast without leaving the registers.
+                (
+                    _mm512_permutexvar_ps(_mm512_set1_epi32(i as i32), scale),
+                    _mm512_cvtepi32_ps(_mm512_madd_epi16(wq, xq)),
+                )
+            };
+            // Even and odd blocks go to separate accumulators (held in registers, not an
+            // indexed array, which would chain every FMA through a store and a load), so one
+            // block's FMA need not wait for the previous block's.
+            let mut i = 0;
+            while i + 1 < cnt {
+                let (s0, p0) = block(i);
+                let (s1, p1) = block(i + 1);
+                acc0 = _mm512_fmadd_ps(s0, p0, acc0);
+                acc1 = _mm512_fmadd_ps(s1, p1, acc1);
+                i += 2;
+            }
+            if i < cnt {
+                let (s0, p0) = block(i);
+                acc0 = _mm512_fmadd_ps(s0, p0, acc0);
+            }
+            b0 += cnt;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + _mm512_reduce_add_ps(off)
+    }
+
+    /// # Safety
+    /// The CPU must pass [`usable`] for `ty`; `rows` must hold `out.len()` rows of
+    /// `row_bytes` bytes of whole `ty` blocks, and `xr` must cover as many 32-blocks.
+    #[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
+    pub(super) unsafe fn rows_dot(
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        xr: &XRow<'_>,
+        out: &mut [f32],
+        accumulate: bool,
+    ) {
+        let nb = row_bytes / ty.block_bytes();
+        assert!(rows.len() >= out.len() * row_bytes);
+        assert!(xr.q.len() >= nb * QK && xr.d.len() >= nb && xr.sums.len() >= nb);
+        let w = rows.as_ptr();
+        macro_rules! each_row {
+            ($ty:expr) => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    let v = row($ty, w.add(j * row_bytes), nb, xr);
+                    *o = if accumulate { *o + v } else { v };
+                }
+            };
+        }
+        // One loop per type, so the type tests inside `row` fold away.
+        match ty {
+            GgmlType::Q4_0 => each_row!(GgmlType::Q4_0),
+            GgmlType::Q4_1 => each_row!(GgmlType::Q4_1),
+            _ => each_row!(GgmlType::Q8_0),
+        }
+    }
+}
+
 /// The 6-bit (scale, min) of sub-block `j` of a Q4_K super-block's packed `scales[12]`.
 #[inline(always)]
 fn q4_k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
@@ -296,6 +437,30 @@ pub(crate) fn row_dot(ty: GgmlType, row: &[u8], xr: &XRow<'_>) -> f32 {
     row_dot_portable(ty, row, xr)
 }
 
+/// Dots `out.len()` consecutive weight rows (`row_bytes` each, starting at `rows`) with one
+/// activation row, writing (or, with `accumulate`, adding) one value per row. A matrix-vector
+/// product calls this once per run of rows, so the type dispatch, the feature probe and the
+/// bounds checks are paid per run rather than per row.
+pub(crate) fn rows_dot(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    xr: &XRow<'_>,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if x86_512::usable(ty) {
+        // SAFETY: the CPU features were probed just above; `rows` holds whole blocks of
+        // `ty` for every output row and `xr` matches their length (asserted inside).
+        return unsafe { x86_512::rows_dot(ty, rows, row_bytes, xr, out, accumulate) };
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        let v = row_dot(ty, &rows[j * row_bytes..(j + 1) * row_bytes], xr);
+        *o = if accumulate { *o + v } else { v };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,7 +471,7 @@ mod tests {
     /// (exact f32) against dequantize + an f64 dot.
     #[test]
     fn dispatched_and_portable_dots_match_the_dequantized_reference() {
-        let k = 512;
+        let k = 768;
         // Blocks with an outlier, as in small models' activations, next to plain ones.
         let mut x = rand_vec(k, 1);
         x[5] = 40.0;
@@ -346,6 +511,32 @@ mod tests {
                     (fast - want).abs() <= bound,
                     "{ty}: {fast} vs {want} (bound {bound})"
                 );
+                // The run kernel (AVX-512 where available), alone and as the third of three
+                // rows, written and accumulated.
+                let mut rows = quant_bytes(ty, 2, k, 20 + seed);
+                rows.extend_from_slice(&row);
+                let rb = row.len();
+                let mut out = [0f32; 3];
+                rows_dot(ty, &row, rb, &xr, &mut out[..1], false);
+                let alone = out[0] as f64;
+                assert!(
+                    (alone - want).abs() <= bound,
+                    "{ty} run: {alone} vs {want} (bound {bound})"
+                );
+                out = [1.0; 3];
+                rows_dot(ty, &rows, rb, &xr, &mut out, true);
+                assert!(
+                    (out[2] as f64 - 1.0 - want).abs() <= bound + 1e-6,
+                    "{ty} run of 3: {} vs {want} (bound {bound})",
+                    out[2] - 1.0
+                );
+                for j in 0..2 {
+                    let single = row_dot(ty, &rows[j * rb..(j + 1) * rb], &xr);
+                    assert!(
+                        (out[j] - 1.0 - single).abs() <= 1e-4 * (1.0 + single.abs()),
+                        "{ty} run row {j}"
+                    );
+                }
                 assert!(
                     (portable - want).abs() <= 1e-6 * want.abs().max(1.0) * k as f64,
                     "{ty}: {portable} vs {want}"

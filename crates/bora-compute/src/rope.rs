@@ -188,7 +188,7 @@ impl RopeTables {
         scaling: &RopeScaling,
         max_positions: usize,
     ) -> Result<Self> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(ComputeError::Rope(format!(
                 "head_dim must be even and non-zero, got {head_dim}"
             )));

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::arena::{MatScratch, Scratch};
 use crate::error::ComputeError;
 use crate::matmul::{gemm_f32, matmul_dx, matmul_xwt, Mat};
-use crate::quant_dot::{has_dot_kernel, quantize_row, row_dot, XRow};
+use crate::quant_dot::{has_dot_kernel, quantize_row, rows_dot, XRow};
 use crate::Result;
 
 /// At most this many activation rows go through the matrix-vector kernels (one pass over
@@ -366,11 +366,9 @@ impl Weight {
                 .par_chunks_mut(MATVEC_ROWS_PER_TASK)
                 .enumerate()
                 .for_each(|(c, out)| {
-                    for (i, o) in out.iter_mut().enumerate() {
-                        let j = c * MATVEC_ROWS_PER_TASK + i;
-                        let v = row_dot(ty, &bytes[j * rb..(j + 1) * rb], &xr);
-                        *o = if accumulate { *o + v } else { v };
-                    }
+                    let j = c * MATVEC_ROWS_PER_TASK;
+                    let rows = &bytes[j * rb..(j + out.len()) * rb];
+                    rows_dot(ty, rows, rb, &xr, out, accumulate);
                 });
         }
     }
