@@ -315,3 +315,102 @@ fn new_run_over_existing_checkpoints_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--resume"), "{err}");
 }
+
+/// A diverging run stops with a message naming the step and what went non-finite, and the
+/// last checkpoint written before it still loads as a finite adapter.
+#[test]
+fn divergence_stops_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path(), "llama");
+    let data = tmp.path().join("train.jsonl");
+    write_dataset(&data, 10);
+    let run = tmp.path().join("runs/diverge");
+    let mut args = train_args(
+        model.to_str().unwrap(),
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        "20",
+    );
+    for (flag, value) in [
+        ("--lr", "1e30"),
+        ("--warmup-steps", "0"),
+        ("--checkpoint-every", "1"),
+    ] {
+        let at = args.iter().position(|a| *a == flag).unwrap();
+        args[at + 1] = value;
+    }
+    args.extend(["--max-grad-norm", "0"]);
+    let out = bora(&args);
+    assert!(
+        !out.status.success(),
+        "a learning rate of 1e30 must diverge"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("step ") && (err.contains("NaN") || err.contains("inf")),
+        "{err}"
+    );
+    assert!(!run.join("adapter").exists());
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let weights = std::fs::read(
+        run.join("checkpoints")
+            .join(latest.trim())
+            .join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let header_len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let finite = weights[8 + header_len..]
+        .chunks_exact(4)
+        .all(|b| f32::from_le_bytes(b.try_into().unwrap()).is_finite());
+    assert!(finite, "{} holds non-finite weights", latest.trim());
+}
+
+/// A TOML run config supplies keys; flags override them; the resolved config is saved.
+#[test]
+fn config_file_and_flags_resolve_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path(), "llama");
+    let data = tmp.path().join("train.jsonl");
+    write_dataset(&data, 10);
+    let config = tmp.path().join("run.toml");
+    std::fs::write(
+        &config,
+        "[lora]\nrank = 2\ntargets = [\"q\", \"v\"]\n[train]\nmax_steps = 3\nseq_len = 32\n\
+         batch_size = 2\n[optim]\nschedule = \"linear\"\n",
+    )
+    .unwrap();
+    let run = tmp.path().join("runs/configured");
+    let out = bora(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--set",
+        "optim.eps=1e-6",
+    ]);
+    assert_ok(&out);
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    for line in [
+        "rank = 2",
+        "max_steps = 2",
+        "schedule = \"linear\"",
+        "eps = 0.000001",
+        "name = \"configured\"",
+    ] {
+        assert!(resolved.contains(line), "no `{line}` in:\n{resolved}");
+    }
+    assert_eq!(metrics(&run).len(), 2);
+    let adapter: Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(adapter["r"], 2);
+    assert_eq!(adapter["target_modules"], json!(["q_proj", "v_proj"]));
+}
