@@ -22,6 +22,7 @@ pub struct Metrics {
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
+    /// Trained (loss-bearing) tokens of the step per second of its wall time.
     pub tokens_per_s: f64,
     /// Present on steps where validation ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]

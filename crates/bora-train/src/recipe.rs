@@ -139,6 +139,7 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
         seed: t.seed,
         pad_id: tokenizer.eos_id().unwrap_or(0),
     };
+
     // ---- The run directory, made only once model and data are known good, so a run refused
     // for bad input leaves nothing behind.
     let (run_dir, resuming) = match place {
