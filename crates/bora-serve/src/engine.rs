@@ -2,6 +2,10 @@
 //! together, one token each per step (continuous batching). New requests join between steps,
 //! finished, timed-out and abandoned ones leave between steps; the arithmetic of a step runs
 //! on the rayon pool, so the tokio threads only ever move bytes.
+//!
+//! Within a step each sequence runs its own one-token forward (in parallel over sequences),
+//! because bora-model's cached forward takes one sequence; a multi-sequence decode there would
+//! let one pass over the weights serve the whole batch, and only `Batch::step` would change.
 
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
