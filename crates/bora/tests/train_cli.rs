@@ -414,3 +414,34 @@ fn config_file_and_flags_resolve_together() {
     assert_eq!(adapter["r"], 2);
     assert_eq!(adapter["target_modules"], json!(["q_proj", "v_proj"]));
 }
+
+/// QLoRA: the f32 base quantized to Q8_0 on load trains, and the run records it.
+#[test]
+fn qlora_trains_on_a_quantized_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path(), "llama");
+    let data = tmp.path().join("train.jsonl");
+    write_dataset(&data, 20);
+    let run = tmp.path().join("runs/qlora");
+    let mut args = train_args(
+        model.to_str().unwrap(),
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        "20",
+    );
+    args.extend(["--qlora", "Q8_0"]);
+    assert_ok(&bora(&args));
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        resolved.contains("enabled = true") && resolved.contains("quant = \"q8_0\""),
+        "{resolved}"
+    );
+    let m = metrics(&run);
+    let loss = |i: usize| m[i]["loss"].as_f64().unwrap();
+    assert!(
+        loss(19) < loss(0),
+        "loss went from {} to {}",
+        loss(0),
+        loss(19)
+    );
+}
