@@ -15,7 +15,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::matmul::gemm_raw;
-use crate::simd::{axpy, dot, SyncPtr};
+use crate::simd::{axpy_body, dot, dot_body, has_avx2, SyncPtr};
 
 /// Query rows per block: large enough for `gemm` to be efficient, small enough that a
 /// block's scores (`BLOCK × visible keys`) stay in L2.
@@ -108,7 +108,7 @@ fn check_segments(segments: &[usize], tokens: usize) {
 }
 
 /// The streaming forward of decoding: for every (row, head) pair, attends to `keys(row)` of
-/// `k`/`v` with an online softmax.
+/// `k`/`v`.
 fn attend_streaming(
     out: &mut [f32],
     q: &[f32],
@@ -127,27 +127,80 @@ fn attend_streaming(
         let (row, head) = (idx / h, idx % h);
         let qr = &q[row * h * hd + head * hd..][..hd];
         let koff = (head / group) * hd;
-        o.fill(0.0);
-        let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-        for j in keys(row) {
-            let s = dot(qr, &k[j * kvw + koff..][..hd]) * shape.scale;
-            if s > m {
-                let c = (m - s).exp();
-                l *= c;
-                for x in o.iter_mut() {
-                    *x *= c;
-                }
-                m = s;
+        SCORES.with(|scores| {
+            let scores = &mut scores.borrow_mut();
+            let (k, v) = (&k[koff..], &v[koff..]);
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe { attend_row_fma(o, qr, k, v, kvw, keys(row), shape.scale, scores) };
             }
-            let p = (s - m).exp();
-            l += p;
-            axpy(o, p, &v[j * kvw + koff..][..hd]);
-        }
-        let inv = 1.0 / l;
-        for x in o.iter_mut() {
-            *x *= inv;
-        }
+            attend_row::<false>(o, qr, k, v, kvw, keys(row), shape.scale, scores)
+        })
     });
+}
+
+thread_local! {
+    /// One head's attention scores during decoding, reused across calls.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One query row of one head against rows `keys` of the cache (`k`, `v` start at the head's
+/// column, rows `kvw` apart): all scores first, then the softmax with the final maximum and
+/// one pass over the values. The online softmax this replaced rescaled the output whenever
+/// the maximum grew and probed CPU features twice per key; the two passes here are
+/// branch-free loops with the vector bodies inlined.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_row<const FMA: bool>(
+    o: &mut [f32],
+    qr: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kvw: usize,
+    keys: Range<usize>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    let hd = qr.len();
+    scores.clear();
+    let mut m = f32::NEG_INFINITY;
+    for j in keys.clone() {
+        let s = dot_body::<FMA>(qr, &k[j * kvw..][..hd]) * scale;
+        m = m.max(s);
+        scores.push(s);
+    }
+    o.fill(0.0);
+    let mut l = 0f32;
+    for (j, s) in keys.zip(scores.iter()) {
+        let p = (s - m).exp();
+        l += p;
+        axpy_body::<FMA>(o, p, &v[j * kvw..][..hd]);
+    }
+    let inv = 1.0 / l;
+    for x in o.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// [`attend_row`] compiled with AVX2+FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_row_fma(
+    o: &mut [f32],
+    qr: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kvw: usize,
+    keys: Range<usize>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    attend_row::<true>(o, qr, k, v, kvw, keys, scale, scores)
 }
 
 /// Where one head's rows live: base offset of row 0 and the row stride.

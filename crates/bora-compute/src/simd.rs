@@ -9,8 +9,9 @@
 /// the add dependency chain that otherwise serializes a float reduction.
 const LANES: usize = 16;
 
+/// The body of [`dot`], for kernels that inline it into their own feature-enabled loops.
 #[inline(always)]
-fn dot_body<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_body<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; LANES];
@@ -32,8 +33,10 @@ fn dot_body<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `y[i] += a·x[i]` over the shorter of the two slices, for kernels that inline it into
+/// their own feature-enabled loops.
 #[inline(always)]
-fn axpy_body<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
+pub(crate) fn axpy_body<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi = if FMA {
             xi.mul_add(a, *yi)
@@ -48,11 +51,6 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         super::dot_body::<true>(a, b)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-        super::axpy_body::<true>(y, a, x)
     }
 }
 
@@ -78,17 +76,6 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
         return unsafe { x86::dot(a, b) };
     }
     dot_body::<false>(a, b)
-}
-
-/// `y[i] += a·x[i]` over the shorter of the two slices.
-#[inline]
-pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { x86::axpy(y, a, x) };
-    }
-    axpy_body::<false>(y, a, x)
 }
 
 /// A raw pointer that rayon tasks may share. Used only where tasks write provably disjoint
@@ -122,7 +109,7 @@ mod tests {
             let naive: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             assert!((dot(&a, &b) as f64 - naive).abs() < 1e-4, "n={n}");
             let mut y = b.clone();
-            axpy(&mut y, 0.5, &a);
+            axpy_body::<false>(&mut y, 0.5, &a);
             for i in 0..n {
                 assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6);
             }
