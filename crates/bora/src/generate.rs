@@ -118,6 +118,7 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
         .unwrap_or_else(crate::paths::default_model);
     let options = LoadOptions {
         context: args.context,
+        ..LoadOptions::default()
     };
     Model::load(&path, &options).with_context(|| format!("loading model {}", path.display()))
 }
