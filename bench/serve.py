@@ -10,6 +10,10 @@ end-to-end request latency. Run from the repo root after `cargo build --release 
     .venv-bench/bin/python bench/serve.py [--model PATH] [--threads 2] [--max-tokens 64]
         [--requests 2] [--clients 1,4,16] [--only bora|llama]
 
+llama-cpp-python's server runs one request at a time (it has no batching), so its aggregate
+rate is its single-stream rate plus whatever HTTP overlap gains. `p99` is nearest-rank over the
+run's requests (few at low client counts). No test asserts these numbers.
+
 `.venv-bench` needs `llama-cpp-python` with its server extras:
 `.venv-bench/bin/pip install uvicorn fastapi sse-starlette pydantic-settings starlette-context`.
 """
@@ -129,7 +133,8 @@ def run(name, start, args):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base + "/v1/models", proc)
-        complete(base, "m", "Hello", 8)  # warm-up
+        # Warm-up at full length, generous to both: lazy weight repacking, allocator growth.
+        complete(base, "m", "Write a long story about the sea.", args.max_tokens)
         rows = []
         for c in args.clients:
             row = load(base, "m", c, args.requests, args.max_tokens)
