@@ -106,6 +106,14 @@ impl Trainer {
         if batch_size == 0 || seq_len == 0 {
             return Err(ModelError::Empty("a training batch of 0 tokens"));
         }
+        if spec.rank == 0 || spec.targets.is_empty() || !(0.0..1.0).contains(&spec.dropout) {
+            return Err(ModelError::Batch(format!(
+                "LoRA needs a rank > 0, at least one target and a dropout in [0, 1); got rank {}, {} targets, dropout {}",
+                spec.rank,
+                spec.targets.len(),
+                spec.dropout
+            )));
+        }
         if seq_len > model.context() {
             return Err(ModelError::ContextOverflow {
                 needed: seq_len,
