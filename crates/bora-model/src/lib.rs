@@ -4,6 +4,13 @@
 //! weights loaded from any of the three layouts and kept in their stored type (quantized
 //! weights stay quantized); a decoder with a KV cache for generation and a packed path for
 //! batches; sampling and a streaming generation loop.
+//!
+//! LoRA ([`Lora`], PEFT's math and tensor names) applies unmerged in every pass:
+//! [`Model::forward_adapted`], [`Model::nll_adapted`] and [`Generator::with_adapter`] for
+//! inference, [`Trainer`] for training. A training step is the decoder's forward saving what
+//! its backward needs, then a hand-written backward (`layer.rs`, each sub-block's backward
+//! next to its forward) that computes input and LoRA gradients only: the base is frozen, so
+//! it may stay quantized ([`LoadOptions::quantize`] for QLoRA on an HF checkpoint).
 
 mod config;
 mod error;

@@ -294,6 +294,13 @@ impl Lora {
                 "`fan_in_fan_out: true` is for GPT-2 style layers, not this decoder".into(),
             ));
         }
+        for key in ["layers_to_transform", "modules_to_save"] {
+            if json.get(key).is_some_and(|v| !v.is_null()) {
+                return Err(bad(format!(
+                    "`{key}` is set; bora loads adapters on every layer's projections only"
+                )));
+            }
+        }
         for key in ["rank_pattern", "alpha_pattern"] {
             if json
                 .get(key)

@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use bora_compute::{GgmlType, Weight};
-use bora_model::{LoadOptions, Lora, LoraSpec, LoraTarget, Model, TrainBatch, Trainer, Workspace};
+use bora_model::{
+    LoadOptions, Logits, Lora, LoraSpec, LoraTarget, Model, TrainBatch, Trainer, Workspace,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
@@ -277,6 +279,30 @@ fn adapted_inference_matches_the_training_forward() {
     }
     let same = model.nll_adapted(&tokens, &mut ws, Some(&zero_b)).unwrap();
     assert_eq!(same, base);
+
+    // The cached path, in two chunks, gives the packed pass's loss for the same tokens.
+    let mut cache = model.new_cache();
+    let mut cached = 0f64;
+    for chunk in [&tokens[..3], &tokens[3..]] {
+        let first = cache.len();
+        let logits = model
+            .forward_adapted(chunk, &mut cache, &mut ws, Logits::All, Some(&lora))
+            .unwrap()
+            .to_vec();
+        for (i, row) in logits.chunks_exact(model.config.vocab_size).enumerate() {
+            if let Some(&next) = tokens.get(first + i + 1) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let lse = max
+                    + row
+                        .iter()
+                        .map(|&v| (v as f64 - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                cached += lse - row[next as usize] as f64;
+            }
+        }
+    }
+    assert!((cached - nll.loss_sum).abs() <= 1e-4 * nll.loss_sum.abs());
 }
 
 /// Replaces every decoder projection by an f32 copy of its (dequantized) values.
