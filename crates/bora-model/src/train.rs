@@ -7,8 +7,8 @@
 //! one layer's activations instead of all of them, for about a third more compute.
 
 use bora_compute::{
-    cross_entropy_chunked, rmsnorm_backward, rmsnorm_forward, Arena, ArenaLayout, Buf,
-    CrossEntropy, Scratch,
+    cross_entropy_chunked, rmsnorm_backward, rmsnorm_forward, swiglu_forward, Arena, ArenaLayout,
+    Buf, CrossEntropy, Scratch,
 };
 
 use crate::error::{ModelError, Result};
@@ -144,9 +144,13 @@ impl Trainer {
         use crate::lora::LoraTarget as L;
         let sets = if recompute { 1 } else { c.n_layers };
         let mut saved = Vec::with_capacity(sets);
+        // The norms' outputs and the SwiGLU product are cheap to recompute from what is
+        // saved (the norm input and `rstd`; gate and up), so every layer shares one copy:
+        // about 30% less activation memory.
+        let (xn, hidden) = (lay.alloc(t * d), lay.alloc(t * f));
         for _ in 0..sets {
             let attn = [
-                lay.alloc(t * d),
+                xn,
                 lay.alloc(t),
                 lay.alloc(t * qd),
                 lay.alloc(t * kvd),
@@ -160,11 +164,11 @@ impl Trainer {
             ];
             let x_mid = lay.alloc(t * d);
             let mlp = [
-                lay.alloc(t * d),
+                xn,
                 lay.alloc(t),
                 lay.alloc(t * f),
                 lay.alloc(t * f),
-                lay.alloc(t * f),
+                hidden,
                 u(&mut lay, L::Gate),
                 u(&mut lay, L::Up),
                 u(&mut lay, L::Down),
@@ -400,6 +404,13 @@ impl Trainer {
             }
             let layer = &w.layers[l];
             let set = self.saved[if self.recompute { 0 } else { l }];
+            if !self.recompute {
+                let [xn, rstd, gate, up, h, x_mid] = self.arena.get_disjoint_mut([
+                    set.mlp[0], set.mlp[1], set.mlp[2], set.mlp[3], set.mlp[4], set.x_mid,
+                ]);
+                rmsnorm_forward(xn, rstd, x_mid, &layer.ffn_norm, c.rms_norm_eps);
+                swiglu_forward(h, gate, up);
+            }
             let g = self.grads;
             let [m0, m1, m2, m3, m4, m5, m6, m7, x_mid, dx, g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10] =
                 self.arena.get_disjoint_mut([
@@ -432,6 +443,13 @@ impl Trainer {
                 &mut gs,
                 &mut self.scratch,
             );
+            {
+                // The MLP's norm output now holds the shared buffer.
+                let [xn, rstd, x_in] =
+                    self.arena
+                        .get_disjoint_mut([set.attn[0], set.attn[1], self.x_in[l]]);
+                rmsnorm_forward(xn, rstd, x_in, &layer.attn_norm, c.rms_norm_eps);
+            }
             let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, x_in, dx, g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10] =
                 self.arena.get_disjoint_mut([
                     set.attn[0],
