@@ -11,6 +11,7 @@ use std::path::Path;
 use bora_compute::{matmul_dw, matmul_dx, matmul_xwt};
 use bora_formats::names::{LayerTensor, LoraName, LoraPart, Scheme, TensorKind, TensorName};
 use bora_formats::safetensors::Safetensors;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
@@ -403,16 +404,27 @@ impl Dropout {
     }
 
     /// `dst = src ⊙ mask / (1 − p)`, or `dst += …` when `accumulate` (the backward).
+    /// Split over the pool: a hash per element over `[tokens, in]` is too much for one core.
     pub(crate) fn apply(&self, dst: &mut [f32], src: &[f32], accumulate: bool) {
+        const CHUNK: usize = 1 << 14;
         let inv = 1.0 / (1.0 - self.p);
-        for (i, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
-            let v = if self.keep(i) { s * inv } else { 0.0 };
-            if accumulate {
-                *d += v;
-            } else {
-                *d = v;
-            }
-        }
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (dst, src))| {
+                for (i, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
+                    let v = if self.keep(c * CHUNK + i) {
+                        s * inv
+                    } else {
+                        0.0
+                    };
+                    if accumulate {
+                        *d += v;
+                    } else {
+                        *d = v;
+                    }
+                }
+            });
     }
 }
 
