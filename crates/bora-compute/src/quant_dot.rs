@@ -24,16 +24,28 @@ use bora_formats::quant::{
 use crate::simd::dot;
 
 /// One activation row: exact (`x`, for the portable kernel) and as 16-bit blocks of 32
-/// (`q` with scales `d`), plus the exact sum of each block.
+/// (`q` with scales `d`), plus the exact sum of each block. `pairs` holds `q` again with
+/// the halves of consecutive blocks interleaved (see [`quantize_row`]).
 pub(crate) struct XRow<'a> {
     pub x: &'a [f32],
     pub q: &'a [i16],
+    pub pairs: &'a [i16],
     pub d: &'a [f32],
     pub sums: &'a [f32],
 }
 
-/// Fills `q`, `d` (16-bit blocks of 32, scale `max|x|/32767`) and `sums` for row `x`.
-pub(crate) fn quantize_row(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
+/// Fills `q`, `d` (16-bit blocks of 32, scale `max|x|/32767`) and `sums` for row `x`, and
+/// `pairs`: for blocks `2t`, `2t+1` (`a`, `b`), `a[0..16] b[0..16] a[16..32] b[16..32]`, and
+/// a last unpaired block as it is. The AVX-512 Q4 kernel widens two blocks' nibbles into one
+/// register, low nibbles (elements 0..16) of both blocks, then high nibbles; this layout
+/// lets it load the matching activations with one plain load each.
+pub(crate) fn quantize_row(
+    x: &[f32],
+    q: &mut [i16],
+    pairs: &mut [i16],
+    d: &mut [f32],
+    sums: &mut [f32],
+) {
     for (((xb, qb), db), sb) in x
         .chunks_exact(QK)
         .zip(q.chunks_exact_mut(QK))
@@ -49,6 +61,17 @@ pub(crate) fn quantize_row(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [
         *db = scale;
         *sb = xb.iter().sum();
     }
+    const H: usize = QK / 2;
+    let mut src = q.chunks_exact(2 * QK);
+    let mut dst = pairs.chunks_exact_mut(2 * QK);
+    for (s, o) in (&mut src).zip(&mut dst) {
+        o[..H].copy_from_slice(&s[..H]);
+        o[H..2 * H].copy_from_slice(&s[QK..QK + H]);
+        o[2 * H..3 * H].copy_from_slice(&s[H..QK]);
+        o[3 * H..].copy_from_slice(&s[QK + H..]);
+    }
+    let rest = src.remainder();
+    dst.into_remainder()[..rest.len()].copy_from_slice(rest);
 }
 
 /// True for the types [`row_dot`] handles.
@@ -359,10 +382,43 @@ mod x86_512 {
                     _mm512_cvtepi32_ps(_mm512_madd_epi16(wq, xq)),
                 )
             };
+            let mut i = 0;
+            if matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) {
+                // Two blocks per register: their 2×16 nibble bytes widened at once, low
+                // nibbles masked and high ones shifted down in place, dotted with the
+                // interleaved activations; lanes 0..8 then hold block i, 8..16 block i+1.
+                let qoff = if ty == GgmlType::Q4_1 { 4 } else { 2 };
+                let m4 = _mm512_set1_epi16(0x0F);
+                let mut idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+                let two = _mm512_set1_epi32(2);
+                while i + 1 < cnt {
+                    let b = b0 + i;
+                    let qa = _mm_loadu_si128(w.add(b * bb + qoff) as *const __m128i);
+                    let qb = _mm_loadu_si128(w.add((b + 1) * bb + qoff) as *const __m128i);
+                    let v = _mm512_cvtepu8_epi16(_mm256_set_m128i(qb, qa));
+                    let xp = xr.pairs.as_ptr().add(b * QK);
+                    let lo = _mm512_madd_epi16(
+                        _mm512_and_si512(v, m4),
+                        _mm512_loadu_si512(xp as *const __m512i),
+                    );
+                    let hi = _mm512_madd_epi16(
+                        _mm512_srli_epi16(v, 4),
+                        _mm512_loadu_si512(xp.add(QK) as *const __m512i),
+                    );
+                    let p = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
+                    let s = _mm512_permutexvar_ps(idx, scale);
+                    if i & 2 == 0 {
+                        acc0 = _mm512_fmadd_ps(s, p, acc0);
+                    } else {
+                        acc1 = _mm512_fmadd_ps(s, p, acc1);
+                    }
+                    idx = _mm512_add_epi32(idx, two);
+                    i += 2;
+                }
+            }
             // Even and odd blocks go to separate accumulators (held in registers, not an
             // indexed array, which would chain every FMA through a store and a load), so one
             // block's FMA need not wait for the previous block's.
-            let mut i = 0;
             while i + 1 < cnt {
                 let (s0, p0) = block(i);
                 let (s1, p1) = block(i + 1);
@@ -376,7 +432,7 @@ mod x86_512 {
             }
             b0 += cnt;
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + _mm512_reduce_add_ps(off)
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), off))
     }
 
     /// # Safety
@@ -393,7 +449,8 @@ mod x86_512 {
     ) {
         let nb = row_bytes / ty.block_bytes();
         assert!(rows.len() >= out.len() * row_bytes);
-        assert!(xr.q.len() >= nb * QK && xr.d.len() >= nb && xr.sums.len() >= nb);
+        assert!(xr.q.len() >= nb * QK && xr.pairs.len() >= nb * QK);
+        assert!(xr.d.len() >= nb && xr.sums.len() >= nb);
         let w = rows.as_ptr();
         macro_rules! each_row {
             ($ty:expr) => {
@@ -471,16 +528,25 @@ mod tests {
     /// (exact f32) against dequantize + an f64 dot.
     #[test]
     fn dispatched_and_portable_dots_match_the_dequantized_reference() {
-        let k = 768;
+        // 24 and 25 blocks of 32: a full group of 16 scales and a part group, with and
+        // without an unpaired last block; the K-quants need whole super-blocks of 256.
+        for k in [768, 800] {
+            check_dots(k);
+        }
+    }
+
+    fn check_dots(k: usize) {
         // Blocks with an outlier, as in small models' activations, next to plain ones.
         let mut x = rand_vec(k, 1);
         x[5] = 40.0;
         x[300] = -25.0;
-        let (mut q, mut d, mut sums) = (vec![0i16; k], vec![0f32; k / QK], vec![0f32; k / QK]);
-        quantize_row(&x, &mut q, &mut d, &mut sums);
+        let (mut q, mut pairs) = (vec![0i16; k], vec![0i16; k]);
+        let (mut d, mut sums) = (vec![0f32; k / QK], vec![0f32; k / QK]);
+        quantize_row(&x, &mut q, &mut pairs, &mut d, &mut sums);
         let xr = XRow {
             x: &x,
             q: &q,
+            pairs: &pairs,
             d: &d,
             sums: &sums,
         };
@@ -491,6 +557,9 @@ mod tests {
             GgmlType::Q4_K,
             GgmlType::Q6_K,
         ] {
+            if !k.is_multiple_of(ty.block_elems()) {
+                continue;
+            }
             for seed in 0..4 {
                 let row = quant_bytes(ty, 1, k, 10 + seed);
                 let mut w = vec![0f32; k];

@@ -356,12 +356,19 @@ impl Weight {
         let (n, k) = (self.rows, self.cols);
         let rb = bytes.len() / n.max(1);
         let nb = k / QK;
-        let (floats, q) = scratch.with_i16(2 * nb, k);
+        let (floats, ints) = scratch.with_i16(2 * nb, 2 * k);
         let (d, sums) = floats.split_at_mut(nb);
+        let (q, pairs) = ints.split_at_mut(k);
         for r in 0..m {
             let x = &x[r * k..(r + 1) * k];
-            quantize_row(x, q, d, sums);
-            let xr = XRow { x, q, d, sums };
+            quantize_row(x, q, pairs, d, sums);
+            let xr = XRow {
+                x,
+                q,
+                pairs,
+                d,
+                sums,
+            };
             y[r * n..(r + 1) * n]
                 .par_chunks_mut(MATVEC_ROWS_PER_TASK)
                 .enumerate()
