@@ -46,6 +46,31 @@ pub(crate) fn quantize_row(
     d: &mut [f32],
     sums: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { quantize_blocks_avx2(x, q, d, sums) };
+    } else {
+        quantize_blocks(x, q, d, sums);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    quantize_blocks(x, q, d, sums);
+    const H: usize = QK / 2;
+    let mut src = q.chunks_exact(2 * QK);
+    let mut dst = pairs.chunks_exact_mut(2 * QK);
+    for (s, o) in (&mut src).zip(&mut dst) {
+        o[..H].copy_from_slice(&s[..H]);
+        o[H..2 * H].copy_from_slice(&s[QK..QK + H]);
+        o[2 * H..3 * H].copy_from_slice(&s[H..QK]);
+        o[3 * H..].copy_from_slice(&s[QK + H..]);
+    }
+    let rest = src.remainder();
+    dst.into_remainder()[..rest.len()].copy_from_slice(rest);
+}
+
+/// The per-block part of [`quantize_row`].
+#[inline(always)]
+fn quantize_blocks(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
     for (((xb, qb), db), sb) in x
         .chunks_exact(QK)
         .zip(q.chunks_exact_mut(QK))
@@ -61,17 +86,17 @@ pub(crate) fn quantize_row(
         *db = scale;
         *sb = xb.iter().sum();
     }
-    const H: usize = QK / 2;
-    let mut src = q.chunks_exact(2 * QK);
-    let mut dst = pairs.chunks_exact_mut(2 * QK);
-    for (s, o) in (&mut src).zip(&mut dst) {
-        o[..H].copy_from_slice(&s[..H]);
-        o[H..2 * H].copy_from_slice(&s[QK..QK + H]);
-        o[2 * H..3 * H].copy_from_slice(&s[H..QK]);
-        o[3 * H..].copy_from_slice(&s[QK + H..]);
-    }
-    let rest = src.remainder();
-    dst.into_remainder()[..rest.len()].copy_from_slice(rest);
+}
+
+/// [`quantize_blocks`] compiled with AVX2, where `round` is a few vector instructions
+/// instead of a libm call per element.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
+    quantize_blocks(x, q, d, sums)
 }
 
 /// True for the types [`row_dot`] handles.
@@ -332,8 +357,7 @@ mod x86_512 {
     /// One row: `Σ_b s_b·Σ w·xq + Σ_b mins_b·sums_b`, with `s_b = d_b·xd_b` and `mins_b`
     /// the block's additive term (`m` for Q4_1, `−8·d` for Q4_0, none for Q8_0).
     #[inline(always)]
-    unsafe fn row(ty: GgmlType, w: *const u8, nb: usize, xr: &XRow<'_>) -> f32 {
-        let bb = ty.block_bytes();
+    unsafe fn row(ty: GgmlType, bb: usize, w: *const u8, nb: usize, xr: &XRow<'_>) -> f32 {
         let (q, xd, sums) = (xr.q.as_ptr(), xr.d.as_ptr(), xr.sums.as_ptr());
         let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let mut off = _mm512_setzero_ps();
@@ -447,7 +471,8 @@ mod x86_512 {
         out: &mut [f32],
         accumulate: bool,
     ) {
-        let nb = row_bytes / ty.block_bytes();
+        let bb = ty.block_bytes();
+        let nb = row_bytes / bb;
         assert!(rows.len() >= out.len() * row_bytes);
         assert!(xr.q.len() >= nb * QK && xr.pairs.len() >= nb * QK);
         assert!(xr.d.len() >= nb && xr.sums.len() >= nb);
@@ -455,7 +480,7 @@ mod x86_512 {
         macro_rules! each_row {
             ($ty:expr) => {
                 for (j, o) in out.iter_mut().enumerate() {
-                    let v = row($ty, w.add(j * row_bytes), nb, xr);
+                    let v = row($ty, bb, w.add(j * row_bytes), nb, xr);
                     *o = if accumulate { *o + v } else { v };
                 }
             };

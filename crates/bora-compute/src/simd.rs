@@ -30,7 +30,16 @@ pub(crate) fn dot_body<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         tail += x * y;
     }
-    acc.iter().sum::<f32>() + tail
+    // Halve the lanes pairwise (vector adds) rather than summing them in sequence, whose
+    // chain of 16 dependent scalar adds cost more than the products for one 64-wide head.
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+    }
+    acc[0] + tail
 }
 
 /// `y[i] += a·x[i]` over the shorter of the two slices, for kernels that inline it into
