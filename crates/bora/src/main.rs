@@ -2,6 +2,8 @@
 use clap::{Parser, Subcommand};
 
 mod data;
+mod demo;
+mod eval;
 mod generate;
 mod serve;
 mod tokenize;
@@ -36,6 +38,10 @@ enum Command {
     Data(data::DataArgs),
     /// Fine-tune a LoRA adapter into runs/NAME (or --resume runs/NAME).
     Train(Box<train::TrainArgs>),
+    /// Compare a fine-tune with its base model on held-out examples; write a report.
+    Eval(Box<eval::EvalArgs>),
+    /// The whole pipeline on the bundled demo task: data, train, eval, report.
+    Demo(demo::DemoArgs),
     /// Serve a model over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
 }
@@ -50,6 +56,8 @@ fn main() -> anyhow::Result<()> {
         Command::Info(args) => generate::info(&args)?,
         Command::Data(args) => data::run(&args, &paths::default_model())?,
         Command::Train(args) => train::train(&args)?,
+        Command::Eval(args) => eval::eval(&args)?,
+        Command::Demo(args) => demo::demo(&args)?,
         Command::Serve(args) => serve::run(&args)?,
     }
     Ok(())

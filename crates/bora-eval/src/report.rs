@@ -1,0 +1,411 @@
+//! The evaluation report in two forms: Markdown for a model card, and one self-contained HTML
+//! page (inline SVG charts and CSS, no scripts, no network) that opens offline anywhere.
+
+use std::fmt::Write;
+
+use bora_train::Timing;
+
+use crate::eval::{EvalResults, SampleRow, SideScore};
+
+/// What a report shows about the training run behind the adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub name: String,
+    pub config_toml: String,
+    /// (step, loss) per optimizer step.
+    pub train_loss: Vec<(u64, f64)>,
+    /// (step, validation loss) where validation ran.
+    pub val_loss: Vec<(u64, f64)>,
+    pub timing: Option<Timing>,
+}
+
+/// Examples shown per "fixed" / "broken" list.
+const SHOWN: usize = 5;
+
+/// The examples that say most about what tuning did: those it fixed (base wrong, tuned right)
+/// and those it broke (base right, tuned wrong). Without an adapter: the base model's misses.
+fn instructive(samples: &[SampleRow]) -> Vec<(&'static str, Vec<&SampleRow>)> {
+    let pick =
+        |f: &dyn Fn(&SampleRow) -> bool| samples.iter().filter(|s| f(s)).take(SHOWN).collect();
+    if samples.iter().any(|s| s.tuned.is_some()) {
+        vec![
+            (
+                "Fixed by tuning",
+                pick(&|s| s.base_score < 1.0 && s.tuned_score == Some(1.0)),
+            ),
+            (
+                "Broken by tuning",
+                pick(&|s| s.base_score == 1.0 && s.tuned_score == Some(0.0)),
+            ),
+        ]
+    } else {
+        vec![("Missed by the model", pick(&|s| s.base_score < 1.0))]
+    }
+}
+
+fn sides(r: &EvalResults) -> Vec<(&'static str, &SideScore)> {
+    let mut out = vec![("base", &r.base)];
+    out.extend(r.tuned.as_ref().map(|t| ("tuned", t)));
+    out
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+fn timing_line(t: &Timing) -> String {
+    format!(
+        "{} steps in {:.1} s ({:.2} s/step)",
+        t.steps, t.train_seconds, t.seconds_per_step
+    )
+}
+
+/// Markdown for a model card: score table, loss summary, examples, config and timings.
+pub fn render_markdown(r: &EvalResults, samples: &[SampleRow], run: Option<&RunInfo>) -> String {
+    let mut md = String::new();
+    let title = run.map(|i| i.name.as_str()).unwrap_or("model");
+    let _ = writeln!(md, "# Evaluation: {title}\n");
+    let _ = writeln!(
+        md,
+        "Metric `{}` on {} held-out examples of `{}`; greedy decoding. Base model `{}`{}.\n",
+        r.metric,
+        r.n,
+        r.data,
+        r.model,
+        r.adapter
+            .as_ref()
+            .map(|a| format!(", adapter `{a}`"))
+            .unwrap_or_default()
+    );
+    md.push_str("| model | score | 95% CI (Wilson) | correct | answer NLL | answer PPL |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|\n");
+    for (name, s) in sides(r) {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} – {} | {}/{} | {:.3} | {:.2} |",
+            pct(s.score),
+            pct(s.ci95[0]),
+            pct(s.ci95[1]),
+            s.correct,
+            r.n,
+            s.nll,
+            s.ppl
+        );
+    }
+    if let Some(info) = run {
+        md.push_str("\n## Training\n\n");
+        if let Some(t) = &info.timing {
+            let _ = writeln!(md, "Trained {}.\n", timing_line(t));
+        }
+        if !info.train_loss.is_empty() {
+            md.push_str("| step | train loss | validation loss |\n|---:|---:|---:|\n");
+            for &(step, loss) in thin(&info.train_loss, 10).iter() {
+                let val = info
+                    .val_loss
+                    .iter()
+                    .find(|v| v.0 == step)
+                    .map(|v| format!("{:.4}", v.1))
+                    .unwrap_or_default();
+                let _ = writeln!(md, "| {step} | {loss:.4} | {val} |");
+            }
+        }
+    }
+    for (title, rows) in instructive(samples) {
+        let _ = writeln!(md, "\n## {title} ({} shown)\n", rows.len());
+        for s in rows {
+            let _ = writeln!(md, "- line {}: prompt `{}`", s.line, md_code(&s.prompt));
+            let _ = writeln!(md, "  - expected: `{}`", md_code(&s.expected));
+            let _ = writeln!(md, "  - base: `{}`", md_code(&s.base));
+            if let Some(t) = &s.tuned {
+                let _ = writeln!(md, "  - tuned: `{}`", md_code(t));
+            }
+        }
+    }
+    if let Some(info) = run {
+        let _ = write!(md, "\n## Run config\n\n```toml\n{}```\n", info.config_toml);
+    }
+    let _ = writeln!(md, "\nEvaluation took {:.1} s.", r.eval_seconds);
+    md
+}
+
+/// One line, inline-code safe: newlines shown as `⏎`, backticks as `'`.
+fn md_code(s: &str) -> String {
+    s.replace('\n', "⏎").replace('`', "'")
+}
+
+/// At most about `n` evenly spaced points, always keeping the last.
+fn thin(points: &[(u64, f64)], n: usize) -> Vec<(u64, f64)> {
+    let every = points.len().div_ceil(n).max(1);
+    let mut out: Vec<_> = points.iter().copied().step_by(every).collect();
+    if out.last() != points.last() {
+        out.extend(points.last().copied());
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;background:#f6f7f9;color:#1d2330}\
+main{max-width:1100px;margin:0 auto;padding:28px 36px}\
+h1{font-size:26px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 10px;color:#2a3350}\
+.sub{color:#5b6478;font-size:14px;margin-bottom:18px}\
+.card{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:16px 20px;margin-bottom:16px}\
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:16px}\
+table{border-collapse:collapse;width:100%;font-size:14px}th,td{padding:6px 10px;text-align:left;border-bottom:1px solid #e6e8ee}\
+th{color:#5b6478;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+.big{font-size:30px;font-weight:700}.base{color:#8a94a8}.tuned{color:#2f6fed}\
+.ex{font-size:13px;border-left:3px solid #2f6fed;padding:6px 10px;margin:8px 0;background:#fafbfd}\
+.ex.bad{border-color:#d9534f}.ex code{background:#eef1f6;padding:1px 4px;border-radius:3px;word-break:break-all}\
+pre{background:#1d2330;color:#e6e8ee;padding:12px;border-radius:8px;font-size:12px;overflow:auto}";
+
+const BASE_COLOR: &str = "#9aa4b8";
+const TUNED_COLOR: &str = "#2f6fed";
+
+/// One self-contained HTML page.
+pub fn render_html(r: &EvalResults, samples: &[SampleRow], run: Option<&RunInfo>) -> String {
+    let mut h = String::new();
+    let title = run.map(|i| i.name.as_str()).unwrap_or("model");
+    let _ = write!(
+        h,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>bora eval: {}</title><style>{CSS}</style></head><body><main>",
+        esc(title)
+    );
+    let _ = write!(
+        h,
+        "<h1>Evaluation: {}</h1><div class=\"sub\">metric <b>{}</b> on {} held-out examples · greedy · base <code>{}</code>{}</div>",
+        esc(title),
+        esc(&r.metric),
+        r.n,
+        esc(&r.model),
+        r.adapter
+            .as_ref()
+            .map(|a| format!(" · adapter <code>{}</code>", esc(a)))
+            .unwrap_or_default()
+    );
+    h.push_str("<div class=\"grid\"><div class=\"card\">");
+    for (name, s) in sides(r) {
+        let _ = write!(
+            h,
+            "<div style=\"display:inline-block;margin-right:36px\"><div class=\"sub\" style=\"margin:0\">{name}</div><div class=\"big {name}\">{}</div></div>",
+            pct(s.score)
+        );
+    }
+    h.push_str("<table><tr><th>model</th><th>score</th><th>95% CI (Wilson)</th><th>correct</th><th>answer NLL</th><th>PPL</th></tr>");
+    for (name, s) in sides(r) {
+        let _ = write!(
+            h,
+            "<tr><td class=\"{name}\"><b>{name}</b></td><td class=\"n\">{}</td><td class=\"n\">{} – {}</td><td class=\"n\">{}/{}</td><td class=\"n\">{:.3}</td><td class=\"n\">{:.2}</td></tr>",
+            pct(s.score),
+            pct(s.ci95[0]),
+            pct(s.ci95[1]),
+            s.correct,
+            r.n,
+            s.nll,
+            s.ppl
+        );
+    }
+    h.push_str("</table></div><div class=\"card\">");
+    h.push_str(&bars_svg(r));
+    h.push_str("</div></div>");
+    if let Some(info) = run {
+        h.push_str("<h2>Training</h2><div class=\"card\">");
+        if let Some(t) = &info.timing {
+            let _ = write!(h, "<div class=\"sub\">trained {}</div>", timing_line(t));
+        }
+        h.push_str(&loss_svg(&info.train_loss, &info.val_loss));
+        h.push_str("</div>");
+    }
+    for (title, rows) in instructive(samples) {
+        let _ = write!(h, "<h2>{title}</h2><div class=\"card\">");
+        if rows.is_empty() {
+            h.push_str("<div class=\"sub\">none</div>");
+        }
+        for s in rows {
+            let bad = if title.starts_with("Fixed") {
+                ""
+            } else {
+                " bad"
+            };
+            let _ = write!(
+                h,
+                "<div class=\"ex{bad}\">line {} · prompt <code>{}</code><br>expected <code>{}</code><br>base <code>{}</code>",
+                s.line,
+                esc(&s.prompt),
+                esc(&s.expected),
+                esc(&s.base)
+            );
+            if let Some(t) = &s.tuned {
+                let _ = write!(h, "<br>tuned <code>{}</code>", esc(t));
+            }
+            h.push_str("</div>");
+        }
+        h.push_str("</div>");
+    }
+    if let Some(info) = run {
+        let _ = write!(
+            h,
+            "<h2>Run config</h2><pre>{}</pre>",
+            esc(&info.config_toml)
+        );
+    }
+    let _ = write!(
+        h,
+        "<div class=\"sub\">evaluation took {:.1} s · data <code>{}</code></div></main></body></html>\n",
+        r.eval_seconds,
+        esc(&r.data)
+    );
+    h
+}
+
+/// Score bars with their 95% intervals as whiskers, 0–100%.
+fn bars_svg(r: &EvalResults) -> String {
+    let (w, h) = (460.0, 230.0);
+    let (left, bottom, top) = (44.0, 30.0, 14.0);
+    let plot_h = h - bottom - top;
+    let y = |v: f64| top + plot_h * (1.0 - v);
+    let mut s = format!(
+        "<svg viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\" aria-label=\"score bars\">"
+    );
+    for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let _ = write!(
+            s,
+            "<line x1=\"{left}\" x2=\"{w}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\" stroke=\"#e6e8ee\"/><text x=\"{tx}\" y=\"{ty:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"#5b6478\">{}%</text>",
+            (tick * 100.0) as u32,
+            y0 = y(tick),
+            tx = left - 6.0,
+            ty = y(tick) + 4.0
+        );
+    }
+    let all = sides(r);
+    let slot = (w - left) / all.len() as f64;
+    for (i, (name, side)) in all.iter().enumerate() {
+        let color = if *name == "base" {
+            BASE_COLOR
+        } else {
+            TUNED_COLOR
+        };
+        let bw = slot * 0.45;
+        let x = left + slot * i as f64 + (slot - bw) / 2.0;
+        let cx = x + bw / 2.0;
+        let _ = write!(
+            s,
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{:.1}\" rx=\"4\" fill=\"{color}\"/>\
+             <line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#1d2330\" stroke-width=\"1.5\"/>\
+             <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{lo:.1}\" y2=\"{lo:.1}\" stroke=\"#1d2330\" stroke-width=\"1.5\"/>\
+             <line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{hi:.1}\" y2=\"{hi:.1}\" stroke=\"#1d2330\" stroke-width=\"1.5\"/>\
+             <text x=\"{cx:.1}\" y=\"{:.1}\" font-size=\"13\" text-anchor=\"middle\" fill=\"#1d2330\">{name} · {}</text>",
+            y(side.score),
+            plot_h * side.score,
+            y(side.ci95[0]),
+            y(side.ci95[1]),
+            cx - 8.0,
+            cx + 8.0,
+            cx - 8.0,
+            cx + 8.0,
+            h - 10.0,
+            pct(side.score),
+            lo = y(side.ci95[0]),
+            hi = y(side.ci95[1]),
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// Train (and validation) loss against step.
+fn loss_svg(train: &[(u64, f64)], val: &[(u64, f64)]) -> String {
+    if train.is_empty() {
+        return "<div class=\"sub\">no losses logged</div>".into();
+    }
+    let (w, h) = (1000.0, 280.0);
+    let (left, right, bottom, top) = (56.0, 16.0, 34.0, 12.0);
+    let finite = train
+        .iter()
+        .chain(val)
+        .map(|p| p.1)
+        .filter(|v| v.is_finite());
+    let max_loss = finite.fold(0.0f64, f64::max).max(1e-6) * 1.05;
+    let max_step = train
+        .iter()
+        .chain(val)
+        .map(|p| p.0)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let x = |step: u64| left + (w - left - right) * step as f64 / max_step;
+    let y = |loss: f64| top + (h - top - bottom) * (1.0 - loss / max_loss);
+    let mut s = format!(
+        "<svg viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\" aria-label=\"loss curves\">"
+    );
+    for i in 0..=4 {
+        let v = max_loss * i as f64 / 4.0;
+        let _ = write!(
+            s,
+            "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#e6e8ee\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"#5b6478\">{v:.2}</text>",
+            w - right,
+            left - 6.0,
+            y(v) + 4.0,
+            yy = y(v)
+        );
+    }
+    let _ = write!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#5b6478\">step (last {})</text>",
+        (left + w - right) / 2.0,
+        h - 8.0,
+        max_step as u64
+    );
+    let path = |points: &[(u64, f64)]| {
+        points
+            .iter()
+            .filter(|p| p.1.is_finite())
+            .map(|&(st, l)| format!("{:.1},{:.1}", x(st), y(l)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let _ = write!(
+        s,
+        "<polyline fill=\"none\" stroke=\"{TUNED_COLOR}\" stroke-width=\"2\" points=\"{}\"/>",
+        path(train)
+    );
+    if !val.is_empty() {
+        let _ = write!(
+            s,
+            "<polyline fill=\"none\" stroke=\"#e8833a\" stroke-width=\"2\" stroke-dasharray=\"6 4\" points=\"{}\"/>",
+            path(val)
+        );
+        for &(st, l) in val.iter().filter(|p| p.1.is_finite()) {
+            let _ = write!(
+                s,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"#e8833a\"/>",
+                x(st),
+                y(l)
+            );
+        }
+    }
+    let lx = w - right - 140.0;
+    let _ = write!(
+        s,
+        "<rect x=\"{lx:.1}\" y=\"{top}\" width=\"14\" height=\"3\" fill=\"{TUNED_COLOR}\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" fill=\"#1d2330\">train loss</text>\
+         <rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"14\" height=\"3\" fill=\"#e8833a\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" fill=\"#1d2330\">validation loss</text></svg>",
+        lx + 20.0,
+        top + 5.0,
+        top + 18.0,
+        lx + 20.0,
+        top + 23.0,
+    );
+    s
+}

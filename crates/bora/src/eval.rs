@@ -1,0 +1,148 @@
+//! `bora eval`: base vs tuned on held-out examples, through `bora_eval`; results and reports
+//! in `runs/NAME/eval/` (or `--out`), scores also logged to the run.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bora_eval::{
+    eval_dir, evaluate, log_to_run, summary_json, write_eval_dir, EvalConfig, EvalResults, Metric,
+    Progress, RunInfo,
+};
+use bora_train::RunDir;
+use clap::Args;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A training run directory: its base model against its final adapter.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["model", "adapter"])]
+    run: Option<PathBuf>,
+    /// A base model (`.gguf` or model directory) to evaluate without a run.
+    #[arg(long, value_name = "PATH", required_unless_present = "run")]
+    model: Option<PathBuf>,
+    /// A PEFT adapter directory to compare with the base model (with --model).
+    #[arg(long, value_name = "DIR", requires = "model")]
+    adapter: Option<PathBuf>,
+    /// Test JSONL; each example's last assistant message is the expected answer.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// exact, json, contains, regex:PATTERN (full match) or choice:A,B,C.
+    #[arg(long, default_value = "exact")]
+    metric: String,
+    /// Evaluate only the first N examples.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Longest answer to generate, in tokens.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Output directory with --model [default: eval].
+    #[arg(long, value_name = "DIR", conflicts_with = "run")]
+    out: Option<PathBuf>,
+    /// Print exactly one JSON object: {"metric", "n", "base": {"score"}, "tuned": {"score"}}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let metric: Metric = args.metric.parse()?;
+    let (results, report) = match &args.run {
+        Some(run) => eval_run(run, &args.data, metric, args.limit, args.max_tokens)?,
+        None => {
+            let config = EvalConfig {
+                model: args.model.clone().context("--model or --run is required")?,
+                adapter: args.adapter.clone(),
+                data: args.data.clone(),
+                metric,
+                limit: args.limit,
+                max_tokens: args.max_tokens,
+            };
+            let (results, samples) = evaluate(&config, &mut progress())?;
+            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("eval"));
+            let report = write_eval_dir(&out, &results, &samples, None)?;
+            (results, report)
+        }
+    };
+    if args.json {
+        println!("{}", summary_json(&results));
+    } else {
+        print_summary(&results);
+        println!("report: {}", report.display());
+    }
+    Ok(())
+}
+
+/// Evaluates a run's final adapter against its base model, writes `RUN/eval/` and logs the
+/// scores to the run; returns the results and the HTML report's path.
+pub fn eval_run(
+    run: &Path,
+    data: &Path,
+    metric: Metric,
+    limit: Option<usize>,
+    max_tokens: usize,
+) -> Result<(EvalResults, PathBuf)> {
+    let (dir, config) = RunDir::open(run)?;
+    let adapter = dir.adapter_dir();
+    if !adapter.join(bora_train::ADAPTER_CONFIG_FILE).is_file() {
+        bail!(
+            "{}: the run has no final adapter yet; finish it with `bora train --resume {}`",
+            adapter.display(),
+            run.display()
+        );
+    }
+    if config.qlora.enabled {
+        bail!(
+            "{}: the run trained on a {}-quantized base (QLoRA); bora eval loads the base as stored and would not match it",
+            run.display(),
+            config.qlora.quant
+        );
+    }
+    let info = RunInfo::load(run)?;
+    let eval_config = EvalConfig {
+        model: PathBuf::from(&config.model.path),
+        adapter: Some(adapter),
+        data: data.to_path_buf(),
+        metric,
+        limit,
+        max_tokens,
+    };
+    let (results, samples) = evaluate(&eval_config, &mut progress())?;
+    let report = write_eval_dir(&eval_dir(run), &results, &samples, Some(&info))?;
+    log_to_run(run, &results, info.last_step())?;
+    Ok((results, report))
+}
+
+fn print_summary(r: &EvalResults) {
+    let sides = [("base", Some(&r.base)), ("tuned", r.tuned.as_ref())];
+    for (name, s) in sides {
+        if let Some(s) = s {
+            println!(
+                "{name:>5}: {} {:.1}% ({}/{}, 95% CI {:.1}–{:.1}%), answer NLL {:.3}",
+                r.metric,
+                100.0 * s.score,
+                s.correct,
+                r.n,
+                100.0 * s.ci95[0],
+                100.0 * s.ci95[1],
+                s.nll
+            );
+        }
+    }
+}
+
+/// Progress on stderr: a line that rewrites itself on a terminal, every 25 items otherwise.
+fn progress() -> impl FnMut(Progress) {
+    let tty = std::io::stderr().is_terminal();
+    move |p| match p {
+        Progress::Ready { n } => eprintln!("evaluating {n} examples"),
+        Progress::Item { side, done, total } => {
+            if tty {
+                eprint!("\r\x1b[2K{} {done}/{total}", side.name());
+                if done == total {
+                    eprintln!();
+                }
+            } else if done % 25 == 0 || done == total {
+                eprintln!("{} {done}/{total}", side.name());
+            }
+        }
+    }
+}
