@@ -131,6 +131,11 @@ fn attend_streaming(
             let scores = &mut scores.borrow_mut();
             let (k, v) = (&k[koff..], &v[koff..]);
             #[cfg(target_arch = "x86_64")]
+            if let Some(f) = x86_512::attend_row_for(hd) {
+                // SAFETY: `attend_row_for` returned a kernel only after probing AVX-512F.
+                return unsafe { f(o, qr, k, v, kvw, keys(row), shape.scale, scores) };
+            }
+            #[cfg(target_arch = "x86_64")]
             if has_avx2() {
                 // SAFETY: the CPU supports AVX2 and FMA (checked just above).
                 return unsafe { attend_row_fma(o, qr, k, v, kvw, keys(row), shape.scale, scores) };
@@ -201,6 +206,81 @@ unsafe fn attend_row_fma(
     scores: &mut Vec<f32>,
 ) {
     attend_row::<true>(o, qr, k, v, kvw, keys, scale, scores)
+}
+
+/// AVX-512 decode attention for the common head sizes: with the head size a compile-time
+/// multiple of 16, the output row and the query stay in registers for the whole pass over
+/// the cache, where the generic body reloads and stores the output for every key.
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// Signature of [`attend_row`]'s specializations (same arguments as the generic one).
+    pub(super) type AttendRow =
+        unsafe fn(&mut [f32], &[f32], &[f32], &[f32], usize, Range<usize>, f32, &mut Vec<f32>);
+
+    /// The specialization for head size `hd`, if there is one and the CPU has AVX-512F.
+    pub(super) fn attend_row_for(hd: usize) -> Option<AttendRow> {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return None;
+        }
+        match hd {
+            32 => Some(attend_row::<2>),
+            64 => Some(attend_row::<4>),
+            128 => Some(attend_row::<8>),
+            _ => None,
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F; `qr` and `o` hold `16·NV` floats.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn attend_row<const NV: usize>(
+        o: &mut [f32],
+        qr: &[f32],
+        k: &[f32],
+        v: &[f32],
+        kvw: usize,
+        keys: Range<usize>,
+        scale: f32,
+        scores: &mut Vec<f32>,
+    ) {
+        let hd = 16 * NV;
+        assert!(qr.len() == hd && o.len() == hd);
+        let mut qv = [_mm512_setzero_ps(); NV];
+        for (c, r) in qv.iter_mut().enumerate() {
+            *r = _mm512_loadu_ps(qr.as_ptr().add(16 * c));
+        }
+        scores.clear();
+        let mut m = f32::NEG_INFINITY;
+        for j in keys.clone() {
+            let kp = k[j * kvw..][..hd].as_ptr();
+            let mut acc = _mm512_setzero_ps();
+            for (c, q) in qv.iter().enumerate() {
+                acc = _mm512_fmadd_ps(*q, _mm512_loadu_ps(kp.add(16 * c)), acc);
+            }
+            let s = _mm512_reduce_add_ps(acc) * scale;
+            m = m.max(s);
+            scores.push(s);
+        }
+        let mut ov = [_mm512_setzero_ps(); NV];
+        let mut l = 0f32;
+        for (j, s) in keys.zip(scores.iter()) {
+            let p = (s - m).exp();
+            l += p;
+            let vp = v[j * kvw..][..hd].as_ptr();
+            let pv = _mm512_set1_ps(p);
+            for (c, r) in ov.iter_mut().enumerate() {
+                *r = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vp.add(16 * c)), *r);
+            }
+        }
+        let inv = _mm512_set1_ps(1.0 / l);
+        for (c, r) in ov.iter().enumerate() {
+            _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), _mm512_mul_ps(*r, inv));
+        }
+    }
 }
 
 /// Where one head's rows live: base offset of row 0 and the row stride.
@@ -728,6 +808,28 @@ mod tests {
         check_grad(&q, &dq, |x| loss(x, &k, &v), 1e-2, 3e-3, "dq");
         check_grad(&k, &dk, |x| loss(&q, x, &v), 1e-2, 3e-3, "dk");
         check_grad(&v, &dv, |x| loss(&q, &k, x), 1e-2, 3e-3, "dv");
+    }
+
+    #[test]
+    fn streaming_decode_matches_the_dense_reference_for_each_head_size() {
+        // 32/64/128 have AVX-512 specializations; 8 and 48 take the generic body.
+        for hd in [8, 32, 48, 64, 128] {
+            let s = AttentionShape {
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                ..shape(Some(30))
+            };
+            let t = 40;
+            let (qw, kvw) = (s.n_heads * hd, s.n_kv_heads * hd);
+            let q = rand_vec(t * qw, 7);
+            let k = rand_vec(t * kvw, 8);
+            let v = rand_vec(t * kvw, 9);
+            let want = reference(&q, &k, &v, &[0, t], &s);
+            let first = t - 2;
+            let mut out = vec![0f32; (t - first) * qw];
+            attention_decode(&mut out, &q[first * qw..], &k, &v, first, &s);
+            assert_close(&out, &want[first * qw..], 1e-5, "decode out");
+        }
     }
 
     #[test]
