@@ -261,9 +261,9 @@ pub fn render_html(r: &EvalResults, samples: &[SampleRow], run: Option<&RunInfo>
             esc(&info.config_toml)
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<div class=\"sub\">evaluation took {:.1} s · data <code>{}</code></div></main></body></html>\n",
+        "<div class=\"sub\">evaluation took {:.1} s · data <code>{}</code></div></main></body></html>",
         r.eval_seconds,
         esc(&r.data)
     );
