@@ -49,6 +49,21 @@ fn sides(r: &EvalResults) -> Vec<(&'static str, &SideScore)> {
     out
 }
 
+/// The run's name, else the adapter's or the model's file name.
+fn title(r: &EvalResults, run: Option<&RunInfo>) -> String {
+    let file_name = |p: &str| {
+        std::path::Path::new(p)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.to_string())
+    };
+    match (run, &r.adapter) {
+        (Some(info), _) => info.name.clone(),
+        (None, Some(adapter)) => file_name(adapter),
+        (None, None) => file_name(&r.model),
+    }
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
@@ -63,7 +78,7 @@ fn timing_line(t: &Timing) -> String {
 /// Markdown for a model card: score table, loss summary, examples, config and timings.
 pub fn render_markdown(r: &EvalResults, samples: &[SampleRow], run: Option<&RunInfo>) -> String {
     let mut md = String::new();
-    let title = run.map(|i| i.name.as_str()).unwrap_or("model");
+    let title = title(r, run);
     let _ = writeln!(md, "# Evaluation: {title}\n");
     let _ = writeln!(
         md,
@@ -165,10 +180,11 @@ h1{font-size:26px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 10px;color:#2a3
 .card{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:16px 20px;margin-bottom:16px}\
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:16px}\
 table{border-collapse:collapse;width:100%;font-size:14px}th,td{padding:6px 10px;text-align:left;border-bottom:1px solid #e6e8ee}\
-th{color:#5b6478;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+th{color:#5b6478;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}\
 .big{font-size:30px;font-weight:700}.base{color:#8a94a8}.tuned{color:#2f6fed}\
-.ex{font-size:13px;border-left:3px solid #2f6fed;padding:6px 10px;margin:8px 0;background:#fafbfd}\
-.ex.bad{border-color:#d9534f}.ex code{background:#eef1f6;padding:1px 4px;border-radius:3px;word-break:break-all}\
+.ex{font-size:13px;border-left:3px solid #2fa36b;padding:8px 12px;margin:10px 0;background:#fafbfd;display:grid;grid-template-columns:72px 1fr;gap:4px 10px;align-items:baseline}\
+.ex.bad{border-color:#d9534f}.ex .k{color:#5b6478;font-size:12px;font-weight:600}\
+.ex code{background:#eef1f6;padding:2px 6px;border-radius:3px;white-space:pre-wrap;word-break:break-word;font-size:12px}\
 pre{background:#1d2330;color:#e6e8ee;padding:12px;border-radius:8px;font-size:12px;overflow:auto}";
 
 const BASE_COLOR: &str = "#9aa4b8";
@@ -177,16 +193,16 @@ const TUNED_COLOR: &str = "#2f6fed";
 /// One self-contained HTML page.
 pub fn render_html(r: &EvalResults, samples: &[SampleRow], run: Option<&RunInfo>) -> String {
     let mut h = String::new();
-    let title = run.map(|i| i.name.as_str()).unwrap_or("model");
+    let title = title(r, run);
     let _ = write!(
         h,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>bora eval: {}</title><style>{CSS}</style></head><body><main>",
-        esc(title)
+        esc(&title)
     );
     let _ = write!(
         h,
         "<h1>Evaluation: {}</h1><div class=\"sub\">metric <b>{}</b> on {} held-out examples · greedy · base <code>{}</code>{}</div>",
-        esc(title),
+        esc(&title),
         esc(&r.metric),
         r.n,
         esc(&r.model),
@@ -239,16 +255,23 @@ pub fn render_html(r: &EvalResults, samples: &[SampleRow], run: Option<&RunInfo>
             } else {
                 " bad"
             };
+            let field = |h: &mut String, key: &str, value: &str| {
+                let _ = write!(
+                    h,
+                    "<span class=\"k\">{key}</span><code>{}</code>",
+                    esc(value)
+                );
+            };
             let _ = write!(
                 h,
-                "<div class=\"ex{bad}\">line {} · prompt <code>{}</code><br>expected <code>{}</code><br>base <code>{}</code>",
-                s.line,
-                esc(&s.prompt),
-                esc(&s.expected),
-                esc(&s.base)
+                "<div class=\"ex{bad}\"><span class=\"k\">line {}</span><span></span>",
+                s.line
             );
+            field(&mut h, "prompt", &s.prompt);
+            field(&mut h, "expected", &s.expected);
+            field(&mut h, "base", &s.base);
             if let Some(t) = &s.tuned {
-                let _ = write!(h, "<br>tuned <code>{}</code>", esc(t));
+                field(&mut h, "tuned", t);
             }
             h.push_str("</div>");
         }
