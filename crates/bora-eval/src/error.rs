@@ -19,6 +19,14 @@ pub enum EvalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Also what an adapter trained on another base model gives: its factors do not have
+    /// this model's projection shapes.
+    #[error("adapter {dir} cannot be used with the base model {model}: {source}")]
+    Adapter {
+        dir: PathBuf,
+        model: PathBuf,
+        source: Box<bora_model::ModelError>,
+    },
     #[error(transparent)]
     Data(#[from] bora_data::DataError),
     #[error(transparent)]

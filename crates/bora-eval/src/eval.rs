@@ -134,7 +134,13 @@ pub fn evaluate(
     let adapter = config
         .adapter
         .as_deref()
-        .map(|dir| Lora::load_peft(dir, &model.config))
+        .map(|dir| {
+            Lora::load_peft(dir, &model.config).map_err(|source| EvalError::Adapter {
+                dir: dir.to_path_buf(),
+                model: config.model.clone(),
+                source: Box::new(source),
+            })
+        })
         .transpose()?;
 
     let mut stop_tokens = model.config.eos_token_ids.clone();

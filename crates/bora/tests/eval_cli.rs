@@ -221,6 +221,6 @@ fn bad_inputs_fail_before_generation() {
             "--data",
             g,
         ],
-        "adapter",
+        "cannot be used with the base model",
     );
 }
