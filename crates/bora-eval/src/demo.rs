@@ -50,15 +50,25 @@ pub fn demo_example(rng: &mut SplitMix64) -> serde_json::Value {
     ]})
 }
 
-/// `n` examples as JSONL text, the same for the same seed on every machine.
-pub fn demo_jsonl(seed: u64, n: usize) -> String {
+/// Disjoint splits as JSONL texts, `sizes[i]` examples each, the same for the same seed on
+/// every machine. Examples are drawn from one stream and a repeat of an earlier one is drawn
+/// again, so no test example was seen in training.
+pub fn demo_splits<const N: usize>(seed: u64, sizes: [usize; N]) -> [String; N] {
     let mut rng = SplitMix64::new(seed);
-    let mut out = String::new();
-    for _ in 0..n {
-        out.push_str(&demo_example(&mut rng).to_string());
-        out.push('\n');
-    }
-    out
+    let mut seen = std::collections::HashSet::new();
+    sizes.map(|n| {
+        let mut out = String::new();
+        let mut count = 0;
+        while count < n {
+            let line = demo_example(&mut rng).to_string();
+            if seen.insert(line.clone()) {
+                out.push_str(&line);
+                out.push('\n');
+                count += 1;
+            }
+        }
+        out
+    })
 }
 
 #[cfg(test)]
@@ -66,11 +76,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn demo_data_is_deterministic_and_answers_are_json_of_the_sentence() {
-        let a = demo_jsonl(7, 50);
-        assert_eq!(a, demo_jsonl(7, 50));
-        assert_ne!(a, demo_jsonl(8, 50));
-        for line in a.lines() {
+    fn demo_splits_are_deterministic_disjoint_and_answers_are_json_of_the_sentence() {
+        let [a, b] = demo_splits(7, [300, 100]);
+        assert_eq!([a.clone(), b.clone()], demo_splits(7, [300, 100]));
+        assert_ne!(a, demo_splits(8, [300, 100])[0]);
+        let lines: Vec<&str> = a.lines().chain(b.lines()).collect();
+        assert_eq!(lines.len(), 400);
+        let unique: std::collections::HashSet<&str> = lines.iter().copied().collect();
+        assert_eq!(unique.len(), 400, "splits share examples");
+        for line in lines {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let user = v["messages"][0]["content"].as_str().unwrap();
             let answer: serde_json::Value =

@@ -5,7 +5,7 @@
 //! ([`run_side`]), scores each answer against the last assistant message, and computes Wilson
 //! intervals ([`wilson`]) and answer NLL ([`masked_nll`]). [`write_eval_dir`] writes
 //! `results.json`, `samples.jsonl`, `report.md` and `report.html`; [`log_to_run`] adds the
-//! scores to the run's TensorBoard events and `metrics.jsonl`. [`demo_jsonl`] generates the
+//! scores to the run's TensorBoard events and `metrics.jsonl`. [`demo_splits`] generates the
 //! bundled demo task.
 
 mod demo;
@@ -17,7 +17,7 @@ mod report;
 mod runner;
 mod task;
 
-pub use demo::{demo_example, demo_jsonl};
+pub use demo::{demo_example, demo_splits};
 pub use error::{EvalError, Result};
 pub use eval::{
     eval_dir, evaluate, summary_json, EvalConfig, EvalResults, Progress, SampleRow, Side, SideScore,

@@ -25,8 +25,10 @@ pub struct DemoArgs {
     model: Option<PathBuf>,
 }
 
-/// Examples per split; the seeds differ so the three files are independent draws.
-const SPLITS: [(&str, u64, usize); 3] = [("train", 1, 1200), ("val", 2, 40), ("test", 3, 200)];
+/// The splits and their sizes, drawn disjoint from one seeded stream.
+const SPLITS: [&str; 3] = ["train", "val", "test"];
+const SIZES: [usize; 3] = [1200, 40, 200];
+const SEED: u64 = 1;
 
 pub fn demo(args: &DemoArgs) -> Result<()> {
     let model = args
@@ -42,10 +44,9 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     ));
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    for (split, seed, n) in SPLITS {
+    for (split, text) in SPLITS.iter().zip(bora_eval::demo_splits(SEED, SIZES)) {
         let path = data_dir.join(format!("{split}.jsonl"));
-        std::fs::write(&path, bora_eval::demo_jsonl(seed, n))
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         println!("data check: {} {} examples", path.display(), check(&path)?);
     }
     let file = |split: &str| std::path::absolute(data_dir.join(format!("{split}.jsonl")));
