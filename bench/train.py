@@ -176,29 +176,37 @@ def main():
         fn = peft_child if kind == "peft" else minimal_child
         print(json.dumps({"s_per_step": fn(path, args.steps, compile_ == "1")}))
         return
+    tokens = BATCH * SEQ
+    print(f"SmolLM2-135M shape, {BATCH}x{SEQ} tokens, LoRA r{RANK} a{ALPHA:g} on 7 projections, "
+          f"{args.threads} threads, load average at start {os.getloadavg()[0]:.1f}")
+    print(f"{'peer':32} {'s/step':>8} {'tokens/s':>9} {'peak RSS MiB':>13} {'time / bora fp32':>17}",
+          flush=True)
+    base = None
+
+    def report(name, r):
+        nonlocal base
+        s = r["s_per_step"]
+        base = base or s
+        print(f"{name:32} {s:8.3f} {tokens / s:9.1f} {r['peak_rss_mib']:13.0f} {s / base:16.2f}x",
+              flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         make_model(tmp)
-        tokens = BATCH * SEQ
-        rows = []
-        common = [str(BORA), "--batch", str(BATCH), "--seq", str(SEQ), "--rank", str(RANK),
+        common = ["--batch", str(BATCH), "--seq", str(SEQ), "--rank", str(RANK),
                   "--alpha", str(ALPHA), "--steps", str(args.steps)]
-        bora = [str(BORA), tmp, *common[1:]]
-        rows.append(("bora fp32", run_child(bora, args.threads)))
-        rows.append(("bora fp32 --recompute", run_child(bora + ["--recompute"], args.threads)))
+        bora = [str(BORA), tmp, *common]
+        report("bora fp32", run_child(bora, args.threads))
+        report("bora fp32 --recompute", run_child(bora + ["--recompute"], args.threads))
         if GGUF.exists():
-            rows.append(("bora QLoRA Q4_1 GGUF", run_child([str(BORA), str(GGUF), *common[1:]], args.threads)))
+            report("bora QLoRA Q4_1 GGUF", run_child([str(BORA), str(GGUF), *common], args.threads))
         me = [sys.executable, __file__, "--steps", str(args.steps), "--threads", str(args.threads), "--child"]
-        for name, kind, comp in [("PyTorch+PEFT eager", "peft", "0"), ("PyTorch minimal LoRA eager", "minimal", "0")] + (
-                [("PyTorch+PEFT torch.compile", "peft", "1"), ("PyTorch minimal torch.compile", "minimal", "1")]
-                if args.compile else []):
-            rows.append((name, run_child(me + [kind, tmp, comp], args.threads)))
-    base = rows[0][1]["s_per_step"]
-    print(f"SmolLM2-135M shape, {BATCH}x{SEQ} tokens, LoRA r{RANK} a{ALPHA:g} on 7 projections, "
-          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'peer':32} {'s/step':>8} {'tokens/s':>9} {'peak RSS MiB':>13} {'time / bora fp32':>17}")
-    for name, r in rows:
-        s = r["s_per_step"]
-        print(f"{name:32} {s:8.3f} {tokens / s:9.1f} {r['peak_rss_mib']:13.0f} {s / base:16.2f}x")
+        peers = [("PyTorch+PEFT eager", "peft", "0"), ("PyTorch minimal LoRA eager", "minimal", "0")]
+        if args.compile:
+            peers += [("PyTorch+PEFT torch.compile", "peft", "1"),
+                      ("PyTorch minimal torch.compile", "minimal", "1")]
+        for name, kind, comp in peers:
+            report(name, run_child(me + [kind, tmp, comp], args.threads))
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
