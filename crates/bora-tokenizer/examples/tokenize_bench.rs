@@ -1,4 +1,4 @@
-//! Tokenizer throughput, the bora side of `bench/tokenize.py`.
+//! Tokenizer throughput, the bora side of `bench/tokenizer_speed.py`.
 //!
 //! `cargo run --release -p bora-tokenizer --example tokenize_bench -- TOKENIZER TEXT_FILE [REPEATS]`
 //! encodes the whole file `REPEATS` times (default 3) and prints one JSON line: token count, a
@@ -32,7 +32,7 @@ fn main() {
         ids = tokenizer.encode(&text);
         best = best.min(start.elapsed().as_secs_f64());
     }
-    // Position-weighted sum, mirrored in bench/tokenize.py.
+    // Position-weighted sum, mirrored in bench/tokenizer_speed.py.
     let checksum = ids.iter().enumerate().fold(0u64, |acc, (i, &id)| {
         acc.wrapping_add((i as u64 + 1).wrapping_mul(u64::from(id)))
     });

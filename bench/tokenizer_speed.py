@@ -6,26 +6,21 @@ three runs; the script checks that all three produce the same ids and prints MB/
 The text is the first 10 MB of the Python standard library's own `.py` sources (real code,
 comments and docstrings, no artificial repetition). Run from the repo root:
 
-    .venv-fixtures/bin/python bench/tokenize.py [--mb 10] [--repeats 3]
+    .venv-fixtures/bin/python bench/tokenizer_speed.py [--mb 10] [--repeats 3]
 
 `.venv-fixtures` is made by `scripts/make_tokenizer_fixtures.py`; the tokenizer files by
 `scripts/fetch-tokenizers.sh`. bora's side is `cargo run --release -p bora-tokenizer --example
 tokenize_bench`, built by this script.
 """
+import argparse
+import json
+import os
+import subprocess
 import sys
+import sysconfig
+import tempfile
+import time
 from pathlib import Path
-
-# This file's name shadows the standard library's `tokenize`, which `inspect` imports; keep its
-# directory off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sysconfig  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZERS = Path(os.environ.get("BORA_HOME", Path.home() / ".cache" / "bora")) / "tokenizers"
