@@ -1,69 +1,14 @@
 //! `bora train` run as a user runs it, on the tiny Llama fixture of bora-model (2 layers,
 //! hidden 64, vocab 96) with a word-level tokenizer written for its vocabulary.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{assert_ok, bora, fixture, model_dir, word};
 use serde_json::{json, Value};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../bora-model/tests/fixtures/tiny")
-        .join(name)
-}
-
-/// Words `w3` … `w95` take the ids after `<unk>`, `<s>` and `</s>` (the fixture's BOS 1 and
-/// EOS 2), so every id the tokenizer emits is a row of the model's embedding.
-const VOCAB: u32 = 96;
-
-fn word(id: u32) -> String {
-    format!("w{id}")
-}
-
-/// An HF `tokenizer.json` (word level, split on whitespace) and a `tokenizer_config.json`
-/// with a trivial chat template, which `bora_data::Encoder` requires even for `text` data.
-fn write_tokenizer(dir: &Path) {
-    let specials = ["<unk>", "<s>", "</s>"];
-    let mut vocab = serde_json::Map::new();
-    for (id, s) in specials.iter().enumerate() {
-        vocab.insert((*s).into(), json!(id));
-    }
-    for id in specials.len() as u32..VOCAB {
-        vocab.insert(word(id), json!(id));
-    }
-    let added: Vec<Value> = specials
-        .iter()
-        .enumerate()
-        .map(|(id, s)| {
-            json!({"id": id, "content": s, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    let tokenizer = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-    let config = json!({
-        "bos_token": "<s>", "eos_token": "</s>",
-        "chat_template": "{% for m in messages %}{{ m['content'] }} {% endfor %}",
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
-}
-
-/// A copy of a tiny fixture model with the tokenizer beside it.
-fn model_dir(root: &Path, fixture_name: &str) -> PathBuf {
-    let dir = root.join("model");
-    std::fs::create_dir_all(&dir).unwrap();
-    for file in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture(fixture_name).join(file), dir.join(file)).unwrap();
-    }
-    write_tokenizer(&dir);
-    dir
-}
 
 /// `n` `text` examples, each a short run of a repeating word pattern.
 fn write_dataset(path: &Path, n: usize) {
@@ -76,22 +21,6 @@ fn write_dataset(path: &Path, n: usize) {
         })
         .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
-
-fn bora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bora"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("bora runs")
-}
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "bora failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn train_args<'a>(model: &'a str, data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
