@@ -168,7 +168,11 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--compile", action="store_true", help="also time torch.compile peers")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--make-model", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.make_model:
+        make_model(args.make_model)
+        return
     if args.child:
         import torch
         torch.set_num_threads(args.threads)
@@ -191,7 +195,9 @@ def main():
               flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        make_model(tmp)
+        # In a child: a forked peer's peak RSS starts from its parent's, so the parent must
+        # never hold a model.
+        subprocess.check_call([sys.executable, __file__, "--make-model", tmp])
         common = ["--batch", str(BATCH), "--seq", str(SEQ), "--rank", str(RANK),
                   "--alpha", str(ALPHA), "--steps", str(args.steps)]
         bora = [str(BORA), tmp, *common]
