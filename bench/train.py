@@ -15,18 +15,14 @@ Run from the repo root after `cargo build --release -p bora-model --example trai
 
     .venv-fixtures/bin/python bench/train.py [--steps 5] [--threads 2] [--compile]
 """
+import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
-
-# bench/tokenize.py would shadow the standard library's tokenize module.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BORA = ROOT / "target" / "release" / "examples" / "train_step"
