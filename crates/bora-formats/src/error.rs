@@ -44,6 +44,9 @@ pub enum FormatError {
     /// A row-layout operation got rows that do not split into the given heads.
     #[error("layout: {0}")]
     Layout(String),
+    /// A file bora fetches into its cache (`cache::bora_home`) is not there yet.
+    #[error("{path} is missing: run {script}")]
+    NotFetched { path: PathBuf, script: &'static str },
 }
 
 pub type Result<T, E = FormatError> = std::result::Result<T, E>;

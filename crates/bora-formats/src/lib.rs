@@ -7,6 +7,7 @@
 
 pub mod arch;
 mod atomic;
+pub mod cache;
 mod error;
 pub mod gguf;
 mod mapped;

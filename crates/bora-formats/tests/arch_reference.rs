@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use bora_formats::arch::{ArchConfig, Llama4Scaling, RopeScaling};
+use bora_formats::cache;
 use bora_formats::gguf::GgufFile;
 use serde_json::Value;
 
@@ -117,18 +118,7 @@ fn configs_resolve_like_the_reference_loaders() {
 
 #[test]
 fn default_model_gguf_metadata() {
-    let home = std::env::var_os("BORA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bora")))
-        .unwrap();
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        eprintln!(
-            "skipping: {} is missing (scripts/fetch-default-model.sh)",
-            path.display()
-        );
-        return;
-    }
+    let path = cache::fetched_default_model().unwrap();
     let facts = json("smollm2_facts.json");
     let meta = |key: &str| -> Value {
         facts["metadata"]

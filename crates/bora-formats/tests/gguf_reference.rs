@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use bora_formats::cache;
 use bora_formats::gguf::{GgufFile, GgufValue, GgufValueType, GgufWriter};
 use bora_formats::quant::GgmlType;
 use serde_json::Value;
@@ -216,25 +217,9 @@ fn writer_rejects_inconsistent_input() {
     );
 }
 
-fn default_model() -> Option<PathBuf> {
-    let home = std::env::var_os("BORA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bora")))?;
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: {} is missing (scripts/fetch-default-model.sh)",
-            path.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn default_model_matches_gguf_py() {
-    let Some(path) = default_model() else { return };
+    let path = cache::fetched_default_model().unwrap();
     let facts = json(&fixtures().join("smollm2_facts.json"));
     let file = GgufFile::open(&path).unwrap();
     assert_eq!(

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use bora_formats::cache;
 use bora_formats::gguf::GgufFile;
 use bora_formats::names::{
     convert_name, permute_rows_half_to_interleaved, permute_rows_interleaved_to_half, LoraName,
@@ -11,12 +12,12 @@ use bora_formats::names::{
 use bora_formats::quant::dequantize;
 use serde_json::Value;
 
-fn fixture(name: &str) -> Option<Value> {
+fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(serde_json::from_str(&text).unwrap())
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
 }
 
 fn s(v: &Value) -> &str {
@@ -25,7 +26,7 @@ fn s(v: &Value) -> &str {
 
 #[test]
 fn names_agree_with_gguf_py_in_every_direction() {
-    let names = fixture("names.json").unwrap();
+    let names = fixture("names.json");
     for t in names["tensors"].as_array().unwrap() {
         let (hf, gguf, cons) = (s(&t["hf"]), s(&t["gguf"]), s(&t["consolidated"]));
         assert_eq!(
@@ -55,7 +56,7 @@ fn names_agree_with_gguf_py_in_every_direction() {
 
 #[test]
 fn peft_adapter_keys_match_peft() {
-    let names = fixture("names.json").unwrap();
+    let names = fixture("names.json");
     let peft: Vec<&str> = names["peft"].as_array().unwrap().iter().map(s).collect();
     let mut ours = Vec::new();
     for t in names["tensors"].as_array().unwrap() {
@@ -91,7 +92,7 @@ fn peft_adapter_keys_match_peft() {
 
 #[test]
 fn row_permutation_matches_transformers_gguf_loader() {
-    let names = fixture("names.json").unwrap();
+    let names = fixture("names.json");
     for case in names["rope"].as_array().unwrap() {
         let n_heads = case["n_heads"].as_u64().unwrap() as usize;
         let from: Vec<u32> = case["hf_rows_from"]
@@ -117,9 +118,8 @@ fn row_permutation_matches_transformers_gguf_loader() {
 
 #[test]
 fn quantized_rows_permute_like_transformers_dense_rows() {
-    let (Some(want), Some(path)) = (fixture("smollm2_attn_k_hf_rows.json"), default_model()) else {
-        return;
-    };
+    let want = fixture("smollm2_attn_k_hf_rows.json");
+    let path = cache::fetched_default_model().unwrap();
     let file = GgufFile::open(path).unwrap();
     let k = file.require_tensor("blk.0.attn_k.weight").unwrap();
     let row_len = k.row_len() as usize;
@@ -143,21 +143,5 @@ fn quantized_rows_permute_like_transformers_dense_rows() {
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
         assert_eq!(got, vals, "row {r}");
-    }
-}
-
-fn default_model() -> Option<PathBuf> {
-    let home = std::env::var_os("BORA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bora")))?;
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: {} is missing (scripts/fetch-default-model.sh)",
-            path.display()
-        );
-        None
     }
 }
