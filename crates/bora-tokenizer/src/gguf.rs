@@ -215,6 +215,7 @@ fn load_gpt2(
 mod tests {
     use std::path::PathBuf;
 
+    use bora_formats::cache;
     use bora_formats::gguf::GgufWriter;
 
     use crate::{Tokenizer, TokenizerKind};
@@ -224,16 +225,9 @@ mod tests {
     /// mistral-common's ids for the whole fixture corpus.
     #[test]
     fn llama_vocabulary_from_mistral_v3_matches_mistral_common() {
-        let home = std::env::var_os("BORA_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/bora")
-            });
         let name = "mistral_instruct_tokenizer_240323.model.v3";
-        let model = home.join("tokenizers").join(name);
-        let bytes = std::fs::read(&model).unwrap_or_else(|e| {
-            panic!("{}: {e}: run scripts/fetch-tokenizers.sh", model.display())
-        });
+        let model = cache::fetched_tokenizer(name).unwrap();
+        let bytes = std::fs::read(&model).unwrap_or_else(|e| panic!("{}: {e}", model.display()));
         let proto = crate::protobuf::parse_model(&bytes).unwrap();
         let mut w = GgufWriter::new();
         w.add_metadata("general.architecture", "llama").unwrap();

@@ -3,25 +3,13 @@
 //! `encode_chat_completion` for the Mistral tokenizers, transformers' `apply_chat_template` for
 //! SmolLM2's ChatML; masks by mistral-finetune's rule as the script documents.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use bora_formats::cache;
 use bora_tokenizer::chat::{
     ChatError, ChatFormat, Conversation, InstructVersion, JinjaFormat, JsonValue,
 };
 use bora_tokenizer::Tokenizer;
-
-fn cache() -> PathBuf {
-    match std::env::var_os("BORA_HOME") {
-        Some(home) => PathBuf::from(home),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/bora"),
-    }
-}
-
-fn cached(dir: &str, name: &str, how: &str) -> PathBuf {
-    let path = cache().join(dir).join(name);
-    assert!(path.exists(), "{} is missing: run {how}", path.display());
-    path
-}
 
 fn fixture(name: &str) -> JsonValue {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -104,8 +92,7 @@ fn check_fixture(tok: &Tokenizer, format: &ChatFormat, fx: &JsonValue) -> usize 
 }
 
 fn check_mistral(file: &str, version: InstructVersion) {
-    let tok =
-        Tokenizer::from_file(&cached("tokenizers", file, "scripts/fetch-tokenizers.sh")).unwrap();
+    let tok = Tokenizer::from_file(&cache::fetched_tokenizer(file).unwrap()).unwrap();
     let format = ChatFormat::from_tokenizer(&tok).unwrap();
     match &format {
         ChatFormat::Mistral(f) => {
@@ -163,12 +150,7 @@ fn tekken_240911_matches_mistral_common() {
 
 #[test]
 fn chatml_smollm2_matches_transformers() {
-    let path = cached(
-        "models",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "scripts/fetch-default-model.sh",
-    );
-    let tok = Tokenizer::from_file(&path).unwrap();
+    let tok = Tokenizer::from_file(&cache::fetched_default_model().unwrap()).unwrap();
     let format = ChatFormat::from_tokenizer(&tok).unwrap();
     assert!(matches!(format, ChatFormat::Jinja(_)), "{format:?}");
     let encoded = check_fixture(&tok, &format, &fixture("chatml_smollm2.json"));
@@ -179,12 +161,8 @@ fn chatml_smollm2_matches_transformers() {
 /// controls) rendered by transformers and tokenized by mistral-common's Tekken.
 #[test]
 fn jinja_template_matches_transformers() {
-    let tok = Tokenizer::from_file(&cached(
-        "tokenizers",
-        "tekken_240911.json",
-        "scripts/fetch-tokenizers.sh",
-    ))
-    .unwrap();
+    let tok =
+        Tokenizer::from_file(&cache::fetched_tokenizer("tekken_240911.json").unwrap()).unwrap();
     let fx = fixture("jinja_tekken_240911.json");
     let JsonValue::String(template) = field(&fx, "template") else {
         panic!("template")
@@ -247,12 +225,8 @@ fn parse_errors_name_message_and_field() {
 
 #[test]
 fn validation_errors_name_the_message() {
-    let tok = Tokenizer::from_file(&cached(
-        "tokenizers",
-        "mistral_instruct_tokenizer_240323.model.v3",
-        "scripts/fetch-tokenizers.sh",
-    ))
-    .unwrap();
+    let path = cache::fetched_tokenizer("mistral_instruct_tokenizer_240323.model.v3").unwrap();
+    let tok = Tokenizer::from_file(&path).unwrap();
     let format = ChatFormat::from_tokenizer(&tok).unwrap();
     let conv = Conversation::from_json(
         r#"{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"},

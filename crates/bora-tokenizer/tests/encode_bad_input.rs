@@ -3,21 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
+use bora_formats::cache;
 use bora_tokenizer::{Tokenizer, TokenizerError};
-
-fn cache_file(name: &str) -> PathBuf {
-    let home = match std::env::var_os("BORA_HOME") {
-        Some(home) => PathBuf::from(home),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/bora"),
-    };
-    let path = home.join("tokenizers").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-tokenizers.sh",
-        path.display()
-    );
-    path
-}
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
@@ -46,7 +33,7 @@ fn wrong_kind_of_file_is_an_error() {
     let err = load_err(&write(dir.path(), "tokenizer.model.v3", json));
     assert!(matches!(err, TokenizerError::Protobuf { .. }), "{err}");
 
-    let spm = std::fs::read(cache_file("tokenizer.model.v1")).unwrap();
+    let spm = std::fs::read(cache::fetched_tokenizer("tokenizer.model.v1").unwrap()).unwrap();
     let err = load_err(&write(dir.path(), "tekken.json", &spm));
     assert!(matches!(err, TokenizerError::Json { .. }), "{err}");
 
@@ -67,7 +54,10 @@ fn wrong_kind_of_file_is_an_error() {
 #[test]
 fn truncated_or_corrupt_model_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(cache_file("mistral_instruct_tokenizer_240323.model.v3")).unwrap();
+    let bytes = std::fs::read(
+        cache::fetched_tokenizer("mistral_instruct_tokenizer_240323.model.v3").unwrap(),
+    )
+    .unwrap();
     for cut in [0, 1, 2, 7, 100, bytes.len() / 2, bytes.len() - 1] {
         load_err(&write(dir.path(), "tokenizer.model.v3", &bytes[..cut]));
     }

@@ -1,28 +1,11 @@
 //! Token ids and decoded text, compared byte for byte with the reference libraries' output in
 //! `tests/fixtures/encode/` (written by `scripts/make_tokenizer_fixtures.py`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use bora_formats::cache;
 use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer, TokenizerKind};
 use serde_json::Value;
-
-fn cache() -> PathBuf {
-    match std::env::var_os("BORA_HOME") {
-        Some(home) => PathBuf::from(home),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/bora"),
-    }
-}
-
-/// A Mistral tokenizer file from the cache; a missing file fails the test with what to run.
-fn mistral_file(name: &str) -> PathBuf {
-    let path = cache().join("tokenizers").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-tokenizers.sh",
-        path.display()
-    );
-    path
-}
 
 fn fixture(name: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -100,7 +83,7 @@ fn check(tok: &Tokenizer, fx: &Value) {
 }
 
 fn check_mistral(file: &str, kind: TokenizerKind) {
-    let tok = Tokenizer::from_file(&mistral_file(file)).unwrap();
+    let tok = Tokenizer::from_file(&cache::fetched_tokenizer(file).unwrap()).unwrap();
     assert_eq!(tok.kind(), kind);
     check(
         &tok,
@@ -188,13 +171,7 @@ fn tokenizer_is_send_and_sync() {
 /// SmolLM2's GGUF vocabulary (gpt2 + `smollm` pre-tokenizer) against HF tokenizers.
 #[test]
 fn smollm2_gguf_matches_hf_tokenizers() {
-    let path = cache().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-default-model.sh",
-        path.display()
-    );
-    let tok = Tokenizer::from_file(&path).unwrap();
+    let tok = Tokenizer::from_file(&cache::fetched_default_model().unwrap()).unwrap();
     assert_eq!(tok.kind(), TokenizerKind::GgufBpe);
     let fx = fixture("smollm2.json");
     check(&tok, &fx);
@@ -256,7 +233,7 @@ fn model_directory_prefers_mistral_files() {
         std::fs::copy(hf.join(name), dir.path().join(name)).unwrap();
     }
     std::fs::copy(
-        mistral_file("tokenizer.model.v1"),
+        cache::fetched_tokenizer("tokenizer.model.v1").unwrap(),
         dir.path().join("tokenizer.model"),
     )
     .unwrap();
@@ -265,7 +242,7 @@ fn model_directory_prefers_mistral_files() {
     assert!(tok.chat_template().is_some());
 
     std::fs::copy(
-        mistral_file("mistral_instruct_tokenizer_240323.model.v3"),
+        cache::fetched_tokenizer("mistral_instruct_tokenizer_240323.model.v3").unwrap(),
         dir.path().join("tokenizer.model.v3"),
     )
     .unwrap();
@@ -273,7 +250,7 @@ fn model_directory_prefers_mistral_files() {
     assert_eq!(tok.kind(), TokenizerKind::SentencePiece { version: 3 });
 
     std::fs::copy(
-        mistral_file("tekken_240911.json"),
+        cache::fetched_tokenizer("tekken_240911.json").unwrap(),
         dir.path().join("tekken.json"),
     )
     .unwrap();
