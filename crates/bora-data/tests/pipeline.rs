@@ -8,34 +8,16 @@ use bora_data::{
     fit, load, read_jsonl, split, BatchConfig, DataError, DataPosition, Encoder, Example, Holdout,
     Loader, Overlong, Sample,
 };
+use bora_formats::cache;
 use bora_tokenizer::chat::{ChatFormat, Conversation};
 use bora_tokenizer::{SpecialTokenPolicy, Tokenizer};
 
-fn cached(dir: &str, name: &str, how: &str) -> PathBuf {
-    let home = match std::env::var_os("BORA_HOME") {
-        Some(home) => PathBuf::from(home),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/bora"),
-    };
-    let path = home.join(dir).join(name);
-    assert!(path.exists(), "{} is missing: run {how}", path.display());
-    path
-}
-
 fn smollm2() -> Tokenizer {
-    let path = cached(
-        "models",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "scripts/fetch-default-model.sh",
-    );
-    Tokenizer::from_file(&path).unwrap()
+    Tokenizer::from_file(&cache::fetched_default_model().unwrap()).unwrap()
 }
 
 fn mistral_v3() -> Tokenizer {
-    let path = cached(
-        "tokenizers",
-        "mistral_instruct_tokenizer_240323.model.v3",
-        "scripts/fetch-tokenizers.sh",
-    );
+    let path = cache::fetched_tokenizer("mistral_instruct_tokenizer_240323.model.v3").unwrap();
     Tokenizer::from_file(&path).unwrap()
 }
 
