@@ -34,7 +34,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     let model = args
         .model
         .clone()
-        .unwrap_or_else(crate::paths::default_model);
+        .unwrap_or_else(bora_formats::cache::default_model);
     let data_dir = args.out.with_file_name(format!(
         "{}-data",
         args.out

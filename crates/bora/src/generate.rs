@@ -115,7 +115,7 @@ fn load_model(args: &ModelArgs) -> Result<Model> {
     let path = args
         .model
         .clone()
-        .unwrap_or_else(crate::paths::default_model);
+        .unwrap_or_else(bora_formats::cache::default_model);
     let options = LoadOptions {
         context: args.context,
         ..LoadOptions::default()

@@ -48,42 +48,17 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::DefaultModel => println!("{}", paths::default_model().display()),
+        Command::DefaultModel => println!("{}", bora_formats::cache::default_model().display()),
         Command::Tokenize(args) => tokenize::run(&args)?,
         Command::Generate(args) => generate::generate(&args)?,
         Command::Chat(args) => generate::chat(&args)?,
         Command::Perplexity(args) => generate::perplexity(&args)?,
         Command::Info(args) => generate::info(&args)?,
-        Command::Data(args) => data::run(&args, &paths::default_model())?,
+        Command::Data(args) => data::run(&args, &bora_formats::cache::default_model())?,
         Command::Train(args) => train::train(&args)?,
         Command::Eval(args) => eval::eval(&args)?,
         Command::Demo(args) => demo::demo(&args)?,
         Command::Serve(args) => serve::run(&args)?,
     }
     Ok(())
-}
-
-mod paths {
-    use std::path::PathBuf;
-
-    /// The model cache lives outside the repo so several checkouts share one download;
-    /// `BORA_HOME` moves it (CI and tests may point it elsewhere).
-    pub fn bora_home() -> PathBuf {
-        match std::env::var_os("BORA_HOME") {
-            Some(home) => PathBuf::from(home),
-            None => {
-                let home = std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_default();
-                home.join(".cache").join("bora")
-            }
-        }
-    }
-
-    /// Where `scripts/fetch-default-model.sh` puts SmolLM2-135M-Instruct (Q4_1 GGUF).
-    pub fn default_model() -> PathBuf {
-        bora_home()
-            .join("models")
-            .join("SmolLM2-135M-Instruct.Q4_1.gguf")
-    }
 }

@@ -46,7 +46,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let path = args
         .model
         .clone()
-        .unwrap_or_else(crate::paths::default_model);
+        .unwrap_or_else(bora_formats::cache::default_model);
     let name = match &args.name {
         Some(n) => n.clone(),
         None => path

@@ -4,21 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use bora_formats::cache;
 use serde_json::Value;
-
-fn default_model() -> PathBuf {
-    let home = match std::env::var_os("BORA_HOME") {
-        Some(home) => PathBuf::from(home),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/bora"),
-    };
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-default-model.sh",
-        path.display()
-    );
-    path
-}
 
 fn bora(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bora"))
@@ -57,7 +44,7 @@ fn examples() -> Vec<String> {
 }
 
 fn check_json(file: &Path, extra: &[&str]) -> Value {
-    let model = default_model();
+    let model = cache::fetched_default_model().unwrap();
     let mut args = vec![
         "data",
         "check",
@@ -118,7 +105,9 @@ fn json_figures_are_consistent() {
     // the 7 projections adds 4,884,480.
     assert_eq!(part("flops_per_token"), 4 * 134_515_008);
     assert_eq!(part("lora_parameters"), 4_884_480);
-    let file_size = std::fs::metadata(default_model()).unwrap().len();
+    let file_size = std::fs::metadata(cache::fetched_default_model().unwrap())
+        .unwrap()
+        .len();
     assert!(part("weight_bytes") < file_size && part("weight_bytes") > file_size * 9 / 10);
     assert_eq!(part("tokens_per_epoch"), 3 * 4 * 512);
     let seconds = pre["seconds_per_epoch"].as_f64().unwrap();
@@ -156,7 +145,7 @@ fn json_figures_are_consistent() {
 fn human_output_says_it_is_an_estimate() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_jsonl(dir.path(), &examples());
-    let model = default_model();
+    let model = cache::fetched_default_model().unwrap();
     let out = bora(&[
         "data",
         "check",
@@ -196,7 +185,7 @@ fn bad_lines_fail_with_file_line_messages() {
             .into(),
     );
     let file = write_jsonl(dir.path(), &lines);
-    let model = default_model();
+    let model = cache::fetched_default_model().unwrap();
     let out = bora(&[
         "data",
         "check",

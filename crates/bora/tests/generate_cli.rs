@@ -2,25 +2,12 @@
 //! checked against transformers' greedy tokens in bora-model's SmolLM2 fixture.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use bora_formats::cache;
 use bora_tokenizer::Tokenizer;
 use serde_json::Value;
-
-fn default_model() -> PathBuf {
-    let home = match std::env::var_os("BORA_HOME") {
-        Some(home) => PathBuf::from(home),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/bora"),
-    };
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-default-model.sh",
-        path.display()
-    );
-    path
-}
 
 fn bora(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bora"))
@@ -66,7 +53,7 @@ fn expected_text(tok: &Tokenizer, prompt: &Value) -> String {
 
 #[test]
 fn greedy_generation_matches_transformers() {
-    let model = default_model();
+    let model = cache::fetched_default_model().unwrap();
     let tok = Tokenizer::from_file(&model).unwrap();
     let fx = fixture();
     for prompt in &fx["prompts"].as_array().unwrap()[..2] {
@@ -93,7 +80,7 @@ fn greedy_generation_matches_transformers() {
 
 #[test]
 fn chat_generation_matches_transformers_chat_template() {
-    let tok = Tokenizer::from_file(&default_model()).unwrap();
+    let tok = Tokenizer::from_file(&cache::fetched_default_model().unwrap()).unwrap();
     let prompt = &fixture()["prompts"][2];
     // The fixture's third prompt is the chat template applied to this one user message.
     let out = bora(&[
@@ -152,7 +139,7 @@ fn perplexity_json_shape() {
     keys.sort();
     assert_eq!(keys, ["nll", "ppl", "tokens"]);
     let tokens = json["tokens"].as_u64().unwrap();
-    let n_text = Tokenizer::from_file(&default_model())
+    let n_text = Tokenizer::from_file(&cache::fetched_default_model().unwrap())
         .unwrap()
         .encode(&std::fs::read_to_string(&file).unwrap())
         .len();
@@ -211,7 +198,7 @@ fn bad_model_path_is_a_clear_error() {
 /// runs on the same conversation and the session ends cleanly at end of input.
 #[test]
 fn chat_over_stdin_multi_turn() {
-    let tok = Tokenizer::from_file(&default_model()).unwrap();
+    let tok = Tokenizer::from_file(&cache::fetched_default_model().unwrap()).unwrap();
     let first = expected_text(&tok, &fixture()["prompts"][2]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_bora"))
         .args(["chat", "--temperature", "0", "--max-tokens", "32"])

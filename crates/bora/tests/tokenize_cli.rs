@@ -1,24 +1,11 @@
 //! `bora tokenize` run as a user runs it, checked against the mistral-common reference ids in
 //! bora-tokenizer's chat fixtures.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
+use bora_formats::cache;
 use serde_json::Value;
-
-fn tokenizer(name: &str) -> PathBuf {
-    let home = match std::env::var_os("BORA_HOME") {
-        Some(home) => PathBuf::from(home),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/bora"),
-    };
-    let path = home.join("tokenizers").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-tokenizers.sh",
-        path.display()
-    );
-    path
-}
 
 fn bora(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bora"))
@@ -64,7 +51,7 @@ fn check_chat(tok_file: &str, fixture: &str, case_name: &str, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let conv = dir.path().join("conv.json");
     std::fs::write(&conv, case["conversation"].to_string()).unwrap();
-    let tok = tokenizer(tok_file);
+    let tok = cache::fetched_tokenizer(tok_file).unwrap();
     let mut args = vec![
         "tokenize",
         "--tokenizer",
@@ -121,7 +108,7 @@ fn text_json_is_the_chat_ids_of_the_same_text() {
         .iter()
         .map(|v| v.as_u64().unwrap())
         .collect();
-    let tok = tokenizer("tekken_240911.json");
+    let tok = cache::fetched_tokenizer("tekken_240911.json").unwrap();
     let text = case["conversation"]["messages"][0]["content"]
         .as_str()
         .unwrap();
@@ -159,7 +146,7 @@ fn readable_output_lists_ids_pieces_and_mask() {
     let dir = tempfile::tempdir().unwrap();
     let conv = dir.path().join("conv.json");
     std::fs::write(&conv, case["conversation"].to_string()).unwrap();
-    let tok = tokenizer("tekken_240911.json");
+    let tok = cache::fetched_tokenizer("tekken_240911.json").unwrap();
     let out = bora(&[
         "tokenize",
         "--tokenizer",
@@ -197,7 +184,7 @@ fn errors_are_clear_and_exit_non_zero() {
         r#"{"messages":[{"role":"user","content":"a"},{"role":"bot","content":"b"}]}"#,
     )
     .unwrap();
-    let tok = tokenizer("tekken_240911.json");
+    let tok = cache::fetched_tokenizer("tekken_240911.json").unwrap();
     let out = bora(&[
         "tokenize",
         "--tokenizer",
