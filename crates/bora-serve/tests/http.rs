@@ -7,10 +7,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use bora_formats::cache;
 use bora_model::{LoadOptions, Lora, LoraSpec, LoraTarget, Model, Rng};
 use bora_serve::{ServeOptions, Server};
 use bora_tokenizer::Tokenizer;
@@ -20,19 +20,6 @@ const KEY: &str = "test-key";
 const MODEL: &str = "smollm2";
 const CONTEXT: usize = 512;
 
-fn default_model() -> PathBuf {
-    let home = match std::env::var_os("BORA_HOME") {
-        Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/bora"),
-    };
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{path:?} is missing: run scripts/fetch-default-model.sh"
-    );
-    path
-}
-
 /// Starts a server on an ephemeral loopback port in a thread of its own, for the rest of
 /// the test process.
 fn start(adapters: Vec<(String, Lora)>, options: ServeOptions) -> SocketAddr {
@@ -40,8 +27,8 @@ fn start(adapters: Vec<(String, Lora)>, options: ServeOptions) -> SocketAddr {
         context: Some(CONTEXT),
         ..LoadOptions::default()
     };
-    let model = Model::load(default_model(), &load).unwrap();
-    let tokenizer = Tokenizer::from_file(&default_model()).unwrap();
+    let model = Model::load(cache::fetched_default_model().unwrap(), &load).unwrap();
+    let tokenizer = Tokenizer::from_file(&cache::fetched_default_model().unwrap()).unwrap();
     let server = Server::new(model, tokenizer, adapters, options).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -65,7 +52,7 @@ fn start(adapters: Vec<(String, Lora)>, options: ServeOptions) -> SocketAddr {
 /// An adapter on every projection: all-zero factors, or uniform noise in ±0.25 from `seed`.
 fn adapter(seed: Option<u64>) -> Lora {
     let config = Model::load(
-        default_model(),
+        cache::fetched_default_model().unwrap(),
         &LoadOptions {
             context: Some(CONTEXT),
             ..LoadOptions::default()
