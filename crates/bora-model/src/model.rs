@@ -342,8 +342,12 @@ impl Model {
         }
         ws.positions.clear();
         ws.positions.extend(cache.len..needed);
-        self.run(tokens, Attend::Cached(cache), ws, adapter)?;
-        Ok(self.output(ws, tokens.len(), logits))
+        // The whole pass runs inside the pool: each of the ~250 kernel calls of a decoded token
+        // would otherwise hand its work to the pool and sleep until it is done.
+        bora_compute::run_in_pool(|| {
+            self.run(tokens, Attend::Cached(cache), ws, adapter)?;
+            Ok(self.output(ws, tokens.len(), logits))
+        })
     }
 
     /// Runs several independent sequences packed into one pass (no cache) and returns each
