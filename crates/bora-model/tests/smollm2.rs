@@ -6,23 +6,16 @@
 
 use std::path::{Path, PathBuf};
 
+use bora_formats::cache;
 use bora_model::{
     GenerateOptions, Generator, LoadOptions, Logits, Model, SamplingParams, Workspace,
 };
 use safetensors::SafeTensors;
 use serde_json::Value;
 
+/// The model from the cache; a missing file fails the test with the script to run.
 fn default_model() -> PathBuf {
-    let home = match std::env::var_os("BORA_HOME") {
-        Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/bora"),
-    };
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{path:?} is missing: run scripts/fetch-default-model.sh"
-    );
-    path
+    cache::fetched_default_model().unwrap()
 }
 
 fn fixture() -> (Value, Vec<Vec<f32>>) {
