@@ -55,6 +55,13 @@ pub enum ModelError {
     #[error("{path}: the LoRA adapter was made for a model of another shape")]
     AdapterMismatch { path: PathBuf },
     /// A training batch that does not match the trainer's shape or the model.
+    /// A decode step whose tokens, caches and adapters are not one per sequence.
+    #[error("decode step: {tokens} tokens, {caches} KV caches and {adapters} adapters; each sequence needs one of each")]
+    BatchMismatch {
+        tokens: usize,
+        caches: usize,
+        adapters: usize,
+    },
     #[error("training batch: {0}")]
     Batch(String),
     #[error("empty input: {0}")]

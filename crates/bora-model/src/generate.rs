@@ -171,7 +171,7 @@ impl<'m> Generator<'m> {
         mut on_text: impl FnMut(&str),
     ) -> Result<Generation> {
         let mut decoder = StreamDecoder::new(tokenizer, SpecialTokenPolicy::Skip);
-        let mut stops = StopMatcher::new(&opts.stop_strings);
+        let mut stops = StopMatcher::new(opts.stop_strings.clone());
         let mut gen = self.generate_ids(prompt, opts, |id| {
             let piece = decoder.push(id);
             let (emit, hit) = stops.push(&piece);
@@ -196,17 +196,21 @@ impl<'m> Generator<'m> {
     }
 }
 
-/// Finds stop strings in streamed text and decides how much text is safe to show.
-struct StopMatcher<'a> {
-    stops: &'a [String],
+/// Finds stop strings in streamed text and decides how much text is safe to show: text that
+/// could be the start of a stop string is held back until the next piece settles it, so a
+/// reader never sees any part of a stop string.
+#[derive(Debug, Clone)]
+pub struct StopMatcher {
+    stops: Vec<String>,
     text: String,
     emitted: usize,
     /// Set once a stop string is found; `text` is then cut before it.
     done: bool,
 }
 
-impl<'a> StopMatcher<'a> {
-    fn new(stops: &'a [String]) -> Self {
+impl StopMatcher {
+    /// Empty stop strings never match.
+    pub fn new(stops: Vec<String>) -> Self {
         StopMatcher {
             stops,
             text: String::new(),
@@ -216,7 +220,7 @@ impl<'a> StopMatcher<'a> {
     }
 
     /// Adds `piece`; returns the text now safe to show and whether a stop string was hit.
-    fn push(&mut self, piece: &str) -> (&str, bool) {
+    pub fn push(&mut self, piece: &str) -> (&str, bool) {
         if self.done {
             return ("", true);
         }
@@ -259,13 +263,14 @@ impl<'a> StopMatcher<'a> {
     }
 
     /// Whatever was held back, once generation ended without a stop string.
-    fn flush(&mut self) -> &str {
+    pub fn flush(&mut self) -> &str {
         let from = self.emitted;
         self.emitted = self.text.len();
         &self.text[from..]
     }
 
-    fn into_text(self) -> String {
+    /// All text kept so far, cut before the stop string if one was found.
+    pub fn into_text(self) -> String {
         self.text
     }
 }
@@ -276,7 +281,7 @@ mod tests {
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, String, bool) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut m = StopMatcher::new(&stops);
+        let mut m = StopMatcher::new(stops);
         let mut shown = String::new();
         let mut hit = false;
         for p in pieces {
@@ -314,6 +319,37 @@ mod tests {
         let (shown, _, hit) = run(&["<|end|>"], &["ééé", "é<|e", "nd|>x"]);
         assert!(hit);
         assert_eq!(shown, "éééé");
+    }
+
+    /// The streamed result must equal cutting the whole text at the first stop string,
+    /// however the text is split into pieces.
+    #[test]
+    fn streamed_text_equals_cutting_the_whole_text() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["\nUser:"], "Hello there\nUser: hi"),
+            (&["STOP"], "abSTxST"),
+            (&["<|end|>"], "éééé<|end|>x"),
+            (&["é!", "b"], "aé!b"),
+            (&["ab", "b"], "xxab"),
+            (&[""], "empty stops never match"),
+        ];
+        for (stops, text) in cases {
+            let cut = stops
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| text.find(s))
+                .min();
+            let expected = &text[..cut.unwrap_or(text.len())];
+            let chars: Vec<String> = text.chars().map(String::from).collect();
+            for size in 1..=4 {
+                let pieces: Vec<String> = chars.chunks(size).map(|c| c.concat()).collect();
+                let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+                let (shown, kept, hit) = run(stops, &refs);
+                assert_eq!(shown, expected, "stops {stops:?}, pieces of {size} chars");
+                assert_eq!(kept, expected);
+                assert_eq!(hit, cut.is_some());
+            }
+        }
     }
 
     #[test]

@@ -24,11 +24,12 @@ pub(crate) struct LayerCtx<'a> {
     pub rope: &'a RopeTables,
 }
 
-/// How attention finds its keys: packed independent sequences (cumulative starts), or one
-/// sequence's KV cache.
-pub(crate) enum Attend<'a> {
+/// How attention finds its keys: packed independent sequences (cumulative starts), one
+/// sequence's KV cache, or one new token per sequence, row `i` continuing `caches[i]`.
+pub(crate) enum Attend<'a, 'c> {
     Packed(&'a [usize]),
     Cached(&'a mut KvCache),
+    Decode(&'a mut [&'c mut KvCache]),
 }
 
 /// An adapter applied in a pass; `dropout_seed` is set only when training with dropout.
@@ -37,6 +38,59 @@ pub(crate) struct Adapt<'a> {
     pub lora: &'a Lora,
     pub scale: f32,
     pub dropout_seed: Option<u64>,
+}
+
+/// Which adapter each row of a pass gets: one for every row (training, one sequence), or
+/// one per row (a decode step over sequences of different requests).
+#[derive(Clone, Copy)]
+pub(crate) enum Adapters<'a> {
+    Uniform(Option<Adapt<'a>>),
+    PerRow(&'a [Option<Adapt<'a>>]),
+}
+
+impl<'a> From<Option<Adapt<'a>>> for Adapters<'a> {
+    fn from(adapt: Option<Adapt<'a>>) -> Self {
+        Adapters::Uniform(adapt)
+    }
+}
+
+impl<'a> Adapters<'a> {
+    /// Runs of consecutive rows `[start, end)` sharing one adapter, so each adapter's
+    /// factors are multiplied once per run rather than once per row.
+    fn runs(self, t: usize) -> impl Iterator<Item = (usize, usize, Adapt<'a>)> {
+        let (uniform, per_row) = match self {
+            Adapters::Uniform(a) => (a.map(|a| (0, t, a)), &[][..]),
+            Adapters::PerRow(rows) => (None, rows),
+        };
+        let mut start = 0;
+        let grouped = std::iter::from_fn(move || {
+            while start < per_row.len() {
+                let first = start;
+                let same = |b: &Option<Adapt<'_>>| match (&per_row[first], b) {
+                    (Some(x), Some(y)) => std::ptr::eq(x.lora, y.lora),
+                    (None, None) => true,
+                    _ => false,
+                };
+                let len = per_row[first..].iter().take_while(|b| same(b)).count();
+                start = first + len;
+                if let Some(a) = per_row[first] {
+                    return Some((first, start, a));
+                }
+            }
+            None
+        });
+        uniform.into_iter().chain(grouped)
+    }
+
+    /// The largest adapter rank in the pass (0 without adapters): the room each row needs
+    /// for a branch's `s·A·x`.
+    pub(crate) fn rank(self) -> usize {
+        let rank = |a: &Option<Adapt<'_>>| a.map_or(0, |a| a.lora.spec().rank);
+        match self {
+            Adapters::Uniform(a) => rank(&a),
+            Adapters::PerRow(rows) => rows.iter().map(rank).max().unwrap_or(0),
+        }
+    }
 }
 
 impl Adapt<'_> {
@@ -94,7 +148,7 @@ fn project(
     x: &[f32],
     t: usize,
     accumulate: bool,
-    adapt: Option<Adapt<'_>>,
+    adapt: Adapters<'_>,
     l: usize,
     target: LoraTarget,
     us: &mut [f32],
@@ -102,9 +156,20 @@ fn project(
     scratch: &mut Scratch,
 ) {
     w.forward(y, x, t, accumulate, scratch);
-    if let Some(a) = adapt {
+    for (start, end, a) in adapt.runs(t) {
         if let Some(f) = a.lora.get(l, target) {
-            lora_forward(y, x, f, a.scale, t, us, xd, a.dropout(l, target));
+            let r = a.lora.spec().rank;
+            let (d_in, d_out) = (f.d_in, f.d_out);
+            lora_forward(
+                &mut y[start * d_out..end * d_out],
+                &x[start * d_in..end * d_in],
+                f,
+                a.scale,
+                end - start,
+                &mut us[start * r..end * r],
+                xd,
+                a.dropout(l, target),
+            );
         }
     }
 }
@@ -139,19 +204,20 @@ fn project_backward(
 impl LayerWeights {
     /// `x += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))`, `n = norm(x)`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn attention_forward(
+    pub(crate) fn attention_forward<'b>(
         &self,
         ctx: &LayerCtx<'_>,
         l: usize,
         shape: &AttentionShape,
-        attend: &mut Attend<'_>,
+        attend: &mut Attend<'_, '_>,
         positions: &[usize],
         x: &mut [f32],
         a: AttnActs<'_>,
-        adapt: Option<Adapt<'_>>,
+        adapt: impl Into<Adapters<'b>>,
         xd: &mut [f32],
         scratch: &mut Scratch,
     ) {
+        let adapt = adapt.into();
         let (c, w) = (ctx.cfg, self);
         let (t, kvd) = (positions.len(), c.kv_dim());
         rmsnorm_forward(a.xn, a.rstd, x, &w.attn_norm, c.rms_norm_eps);
@@ -212,6 +278,18 @@ impl LayerWeights {
                 vc[first * kvd..(first + t) * kvd].copy_from_slice(a.v);
                 let end = (first + t) * kvd;
                 attention_decode(a.att, a.q, &kc[..end], &vc[..end], first, shape);
+            }
+            Attend::Decode(caches) => {
+                let qd = c.q_dim();
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let at = cache.len;
+                    let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+                    kc[at * kvd..(at + 1) * kvd].copy_from_slice(&a.k[i * kvd..(i + 1) * kvd]);
+                    vc[at * kvd..(at + 1) * kvd].copy_from_slice(&a.v[i * kvd..(i + 1) * kvd]);
+                    let end = (at + 1) * kvd;
+                    let (att, q) = (&mut a.att[i * qd..(i + 1) * qd], &a.q[i * qd..(i + 1) * qd]);
+                    attention_decode(att, q, &kc[..end], &vc[..end], at, shape);
+                }
             }
         }
         project(
@@ -339,17 +417,18 @@ impl LayerWeights {
 
     /// `x += down(silu(gate(n)) ⊙ up(n))`, `n = norm(x)`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn mlp_forward(
+    pub(crate) fn mlp_forward<'b>(
         &self,
         ctx: &LayerCtx<'_>,
         l: usize,
         t: usize,
         x: &mut [f32],
         a: MlpActs<'_>,
-        adapt: Option<Adapt<'_>>,
+        adapt: impl Into<Adapters<'b>>,
         xd: &mut [f32],
         scratch: &mut Scratch,
     ) {
+        let adapt = adapt.into();
         let (c, w) = (ctx.cfg, self);
         rmsnorm_forward(a.xn, a.rstd, x, &w.ffn_norm, c.rms_norm_eps);
         let [ug, uu, ud] = a.us;

@@ -25,7 +25,7 @@ mod weights;
 
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
-pub use generate::{GenerateOptions, Generation, Generator, StopReason};
+pub use generate::{GenerateOptions, Generation, Generator, StopMatcher, StopReason};
 pub use lora::{Lora, LoraGrads, LoraSpec, LoraTarget};
 pub use model::{KvCache, LoadOptions, Logits, Model, Workspace, DEFAULT_CONTEXT};
 pub use sample::{argmax, Rng, Sampler, SamplingParams};

@@ -16,7 +16,7 @@ use bora_formats::quant::GgmlType;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layer::{Adapt, Attend, AttnActs, LayerCtx, MlpActs};
+use crate::layer::{Adapt, Adapters, Attend, AttnActs, LayerCtx, MlpActs};
 use crate::lora::Lora;
 use crate::weights::{CheckpointKind, ModelWeights, TensorSource};
 
@@ -328,26 +328,71 @@ impl Model {
             return Err(ModelError::Empty("no tokens to run"));
         }
         self.check_tokens(tokens)?;
+        self.check_cache(cache, tokens.len())?;
+        let adapt = Adapters::Uniform(self.adapt(adapter, None)?);
+        ws.positions.clear();
+        ws.positions.extend(cache.len..cache.len + tokens.len());
+        // The whole pass runs inside the pool: each of the ~250 kernel calls of a decoded token
+        // would otherwise hand its work to the pool and sleep until it is done.
+        bora_compute::run_in_pool(|| {
+            self.run(tokens, Attend::Cached(cache), ws, adapt)?;
+            Ok(self.output(ws, tokens.len(), logits))
+        })
+    }
+
+    /// One decode step of several sequences at once: `tokens[i]` continues `caches[i]` with
+    /// `adapters[i]` (`None`: the base model). Returns logits `[n, vocab]`, row `i` for
+    /// sequence `i`. Every projection runs over all `n` rows, so each weight is read once
+    /// per step rather than once per sequence; only attention (each row against its own
+    /// cache, at its own position) and the adapter branches are per row.
+    pub fn forward_decode<'w>(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+        adapters: &[Option<&Lora>],
+        ws: &'w mut Workspace,
+    ) -> Result<&'w [f32]> {
+        if tokens.is_empty() {
+            return Err(ModelError::Empty("no sequences to decode"));
+        }
+        if caches.len() != tokens.len() || adapters.len() != tokens.len() {
+            return Err(ModelError::BatchMismatch {
+                tokens: tokens.len(),
+                caches: caches.len(),
+                adapters: adapters.len(),
+            });
+        }
+        self.check_tokens(tokens)?;
+        for cache in caches.iter() {
+            self.check_cache(cache, 1)?;
+        }
+        let adapt = adapters
+            .iter()
+            .map(|&a| self.adapt(a, None))
+            .collect::<Result<Vec<_>>>()?;
+        ws.positions.clear();
+        ws.positions.extend(caches.iter().map(|c| c.len));
+        bora_compute::run_in_pool(|| {
+            self.run(tokens, Attend::Decode(caches), ws, Adapters::PerRow(&adapt))?;
+            Ok(self.output(ws, tokens.len(), Logits::All))
+        })
+    }
+
+    /// Checks that `cache` was made for this model and has room for `tokens` more.
+    fn check_cache(&self, cache: &KvCache, tokens: usize) -> Result<()> {
         let per_layer = cache.capacity * self.config.kv_dim();
         if cache.k.len() != self.config.n_layers || cache.k.iter().any(|k| k.len() != per_layer) {
             return Err(ModelError::CacheMismatch);
         }
-        let needed = cache.len + tokens.len();
+        let needed = cache.len + tokens;
         if needed > cache.capacity.min(self.context) {
             return Err(ModelError::ContextOverflow {
                 needed,
                 context: cache.capacity.min(self.context),
-                prompt: tokens.len(),
+                prompt: tokens,
             });
         }
-        ws.positions.clear();
-        ws.positions.extend(cache.len..needed);
-        // The whole pass runs inside the pool: each of the ~250 kernel calls of a decoded token
-        // would otherwise hand its work to the pool and sleep until it is done.
-        bora_compute::run_in_pool(|| {
-            self.run(tokens, Attend::Cached(cache), ws, adapter)?;
-            Ok(self.output(ws, tokens.len(), logits))
-        })
+        Ok(())
     }
 
     /// Runs several independent sequences packed into one pass (no cache) and returns each
@@ -392,7 +437,8 @@ impl Model {
             ws.positions.extend(0..s.len());
             segments.push(tokens.len());
         }
-        self.run(&tokens, Attend::Packed(&segments), ws, adapter)?;
+        let adapt = Adapters::Uniform(self.adapt(adapter, None)?);
+        self.run(&tokens, Attend::Packed(&segments), ws, adapt)?;
         Ok(tokens.len())
     }
 
@@ -526,19 +572,18 @@ impl Model {
     fn run(
         &self,
         tokens: &[u32],
-        mut attend: Attend<'_>,
+        mut attend: Attend<'_, '_>,
         ws: &mut Workspace,
-        adapter: Option<&Lora>,
+        adapt: Adapters<'_>,
     ) -> Result<()> {
         let c = &self.config;
         let ctx = LayerCtx {
             cfg: c,
             rope: &self.rope,
         };
-        let adapt = self.adapt(adapter, None)?;
         let (t, d) = (tokens.len(), c.hidden_size);
         let (qd, kvd, f, h) = (c.q_dim(), c.kv_dim(), c.intermediate_size, c.n_heads);
-        let r = adapter.map_or(0, |a| a.spec().rank);
+        let r = adapt.rank();
         let Workspace {
             x,
             xn,
@@ -611,8 +656,10 @@ impl Model {
             };
             layer.mlp_forward(&ctx, l, t, x, acts, adapt, &mut [], scratch);
         }
-        if let Attend::Cached(cache) = attend {
-            cache.len += t;
+        match attend {
+            Attend::Cached(cache) => cache.len += t,
+            Attend::Decode(caches) => caches.iter_mut().for_each(|c| c.len += 1),
+            Attend::Packed(_) => {}
         }
         Ok(())
     }

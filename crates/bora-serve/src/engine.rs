@@ -3,18 +3,19 @@
 //! finished, timed-out and abandoned ones leave between steps; the arithmetic of a step runs
 //! on the rayon pool, so the tokio threads only ever move bytes.
 //!
-//! Within a step each sequence runs its own one-token forward (in parallel over sequences),
-//! because bora-model's cached forward takes one sequence; a multi-sequence decode there would
-//! let one pass over the weights serve the whole batch, and only `Batch::step` would change.
+//! A step runs every active sequence's new token through one batched decode
+//! (`Model::forward_decode`), so the weights are read once per step, not once per sequence;
+//! prompts are prefilled one sequence at a time as they join.
 
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use bora_model::{KvCache, Logits, Lora, Model, Sampler, SamplingParams, StopReason, Workspace};
+use bora_model::{
+    KvCache, Logits, Lora, Model, Sampler, SamplingParams, StopMatcher, StopReason, Workspace,
+};
 use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
-use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::ApiError;
@@ -76,6 +77,7 @@ impl Scheduler {
                     max_batch,
                     active: Vec::new(),
                     spare: Vec::new(),
+                    ws: Workspace::new(),
                 }
                 .run(rx)
             })?;
@@ -110,8 +112,8 @@ impl Drop for Scheduler {
 /// A running sequence: its cache, sampler and the text it has shown.
 struct Sequence<'t> {
     job: Job,
-    /// KV cache and activations; taken from and returned to the scheduler's spares.
-    slot: Slot,
+    /// Taken from and returned to the scheduler's spares.
+    cache: KvCache,
     sampler: Sampler,
     /// Prompt and generated ids, the context of the repetition penalty.
     history: Vec<u32>,
@@ -120,12 +122,7 @@ struct Sequence<'t> {
     next: u32,
     generated: usize,
     decoder: StreamDecoder<'t>,
-    stops: StopText,
-}
-
-struct Slot {
-    cache: KvCache,
-    ws: Workspace,
+    stops: StopMatcher,
 }
 
 struct Batch<'m> {
@@ -134,8 +131,10 @@ struct Batch<'m> {
     stop_tokens: &'m [u32],
     max_batch: usize,
     active: Vec<Sequence<'m>>,
-    /// Slots of finished sequences: their buffers are already sized and paged in.
-    spare: Vec<Slot>,
+    /// Caches of finished sequences: their buffers are already paged in.
+    spare: Vec<KvCache>,
+    /// Activations of prefills and decode steps, which run one at a time.
+    ws: Workspace,
 }
 
 impl<'m> Batch<'m> {
@@ -170,23 +169,18 @@ impl<'m> Batch<'m> {
             let _ = job.events.send(Event::Failed(ApiError::timeout()));
             return;
         }
-        let mut slot = self.spare.pop().unwrap_or_else(|| Slot {
-            cache: self.model.new_cache(),
-            ws: Workspace::new(),
-        });
-        slot.cache.clear();
-        let model = self.model;
-        let prefill = bora_compute::run_in_pool(|| {
-            model
-                .forward_adapted(
-                    &job.prompt,
-                    &mut slot.cache,
-                    &mut slot.ws,
-                    Logits::Last,
-                    job.adapter.as_deref(),
-                )
-                .map(<[f32]>::to_vec)
-        });
+        let mut cache = self.spare.pop().unwrap_or_else(|| self.model.new_cache());
+        cache.clear();
+        let prefill = self
+            .model
+            .forward_adapted(
+                &job.prompt,
+                &mut cache,
+                &mut self.ws,
+                Logits::Last,
+                job.adapter.as_deref(),
+            )
+            .map(<[f32]>::to_vec);
         match prefill {
             Ok(logits) => self.active.push(Sequence {
                 sampler: Sampler::new(job.sampling.clone()),
@@ -195,13 +189,13 @@ impl<'m> Batch<'m> {
                 next: 0,
                 generated: 0,
                 decoder: StreamDecoder::new(self.tokenizer, SpecialTokenPolicy::Skip),
-                stops: StopText::new(job.stop_strings.clone()),
-                slot,
+                stops: StopMatcher::new(job.stop_strings.clone()),
+                cache,
                 job,
             }),
             Err(e) => {
                 let _ = job.events.send(Event::Failed(ApiError::internal(&e)));
-                self.spare.push(slot);
+                self.spare.push(cache);
             }
         }
     }
@@ -229,34 +223,37 @@ impl<'m> Batch<'m> {
                 }
             }
         }
-        let model = self.model;
-        let failures: Vec<(usize, ApiError)> = bora_compute::run_in_pool(|| {
-            self.active
-                .par_iter_mut()
-                .enumerate()
-                .filter_map(|(i, seq)| {
-                    let slot = &mut seq.slot;
-                    let adapter = seq.job.adapter.as_deref();
-                    match model.forward_adapted(
-                        &[seq.next],
-                        &mut slot.cache,
-                        &mut slot.ws,
-                        Logits::Last,
-                        adapter,
-                    ) {
-                        Ok(out) => {
-                            seq.logits.copy_from_slice(out);
-                            seq.history.push(seq.next);
-                            None
-                        }
-                        Err(e) => Some((i, ApiError::internal(&e))),
-                    }
-                })
-                .collect()
-        });
-        for (i, err) in failures.into_iter().rev() {
-            let seq = self.active.swap_remove(i);
-            self.spare.push(seq.finish(Outcome::Failed(err)));
+        if self.active.is_empty() {
+            return;
+        }
+        // Sequences with the same adapter side by side: the decode applies each adapter's
+        // branch once per run of rows.
+        self.active
+            .sort_by_key(|s| s.job.adapter.as_ref().map(|a| Arc::as_ptr(a) as usize));
+        let tokens: Vec<u32> = self.active.iter().map(|s| s.next).collect();
+        let mut adapters: Vec<Option<&Lora>> = Vec::with_capacity(tokens.len());
+        let mut caches: Vec<&mut KvCache> = Vec::with_capacity(tokens.len());
+        for Sequence { job, cache, .. } in self.active.iter_mut() {
+            adapters.push(job.adapter.as_deref());
+            caches.push(cache);
+        }
+        let vocab = self.model.config.vocab_size;
+        match self
+            .model
+            .forward_decode(&tokens, &mut caches, &adapters, &mut self.ws)
+        {
+            Ok(logits) => {
+                for (seq, row) in self.active.iter_mut().zip(logits.chunks_exact(vocab)) {
+                    seq.logits.copy_from_slice(row);
+                    seq.history.push(seq.next);
+                }
+            }
+            Err(e) => {
+                let err = ApiError::internal(&e);
+                for seq in std::mem::take(&mut self.active) {
+                    self.spare.push(seq.finish(Outcome::Failed(err.clone())));
+                }
+            }
         }
     }
 }
@@ -280,37 +277,33 @@ impl Sequence<'_> {
         self.generated += 1;
         let piece = self.decoder.push(next);
         let (shown, hit) = self.stops.push(&piece);
-        self.send_text(shown);
+        send_text(&self.job.events, shown);
         if hit {
             return Some(StopReason::StopString);
         }
         if self.generated >= self.job.max_tokens {
             return Some(StopReason::MaxTokens);
         }
-        if self.slot.cache.len() >= context {
+        if self.cache.len() >= context {
             return Some(StopReason::Context);
         }
         self.next = next;
         None
     }
 
-    fn send_text(&self, text: String) {
-        send_text(&self.job.events, text);
-    }
-
     /// Tells the client how the sequence ended (after any held-back text) and hands back
-    /// the slot for the next sequence.
-    fn finish(self, outcome: Outcome) -> Slot {
+    /// the cache for the next sequence.
+    fn finish(self, outcome: Outcome) -> KvCache {
         let Sequence {
             job,
-            slot,
+            cache,
             generated,
             decoder,
             mut stops,
             ..
         } = self;
         let event = match outcome {
-            Outcome::Abandoned => return slot,
+            Outcome::Abandoned => return cache,
             Outcome::Failed(e) => Event::Failed(e),
             Outcome::Stopped(stop) => {
                 if stop != StopReason::StopString {
@@ -325,113 +318,12 @@ impl Sequence<'_> {
             }
         };
         let _ = job.events.send(event);
-        slot
+        cache
     }
 }
 
-fn send_text(events: &UnboundedSender<Event>, text: String) {
+fn send_text(events: &UnboundedSender<Event>, text: &str) {
     if !text.is_empty() {
-        let _ = events.send(Event::Text(text));
-    }
-}
-
-/// Stop strings over streamed text. Text that could be the start of a stop string is held
-/// back until the next piece settles it, so a client never sees any part of a stop string.
-struct StopText {
-    stops: Vec<String>,
-    text: String,
-    /// Bytes of `text` already sent.
-    shown: usize,
-}
-
-impl StopText {
-    fn new(stops: Vec<String>) -> Self {
-        StopText {
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
-            text: String::new(),
-            shown: 0,
-        }
-    }
-
-    /// Adds `piece`; returns the text now safe to send and whether a stop string was found.
-    fn push(&mut self, piece: &str) -> (String, bool) {
-        self.text.push_str(piece);
-        let from = self.shown;
-        // Held-back text is the only place a stop string can begin: everything sent was
-        // checked not to start one.
-        let hit = self
-            .stops
-            .iter()
-            .filter_map(|s| self.text[from..].find(s.as_str()).map(|at| from + at))
-            .min();
-        let end = match hit {
-            Some(at) => {
-                self.text.truncate(at);
-                at
-            }
-            None => self.text[from..]
-                .char_indices()
-                .map(|(i, _)| from + i)
-                .find(|&i| self.stops.iter().any(|s| s.starts_with(&self.text[i..])))
-                .unwrap_or(self.text.len()),
-        };
-        self.shown = end;
-        (self.text[from..end].to_string(), hit.is_some())
-    }
-
-    /// Whatever was held back, once generation ended without a stop string.
-    fn flush(&mut self) -> String {
-        let from = std::mem::replace(&mut self.shown, self.text.len());
-        self.text[from..].to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::StopText;
-
-    /// Feeds `pieces` as a stream would; returns what a client saw and whether it stopped.
-    fn stream(stops: &[&str], pieces: &[&str]) -> (String, bool) {
-        let mut m = StopText::new(stops.iter().map(|s| s.to_string()).collect());
-        let mut seen = String::new();
-        for p in pieces {
-            let (shown, hit) = m.push(p);
-            seen.push_str(&shown);
-            if hit {
-                return (seen, true);
-            }
-        }
-        seen.push_str(&m.flush());
-        (seen, false)
-    }
-
-    /// The streamed result must equal cutting the whole text at the first stop string,
-    /// however the text is split into pieces.
-    #[test]
-    fn streamed_text_equals_cutting_the_whole_text() {
-        let cases: &[(&[&str], &str)] = &[
-            (&["\nUser:"], "Hello there\nUser: hi"),
-            (&["STOP"], "abSTxST"),
-            (&["<|end|>"], "éééé<|end|>x"),
-            (&["é!", "b"], "aé!b"),
-            (&["ab", "b"], "xxab"),
-            (&[""], "empty stops never match"),
-        ];
-        for (stops, text) in cases {
-            let cut = stops
-                .iter()
-                .filter(|s| !s.is_empty())
-                .filter_map(|s| text.find(s))
-                .min();
-            let expected = &text[..cut.unwrap_or(text.len())];
-            let chars: Vec<String> = text.chars().map(String::from).collect();
-            for size in 1..=4 {
-                let pieces: Vec<String> = chars.chunks(size).map(|c| c.concat()).collect();
-                let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-                let (seen, hit) = stream(stops, &refs);
-                assert_eq!(seen, expected, "stops {stops:?}, pieces of {size} chars");
-                assert_eq!(hit, cut.is_some());
-            }
-        }
+        let _ = events.send(Event::Text(text.to_string()));
     }
 }
