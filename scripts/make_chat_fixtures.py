@@ -28,27 +28,13 @@ Run from the repo root: `scripts/make_chat_fixtures.py` (creates `.venv-fixtures
 import copy
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".venv-fixtures"
+from fixture_venv import ROOT, ensure_venv
+
 OUT = ROOT / "crates" / "bora-tokenizer" / "tests" / "fixtures" / "chat"
-PACKAGES = ["mistral-common==1.13.*", "sentencepiece", "gguf", "transformers", "tokenizers"]
-
-
-def ensure_venv() -> None:
-    """Re-exec inside the repo's fixture venv, creating it on first use."""
-    if Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
-
 
 WEATHER_TOOL = {
     "type": "function",
@@ -671,7 +657,7 @@ def write_json(path, value):
 
 
 def main():
-    ensure_venv()
+    ensure_venv(__file__)
     import mistral_common
     import transformers
 

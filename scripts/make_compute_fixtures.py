@@ -13,26 +13,10 @@ Run from anywhere: `scripts/make_compute_fixtures.py` (it re-executes itself ins
 so the Rust test builds the same tables.
 """
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".venv-fixtures"
-PACKAGES = ["torch", "transformers==5.24.0"]
+from fixture_venv import ROOT, ensure_venv
 
-
-def ensure_venv():
-    python = VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    if not python.exists():
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-        subprocess.check_call([str(python), "-m", "pip", "install", "--quiet", *PACKAGES])
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
-
-
-ensure_venv()
+ensure_venv(__file__)
 
 import torch  # noqa: E402
 from transformers.models.llama.configuration_llama import LlamaConfig  # noqa: E402

@@ -29,27 +29,12 @@ import json
 import os
 from importlib.metadata import version
 import random
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".venv-fixtures"
-PACKAGES = ["mistral-common==1.13.1", "sentencepiece", "tiktoken", "tokenizers", "gguf==0.19.0",
-            "transformers", "torch"]
+from fixture_venv import ROOT, ensure_venv
 
-
-def ensure_venv():
-    python = VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    if not python.exists():
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-        subprocess.check_call([str(python), "-m", "pip", "install", "--quiet", *PACKAGES])
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
-
-
-ensure_venv()
+ensure_venv(__file__)
 
 import mistral_common  # noqa: E402
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy  # noqa: E402

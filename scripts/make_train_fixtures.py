@@ -30,28 +30,12 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".venv-fixtures"
-PACKAGES = ["torch", "transformers", "peft", "safetensors", "numpy", "tensorboard"]
+from fixture_venv import ROOT, ensure_venv
 
-
-def ensure_venv():
-    python = VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    if not python.exists():
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-    probe = "import torch, transformers, peft, safetensors, numpy, tensorboard"
-    if subprocess.call([str(python), "-c", probe], stderr=subprocess.DEVNULL) != 0:
-        subprocess.check_call([str(python), "-m", "pip", "install", "--quiet", *PACKAGES])
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
-
-
-ensure_venv()
+ensure_venv(__file__)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

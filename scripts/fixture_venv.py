@@ -1,0 +1,33 @@
+"""The one virtual environment the fixture scripts run in: `.venv-fixtures` at the repo root,
+with the reference libraries whose outputs bora's tests are checked against.
+
+Each `make_*_fixtures.py` calls `ensure_venv(__file__)` before importing them: outside the venv
+it creates or completes the venv and re-runs the script inside it. Versions are pinned where a
+fixture's bytes depend on them (the versions FORMATS.md's facts were checked with).
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv-fixtures"
+PACKAGES = [
+    "mistral-common==1.13.1", "gguf==0.19.0", "transformers==5.24.0", "peft==0.21.2", "torch",
+    "safetensors", "numpy", "tokenizers", "sentencepiece", "tiktoken", "accelerate", "tensorboard",
+]
+MARKER = VENV / "bora-packages.txt"
+
+
+def ensure_venv(script: str) -> None:
+    """Re-executes `script` inside `.venv-fixtures`, creating it or installing what it lacks."""
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
+    wanted = "\n".join(PACKAGES)
+    if not MARKER.exists() or MARKER.read_text() != wanted:
+        subprocess.check_call([str(python), "-m", "pip", "install", "--quiet", *PACKAGES])
+        MARKER.write_text(wanted)
+    os.execv(str(python), [str(python), script, *sys.argv[1:]])
