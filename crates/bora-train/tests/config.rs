@@ -201,7 +201,7 @@ fn metrics(step: u64) -> Metrics {
         lr: 1e-4,
         grad_norm: 0.75,
         tokens_per_s: 1234.5,
-        val_loss: (step % 2 == 0).then_some(1.25),
+        val_loss: step.is_multiple_of(2).then_some(1.25),
     }
 }
 
