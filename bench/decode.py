@@ -40,6 +40,31 @@ t2 = time.perf_counter()
 print(json.dumps({"prompt_ids": ids, "prefill_s": t1 - t0, "decode_s": t2 - t1, "generated": out}))
 """
 
+TORCH_CHILD = r"""
+import json, os, sys, time
+import torch
+from transformers import AutoModelForCausalLM
+model, threads, ids, gen = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+lm = AutoModelForCausalLM.from_pretrained(os.path.dirname(model), gguf_file=os.path.basename(model),
+                                          torch_dtype=torch.float32).eval()
+x = torch.tensor([ids])
+with torch.inference_mode():
+    lm(x)  # warm-up, as for llama.cpp
+    t0 = time.perf_counter()
+    out = lm(x, use_cache=True)
+    t1 = time.perf_counter()
+    past, generated = out.past_key_values, []
+    tok = int(out.logits[0, -1].argmax())
+    for i in range(gen):
+        generated.append(tok)
+        if i + 1 < gen:
+            out = lm(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
+            past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
+    t2 = time.perf_counter()
+print(json.dumps({"prefill_s": t1 - t0, "decode_s": t2 - t1, "generated": generated}))
+"""
+
 PROMPT = (
     "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
     "combined movable metal type, oil-based inks and a wooden screw press into a system that could "
@@ -69,6 +94,8 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3, help="runs per engine, alternating; best is reported")
+    ap.add_argument("--torch-python", default=".venv-fixtures/bin/python",
+                    help="a Python with torch and transformers, for the PyTorch fp32 row (once, not repeated)")
     args = ap.parse_args()
 
     prompt_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".decode_prompt.txt")
@@ -89,16 +116,28 @@ def main():
         bora = json.loads(err.strip().splitlines()[-1])
         bora_runs.append((len(ids) / bora["prefill_s"], bora["decode_tokens"] / bora["decode_s"], rss))
 
+    torch_row = None
+    if args.torch_python and os.path.exists(args.torch_python):
+        out, _, rss, _ = run_with_rss([args.torch_python, "-c", TORCH_CHILD, args.model, str(args.threads),
+                                       json.dumps(ids), str(args.gen)])
+        t = json.loads(out.strip().splitlines()[-1])
+        torch_row = (len(ids) / t["prefill_s"], (args.gen - 1) / t["decode_s"], rss)
+
     n_prompt, n_gen = len(ids), args.gen
     best = lambda runs: (max(r[0] for r in runs), max(r[1] for r in runs), min(r[2] for r in runs))
     rows = {"llama.cpp": best(llama_runs), "bora": best(bora_runs)}
+    if torch_row:
+        rows["PyTorch fp32 (transformers, 1 run)"] = torch_row
     print(f"model {os.path.basename(args.model)}, {args.threads} threads, {n_prompt} prompt tokens, {n_gen} generated (decode rate over {n_gen - 1} single-token steps), best of {args.repeat} alternating runs")
-    print(f"{'engine':<10} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak RSS MiB':>13}")
+    print(f"{'engine':<36} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak RSS MiB':>13}")
     for name, (p, d, r) in rows.items():
-        print(f"{name:<10} {p:>14.1f} {d:>13.1f} {r:>13.1f}")
+        print(f"{name:<36} {p:>14.1f} {d:>13.1f} {r:>13.1f}")
     lp, ld, lr = rows["llama.cpp"]
     bp, bd, br = rows["bora"]
     print(f"ratio bora/llama.cpp: prefill {bp / lp:.2f}x, decode {bd / ld:.2f}x, peak RSS {br / lr:.2f}x")
+    if torch_row:
+        tp, td, tr = torch_row
+        print(f"ratio bora/PyTorch fp32: prefill {bp / tp:.2f}x, decode {bd / td:.2f}x, peak RSS {br / tr:.2f}x")
     same = bora.get("generated") == llama["generated"]
     print(f"greedy tokens identical: {same}")
 
