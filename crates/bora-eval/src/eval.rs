@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use bora_formats::quant::GgmlType;
 use bora_model::{GenerateOptions, LoadOptions, Lora, Model, SamplingParams};
 use bora_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,8 @@ pub struct EvalConfig {
     pub limit: Option<usize>,
     /// Longest answer generated.
     pub max_tokens: usize,
+    /// Quantize the base on load as the run's QLoRA training did (`None`: as stored).
+    pub quantize: Option<GgmlType>,
 }
 
 /// The score of one side with its 95% Wilson interval and answer NLL.
@@ -118,7 +121,7 @@ pub fn evaluate(
         &config.model,
         &LoadOptions {
             context: Some(longest),
-            quantize: None,
+            quantize: config.quantize,
         },
     )?;
     if tok.vocab_size() > model.config.vocab_size {

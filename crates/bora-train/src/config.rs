@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use bora_formats::quant::GgmlType;
 use bora_model::LoraTarget;
 
 use crate::adapter::AdapterConfig;
@@ -141,6 +142,26 @@ pub struct QloraSection {
     pub enabled: bool,
     /// The block type to quantize to: q4_0, q4_1 or q8_0. Default "q4_0".
     pub quant: String,
+}
+
+impl QloraSection {
+    /// The block type the frozen base is quantized to on load (`None`: loaded as stored).
+    /// Public because everything that reloads a run's base (eval, serve, export) must load
+    /// the same base the adapter was trained on.
+    pub fn quantize(&self) -> Result<Option<GgmlType>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        match self.quant.as_str() {
+            "q4_0" => Ok(Some(GgmlType::Q4_0)),
+            "q4_1" => Ok(Some(GgmlType::Q4_1)),
+            "q8_0" => Ok(Some(GgmlType::Q8_0)),
+            other => Err(TrainError::Config {
+                key: "qlora.quant".into(),
+                reason: format!("{other:?} is not one of q4_0, q4_1, q8_0"),
+            }),
+        }
+    }
 }
 
 impl Default for RunConfig {

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bora_data::{fit, load, split, Batch, BatchConfig, Encoder, Holdout, Loader, Overlong, Sample};
-use bora_formats::quant::GgmlType;
 use bora_model::{LoadOptions, Lora, LoraSpec, Model, TrainBatch, Trainer};
 use bora_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -103,11 +102,7 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
         }
     };
     let t = &config.train;
-    let quantize = config
-        .qlora
-        .enabled
-        .then(|| qlora_type(&config.qlora.quant))
-        .transpose()?;
+    let quantize = config.qlora.quantize()?;
 
     // ---- Model and tokenizer.
     let model_path = Path::new(&config.model.path);
@@ -371,19 +366,6 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
         last_val_loss,
         timing,
     })
-}
-
-/// The block type QLoRA quantizes the frozen base to.
-fn qlora_type(name: &str) -> Result<GgmlType> {
-    match name {
-        "q4_0" => Ok(GgmlType::Q4_0),
-        "q4_1" => Ok(GgmlType::Q4_1),
-        "q8_0" => Ok(GgmlType::Q8_0),
-        other => Err(TrainError::Config {
-            key: "qlora.quant".into(),
-            reason: format!("{other:?} is not one of q4_0, q4_1, q8_0"),
-        }),
-    }
 }
 
 fn lora_spec(config: &RunConfig) -> LoraSpec {

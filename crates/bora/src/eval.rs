@@ -55,6 +55,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 metric,
                 limit: args.limit,
                 max_tokens: args.max_tokens,
+                quantize: None,
             };
             let (results, samples) = evaluate(&config, &mut progress())?;
             let out = args.out.clone().unwrap_or_else(|| PathBuf::from("eval"));
@@ -89,13 +90,6 @@ pub fn eval_run(
             run.display()
         );
     }
-    if config.qlora.enabled {
-        bail!(
-            "{}: the run trained on a {}-quantized base (QLoRA); bora eval loads the base as stored and would not match it",
-            run.display(),
-            config.qlora.quant
-        );
-    }
     let info = RunInfo::load(run)?;
     let eval_config = EvalConfig {
         model: PathBuf::from(&config.model.path),
@@ -104,6 +98,7 @@ pub fn eval_run(
         metric,
         limit,
         max_tokens,
+        quantize: config.qlora.quantize()?,
     };
     let (results, samples) = evaluate(&eval_config, &mut progress())?;
     let report = write_eval_dir(&eval_dir(run), &results, &samples, Some(&info))?;

@@ -27,7 +27,11 @@ fn write_chats(path: &Path, n: usize) {
 }
 
 fn train(model: &str, data: &str, out: &str) {
-    assert_ok(&bora(&[
+    train_with(model, data, out, &[]);
+}
+
+fn train_with(model: &str, data: &str, out: &str, extra: &[&str]) {
+    let mut args = vec![
         "train",
         "--model",
         model,
@@ -51,7 +55,9 @@ fn train(model: &str, data: &str, out: &str) {
         "2",
         "--seed",
         "1",
-    ]));
+    ];
+    args.extend_from_slice(extra);
+    assert_ok(&bora(&args));
 }
 
 fn check_score(v: &Value) {
@@ -115,6 +121,38 @@ fn eval_of_a_run_prints_one_json_object_and_writes_its_files() {
     let last: Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     assert_eq!(last["step"], 4);
     assert_eq!(last["eval/tuned/score"], v["tuned"]["score"]);
+}
+
+/// A QLoRA adapter was trained against the quantized base, so eval reloads the base quantized
+/// the same way instead of refusing the run.
+#[test]
+fn eval_of_a_qlora_run_loads_the_base_as_trained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path(), "llama");
+    let data = tmp.path().join("data.jsonl");
+    write_chats(&data, 24);
+    let run = tmp.path().join("runs/qlora");
+    train_with(
+        model.to_str().unwrap(),
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        &["--qlora", "Q8_0"],
+    );
+    let out = bora(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--limit",
+        "4",
+        "--max-tokens",
+        "4",
+        "--json",
+    ]);
+    assert_ok(&out);
+    let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    check_score(&v["tuned"]);
 }
 
 #[test]
