@@ -14,6 +14,7 @@
 
 mod config;
 mod error;
+pub mod export;
 mod generate;
 mod layer;
 mod lora;
