@@ -55,11 +55,15 @@ fn merged_round_trip(model: &Model, lora: &Lora, dtype: FloatType, shard_bytes: 
         dtype,
         shard_bytes,
         force: false,
+        verify: true,
     };
-    write_merged(model, Some(lora), &dest, &options).unwrap();
-    let written = load(&dest);
-    let v = verify(&dest, model, Some(lora), &written, None, dtype.tolerance()).unwrap();
+    let export = write_merged(model, Some(lora), &dest, &options).unwrap();
+    let v = export.verification.unwrap();
     assert!(v.adapter_effect > dtype.tolerance(), "{v:?}");
+    // Independently of the built-in check: load the published directory again.
+    let written = load(&dest);
+    let again = verify(&dest, model, Some(lora), &written, None, dtype.tolerance()).unwrap();
+    assert_eq!(again, v);
     v.max_error
 }
 
@@ -100,6 +104,7 @@ fn sharded_merged_export_has_an_index_and_keeps_tied_embeddings_tied() {
         dtype: FloatType::F32,
         shard_bytes: 40_000,
         force: false,
+        verify: true,
     };
     let export = write_merged(&model, Some(&lora), &dest, &options).unwrap();
     assert!(export
@@ -126,7 +131,11 @@ fn verification_catches_a_lost_adapter() {
     let lora = llama_adapter(&model);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("base");
-    write_merged(&model, None, &dest, &MergedOptions::default()).unwrap();
+    let options = MergedOptions {
+        verify: false,
+        ..MergedOptions::default()
+    };
+    write_merged(&model, None, &dest, &options).unwrap();
     let written = load(&dest);
     let err = verify(&dest, &model, Some(&lora), &written, None, 1.0).unwrap_err();
     assert!(
@@ -148,10 +157,10 @@ fn an_existing_directory_is_replaced_only_with_force() {
     let dest = tmp.path().join("adapter");
     std::fs::create_dir(&dest).unwrap();
     std::fs::write(dest.join("keep.txt"), "x").unwrap();
-    let err = write_peft(&dest, &lora, None, false).unwrap_err();
+    let err = write_peft(&model, &lora, None, &dest, false, true).unwrap_err();
     assert!(matches!(err, ExportError::Exists { .. }), "{err}");
     assert!(dest.join("keep.txt").is_file());
-    write_peft(&dest, &lora, None, true).unwrap();
+    write_peft(&model, &lora, None, &dest, true, true).unwrap();
     assert!(!dest.join("keep.txt").exists());
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
@@ -166,7 +175,8 @@ fn peft_export_reloads_bit_for_bit() {
     let lora = llama_adapter(&model);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("peft");
-    write_peft(&dest, &lora, Some("base".into()), false).unwrap();
+    let v = write_peft(&model, &lora, Some("base".into()), &dest, false, true).unwrap();
+    assert_eq!(v.unwrap().max_error, 0.0);
     let back = Lora::load_peft(&dest, &model.config).unwrap();
     let sorted = |l: &Lora| {
         let mut t = l.spec().targets.clone();
@@ -187,7 +197,10 @@ fn mistral_export_reloads_and_matches_the_consolidated_weights() {
     let lora = filled_adapter(&model);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("mistral");
-    write_mistral(&model, &lora, &dest, FloatType::F32, false).unwrap();
+    let v = write_mistral(&model, &lora, &dest, FloatType::Bf16, false, true).unwrap();
+    assert!(v.unwrap().max_error < FloatType::Bf16.tolerance());
+    std::fs::remove_dir_all(&dest).unwrap();
+    write_mistral(&model, &lora, &dest, FloatType::F32, false, false).unwrap();
     let back = load_mistral(&dest, &model.config).unwrap();
     let v = verify(&dest, &model, Some(&lora), &model, Some(&back), 1e-5).unwrap();
     assert!(v.max_error < 1e-6, "{v:?}");

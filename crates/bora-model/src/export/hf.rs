@@ -22,9 +22,10 @@ use bora_formats::safetensors::{write_safetensors, TensorData};
 use serde_json::{json, Map, Value};
 
 use super::merge::{merged_values, model_tensors, tensor_shape};
+use super::verify::{self, Verification};
 use super::{io_err, publish_dir, write_json, ExportError, FloatType, Result};
 use crate::lora::Lora;
-use crate::model::Model;
+use crate::model::{LoadOptions, Model};
 use crate::weights::CheckpointKind;
 
 /// Default shard size: transformers' `max_shard_size` default of 5 GB (decimal, as it
@@ -38,6 +39,8 @@ pub struct MergedOptions {
     /// Largest shard in bytes (a tensor bigger than this gets a shard of its own).
     pub shard_bytes: u64,
     pub force: bool,
+    /// Load the directory back before publishing it and compare logits ([`verify`]).
+    pub verify: bool,
 }
 
 impl Default for MergedOptions {
@@ -46,6 +49,7 @@ impl Default for MergedOptions {
             dtype: FloatType::Bf16,
             shard_bytes: DEFAULT_SHARD_BYTES,
             force: false,
+            verify: true,
         }
     }
 }
@@ -57,6 +61,8 @@ pub struct MergedExport {
     pub files: Vec<String>,
     /// Things a user should know: what could not be written, and why.
     pub warnings: Vec<String>,
+    /// `None` when verification was not asked for.
+    pub verification: Option<Verification>,
 }
 
 /// Files that carry a tokenizer or chat template in HF and Mistral model directories.
@@ -77,7 +83,8 @@ const TOKENIZER_FILES: [&str; 13] = [
 ];
 
 /// Writes `model` with `lora` merged (`None`: the base as is, dequantized) to `dest` as an
-/// HF model directory, atomically.
+/// HF model directory, atomically; verified (when asked) before it is renamed into place,
+/// so a failed check never leaves a directory at `dest`.
 pub fn write_merged(
     model: &Model,
     lora: Option<&Lora>,
@@ -97,6 +104,11 @@ pub fn write_merged(
             .collect();
         files.sort();
         export.files = files;
+        if options.verify {
+            let written = Model::load(dir, &LoadOptions::default())?;
+            let tol = options.dtype.tolerance();
+            export.verification = Some(verify::verify(dest, model, lora, &written, None, tol)?);
+        }
         Ok(export)
     })
 }

@@ -18,6 +18,7 @@ use bora_formats::names::{
 use bora_formats::safetensors::{write_safetensors, Safetensors, TensorData};
 use serde_json::{json, Value};
 
+use super::verify::{self, Verification};
 use super::{io_err, publish_dir, write_json, ExportError, FloatType, Result};
 use crate::config::ModelConfig;
 use crate::lora::{Lora, LoraSpec, LoraTarget};
@@ -98,14 +99,17 @@ fn params_json(model: &Model, spec: &LoraSpec) -> Result<Value> {
 }
 
 /// Writes `lora` for `model` as mistral-finetune's adapter directory at `dest`, atomically;
-/// tensors in `dtype` (mistral-finetune saves bf16).
+/// tensors in `dtype` (mistral-finetune saves bf16). With `verify`, the files are read back
+/// ([`load_mistral`]) before publishing and must reproduce the in-memory logits within
+/// `dtype`'s tolerance.
 pub fn write_mistral(
     model: &Model,
     lora: &Lora,
     dest: &Path,
     dtype: FloatType,
     force: bool,
-) -> Result<()> {
+    verify: bool,
+) -> Result<Option<Verification>> {
     if !lora.fits(&model.config) {
         return Err(crate::error::ModelError::AdapterMismatch {
             path: model.source().to_path_buf(),
@@ -133,7 +137,13 @@ pub fn write_mistral(
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     publish_dir(dest, force, |dir| {
         write_safetensors(dir.join(LORA_FILE), &tensors, None)?;
-        write_json(&dir.join(PARAMS_FILE), &params)
+        write_json(&dir.join(PARAMS_FILE), &params)?;
+        if !verify {
+            return Ok(None);
+        }
+        let back = load_mistral(dir, &model.config)?;
+        let tol = dtype.tolerance();
+        verify::verify(dest, model, Some(lora), model, Some(&back), tol).map(Some)
     })
 }
 

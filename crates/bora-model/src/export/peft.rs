@@ -8,8 +8,10 @@ use std::path::Path;
 use bora_formats::safetensors::{write_safetensors, Dtype, TensorData};
 use serde_json::{json, Value};
 
-use super::{publish_dir, write_json, Result};
+use super::verify::{self, Verification};
+use super::{publish_dir, write_json, FloatType, Result};
 use crate::lora::{Lora, LoraSpec, LoraTarget};
+use crate::model::Model;
 
 /// The LoRA settings `adapter_config.json` records.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,7 +163,24 @@ pub fn write_peft_files(dir: &Path, lora: &Lora, base_model: Option<String>) -> 
     Ok(())
 }
 
-/// Publishes a PEFT adapter directory at `dest` atomically (see [`publish_dir`]).
-pub fn write_peft(dest: &Path, lora: &Lora, base_model: Option<String>, force: bool) -> Result<()> {
-    publish_dir(dest, force, |tmp| write_peft_files(tmp, lora, base_model))
+/// Publishes `lora` as a PEFT adapter directory at `dest` atomically (see [`publish_dir`]);
+/// with `verify`, the written adapter is loaded back onto `model` before it is published and
+/// must reproduce the in-memory logits (f32, so within [`FloatType::F32`]'s tolerance).
+pub fn write_peft(
+    model: &Model,
+    lora: &Lora,
+    base_model: Option<String>,
+    dest: &Path,
+    force: bool,
+    verify: bool,
+) -> Result<Option<Verification>> {
+    publish_dir(dest, force, |tmp| {
+        write_peft_files(tmp, lora, base_model)?;
+        if !verify {
+            return Ok(None);
+        }
+        let back = Lora::load_peft(tmp, &model.config)?;
+        let tol = FloatType::F32.tolerance();
+        verify::verify(dest, model, Some(lora), model, Some(&back), tol).map(Some)
+    })
 }
