@@ -15,6 +15,13 @@
 //!
 //! Formats whose blocks add a minimum (`d·q + m`) need `Σx` per 32-element block; it is
 //! computed in f32 once per activation row ([`quantize_row`]) and shared by every weight row.
+//!
+//! A decode step of several sequences multiplies each weight by several activation rows.
+//! Widening a block's quants and converting its scales is about half of a one-row product's
+//! instructions, so [`rows_dot`] does that once per block and applies the result to every
+//! activation row (up to [`MAX_ROWS_512`] or [`MAX_ROWS_AVX2`] at a time, as many as the
+//! registers hold). Each row's arithmetic is the same whatever the number of rows beside
+//! it, so a sequence decoded alone or in a batch gets bit-identical logits.
 
 use bora_formats::quant::{
     dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q4_k, dequantize_block_q6_k,
@@ -99,7 +106,7 @@ unsafe fn quantize_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &m
     quantize_blocks(x, q, d, sums)
 }
 
-/// True for the types [`row_dot`] handles.
+/// True for the types [`rows_dot`] handles.
 pub(crate) fn has_dot_kernel(ty: GgmlType) -> bool {
     matches!(
         ty,
@@ -107,31 +114,108 @@ pub(crate) fn has_dot_kernel(ty: GgmlType) -> bool {
     )
 }
 
-/// Portable kernel: decode each block with bora-formats' decoder, then an f32 dot.
-fn row_dot_portable(ty: GgmlType, row: &[u8], xr: &XRow<'_>) -> f32 {
-    fn blocks<const B: usize, const E: usize>(
-        row: &[u8],
-        x: &[f32],
+/// Activation rows the AVX-512 kernel takes at once: per row two accumulators and a
+/// register of block scales. Widening a pair of Q4 blocks costs about as much as one row's
+/// products with it, so most of the gain is had by 4 rows, and past 4 the registers run out
+/// (8 rows spilled and ran 1.4× slower per row than 4).
+const MAX_ROWS_512: usize = 4;
+
+/// Activation rows the AVX2 kernel takes at once: two accumulators per row, 8 of the 16
+/// vector registers at 4 rows.
+const MAX_ROWS_AVX2: usize = 4;
+
+/// Rows the portable kernel accumulates at once (a stack array per weight row).
+const MAX_ROWS_PORTABLE: usize = 8;
+
+/// Writes (or, with `accumulate`, adds) one weight row's dots with a chunk of activation
+/// rows into their slots of `out`.
+#[inline(always)]
+fn store(out: &mut [f32], vals: &[f32], accumulate: bool) {
+    for (o, v) in out.iter_mut().zip(vals) {
+        *o = if accumulate { *o + v } else { *v };
+    }
+}
+
+/// Portable kernel: decode each weight block once with bora-formats' decoder, then an f32
+/// dot with each activation row's exact values.
+fn rows_dot_portable(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    xs: &[XRow<'_>],
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    fn run<const B: usize, const E: usize>(
+        rows: &[u8],
+        row_bytes: usize,
+        xs: &[XRow<'_>],
+        out: &mut [f32],
+        accumulate: bool,
         decode: fn(&[u8; B], &mut [f32; E]),
-    ) -> f32 {
-        let mut out = [0f32; E];
-        let mut acc = 0f32;
-        for (blk, xb) in row.chunks_exact(B).zip(x.chunks_exact(E)) {
-            if let Ok(blk) = <&[u8; B]>::try_from(blk) {
-                decode(blk, &mut out);
-                acc += dot(&out, xb);
+    ) {
+        let mut w = [0f32; E];
+        let m = xs.len();
+        for (c, xc) in xs.chunks(MAX_ROWS_PORTABLE).enumerate() {
+            let r0 = c * MAX_ROWS_PORTABLE;
+            for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
+                let mut acc = [0f32; MAX_ROWS_PORTABLE];
+                for (b, blk) in row.chunks_exact(B).enumerate() {
+                    if let Ok(blk) = <&[u8; B]>::try_from(blk) {
+                        decode(blk, &mut w);
+                        for (a, xr) in acc.iter_mut().zip(xc) {
+                            *a += dot(&w, &xr.x[b * E..(b + 1) * E]);
+                        }
+                    }
+                }
+                store(&mut o[r0..r0 + xc.len()], &acc, accumulate);
             }
         }
-        acc
     }
     match ty {
-        GgmlType::Q4_0 => blocks(row, xr.x, dequantize_block_q4_0),
-        GgmlType::Q4_1 => blocks(row, xr.x, dequantize_block_q4_1),
-        GgmlType::Q8_0 => blocks(row, xr.x, dequantize_block_q8_0),
-        GgmlType::Q4_K => blocks(row, xr.x, dequantize_block_q4_k),
-        GgmlType::Q6_K => blocks(row, xr.x, dequantize_block_q6_k),
-        _ => unreachable!("row_dot called for {ty}, which has no dot kernel"),
+        GgmlType::Q4_0 => run(rows, row_bytes, xs, out, accumulate, dequantize_block_q4_0),
+        GgmlType::Q4_1 => run(rows, row_bytes, xs, out, accumulate, dequantize_block_q4_1),
+        GgmlType::Q8_0 => run(rows, row_bytes, xs, out, accumulate, dequantize_block_q8_0),
+        GgmlType::Q4_K => run(rows, row_bytes, xs, out, accumulate, dequantize_block_q4_k),
+        GgmlType::Q6_K => run(rows, row_bytes, xs, out, accumulate, dequantize_block_q6_k),
+        _ => unreachable!("rows_dot called for {ty}, which has no dot kernel"),
     }
+}
+
+/// Type codes for the kernels' const parameter, so each type's loop is compiled on its own
+/// and the type tests inside fold away.
+#[cfg(target_arch = "x86_64")]
+const T_Q4_0: u8 = 0;
+#[cfg(target_arch = "x86_64")]
+const T_Q4_1: u8 = 1;
+#[cfg(target_arch = "x86_64")]
+const T_Q8_0: u8 = 2;
+
+/// Runs `$kernel!(R, w, nb, bb, chunk)` (a macro calling a kernel for `R` activation rows
+/// on weight row `w` of `nb` blocks of `bb` bytes, returning `[f32; R]`) for every chunk of
+/// at most `$max` activation rows and every weight row of `$rows`, with `R` the chunk's
+/// length, and stores the results. Chunks are the outer loop: a chunk's activations (a few
+/// KiB) then stay in L1 while the run of weight rows streams past; the other way round, 32
+/// rows of 1536 activations (96 KiB) were fetched from L2 for every weight row and the
+/// product ran 2× slower per row. Expanded inside each `#[target_feature]` function so the
+/// kernels inline there.
+#[cfg(target_arch = "x86_64")]
+macro_rules! each_row_and_chunk {
+    ($kernel:ident, $max:expr, $rows:expr, $row_bytes:expr, $bb:expr, $xs:expr, $out:expr,
+     $accumulate:expr, [$($r:literal)*]) => {{
+        let (nb, m) = ($row_bytes / $bb, $xs.len());
+        for (c, xc) in $xs.chunks($max).enumerate() {
+            let r0 = c * $max;
+            for (j, o) in $out.chunks_exact_mut(m).enumerate() {
+                let w = $rows.as_ptr().add(j * $row_bytes);
+                let oc = &mut o[r0..r0 + xc.len()];
+                match xc.len() {
+                    $($r => store(oc, &$kernel!($r, w, nb, $bb, xc), $accumulate),)*
+                    _ => unreachable!("chunks of at most {} rows", $max),
+                }
+            }
+        }
+    }};
 }
 
 /// Hand-written AVX2 kernels: widen a block's quants to i16 in registers, `madd` them with
@@ -141,7 +225,7 @@ fn row_dot_portable(ty: GgmlType, row: &[u8], xr: &XRow<'_>) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{q4_k_scale_min, XRow};
+    use super::{q4_k_scale_min, store, XRow, MAX_ROWS_AVX2, T_Q4_0, T_Q4_1, T_Q8_0};
     use bora_formats::quant::{GgmlType, QK, QK_K};
 
     #[inline(always)]
@@ -157,16 +241,6 @@ mod x86 {
         _mm256_madd_epi16(w, _mm256_loadu_si256(x as *const __m256i))
     }
 
-    /// Σ over the 32 nibbles of a Q4 block (low nibbles are elements 0..16) times `x`.
-    #[inline(always)]
-    unsafe fn dot_nibbles(qs: *const u8, x: *const i16) -> __m256 {
-        let v = _mm_loadu_si128(qs as *const __m128i);
-        let m = _mm_set1_epi8(0x0F);
-        let lo = _mm256_cvtepu8_epi16(_mm_and_si128(v, m));
-        let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), m));
-        _mm256_cvtepi32_ps(_mm256_add_epi32(madd16(lo, x), madd16(hi, x.add(16))))
-    }
-
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -175,54 +249,127 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// One weight row of a classic 32-element type against `R` activation rows: each block's
+    /// quants are widened (two registers of i16) once and `madd`ed with every row. Per row,
+    /// even and odd blocks go to separate accumulators so one block's FMA need not wait for
+    /// the previous block's.
+    #[inline(always)]
+    unsafe fn dot_row<const T: u8, const R: usize>(
+        w: *const u8,
+        nb: usize,
+        bb: usize,
+        xs: &[XRow<'_>],
+    ) -> [f32; R] {
+        let q: [*const i16; R] = std::array::from_fn(|r| xs[r].q.as_ptr());
+        let xd: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
+        let sums: [*const f32; R] = std::array::from_fn(|r| xs[r].sums.as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut offset = [[0f32; 2]; R];
+        let m4 = _mm_set1_epi8(0x0F);
+        for b in 0..nb {
+            let blk = w.add(b * bb);
+            let d = f16_at(blk);
+            let (lo, hi) = if T == T_Q8_0 {
+                (
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(2) as *const __m128i)),
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(18) as *const __m128i)),
+                )
+            } else {
+                let qs = blk.add(if T == T_Q4_1 { 4 } else { 2 });
+                let v = _mm_loadu_si128(qs as *const __m128i);
+                (
+                    _mm256_cvtepu8_epi16(_mm_and_si128(v, m4)),
+                    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), m4)),
+                )
+            };
+            // The block's additive term: `m` for Q4_1, `−8·d` for Q4_0 (quants are stored
+            // +8), through the activation block sum.
+            let min = match T {
+                T_Q4_1 => f16_at(blk.add(2)),
+                T_Q4_0 => -8.0 * d,
+                _ => 0.0,
+            };
+            for r in 0..R {
+                let xq = q[r].add(b * QK);
+                let p =
+                    _mm256_cvtepi32_ps(_mm256_add_epi32(madd16(lo, xq), madd16(hi, xq.add(16))));
+                let s = _mm256_set1_ps(d * *xd[r].add(b));
+                acc[r][b & 1] = _mm256_fmadd_ps(s, p, acc[r][b & 1]);
+                if T != T_Q8_0 {
+                    offset[r][b & 1] += min * *sums[r].add(b);
+                }
+            }
+        }
+        std::array::from_fn(|r| {
+            hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + offset[r][0] + offset[r][1]
+        })
+    }
+
     /// # Safety
-    /// The CPU must support AVX2, FMA and F16C; `row` must be whole blocks of `ty` (one of
-    /// the five dot types) and `xr` must cover as many elements and 32-blocks.
+    /// The CPU must support AVX2, FMA and F16C; `rows` must hold `out.len() / xs.len()`
+    /// rows of `row_bytes` bytes of whole `ty` blocks (one of the five dot types), and every
+    /// row of `xs` must cover as many elements and 32-blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn row_dot(ty: GgmlType, row: &[u8], xr: &XRow<'_>) -> f32 {
+    pub(super) unsafe fn rows_dot(
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        xs: &[XRow<'_>],
+        out: &mut [f32],
+        accumulate: bool,
+    ) {
+        let bb = ty.block_bytes();
+        macro_rules! classic {
+            ($t:ident) => {{
+                macro_rules! kernel {
+                    ($r:literal, $w:ident, $nb:ident, $bb:expr, $xc:ident) => {
+                        dot_row::<$t, $r>($w, $nb, $bb, $xc)
+                    };
+                }
+                each_row_and_chunk!(
+                    kernel,
+                    MAX_ROWS_AVX2,
+                    rows,
+                    row_bytes,
+                    bb,
+                    xs,
+                    out,
+                    accumulate,
+                    [1 2 3 4]
+                )
+            }};
+        }
+        match ty {
+            GgmlType::Q4_0 => classic!(T_Q4_0),
+            GgmlType::Q4_1 => classic!(T_Q4_1),
+            GgmlType::Q8_0 => classic!(T_Q8_0),
+            _ => {
+                // K-quants: super-blocks of 256 with packed sub-block scales, one row at a time.
+                for (row, o) in rows
+                    .chunks_exact(row_bytes)
+                    .zip(out.chunks_exact_mut(xs.len()))
+                {
+                    for (xr, o) in xs.iter().zip(o) {
+                        let v = row_dot_k(ty, row, xr);
+                        *o = if accumulate { *o + v } else { v };
+                    }
+                }
+            }
+        }
+    }
+
+    /// One K-quant weight row against one activation row.
+    ///
+    /// # Safety
+    /// As [`rows_dot`], for `ty` Q4_K or Q6_K.
+    #[inline(always)]
+    unsafe fn row_dot_k(ty: GgmlType, row: &[u8], xr: &XRow<'_>) -> f32 {
         let bb = ty.block_bytes();
         let nb = row.len() / bb;
-        let n32 = nb * ty.block_elems() / QK;
-        assert!(xr.q.len() >= n32 * QK && xr.d.len() >= n32 && xr.sums.len() >= n32);
         let (w, q, xd, sums) = (row.as_ptr(), xr.q.as_ptr(), xr.d.as_ptr(), xr.sums.as_ptr());
-        // Two accumulators (even and odd blocks) so one block's FMA need not wait for the
-        // previous block's.
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut offset = [0f32; 2];
         match ty {
-            GgmlType::Q4_0 => {
-                // (q − 8)·d: the −8 goes through the block sum of x.
-                for b in 0..nb {
-                    let blk = w.add(b * bb);
-                    let d = f16_at(blk);
-                    let p = dot_nibbles(blk.add(2), q.add(b * QK));
-                    acc[b & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * *xd.add(b)), p, acc[b & 1]);
-                    offset[b & 1] -= 8.0 * d * *sums.add(b);
-                }
-            }
-            GgmlType::Q4_1 => {
-                for b in 0..nb {
-                    let blk = w.add(b * bb);
-                    let p = dot_nibbles(blk.add(4), q.add(b * QK));
-                    acc[b & 1] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(f16_at(blk) * *xd.add(b)), p, acc[b & 1]);
-                    offset[b & 1] += f16_at(blk.add(2)) * *sums.add(b);
-                }
-            }
-            GgmlType::Q8_0 => {
-                for b in 0..nb {
-                    let blk = w.add(b * bb);
-                    let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(2) as *const __m128i));
-                    let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(18) as *const __m128i));
-                    let xq = q.add(b * QK);
-                    let p = _mm256_cvtepi32_ps(_mm256_add_epi32(
-                        madd16(w0, xq),
-                        madd16(w1, xq.add(16)),
-                    ));
-                    acc[b & 1] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(f16_at(blk) * *xd.add(b)), p, acc[b & 1]);
-                }
-            }
             GgmlType::Q4_K => {
                 let m = _mm_set1_epi8(0x0F);
                 for sb in 0..nb {
@@ -313,7 +460,7 @@ mod x86 {
                     }
                 }
             }
-            _ => return super::row_dot_portable(ty, row, xr),
+            _ => unreachable!("row_dot_k called for {ty}"),
         }
         hsum(_mm256_add_ps(acc[0], acc[1])) + offset[0] + offset[1]
     }
@@ -321,15 +468,15 @@ mod x86 {
 
 /// AVX-512 kernels for the classic 32-element formats, which are what small models decode
 /// through (SmolLM2's Q4_1 layers and Q8_0 head). One 512-bit register holds a whole block
-/// widened to i16, so a block is one `madd`; and the per-block f16 scales, which the AVX2
-/// kernel converts one at a time in scalar code, are converted 16 blocks at once. The
-/// integer block sums are the same as the AVX2 kernel's, only the f32 accumulation order
-/// differs.
+/// widened to i16, so a block is one `madd` per activation row; the per-block f16 scales,
+/// which the AVX2 kernel converts one at a time in scalar code, are converted 16 blocks at
+/// once. The integer block sums are the same as the AVX2 kernel's, only the f32
+/// accumulation order differs.
 #[cfg(target_arch = "x86_64")]
 mod x86_512 {
     use std::arch::x86_64::*;
 
-    use super::XRow;
+    use super::{store, XRow, MAX_ROWS_512, T_Q4_0, T_Q4_1, T_Q8_0};
     use bora_formats::quant::{GgmlType, QK};
 
     /// True when [`rows_dot`] may run for `ty`.
@@ -354,13 +501,25 @@ mod x86_512 {
         _mm512_cvtepu8_epi16(_mm256_set_m128i(hi, lo))
     }
 
-    /// One row: `Σ_b s_b·Σ w·xq + Σ_b mins_b·sums_b`, with `s_b = d_b·xd_b` and `mins_b`
-    /// the block's additive term (`m` for Q4_1, `−8·d` for Q4_0, none for Q8_0).
+    /// One weight row against `R` activation rows: per row `Σ_b s_b·Σ w·xq + Σ_b mins_b·sums_b`,
+    /// with `s_b = d_b·xd_b` and `mins_b` the block's additive term (`m` for Q4_1, `−8·d` for
+    /// Q4_0, none for Q8_0). The block scales are gathered and converted, and the quants
+    /// widened, once for all rows.
     #[inline(always)]
-    unsafe fn row(ty: GgmlType, bb: usize, w: *const u8, nb: usize, xr: &XRow<'_>) -> f32 {
-        let (q, xd, sums) = (xr.q.as_ptr(), xr.d.as_ptr(), xr.sums.as_ptr());
-        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut off = _mm512_setzero_ps();
+    unsafe fn dot_row<const T: u8, const R: usize, const VNNI: bool>(
+        w: *const u8,
+        nb: usize,
+        bb: usize,
+        xs: &[XRow<'_>],
+    ) -> [f32; R] {
+        let q: [*const i16; R] = std::array::from_fn(|r| xs[r].q.as_ptr());
+        let pairs: [*const i16; R] = std::array::from_fn(|r| xs[r].pairs.as_ptr());
+        let xd: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
+        let sums: [*const f32; R] = std::array::from_fn(|r| xs[r].sums.as_ptr());
+        // Two accumulators per row (held in registers, not memory, once the loops over `R`
+        // unroll), so one block's FMA need not wait for the previous block's.
+        let mut acc0 = [_mm512_setzero_ps(); R];
+        let mut acc1 = [_mm512_setzero_ps(); R];
         let offsets = _mm512_mullo_epi32(
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32(bb as i32),
@@ -379,39 +538,24 @@ mod x86_512 {
                 w.add(b0 * bb) as *const i32,
             );
             let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words));
-            let scale = _mm512_mul_ps(d, _mm512_maskz_loadu_ps(mask, xd.add(b0)));
-            let bsum = _mm512_maskz_loadu_ps(mask, sums.add(b0));
-            match ty {
-                GgmlType::Q4_1 => {
-                    let m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16)));
-                    off = _mm512_fmadd_ps(m, bsum, off);
-                }
-                GgmlType::Q4_0 => {
-                    off = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(-8.0)), bsum, off);
-                }
-                _ => {}
-            }
-            let block = |i: usize| {
-                let b = b0 + i;
-                let blk = w.add(b * bb);
-                let wq = match ty {
-                    GgmlType::Q4_0 => nibbles_i16(blk.add(2)),
-                    GgmlType::Q4_1 => nibbles_i16(blk.add(4)),
-                    _ => _mm512_cvtepi8_epi16(_mm256_loadu_si256(blk.add(2) as *const __m256i)),
-                };
-                let xq = _mm512_loadu_si512(q.add(b * QK) as *const __m512i);
-                // Lane i of the 16 scales, broadcast without leaving the registers.
-                (
-                    _mm512_permutexvar_ps(_mm512_set1_epi32(i as i32), scale),
-                    _mm512_cvtepi32_ps(_mm512_madd_epi16(wq, xq)),
-                )
+            let min = match T {
+                T_Q4_1 => _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(words, 16))),
+                _ => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
             };
+            let mut scale = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                scale[r] = _mm512_mul_ps(d, _mm512_maskz_loadu_ps(mask, xd[r].add(b0)));
+                if T != T_Q8_0 {
+                    let bsum = _mm512_maskz_loadu_ps(mask, sums[r].add(b0));
+                    acc0[r] = _mm512_fmadd_ps(min, bsum, acc0[r]);
+                }
+            }
             let mut i = 0;
-            if matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) {
+            if T != T_Q8_0 {
                 // Two blocks per register: their 2×16 nibble bytes widened at once, low
                 // nibbles masked and high ones shifted down in place, dotted with the
                 // interleaved activations; lanes 0..8 then hold block i, 8..16 block i+1.
-                let qoff = if ty == GgmlType::Q4_1 { 4 } else { 2 };
+                let qoff = if T == T_Q4_1 { 4 } else { 2 };
                 let m4 = _mm512_set1_epi16(0x0F);
                 let mut idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
                 let two = _mm512_set1_epi32(2);
@@ -420,77 +564,131 @@ mod x86_512 {
                     let qa = _mm_loadu_si128(w.add(b * bb + qoff) as *const __m128i);
                     let qb = _mm_loadu_si128(w.add((b + 1) * bb + qoff) as *const __m128i);
                     let v = _mm512_cvtepu8_epi16(_mm256_set_m128i(qb, qa));
-                    let xp = xr.pairs.as_ptr().add(b * QK);
-                    let lo = _mm512_madd_epi16(
-                        _mm512_and_si512(v, m4),
-                        _mm512_loadu_si512(xp as *const __m512i),
-                    );
-                    let hi = _mm512_madd_epi16(
-                        _mm512_srli_epi16(v, 4),
-                        _mm512_loadu_si512(xp.add(QK) as *const __m512i),
-                    );
-                    let p = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
-                    let s = _mm512_permutexvar_ps(idx, scale);
-                    if i & 2 == 0 {
-                        acc0 = _mm512_fmadd_ps(s, p, acc0);
-                    } else {
-                        acc1 = _mm512_fmadd_ps(s, p, acc1);
+                    let (lo, hi) = (_mm512_and_si512(v, m4), _mm512_srli_epi16(v, 4));
+                    for r in 0..R {
+                        let xp = pairs[r].add(b * QK);
+                        let (xlo, xhi) = (
+                            _mm512_loadu_si512(xp as *const __m512i),
+                            _mm512_loadu_si512(xp.add(QK) as *const __m512i),
+                        );
+                        // The same i32 sums either way; VNNI fuses the second `madd` and the add.
+                        let p = if VNNI {
+                            _mm512_dpwssd_epi32(_mm512_madd_epi16(lo, xlo), hi, xhi)
+                        } else {
+                            _mm512_add_epi32(_mm512_madd_epi16(lo, xlo), _mm512_madd_epi16(hi, xhi))
+                        };
+                        let s = _mm512_permutexvar_ps(idx, scale[r]);
+                        let p = _mm512_cvtepi32_ps(p);
+                        if i & 2 == 0 {
+                            acc0[r] = _mm512_fmadd_ps(s, p, acc0[r]);
+                        } else {
+                            acc1[r] = _mm512_fmadd_ps(s, p, acc1[r]);
+                        }
                     }
                     idx = _mm512_add_epi32(idx, two);
                     i += 2;
                 }
             }
-            // Even and odd blocks go to separate accumulators (held in registers, not an
-            // indexed array, which would chain every FMA through a store and a load), so one
-            // block's FMA need not wait for the previous block's.
-            while i + 1 < cnt {
-                let (s0, p0) = block(i);
-                let (s1, p1) = block(i + 1);
-                acc0 = _mm512_fmadd_ps(s0, p0, acc0);
-                acc1 = _mm512_fmadd_ps(s1, p1, acc1);
-                i += 2;
-            }
-            if i < cnt {
-                let (s0, p0) = block(i);
-                acc0 = _mm512_fmadd_ps(s0, p0, acc0);
+            // Single blocks: every Q8_0 block, and a last unpaired Q4 block.
+            while i < cnt {
+                let b = b0 + i;
+                let blk = w.add(b * bb);
+                let wq = match T {
+                    T_Q4_0 => nibbles_i16(blk.add(2)),
+                    T_Q4_1 => nibbles_i16(blk.add(4)),
+                    _ => _mm512_cvtepi8_epi16(_mm256_loadu_si256(blk.add(2) as *const __m256i)),
+                };
+                // Lane i of the 16 scales, broadcast without leaving the registers.
+                let lane = _mm512_set1_epi32(i as i32);
+                for r in 0..R {
+                    let xq = _mm512_loadu_si512(q[r].add(b * QK) as *const __m512i);
+                    let p = _mm512_cvtepi32_ps(_mm512_madd_epi16(wq, xq));
+                    let s = _mm512_permutexvar_ps(lane, scale[r]);
+                    if i & 1 == 0 {
+                        acc0[r] = _mm512_fmadd_ps(s, p, acc0[r]);
+                    } else {
+                        acc1[r] = _mm512_fmadd_ps(s, p, acc1[r]);
+                    }
+                }
+                i += 1;
             }
             b0 += cnt;
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), off))
+        std::array::from_fn(|r| _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r])))
+    }
+
+    /// True when the CPU has AVX512-VNNI, whose `vpdpwssd` does a `madd` and an add in one.
+    pub(super) fn has_vnni() -> bool {
+        std::is_x86_feature_detected!("avx512vnni")
     }
 
     /// # Safety
-    /// The CPU must pass [`usable`] for `ty`; `rows` must hold `out.len()` rows of
-    /// `row_bytes` bytes of whole `ty` blocks, and `xr` must cover as many 32-blocks.
+    /// The CPU must pass [`usable`] for `ty`, and [`has_vnni`] when `VNNI`; `rows` must hold
+    /// `out.len() / xs.len()` rows of `row_bytes` bytes of whole `ty` blocks, and every row
+    /// of `xs` must cover as many 32-blocks.
+    #[inline(always)]
+    unsafe fn rows_dot_with<const VNNI: bool>(
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        xs: &[XRow<'_>],
+        out: &mut [f32],
+        accumulate: bool,
+    ) {
+        let bb = ty.block_bytes();
+        macro_rules! classic {
+            ($t:ident) => {{
+                macro_rules! kernel {
+                    ($r:literal, $w:ident, $nb:ident, $bb:expr, $xc:ident) => {
+                        dot_row::<$t, $r, VNNI>($w, $nb, $bb, $xc)
+                    };
+                }
+                each_row_and_chunk!(
+                    kernel,
+                    MAX_ROWS_512,
+                    rows,
+                    row_bytes,
+                    bb,
+                    xs,
+                    out,
+                    accumulate,
+                    [1 2 3 4]
+                )
+            }};
+        }
+        match ty {
+            GgmlType::Q4_0 => classic!(T_Q4_0),
+            GgmlType::Q4_1 => classic!(T_Q4_1),
+            _ => classic!(T_Q8_0),
+        }
+    }
+
+    /// # Safety
+    /// As [`rows_dot_with`] without VNNI.
     #[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
     pub(super) unsafe fn rows_dot(
         ty: GgmlType,
         rows: &[u8],
         row_bytes: usize,
-        xr: &XRow<'_>,
+        xs: &[XRow<'_>],
         out: &mut [f32],
         accumulate: bool,
     ) {
-        let bb = ty.block_bytes();
-        let nb = row_bytes / bb;
-        assert!(rows.len() >= out.len() * row_bytes);
-        assert!(xr.q.len() >= nb * QK && xr.pairs.len() >= nb * QK);
-        assert!(xr.d.len() >= nb && xr.sums.len() >= nb);
-        let w = rows.as_ptr();
-        macro_rules! each_row {
-            ($ty:expr) => {
-                for (j, o) in out.iter_mut().enumerate() {
-                    let v = row($ty, bb, w.add(j * row_bytes), nb, xr);
-                    *o = if accumulate { *o + v } else { v };
-                }
-            };
-        }
-        // One loop per type, so the type tests inside `row` fold away.
-        match ty {
-            GgmlType::Q4_0 => each_row!(GgmlType::Q4_0),
-            GgmlType::Q4_1 => each_row!(GgmlType::Q4_1),
-            _ => each_row!(GgmlType::Q8_0),
-        }
+        rows_dot_with::<false>(ty, rows, row_bytes, xs, out, accumulate)
+    }
+
+    /// # Safety
+    /// As [`rows_dot_with`] with VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
+    pub(super) unsafe fn rows_dot_vnni(
+        ty: GgmlType,
+        rows: &[u8],
+        row_bytes: usize,
+        xs: &[XRow<'_>],
+        out: &mut [f32],
+        accumulate: bool,
+    ) {
+        rows_dot_with::<true>(ty, rows, row_bytes, xs, out, accumulate)
     }
 }
 
@@ -507,40 +705,55 @@ fn q4_k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
     }
 }
 
-/// Dot of one quantized weight row with an f32 activation row; `ty` must satisfy
-/// [`has_dot_kernel`].
-pub(crate) fn row_dot(ty: GgmlType, row: &[u8], xr: &XRow<'_>) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() && std::is_x86_feature_detected!("f16c") {
-        // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above); callers pass
-        // whole blocks and an activation row of the matching length.
-        return unsafe { x86::row_dot(ty, row, xr) };
-    }
-    row_dot_portable(ty, row, xr)
-}
-
-/// Dots `out.len()` consecutive weight rows (`row_bytes` each, starting at `rows`) with one
-/// activation row, writing (or, with `accumulate`, adding) one value per row. A matrix-vector
-/// product calls this once per run of rows, so the type dispatch, the feature probe and the
-/// bounds checks are paid per run rather than per row.
+/// Dots `out.len() / xs.len()` consecutive weight rows (`row_bytes` each, starting at
+/// `rows`) with every activation row of `xs`, writing (or, with `accumulate`, adding)
+/// `out[j·xs.len() + r]` = weight row `j` · activation row `r`; `ty` must satisfy
+/// [`has_dot_kernel`]. A matrix product calls this once per run of weight rows, so the type
+/// dispatch, the feature probe and the bounds checks are paid per run rather than per row.
 pub(crate) fn rows_dot(
     ty: GgmlType,
     rows: &[u8],
     row_bytes: usize,
-    xr: &XRow<'_>,
+    xs: &[XRow<'_>],
     out: &mut [f32],
     accumulate: bool,
 ) {
+    if xs.is_empty() {
+        return;
+    }
+    let n = out.len() / xs.len();
+    assert_eq!(n * xs.len(), out.len(), "rows_dot: output of whole rows");
+    assert!(rows.len() >= n * row_bytes, "rows_dot: weight rows");
+    let blocks = row_bytes / ty.block_bytes() * ty.block_elems() / QK;
+    for xr in xs {
+        assert!(
+            xr.x.len() >= blocks * QK
+                && xr.q.len() >= blocks * QK
+                && xr.pairs.len() >= blocks * QK
+                && xr.d.len() >= blocks
+                && xr.sums.len() >= blocks,
+            "rows_dot: activation row shorter than the weight row"
+        );
+    }
     #[cfg(target_arch = "x86_64")]
-    if x86_512::usable(ty) {
-        // SAFETY: the CPU features were probed just above; `rows` holds whole blocks of
-        // `ty` for every output row and `xr` matches their length (asserted inside).
-        return unsafe { x86_512::rows_dot(ty, rows, row_bytes, xr, out, accumulate) };
+    {
+        if x86_512::usable(ty) {
+            // SAFETY: the CPU features were probed just above; `rows` holds whole blocks of
+            // `ty` for every output row and every activation row covers them (asserted).
+            return unsafe {
+                if x86_512::has_vnni() {
+                    x86_512::rows_dot_vnni(ty, rows, row_bytes, xs, out, accumulate)
+                } else {
+                    x86_512::rows_dot(ty, rows, row_bytes, xs, out, accumulate)
+                }
+            };
+        }
+        if crate::simd::has_avx2() && std::is_x86_feature_detected!("f16c") {
+            // SAFETY: as above, for AVX2, FMA and F16C.
+            return unsafe { x86::rows_dot(ty, rows, row_bytes, xs, out, accumulate) };
+        }
     }
-    for (j, o) in out.iter_mut().enumerate() {
-        let v = row_dot(ty, &rows[j * row_bytes..(j + 1) * row_bytes], xr);
-        *o = if accumulate { *o + v } else { v };
-    }
+    rows_dot_portable(ty, rows, row_bytes, xs, out, accumulate)
 }
 
 #[cfg(test)]
@@ -549,32 +762,100 @@ mod tests {
     use crate::testutil::{quant_bytes, rand_vec};
     use bora_formats::quant::dequantize;
 
-    /// The dispatched kernel (AVX2 on x86-64: 16-bit activations) and the portable one
-    /// (exact f32) against dequantize + an f64 dot.
-    #[test]
-    fn dispatched_and_portable_dots_match_the_dequantized_reference() {
-        // 24 and 25 blocks of 32: a full group of 16 scales and a part group, with and
-        // without an unpaired last block; the K-quants need whole super-blocks of 256.
-        for k in [768, 800] {
-            check_dots(k);
+    /// Activation rows quantized for the kernels, owning their buffers.
+    struct Rows {
+        x: Vec<Vec<f32>>,
+        q: Vec<Vec<i16>>,
+        pairs: Vec<Vec<i16>>,
+        d: Vec<Vec<f32>>,
+        sums: Vec<Vec<f32>>,
+    }
+
+    impl Rows {
+        /// `m` random rows of `k`, with outliers as in small models' activations next to
+        /// plain blocks.
+        fn new(m: usize, k: usize, seed: u64) -> Self {
+            let mut rows = Rows {
+                x: vec![],
+                q: vec![],
+                pairs: vec![],
+                d: vec![],
+                sums: vec![],
+            };
+            for r in 0..m {
+                let mut x = rand_vec(k, seed + r as u64);
+                x[(5 + 37 * r) % k] = 40.0;
+                x[(300 + 11 * r) % k] = -25.0;
+                let (mut q, mut pairs) = (vec![0i16; k], vec![0i16; k]);
+                let (mut d, mut sums) = (vec![0f32; k / QK], vec![0f32; k / QK]);
+                quantize_row(&x, &mut q, &mut pairs, &mut d, &mut sums);
+                rows.x.push(x);
+                rows.q.push(q);
+                rows.pairs.push(pairs);
+                rows.d.push(d);
+                rows.sums.push(sums);
+            }
+            rows
+        }
+
+        fn views(&self) -> Vec<XRow<'_>> {
+            (0..self.x.len())
+                .map(|r| XRow {
+                    x: &self.x[r],
+                    q: &self.q[r],
+                    pairs: &self.pairs[r],
+                    d: &self.d[r],
+                    sums: &self.sums[r],
+                })
+                .collect()
         }
     }
 
-    fn check_dots(k: usize) {
-        // Blocks with an outlier, as in small models' activations, next to plain ones.
-        let mut x = rand_vec(k, 1);
-        x[5] = 40.0;
-        x[300] = -25.0;
-        let (mut q, mut pairs) = (vec![0i16; k], vec![0i16; k]);
-        let (mut d, mut sums) = (vec![0f32; k / QK], vec![0f32; k / QK]);
-        quantize_row(&x, &mut q, &mut pairs, &mut d, &mut sums);
-        let xr = XRow {
-            x: &x,
-            q: &q,
-            pairs: &pairs,
-            d: &d,
-            sums: &sums,
-        };
+    type Kernel = fn(GgmlType, &[u8], usize, &[XRow<'_>], &mut [f32], bool);
+
+    /// Every kernel this CPU can run: the dispatched one (AVX-512 for the classic types
+    /// where present), AVX2, and the portable one (exact f32 activations).
+    fn kernels() -> Vec<(&'static str, Kernel, bool)> {
+        let mut ks: Vec<(&'static str, Kernel, bool)> = vec![("dispatched", rows_dot, true)];
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::has_avx2() && std::is_x86_feature_detected!("f16c") {
+            fn avx2(
+                ty: GgmlType,
+                rows: &[u8],
+                rb: usize,
+                xs: &[XRow<'_>],
+                out: &mut [f32],
+                acc: bool,
+            ) {
+                // SAFETY: the features were probed before this kernel was listed; the test
+                // passes whole blocks and activation rows of the weight's length.
+                unsafe { x86::rows_dot(ty, rows, rb, xs, out, acc) }
+            }
+            ks.push(("avx2", avx2, true));
+        }
+        ks.push(("portable", rows_dot_portable, false));
+        ks
+    }
+
+    /// Each kernel, for every type and for row counts below, at and past its chunk sizes
+    /// (1…17), against dequantize + an f64 dot; and each row of a multi-row product
+    /// bit-identical to the same kernel's product of that row alone, written and
+    /// accumulated.
+    #[test]
+    fn multi_row_dots_match_single_rows_and_the_f64_reference() {
+        // 24 and 25 blocks of 32: a full group of 16 scales and a part group, with and
+        // without an unpaired last block; the K-quants need whole super-blocks of 256.
+        for k in [768, 800] {
+            for m in [1, 2, 3, 4, 5, 7, 8, 9, 13, 17] {
+                check_dots(k, m);
+            }
+        }
+    }
+
+    fn check_dots(k: usize, m: usize) {
+        let acts = Rows::new(m, k, 100 * m as u64 + k as u64);
+        let xs = acts.views();
+        let n = 3;
         for ty in [
             GgmlType::Q4_0,
             GgmlType::Q4_1,
@@ -585,56 +866,58 @@ mod tests {
             if !k.is_multiple_of(ty.block_elems()) {
                 continue;
             }
-            for seed in 0..4 {
-                let row = quant_bytes(ty, 1, k, 10 + seed);
-                let mut w = vec![0f32; k];
-                dequantize(ty, &row, &mut w).unwrap();
-                let want: f64 = w.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
-                // 16-bit activations: each element off by at most half a step of its block.
-                let bound: f64 = (0..k)
-                    .map(|i| (w[i] as f64).abs() * d[i / QK] as f64 * 0.5)
-                    .sum::<f64>()
-                    + 1e-6
-                        * w.iter()
-                            .zip(&x)
+            let rows = quant_bytes(ty, n, k, 10 + m as u64);
+            let rb = rows.len() / n;
+            let mut w = vec![0f32; n * k];
+            dequantize(ty, &rows, &mut w).unwrap();
+            for (name, kernel, rounded) in kernels() {
+                let mut out = vec![0f32; n * m];
+                kernel(ty, &rows, rb, &xs, &mut out, false);
+                let mut acc = vec![1f32; n * m];
+                kernel(ty, &rows, rb, &xs, &mut acc, true);
+                for j in 0..n {
+                    let wj = &w[j * k..(j + 1) * k];
+                    for r in 0..m {
+                        let x = &acts.x[r];
+                        let want: f64 = wj.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let mag: f64 = wj
+                            .iter()
+                            .zip(x)
                             .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                            .sum::<f64>();
-                let fast = row_dot(ty, &row, &xr) as f64;
-                let portable = row_dot_portable(ty, &row, &xr) as f64;
-                assert!(
-                    (fast - want).abs() <= bound,
-                    "{ty}: {fast} vs {want} (bound {bound})"
-                );
-                // The run kernel (AVX-512 where available), alone and as the third of three
-                // rows, written and accumulated.
-                let mut rows = quant_bytes(ty, 2, k, 20 + seed);
-                rows.extend_from_slice(&row);
-                let rb = row.len();
-                let mut out = [0f32; 3];
-                rows_dot(ty, &row, rb, &xr, &mut out[..1], false);
-                let alone = out[0] as f64;
-                assert!(
-                    (alone - want).abs() <= bound,
-                    "{ty} run: {alone} vs {want} (bound {bound})"
-                );
-                out = [1.0; 3];
-                rows_dot(ty, &rows, rb, &xr, &mut out, true);
-                assert!(
-                    (out[2] as f64 - 1.0 - want).abs() <= bound + 1e-6,
-                    "{ty} run of 3: {} vs {want} (bound {bound})",
-                    out[2] - 1.0
-                );
-                for j in 0..2 {
-                    let single = row_dot(ty, &rows[j * rb..(j + 1) * rb], &xr);
-                    assert!(
-                        (out[j] - 1.0 - single).abs() <= 1e-4 * (1.0 + single.abs()),
-                        "{ty} run row {j}"
-                    );
+                            .sum();
+                        // 16-bit activations: each element off by at most half a step of its
+                        // block; exact activations: f32 rounding only.
+                        let bound = if rounded {
+                            (0..k)
+                                .map(|i| (wj[i] as f64).abs() * acts.d[r][i / QK] as f64 * 0.5)
+                                .sum::<f64>()
+                                + 1e-6 * mag
+                        } else {
+                            1e-6 * mag * k as f64
+                        };
+                        let got = out[j * m + r];
+                        assert!(
+                            (got as f64 - want).abs() <= bound,
+                            "{name} {ty} k={k} m={m} [{j},{r}]: {got} vs {want} (bound {bound})"
+                        );
+                        let mut alone = [0f32];
+                        kernel(
+                            ty,
+                            &rows[j * rb..(j + 1) * rb],
+                            rb,
+                            &xs[r..r + 1],
+                            &mut alone,
+                            false,
+                        );
+                        assert_eq!(
+                            got.to_bits(),
+                            alone[0].to_bits(),
+                            "{name} {ty} k={k} m={m} [{j},{r}]: batched {got} vs alone {}",
+                            alone[0]
+                        );
+                        assert_eq!(acc[j * m + r], 1.0 + got, "{name} {ty} accumulate");
+                    }
                 }
-                assert!(
-                    (portable - want).abs() <= 1e-6 * want.abs().max(1.0) * k as f64,
-                    "{ty}: {portable} vs {want}"
-                );
             }
         }
     }

@@ -18,13 +18,16 @@ use crate::arena::{MatScratch, Scratch};
 use crate::error::ComputeError;
 use crate::matmul::{gemm_f32, matmul_dx, matmul_xwt, Mat};
 use crate::quant_dot::{has_dot_kernel, quantize_row, rows_dot, XRow};
+use crate::simd::SyncPtr;
 use crate::Result;
 
-/// At most this many activation rows go through the matrix-vector kernels (one pass over
-/// the weight per row); more rows amortize a tile dequantization and `gemm` wins. Measured
-/// crossover on SmolLM2's matrices: about 11 rows for 576×576 Q4_1, above 16 for 1536×576
-/// Q4_1 and the 49152×576 Q8_0 head.
-const MATVEC_MAX_ROWS: usize = 12;
+/// At most this many activation rows go through the block-wise dot kernels (each weight
+/// block unpacked once and applied to up to 4 rows at a time); more rows amortize a tile
+/// dequantization and `gemm` wins. A decode step of a full batch of sequences stays below
+/// this. Measured on SmolLM2's matrices (the `decode_rows` example): the dot kernels cost
+/// about 0.5–0.7 of a one-row product per row, `gemm` on tiles more than that up to about
+/// 32 rows.
+const MATVEC_MAX_ROWS: usize = 32;
 
 /// Output rows per rayon task in the matrix-vector path: fine-grained, so a thread that is
 /// preempted (other processes share these cores) delays only a small share of the rows.
@@ -342,6 +345,9 @@ impl Weight {
             });
     }
 
+    /// `y[m, rows] = x[m, cols] · Wᵀ` through the block-wise dot kernels: every activation
+    /// row is quantized once, then each task takes a run of weight rows and dots each of
+    /// them with all `m` activation rows while its blocks are in registers.
     #[allow(clippy::too_many_arguments)]
     fn matvec(
         &self,
@@ -356,28 +362,47 @@ impl Weight {
         let (n, k) = (self.rows, self.cols);
         let rb = bytes.len() / n.max(1);
         let nb = k / QK;
-        let (floats, ints) = scratch.with_i16(2 * nb, 2 * k);
-        let (d, sums) = floats.split_at_mut(nb);
-        let (q, pairs) = ints.split_at_mut(k);
-        for r in 0..m {
-            let x = &x[r * k..(r + 1) * k];
+        let (floats, ints) = scratch.with_i16(2 * m * nb, 2 * m * k);
+        let (d, sums) = floats.split_at_mut(m * nb);
+        let (q, pairs) = ints.split_at_mut(m * k);
+        for ((((x, q), pairs), d), sums) in x
+            .chunks_exact(k)
+            .zip(q.chunks_exact_mut(k))
+            .zip(pairs.chunks_exact_mut(k))
+            .zip(d.chunks_exact_mut(nb))
+            .zip(sums.chunks_exact_mut(nb))
+        {
             quantize_row(x, q, pairs, d, sums);
-            let xr = XRow {
-                x,
-                q,
-                pairs,
-                d,
-                sums,
-            };
-            y[r * n..(r + 1) * n]
-                .par_chunks_mut(MATVEC_ROWS_PER_TASK)
-                .enumerate()
-                .for_each(|(c, out)| {
-                    let j = c * MATVEC_ROWS_PER_TASK;
-                    let rows = &bytes[j * rb..(j + out.len()) * rb];
-                    rows_dot(ty, rows, rb, &xr, out, accumulate);
-                });
         }
+        let xs: Vec<XRow<'_>> = (0..m)
+            .map(|r| XRow {
+                x: &x[r * k..(r + 1) * k],
+                q: &q[r * k..(r + 1) * k],
+                pairs: &pairs[r * k..(r + 1) * k],
+                d: &d[r * nb..(r + 1) * nb],
+                sums: &sums[r * nb..(r + 1) * nb],
+            })
+            .collect();
+        let yp = SyncPtr(y.as_mut_ptr());
+        (0..n.div_ceil(MATVEC_ROWS_PER_TASK))
+            .into_par_iter()
+            .for_each(|c| {
+                let j0 = c * MATVEC_ROWS_PER_TASK;
+                let t = MATVEC_ROWS_PER_TASK.min(n - j0);
+                let mut buf = [0f32; MATVEC_ROWS_PER_TASK * MATVEC_MAX_ROWS];
+                let out = &mut buf[..t * m];
+                rows_dot(ty, &bytes[j0 * rb..(j0 + t) * rb], rb, &xs, out, false);
+                for (jj, vals) in out.chunks_exact(m).enumerate() {
+                    for (r, v) in vals.iter().enumerate() {
+                        // SAFETY: y holds m·n floats (asserted by the caller) and this task
+                        // alone writes columns j0..j0+t of every row.
+                        unsafe {
+                            let o = yp.get().add(r * n + j0 + jj);
+                            *o = if accumulate { *o + v } else { *v };
+                        }
+                    }
+                }
+            });
     }
 }
 
@@ -453,6 +478,36 @@ mod tests {
                     assert!(
                         (a - 2.0 * b).abs() <= 1e-4 * (1.0 + b.abs()),
                         "{ty} accumulate"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A decode step's product over many rows gives each row exactly what that row alone
+    /// gives (the dot kernels' per-row arithmetic does not depend on the rows beside it), so a
+    /// sequence decodes to the same tokens batched or alone; row counts cross the kernels'
+    /// chunk sizes and leave tails, and weight rows are not a multiple of a task's run.
+    #[test]
+    fn many_row_products_equal_each_row_alone() {
+        let (k, n) = (800, 70);
+        let mut scratch = Scratch::new();
+        for ty in TYPES.into_iter().filter(|&t| has_dot_kernel(t)) {
+            let k = if ty.block_elems() > QK { 768 } else { k };
+            let w = weight_of(ty, n, k, 7);
+            for m in [2, 5, 13, MATVEC_MAX_ROWS] {
+                let x = rand_vec(m * k, 8 + m as u64);
+                let mut y = vec![0f32; m * n];
+                w.forward(&mut y, &x, m, false, &mut scratch);
+                let mut alone = vec![0f32; n];
+                for r in 0..m {
+                    w.forward(&mut alone, &x[r * k..(r + 1) * k], 1, false, &mut scratch);
+                    assert!(
+                        y[r * n..(r + 1) * n]
+                            .iter()
+                            .zip(&alone)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{ty} m={m} row {r}"
                     );
                 }
             }
