@@ -231,7 +231,7 @@ impl<'m> Batch<'m> {
         // branch once per run of rows.
         self.active
             .sort_by_key(|s| s.job.adapter.as_ref().map(|a| Arc::as_ptr(a) as usize));
-        // Balanced groups of at most `DECODE_ROWS` (16 sequences: two of 8).
+        // Balanced groups of at most `DECODE_ROWS` (40 sequences: two of 20).
         let groups = self.active.len().div_ceil(DECODE_ROWS);
         let rows = self.active.len().div_ceil(groups);
         let (model, ws) = (self.model, &mut self.ws);
@@ -248,11 +248,11 @@ impl<'m> Batch<'m> {
     }
 }
 
-/// Most sequences one decode call runs. bora-compute's quantized product reads the weight
-/// once per row up to 12 rows and dequantizes it into f32 tiles for more, which measured
-/// slower per row at decode sizes (SmolLM2 Q4_1 on 2 loaded cores: 58 ms for 12 rows,
-/// 92 ms for 16), so a larger batch runs as several calls.
-const DECODE_ROWS: usize = 12;
+/// Most sequences one decode call runs. bora-compute's quantized product unpacks each
+/// weight block once for every row up to 32 rows, and dequantizes the weight into f32 tiles
+/// for more, which is slower per row at decode sizes; so a batch up to 32 (the default
+/// `--max-batch` is 16) is one call, and a larger one runs as balanced calls of at most 32.
+const DECODE_ROWS: usize = 32;
 
 /// Runs each sequence's sampled token through the model in one batched step and keeps the
 /// new logits.
