@@ -6,6 +6,8 @@ use std::path::PathBuf;
 pub enum EvalError {
     #[error("--metric {spec}: {what}")]
     Metric { spec: String, what: String },
+    #[error("decoding: {what}")]
+    Decoding { what: String },
     #[error("{path}:{line}: {what}")]
     Example {
         path: PathBuf,

@@ -32,6 +32,33 @@ pub struct EvalConfig {
     pub quantize: Option<GgmlType>,
 }
 
+/// How answers are generated: greedy by default, several examples decoded together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoding {
+    /// Examples decoded together in one pass over the weights (see [`run_side`]). Up to
+    /// [`Decoding::EXACT_ROWS`] rows every answer is bit-for-bit the one-at-a-time answer.
+    pub batch_size: usize,
+    /// Temperature 0 (the default) is greedy. A sampled run stays reproducible: each
+    /// example's sampler is seeded from `seed` and the example's line ([`crate::example_seed`]).
+    pub sampling: SamplingParams,
+}
+
+impl Decoding {
+    /// Rows up to which bora-compute's quantized product runs the same matrix-vector kernel
+    /// per row as a one-row step (past it: dequantized f32 tiles), which is also where a
+    /// batch is fastest per row on the default model.
+    pub const EXACT_ROWS: usize = 12;
+}
+
+impl Default for Decoding {
+    fn default() -> Self {
+        Decoding {
+            batch_size: Decoding::EXACT_ROWS,
+            sampling: SamplingParams::default(),
+        }
+    }
+}
+
 /// The score of one side with its 95% Wilson interval and answer NLL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SideScore {
@@ -57,6 +84,35 @@ pub struct EvalResults {
     pub adapter: Option<String>,
     pub data: String,
     pub eval_seconds: f64,
+    /// How answers were drawn when not plainly greedy, so a sampled evaluation can be
+    /// reproduced and is not mistaken for a greedy one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<SamplingRecord>,
+}
+
+/// [`SamplingParams`] as `results.json` records them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingRecord {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub seed: u64,
+}
+
+impl SamplingRecord {
+    /// `None` for the default (greedy, no penalty).
+    fn of(p: &SamplingParams) -> Option<SamplingRecord> {
+        (*p != SamplingParams::default()).then_some(SamplingRecord {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
+            seed: p.seed,
+        })
+    }
 }
 
 /// One line of `samples.jsonl`.
@@ -100,13 +156,32 @@ impl Side {
     }
 }
 
-/// Runs the evaluation. Every input is checked (metric and expected answers, test file
-/// structure, model, adapter shapes against the model) before the first token is generated.
+/// [`evaluate_with`] greedily, [`Decoding::default`] rows at a time.
 pub fn evaluate(
     config: &EvalConfig,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<(EvalResults, Vec<SampleRow>)> {
+    evaluate_with(config, &Decoding::default(), on_progress)
+}
+
+/// Runs the evaluation. Every input is checked (decoding settings, metric and expected
+/// answers, test file structure, model, adapter shapes against the model) before the first
+/// token is generated.
+pub fn evaluate_with(
+    config: &EvalConfig,
+    decoding: &Decoding,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<(EvalResults, Vec<SampleRow>)> {
     let start = Instant::now();
+    decoding
+        .sampling
+        .validate()
+        .map_err(|what| EvalError::Decoding { what })?;
+    if decoding.batch_size == 0 {
+        return Err(EvalError::Decoding {
+            what: "the batch size must be at least 1".into(),
+        });
+    }
     let tok = Tokenizer::from_file(&config.model).map_err(|e| EvalError::Invalid {
         path: config.model.clone(),
         what: format!("cannot load the tokenizer: {e}"),
@@ -150,23 +225,28 @@ pub fn evaluate(
     stop_tokens.extend(tok.eos_id());
     let opts = GenerateOptions {
         max_tokens: config.max_tokens,
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..SamplingParams::default()
-        },
+        sampling: decoding.sampling.clone(),
         stop_tokens,
         stop_strings: Vec::new(),
     };
     on_progress(Progress::Ready { n: items.len() });
     let total = items.len();
     let mut side = |which: Side, lora: Option<&Lora>| {
-        run_side(&model, lora, &tok, &items, &opts, &mut |done| {
-            on_progress(Progress::Item {
-                side: which,
-                done,
-                total,
-            })
-        })
+        run_side(
+            &model,
+            lora,
+            &tok,
+            &items,
+            &opts,
+            decoding.batch_size,
+            &mut |done| {
+                on_progress(Progress::Item {
+                    side: which,
+                    done,
+                    total,
+                })
+            },
+        )
     };
     let base = side(Side::Base, None)?;
     let tuned = adapter
@@ -203,6 +283,7 @@ pub fn evaluate(
         adapter: config.adapter.as_ref().map(|a| a.display().to_string()),
         data: config.data.display().to_string(),
         eval_seconds: start.elapsed().as_secs_f64(),
+        sampling: SamplingRecord::of(&decoding.sampling),
     };
     Ok((results, samples))
 }

@@ -1,9 +1,9 @@
 //! bora-eval: is the fine-tune better than its base, and by how much.
 //!
 //! [`evaluate`] checks every input ([`Metric`], the test file through [`load_items`], model,
-//! adapter), generates greedily with the base model and with the adapter on the same prompts
-//! ([`run_side`]), scores each answer against the last assistant message, and computes Wilson
-//! intervals ([`wilson`]) and answer NLL ([`masked_nll`]). [`write_eval_dir`] writes
+//! adapter), generates (greedily by default, several examples decoded together: [`Decoding`])
+//! with the base model and with the adapter on the same prompts ([`run_side`]), scores each
+//! answer against the last assistant message, and computes Wilson intervals ([`wilson`]) and answer NLL ([`masked_nll`]). [`write_eval_dir`] writes
 //! `results.json`, `samples.jsonl`, `report.md` and `report.html`; [`log_to_run`] adds the
 //! scores to the run's TensorBoard events and `metrics.jsonl`. [`demo_splits`] generates the
 //! bundled demo task.
@@ -20,12 +20,13 @@ mod task;
 pub use demo::{demo_example, demo_splits};
 pub use error::{EvalError, Result};
 pub use eval::{
-    eval_dir, evaluate, summary_json, EvalConfig, EvalResults, Progress, SampleRow, Side, SideScore,
+    eval_dir, evaluate, evaluate_with, summary_json, Decoding, EvalConfig, EvalResults, Progress,
+    SampleRow, SamplingRecord, Side, SideScore,
 };
 pub use metric::{wilson, Metric, Z95};
 pub use output::{
     eval_scalars, log_to_run, write_eval_dir, REPORT_HTML, REPORT_MD, RESULTS_FILE, SAMPLES_FILE,
 };
 pub use report::{render_html, render_markdown, RunInfo};
-pub use runner::{masked_nll, run_side, SideOutput};
+pub use runner::{example_seed, masked_nll, run_side, SideOutput};
 pub use task::{load_items, EvalItem};

@@ -49,6 +49,24 @@ fn sides(r: &EvalResults) -> Vec<(&'static str, &SideScore)> {
     out
 }
 
+/// How the answers were drawn, with every sampling setting when they were not plainly
+/// greedy: a sampled score is only comparable with one sampled the same way.
+fn decoding(r: &EvalResults) -> String {
+    match &r.sampling {
+        None => "greedy decoding".into(),
+        Some(s) => format!(
+            "{} decoding (temperature {}, top-k {}, top-p {}, min-p {}, repeat penalty {}, seed {})",
+            if s.temperature > 0.0 { "sampled" } else { "greedy" },
+            s.temperature,
+            s.top_k,
+            s.top_p,
+            s.min_p,
+            s.repeat_penalty,
+            s.seed
+        ),
+    }
+}
+
 /// The run's name, else the adapter's or the model's file name.
 fn title(r: &EvalResults, run: Option<&RunInfo>) -> String {
     let file_name = |p: &str| {
@@ -82,10 +100,11 @@ pub fn render_markdown(r: &EvalResults, samples: &[SampleRow], run: Option<&RunI
     let _ = writeln!(md, "# Evaluation: {title}\n");
     let _ = writeln!(
         md,
-        "Metric `{}` on {} held-out examples of `{}`; greedy decoding. Base model `{}`{}.\n",
+        "Metric `{}` on {} held-out examples of `{}`; {}. Base model `{}`{}.\n",
         r.metric,
         r.n,
         r.data,
+        decoding(r),
         r.model,
         r.adapter
             .as_ref()
@@ -201,10 +220,11 @@ pub fn render_html(r: &EvalResults, samples: &[SampleRow], run: Option<&RunInfo>
     );
     let _ = write!(
         h,
-        "<h1>Evaluation: {}</h1><div class=\"sub\">metric <b>{}</b> on {} held-out examples · greedy · base <code>{}</code>{}</div>",
+        "<h1>Evaluation: {}</h1><div class=\"sub\">metric <b>{}</b> on {} held-out examples · {} · base <code>{}</code>{}</div>",
         esc(&title),
         esc(&r.metric),
         r.n,
+        decoding(r),
         esc(&r.model),
         r.adapter
             .as_ref()

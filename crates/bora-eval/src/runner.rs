@@ -1,8 +1,18 @@
-//! The base-vs-tuned runner: greedy generation and teacher-forced NLL for one side (the base
-//! model, or the base with an unmerged adapter), on the same prepared prompts.
+//! The base-vs-tuned runner: generation and teacher-forced NLL for one side (the base model,
+//! or the base with an unmerged adapter), on the same prepared prompts.
+//!
+//! Generation is batched the way `bora serve` batches requests: up to `batch_size` examples
+//! are in flight, each prefilled alone into its own cache, and every step decodes one token
+//! of all of them in one [`Model::forward_decode`] call, so each weight is read once per step
+//! for the whole batch rather than once per example. An example that ends leaves between
+//! steps and the next one in the queue takes its row, so the batch stays full until the
+//! queue runs dry.
 
-use bora_model::{GenerateOptions, Generator, KvCache, Logits, Lora, Model, Workspace};
-use bora_tokenizer::Tokenizer;
+use bora_model::{
+    GenerateOptions, KvCache, Logits, Lora, Model, Rng, Sampler, SamplingParams, StopMatcher,
+    StopReason, Workspace,
+};
+use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
 
 use crate::error::Result;
 use crate::task::EvalItem;
@@ -17,33 +27,77 @@ pub struct SideOutput {
     pub nll_tokens: usize,
 }
 
-/// Generates an answer for every item and scores the expected answers. Items run one after
-/// another through one [`Generator`]: consecutive prompts share the chat format's prefix
-/// (system prompt), which the generator's cache reuses instead of recomputing; the model has
-/// no batched decode with separate caches. `on_item` sees the number of items done.
+/// The sampling seed of the example on line `line` of the test file. Each example gets its
+/// own sampler, seeded from the run's seed and the example's line rather than its place in
+/// a batch, so a sampled answer is the same whatever the batch size, `--limit` or the
+/// examples decoded beside it; mixing the two through SplitMix64 keeps neighbouring lines'
+/// streams unrelated.
+pub fn example_seed(seed: u64, line: usize) -> u64 {
+    Rng::new(seed ^ (line as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+}
+
+/// Generates an answer for every item, `batch_size` at a time (see the module doc), and
+/// scores the expected answers. `opts.sampling.seed` is the run's seed ([`example_seed`]).
+/// `on_item` sees the number of items done, which finish out of order.
+///
+/// Each answer is the one a lone [`bora_model::Generator`] gives from an empty cache: a row
+/// has its own cache, sampler and stop matcher, and a decode step of up to 12 rows runs each
+/// row through the same matrix-vector kernels as a one-row step. Past 12 rows bora-compute
+/// multiplies by dequantized f32 tiles instead, whose rounding differs slightly from the
+/// one-row kernels, so a near-tie between two tokens can then go the other way.
 pub fn run_side(
     model: &Model,
     adapter: Option<&Lora>,
     tok: &Tokenizer,
     items: &[EvalItem],
     opts: &GenerateOptions,
+    batch_size: usize,
     on_item: &mut dyn FnMut(usize),
 ) -> Result<SideOutput> {
-    let mut generator = Generator::new(model);
-    if let Some(a) = adapter {
-        generator = generator.with_adapter(a);
-    }
-    let mut answers = Vec::with_capacity(items.len());
-    let mut cache = model.new_cache();
+    opts.sampling
+        .validate()
+        .map_err(bora_model::ModelError::Sampling)?;
+    let batch_size = batch_size.max(1);
+    let mut answers = vec![String::new(); items.len()];
     let mut ws = Workspace::new();
-    let (mut nll_sum, mut nll_tokens) = (0.0, 0usize);
-    for (i, item) in items.iter().enumerate() {
-        let generation = generator.generate_text(tok, &item.prompt_ids, opts, |_| {})?;
-        answers.push(generation.text);
-        let (sum, count) = masked_nll(model, adapter, &item.ids, &item.mask, &mut cache, &mut ws)?;
-        nll_sum += sum;
-        nll_tokens += count;
-        on_item(i + 1);
+    let mut spare: Vec<KvCache> = Vec::new();
+    let mut active: Vec<Row> = Vec::with_capacity(batch_size);
+    let mut queue = items.iter().enumerate();
+    let (mut nll_sum, mut nll_tokens, mut done) = (0.0, 0usize, 0usize);
+    loop {
+        while active.len() < batch_size {
+            let Some((index, item)) = queue.next() else {
+                break;
+            };
+            let mut cache = spare.pop().unwrap_or_else(|| model.new_cache());
+            let (sum, count) =
+                masked_nll(model, adapter, &item.ids, &item.mask, &mut cache, &mut ws)?;
+            nll_sum += sum;
+            nll_tokens += count;
+            active.push(Row::prefill(
+                model, adapter, tok, item, index, opts, cache, &mut ws,
+            )?);
+        }
+        if active.is_empty() {
+            break;
+        }
+        let mut i = 0;
+        while i < active.len() {
+            match active[i].advance(opts) {
+                None => i += 1,
+                Some(stop) => {
+                    let row = active.swap_remove(i);
+                    let (index, answer, cache) = row.finish(stop);
+                    answers[index] = answer;
+                    spare.push(cache);
+                    done += 1;
+                    on_item(done);
+                }
+            }
+        }
+        if !active.is_empty() {
+            decode(model, adapter, &mut active, &mut ws)?;
+        }
     }
     Ok(SideOutput {
         answers,
@@ -54,6 +108,119 @@ pub fn run_side(
         },
         nll_tokens,
     })
+}
+
+/// One example being generated.
+struct Row<'t> {
+    /// Its place in the items (answers are returned in item order).
+    index: usize,
+    cache: KvCache,
+    sampler: Sampler,
+    /// Prompt and generated ids, the repetition penalty's context.
+    history: Vec<u32>,
+    /// Logits of the next token.
+    logits: Vec<f32>,
+    /// The id sampled this step, to run through the model.
+    next: u32,
+    generated: usize,
+    decoder: StreamDecoder<'t>,
+    stops: StopMatcher,
+}
+
+impl<'t> Row<'t> {
+    /// Runs `item`'s prompt into `cache` (cleared first) and keeps the logits of the first
+    /// answer token.
+    #[allow(clippy::too_many_arguments)]
+    fn prefill(
+        model: &Model,
+        adapter: Option<&Lora>,
+        tok: &'t Tokenizer,
+        item: &EvalItem,
+        index: usize,
+        opts: &GenerateOptions,
+        mut cache: KvCache,
+        ws: &mut Workspace,
+    ) -> Result<Row<'t>> {
+        cache.clear();
+        let logits = model
+            .forward_adapted(&item.prompt_ids, &mut cache, ws, Logits::Last, adapter)?
+            .to_vec();
+        let sampling = SamplingParams {
+            seed: example_seed(opts.sampling.seed, item.line),
+            ..opts.sampling.clone()
+        };
+        Ok(Row {
+            index,
+            cache,
+            sampler: Sampler::new(sampling),
+            history: item.prompt_ids.clone(),
+            logits,
+            next: 0,
+            generated: 0,
+            decoder: StreamDecoder::new(tok, SpecialTokenPolicy::Skip),
+            stops: StopMatcher::new(opts.stop_strings.clone()),
+        })
+    }
+
+    /// Picks the next token; `Some` when the example has ended, otherwise the token waits in
+    /// `next` for the decode step. The checks come in the order the lone generator makes them,
+    /// so both end an answer at the same token for the same reason.
+    fn advance(&mut self, opts: &GenerateOptions) -> Option<StopReason> {
+        if self.generated >= opts.max_tokens {
+            return Some(StopReason::MaxTokens);
+        }
+        let next = self.sampler.sample(&mut self.logits, &self.history);
+        if opts.stop_tokens.contains(&next) {
+            return Some(StopReason::EndToken);
+        }
+        self.generated += 1;
+        let piece = self.decoder.push(next);
+        if self.stops.push(&piece).1 {
+            return Some(StopReason::StopString);
+        }
+        if self.generated >= opts.max_tokens {
+            return Some(StopReason::MaxTokens);
+        }
+        if self.cache.len() >= self.cache.capacity() {
+            return Some(StopReason::Context);
+        }
+        self.next = next;
+        None
+    }
+
+    /// The answer's text (cut before a stop string) and the cache, for the next example.
+    fn finish(self, stop: StopReason) -> (usize, String, KvCache) {
+        let Row {
+            index,
+            cache,
+            decoder,
+            mut stops,
+            ..
+        } = self;
+        if stop != StopReason::StopString {
+            stops.push(&decoder.finish());
+        }
+        (index, stops.into_text(), cache)
+    }
+}
+
+/// Runs every row's sampled token through the model in one step and keeps the new logits.
+fn decode(
+    model: &Model,
+    adapter: Option<&Lora>,
+    rows: &mut [Row<'_>],
+    ws: &mut Workspace,
+) -> Result<()> {
+    let tokens: Vec<u32> = rows.iter().map(|r| r.next).collect();
+    let adapters = vec![adapter; rows.len()];
+    let mut caches: Vec<&mut KvCache> = rows.iter_mut().map(|r| &mut r.cache).collect();
+    let logits = model.forward_decode(&tokens, &mut caches, &adapters, ws)?;
+    let vocab = model.config.vocab_size;
+    for (row, out) in rows.iter_mut().zip(logits.chunks_exact(vocab)) {
+        row.logits.copy_from_slice(out);
+        row.history.push(row.next);
+    }
+    Ok(())
 }
 
 /// Summed NLL of the tokens the chat format's mask trains (the answer turns), each given

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use bora_eval::{
-    log_to_run, render_html, wilson, write_eval_dir, EvalResults, RunInfo, SampleRow, SideScore,
-    REPORT_HTML, REPORT_MD, RESULTS_FILE, SAMPLES_FILE, Z95,
+    log_to_run, render_html, render_markdown, wilson, write_eval_dir, EvalResults, RunInfo,
+    SampleRow, SamplingRecord, SideScore, REPORT_HTML, REPORT_MD, RESULTS_FILE, SAMPLES_FILE, Z95,
 };
 
 fn side(correct: usize, n: usize) -> SideScore {
@@ -42,6 +42,7 @@ fn results(samples: &[SampleRow]) -> EvalResults {
         adapter: Some("runs/x/adapter".into()),
         data: "test.jsonl".into(),
         eval_seconds: 1.0,
+        sampling: None,
     }
 }
 
@@ -140,6 +141,34 @@ fn a_report_without_a_run_or_adapter_shows_the_base_misses() {
     r.tuned = None;
     let html = render_html(&r, &samples, None);
     assert!(html.contains("Missed by the model") && !html.contains("tuned <code>"));
+}
+
+#[test]
+fn a_sampled_evaluation_is_recorded_and_labelled_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let samples = [sample(1, 0.0, 1.0), sample(2, 1.0, 1.0)];
+    let greedy = results(&samples);
+    assert!(render_markdown(&greedy, &samples, None).contains("greedy decoding"));
+    let mut r = greedy.clone();
+    r.sampling = Some(SamplingRecord {
+        temperature: 0.7,
+        top_k: 0,
+        top_p: 0.9,
+        min_p: 0.0,
+        repeat_penalty: 1.0,
+        seed: 42,
+    });
+    write_eval_dir(tmp.path(), &r, &samples, None).unwrap();
+    let text = std::fs::read_to_string(tmp.path().join(RESULTS_FILE)).unwrap();
+    let back: EvalResults = serde_json::from_str(&text).unwrap();
+    assert_eq!(back.sampling, r.sampling);
+    for report in [REPORT_MD, REPORT_HTML] {
+        let text = std::fs::read_to_string(tmp.path().join(report)).unwrap();
+        assert!(
+            text.contains("sampled decoding (temperature 0.7") && text.contains("seed 42"),
+            "{report}"
+        );
+    }
 }
 
 #[test]
