@@ -1,0 +1,293 @@
+//! One blocking request with bounded retries. The Hub and its storage backends answer 429
+//! and 5xx under load and connections drop during long uploads; a push of gigabytes should
+//! survive those, but never loop forever.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ureq::http::Request;
+use ureq::SendBody;
+
+use super::{HubError, Result, Token};
+
+/// How often and how long to wait before giving a request up. The delay doubles from
+/// `first_delay` up to `max_delay`; `sleep` is injectable so tests see the delays without
+/// waiting them.
+#[derive(Clone)]
+pub struct Retry {
+    pub attempts: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    sleep: Arc<dyn Fn(Duration) + Send + Sync>,
+}
+
+impl Default for Retry {
+    /// Six attempts (five retries) 1, 2, 4, 8 and 8 s apart, as `huggingface_hub`'s
+    /// `http_backoff` waits.
+    fn default() -> Self {
+        Retry {
+            attempts: 6,
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(8),
+            sleep: Arc::new(std::thread::sleep),
+        }
+    }
+}
+
+impl std::fmt::Debug for Retry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retry")
+            .field("attempts", &self.attempts)
+            .field("first_delay", &self.first_delay)
+            .field("max_delay", &self.max_delay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Retry {
+    /// Replaces the wait between attempts (tests record the delays instead of sleeping).
+    pub fn with_sleep(mut self, sleep: impl Fn(Duration) + Send + Sync + 'static) -> Self {
+        self.sleep = Arc::new(sleep);
+        self
+    }
+
+    /// The wait after failed attempt `n` (1-based).
+    pub fn delay(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.first_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
+
+/// A blocking client for one Hub endpoint with one token.
+#[derive(Debug)]
+pub struct HubClient {
+    pub(super) endpoint: String,
+    token: Token,
+    agent: ureq::Agent,
+    retry: Retry,
+}
+
+/// What a request sends.
+pub(super) enum Body<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    /// `len` bytes of a file from `offset`, streamed with a `content-length` (object stores
+    /// refuse chunked uploads) and reopened on every attempt.
+    File {
+        path: &'a Path,
+        offset: u64,
+        len: u64,
+    },
+}
+
+pub(super) struct Req<'a> {
+    pub method: &'static str,
+    pub url: String,
+    pub auth: bool,
+    pub headers: Vec<(&'static str, &'static str)>,
+    pub body: Body<'a>,
+}
+
+pub(super) struct Resp {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub body: String,
+}
+
+/// A URL without its query: presigned storage URLs carry signatures there.
+pub(super) fn shown(url: &str) -> String {
+    url.split('?').next().unwrap_or(url).to_owned()
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .user_agent(concat!("bora/", env!("CARGO_PKG_VERSION")))
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(timeout))
+        .timeout_recv_body(Some(timeout))
+        .build()
+        .new_agent()
+}
+
+fn retryable(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Io(_)
+            | ureq::Error::Timeout(_)
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::Protocol(_)
+    )
+}
+
+impl HubClient {
+    /// A client for `endpoint` (no trailing slash, see [`super::resolve_endpoint`]).
+    pub fn new(endpoint: &str, token: Token) -> HubClient {
+        HubClient {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            token,
+            agent: agent(Duration::from_secs(300)),
+            retry: Retry::default(),
+        }
+    }
+
+    /// How long to wait for an answer (and for each part of its body) before the attempt
+    /// counts as failed and is retried; 300 s by default, since the Hub may take minutes
+    /// to answer a commit of large files.
+    pub fn with_timeout(mut self, timeout: Duration) -> HubClient {
+        self.agent = agent(timeout);
+        self
+    }
+
+    pub fn with_retry(mut self, retry: Retry) -> HubClient {
+        self.retry = retry;
+        self
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Sends `req`, retrying transport errors, 429 and 5xx; any other status is the
+    /// caller's to judge. The body is read inside the attempt, so a connection that drops
+    /// mid-answer is retried too.
+    pub(super) fn send(&self, req: &Req) -> Result<Resp> {
+        let mut attempt = 1;
+        loop {
+            let outcome = self.attempt(req);
+            let again = match &outcome {
+                Ok(r) => r.status == 429 || r.status >= 500,
+                Err(AttemptError::Http(e)) => retryable(e),
+                Err(AttemptError::Local(_)) => false,
+            };
+            if !again || attempt >= self.retry.attempts {
+                return match outcome {
+                    Ok(r) if r.status == 429 || r.status >= 500 => Err(self.status_error(req, r)),
+                    Ok(r) => Ok(r),
+                    Err(AttemptError::Http(e)) => Err(HubError::Transport {
+                        method: req.method,
+                        url: shown(&req.url),
+                        attempts: attempt,
+                        source: Box::new(e),
+                    }),
+                    Err(AttemptError::Local(e)) => Err(e),
+                };
+            }
+            let delay = self.retry.delay(attempt);
+            match &outcome {
+                Ok(r) => tracing::warn!(
+                    "{} {} answered {}; retrying in {:?}",
+                    req.method,
+                    shown(&req.url),
+                    r.status,
+                    delay
+                ),
+                Err(e) => tracing::warn!(
+                    "{} {} failed ({e}); retrying in {:?}",
+                    req.method,
+                    shown(&req.url),
+                    delay
+                ),
+            }
+            (self.retry.sleep)(delay);
+            attempt += 1;
+        }
+    }
+
+    /// An error for an answer the caller does not accept.
+    pub(super) fn status_error(&self, req: &Req, r: Resp) -> HubError {
+        let mut body: String = r.body.chars().take(500).collect();
+        if body.len() < r.body.len() {
+            body.push('…');
+        }
+        HubError::Status {
+            method: req.method,
+            url: shown(&req.url),
+            status: r.status,
+            body,
+        }
+    }
+
+    fn attempt(&self, req: &Req) -> std::result::Result<Resp, AttemptError> {
+        let mut builder = Request::builder().method(req.method).uri(&req.url);
+        if req.auth {
+            builder = builder.header("authorization", self.token.bearer());
+        }
+        for (k, v) in &req.headers {
+            builder = builder.header(*k, *v);
+        }
+        let bad_request = |e: ureq::http::Error| {
+            AttemptError::Local(HubError::Protocol {
+                url: shown(&req.url),
+                what: format!("cannot build the request: {e}"),
+            })
+        };
+        let response = match &req.body {
+            Body::Empty => self.agent.run(builder.body(()).map_err(bad_request)?),
+            Body::Bytes(b) => self.agent.run(builder.body(*b).map_err(bad_request)?),
+            Body::File { path, offset, len } => {
+                let io = |source| {
+                    AttemptError::Local(HubError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                };
+                let mut file = File::open(path).map_err(io)?;
+                file.seek(SeekFrom::Start(*offset)).map_err(io)?;
+                let reader = file.take(*len);
+                let req = builder
+                    .header("content-length", len.to_string())
+                    .body(SendBody::from_owned_reader(reader))
+                    .map_err(bad_request)?;
+                self.agent.run(req)
+            }
+        }
+        .map_err(AttemptError::Http)?;
+        let status = response.status().as_u16();
+        let etag = response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .into_body()
+            .read_to_string()
+            .map_err(AttemptError::Http)?;
+        Ok(Resp { status, etag, body })
+    }
+}
+
+enum AttemptError {
+    Http(ureq::Error),
+    Local(HubError),
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Http(e) => e.fmt(f),
+            AttemptError::Local(e) => e.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_up_to_the_cap() {
+        let r = Retry::default();
+        let secs: Vec<u64> = (1..=6).map(|n| r.delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 8, 8]);
+        assert_eq!(r.delay(40).as_secs(), 8);
+    }
+
+    #[test]
+    fn shown_urls_drop_signatures() {
+        assert_eq!(shown("http://s3/x?X-Amz-Signature=abc"), "http://s3/x");
+    }
+}
