@@ -557,60 +557,76 @@ mod x86_512 {
                 // interleaved activations; lanes 0..8 then hold block i, 8..16 block i+1.
                 let qoff = if T == T_Q4_1 { 4 } else { 2 };
                 let m4 = _mm512_set1_epi16(0x0F);
-                let mut idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-                let two = _mm512_set1_epi32(2);
-                while i + 1 < cnt {
-                    let b = b0 + i;
-                    let qa = _mm_loadu_si128(w.add(b * bb + qoff) as *const __m128i);
-                    let qb = _mm_loadu_si128(w.add((b + 1) * bb + qoff) as *const __m128i);
-                    let v = _mm512_cvtepu8_epi16(_mm256_set_m128i(qb, qa));
-                    let (lo, hi) = (_mm512_and_si512(v, m4), _mm512_srli_epi16(v, 4));
-                    for r in 0..R {
-                        let xp = pairs[r].add(b * QK);
-                        let (xlo, xhi) = (
-                            _mm512_loadu_si512(xp as *const __m512i),
-                            _mm512_loadu_si512(xp.add(QK) as *const __m512i),
-                        );
-                        // The same i32 sums either way; VNNI fuses the second `madd` and the add.
-                        let p = if VNNI {
-                            _mm512_dpwssd_epi32(_mm512_madd_epi16(lo, xlo), hi, xhi)
-                        } else {
-                            _mm512_add_epi32(_mm512_madd_epi16(lo, xlo), _mm512_madd_epi16(hi, xhi))
-                        };
-                        let s = _mm512_permutexvar_ps(idx, scale[r]);
-                        let p = _mm512_cvtepi32_ps(p);
-                        if i & 2 == 0 {
-                            acc0[r] = _mm512_fmadd_ps(s, p, acc0[r]);
-                        } else {
-                            acc1[r] = _mm512_fmadd_ps(s, p, acc1[r]);
+                let first = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+                macro_rules! pair {
+                    ($i:expr, $acc:ident) => {{
+                        let b = b0 + $i;
+                        let qa = _mm_loadu_si128(w.add(b * bb + qoff) as *const __m128i);
+                        let qb = _mm_loadu_si128(w.add((b + 1) * bb + qoff) as *const __m128i);
+                        let v = _mm512_cvtepu8_epi16(_mm256_set_m128i(qb, qa));
+                        let (lo, hi) = (_mm512_and_si512(v, m4), _mm512_srli_epi16(v, 4));
+                        let idx = _mm512_add_epi32(first, _mm512_set1_epi32($i as i32));
+                        for r in 0..R {
+                            let xp = pairs[r].add(b * QK);
+                            let (xlo, xhi) = (
+                                _mm512_loadu_si512(xp as *const __m512i),
+                                _mm512_loadu_si512(xp.add(QK) as *const __m512i),
+                            );
+                            // The same i32 sums either way; VNNI fuses the second `madd` and
+                            // the add.
+                            let p = if VNNI {
+                                _mm512_dpwssd_epi32(_mm512_madd_epi16(lo, xlo), hi, xhi)
+                            } else {
+                                _mm512_add_epi32(
+                                    _mm512_madd_epi16(lo, xlo),
+                                    _mm512_madd_epi16(hi, xhi),
+                                )
+                            };
+                            let s = _mm512_permutexvar_ps(idx, scale[r]);
+                            $acc[r] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), $acc[r]);
                         }
-                    }
-                    idx = _mm512_add_epi32(idx, two);
+                    }};
+                }
+                // Pairs alternate between the two accumulators, unrolled so the choice is
+                // made at compile time.
+                while i + 3 < cnt {
+                    pair!(i, acc0);
+                    pair!(i + 2, acc1);
+                    i += 4;
+                }
+                if i + 1 < cnt {
+                    pair!(i, acc0);
                     i += 2;
                 }
             }
-            // Single blocks: every Q8_0 block, and a last unpaired Q4 block.
-            while i < cnt {
-                let b = b0 + i;
-                let blk = w.add(b * bb);
-                let wq = match T {
-                    T_Q4_0 => nibbles_i16(blk.add(2)),
-                    T_Q4_1 => nibbles_i16(blk.add(4)),
-                    _ => _mm512_cvtepi8_epi16(_mm256_loadu_si256(blk.add(2) as *const __m256i)),
-                };
-                // Lane i of the 16 scales, broadcast without leaving the registers.
-                let lane = _mm512_set1_epi32(i as i32);
-                for r in 0..R {
-                    let xq = _mm512_loadu_si512(q[r].add(b * QK) as *const __m512i);
-                    let p = _mm512_cvtepi32_ps(_mm512_madd_epi16(wq, xq));
-                    let s = _mm512_permutexvar_ps(lane, scale[r]);
-                    if i & 1 == 0 {
-                        acc0[r] = _mm512_fmadd_ps(s, p, acc0[r]);
-                    } else {
-                        acc1[r] = _mm512_fmadd_ps(s, p, acc1[r]);
+            // Single blocks: every Q8_0 block, and a last unpaired Q4 block; even blocks to
+            // one accumulator, odd ones to the other.
+            macro_rules! single {
+                ($i:expr, $acc:ident) => {{
+                    let b = b0 + $i;
+                    let blk = w.add(b * bb);
+                    let wq = match T {
+                        T_Q4_0 => nibbles_i16(blk.add(2)),
+                        T_Q4_1 => nibbles_i16(blk.add(4)),
+                        _ => _mm512_cvtepi8_epi16(_mm256_loadu_si256(blk.add(2) as *const __m256i)),
+                    };
+                    // Lane i of the 16 scales, broadcast without leaving the registers.
+                    let lane = _mm512_set1_epi32($i as i32);
+                    for r in 0..R {
+                        let xq = _mm512_loadu_si512(q[r].add(b * QK) as *const __m512i);
+                        let p = _mm512_cvtepi32_ps(_mm512_madd_epi16(wq, xq));
+                        let s = _mm512_permutexvar_ps(lane, scale[r]);
+                        $acc[r] = _mm512_fmadd_ps(s, p, $acc[r]);
                     }
-                }
-                i += 1;
+                }};
+            }
+            while i + 1 < cnt {
+                single!(i, acc0);
+                single!(i + 1, acc1);
+                i += 2;
+            }
+            if i < cnt {
+                single!(i, acc0);
             }
             b0 += cnt;
         }
