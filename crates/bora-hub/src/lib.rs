@@ -5,3 +5,4 @@
 //! requests; nothing here is reached from tests over the network.
 pub mod card;
 pub mod hub;
+pub mod wandb;
