@@ -147,8 +147,13 @@ pub fn model_card(input: &CardInput) -> String {
     if !input.contents.gguf.is_empty() {
         holds.push("GGUF files for llama.cpp and Ollama (`gguf/`)".to_owned());
     }
-    if !holds.is_empty() {
-        let _ = write!(md, " This repo holds {}.", holds.join(", "));
+    if let Some((last, rest)) = holds.split_last() {
+        let list = if rest.is_empty() {
+            last.clone()
+        } else {
+            format!("{} and {last}", rest.join(", "))
+        };
+        let _ = write!(md, " This repo holds {list}.");
     }
     md.push_str("\n\n");
 
@@ -214,7 +219,7 @@ pub fn model_card(input: &CardInput) -> String {
     if let Some(config) = &input.config_toml {
         let _ = writeln!(
             md,
-            "## Training config\n\nThe run's resolved config (`bora train --config` takes it back):\n\n```toml\n{}\n```",
+            "## Training config\n\nThe run's resolved config:\n\n```toml\n{}\n```",
             config.trim_end()
         );
     }

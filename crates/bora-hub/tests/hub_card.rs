@@ -102,6 +102,9 @@ fn the_card_shows_eval_chart_usage_and_config() {
     assert!(card.contains("printf 'FROM ./gguf/smol-json-q8_0.gguf\\n' > Modelfile"));
     assert!(card.contains("```toml\nname = \"demo\"\n[lora]\nrank = 8\n```\n"));
     assert!(!card.contains("subfolder"), "no merged model in this repo");
+    assert!(card.contains(
+        "This repo holds the PEFT adapter (repo root) and GGUF files for llama.cpp and Ollama (`gguf/`)."
+    ));
     assert_eq!(
         card,
         model_card(&input()),

@@ -1,0 +1,381 @@
+//! `bora push`: publish a run to the Hugging Face Hub with a model card, through
+//! `bora_hub::hub`. Every check that can fail without the network (repo id, run directory,
+//! exports, token) runs before the first request, and the token check runs before anything is
+//! created or uploaded.
+//!
+//! Repo layout: the adapter at the root, so `PeftModel.from_pretrained(base, "ORG/NAME")`
+//! works with no `subfolder`; the merged model under `merged/`, because a root `config.json`
+//! beside `adapter_config.json` makes transformers load the repo as an adapter; GGUF files
+//! under `gguf/`; the card's loss chart as `eval/loss.svg`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bora_eval::{EvalResults, SideScore, REPORT_HTML, RESULTS_FILE};
+use bora_formats::cache::DEFAULT_MODEL_FILE;
+use bora_formats::gguf::GgufFile;
+use bora_hub::card::{model_card, CardInput, EvalScore, EvalSummary, RepoContents, MODEL_CARD};
+use bora_hub::hub::{
+    resolve_endpoint, FileOutcome, HubClient, LocalFile, RepoId, Token, UploadEvent, UploadMode,
+};
+use bora_train::{RunConfig, ADAPTER_CONFIG_FILE, ADAPTER_DIR, CONFIG_FILE};
+use clap::{Args, ValueEnum};
+
+/// The Hub id of the default model's weights: its GGUF file does not record where it came
+/// from, and a card's `base_model` must be a Hub id.
+const DEFAULT_MODEL_HUB_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+const LOSS_CHART: &str = "eval/loss.svg";
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// The run directory to publish.
+    #[arg(long, value_name = "RUN_DIR")]
+    run: PathBuf,
+    /// The Hub repo, ORG/NAME; created if it does not exist.
+    #[arg(long, value_name = "ORG/NAME")]
+    repo: String,
+    /// What to upload: the adapter, and the `merged` / `gguf` exports of `bora export`.
+    #[arg(long, value_delimiter = ',', default_value = "adapter")]
+    what: Vec<What>,
+    /// Create the repo private (an existing repo keeps its visibility).
+    #[arg(long)]
+    private: bool,
+    /// Hub URL [default: $HF_ENDPOINT, else https://huggingface.co].
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Branch to commit to.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Commit message [default: "Upload WHAT of run NAME with bora"].
+    #[arg(long, value_name = "MSG")]
+    message: Option<String>,
+    /// Hub id of the base model, for the card's `base_model` and the uploaded
+    /// `adapter_config.json` [default: the run's model when it is a Hub id].
+    #[arg(long, value_name = "HF_ID")]
+    base_model: Option<String>,
+    /// License id for the card [default: the base GGUF's `general.license`].
+    #[arg(long, value_name = "ID")]
+    license: Option<String>,
+    /// A Hub dataset id the run trained on, for the card (repeatable).
+    #[arg(long = "dataset", value_name = "HF_ID")]
+    datasets: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum What {
+    Adapter,
+    Merged,
+    Gguf,
+}
+
+impl What {
+    fn name(self) -> &'static str {
+        match self {
+            What::Adapter => "adapter",
+            What::Merged => "merged",
+            What::Gguf => "gguf",
+        }
+    }
+}
+
+pub fn run(args: &PushArgs) -> Result<()> {
+    let repo = RepoId::parse(&args.repo)?;
+    let run = &args.run;
+    let config = RunConfig::load_unchecked(run.join(CONFIG_FILE))
+        .with_context(|| format!("{} is not a bora run directory", run.display()))?;
+    let mut what = args.what.clone();
+    what.sort_by_key(|w| *w as u8);
+    what.dedup();
+
+    let base_model = args
+        .base_model
+        .clone()
+        .or_else(|| hub_id_of(&config.model.path));
+    let mut files = Vec::new();
+    let mut contents = RepoContents::default();
+    for w in &what {
+        match w {
+            What::Adapter => {
+                files.extend(adapter_files(run, base_model.as_deref())?);
+                contents.adapter = true;
+            }
+            What::Merged | What::Gguf => {
+                let dir = run.join("export").join(w.name());
+                let found = files_under(&dir, w.name())?;
+                if found.is_empty() {
+                    bail!(
+                        "{} holds no {} export; write it first with `bora export --run {} --format {}`",
+                        dir.display(),
+                        w.name(),
+                        run.display(),
+                        w.name()
+                    );
+                }
+                if *w == What::Merged {
+                    contents.merged = Some("merged".into());
+                } else {
+                    contents.gguf = found
+                        .iter()
+                        .map(|f| f.path_in_repo.clone())
+                        .filter(|p| p.ends_with(".gguf"))
+                        .collect();
+                }
+                files.extend(found);
+            }
+        }
+    }
+    let chart = loss_chart(run)?;
+    if let Some(svg) = &chart {
+        files.push(LocalFile::from_bytes(LOSS_CHART, svg.clone().into_bytes()));
+    }
+    let card = CardInput {
+        repo: repo.to_string(),
+        run_name: config.name.clone(),
+        base_model: base_model.clone(),
+        license: args
+            .license
+            .clone()
+            .or_else(|| gguf_license(&config.model.path)),
+        datasets: args.datasets.clone(),
+        contents,
+        config_toml: Some(shareable_config(&config)?),
+        eval: eval_summary(run)?,
+        loss_chart: chart.map(|_| LOSS_CHART.to_owned()),
+    };
+    files.push(LocalFile::from_bytes(
+        MODEL_CARD,
+        model_card(&card).into_bytes(),
+    ));
+    if base_model.is_none() {
+        eprintln!(
+            "note: the run's model `{}` is not a Hub id; pass --base-model ORG/NAME to link the base model",
+            config.model.path
+        );
+    }
+
+    let token = Token::discover(|k| std::env::var(k).ok())?;
+    let endpoint = resolve_endpoint(args.endpoint.as_deref(), |k| std::env::var(k).ok());
+    let client = HubClient::new(&endpoint, token);
+    let (me, _) = client.check_write_access(&repo)?;
+    eprintln!("token of `{}` accepted by {endpoint}", me.name);
+    let created = client.create_repo(&repo, args.private)?;
+    eprintln!(
+        "repo {repo}: {}",
+        if created { "created" } else { "exists" }
+    );
+    let names: Vec<&str> = what.iter().map(|w| w.name()).collect();
+    let message = args.message.clone().unwrap_or_else(|| {
+        format!(
+            "Upload {} of run {} with bora",
+            names.join(", "),
+            config.name
+        )
+    });
+    let report = client.upload(&repo, &args.revision, &files, &message, &mut print_event)?;
+    println!("{endpoint}/{repo}");
+    match &report.commit {
+        Some((url, _)) => println!(
+            "committed {} files, {} sent: {url}",
+            report
+                .files
+                .iter()
+                .filter(|f| f.1 != FileOutcome::Unchanged)
+                .count(),
+            size(report.bytes_sent)
+        ),
+        None => println!("nothing changed: every file is already on the Hub"),
+    }
+    Ok(())
+}
+
+fn print_event(e: UploadEvent) {
+    match e {
+        UploadEvent::File {
+            path,
+            size: n,
+            mode,
+            outcome,
+        } => {
+            let what = match outcome {
+                FileOutcome::Unchanged => "unchanged, not sent".to_owned(),
+                FileOutcome::Ignored => "ignored by the repo's .gitignore".to_owned(),
+                FileOutcome::Regular => "sent in the commit".to_owned(),
+                FileOutcome::Uploaded { parts: 1 } => "uploaded to LFS".to_owned(),
+                FileOutcome::Uploaded { parts } => format!("uploaded to LFS in {parts} parts"),
+                FileOutcome::AlreadyStored => "already in LFS storage, not sent".to_owned(),
+            };
+            let mode = match mode {
+                UploadMode::Lfs => "lfs",
+                UploadMode::Regular => "regular",
+            };
+            eprintln!("  {path} ({}, {mode}): {what}", size(n));
+        }
+        UploadEvent::Part { path, part, parts } if parts > 1 => {
+            eprintln!("  {path}: part {part}/{parts} stored");
+        }
+        UploadEvent::Part { .. } => {}
+        UploadEvent::Committed { url } => eprintln!("commit {url}"),
+        UploadEvent::NothingToCommit => {}
+    }
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// The run's model as a Hub id: the id itself when the run named one, the known id of the
+/// default model's file; `None` for other local paths.
+fn hub_id_of(model: &str) -> Option<String> {
+    let path = Path::new(model);
+    if path.file_name().and_then(|n| n.to_str()) == Some(DEFAULT_MODEL_FILE) {
+        return Some(DEFAULT_MODEL_HUB_ID.to_owned());
+    }
+    let local = path.exists() || model.ends_with(".gguf") || path.is_absolute();
+    (!local && RepoId::parse(model).is_ok()).then(|| model.to_owned())
+}
+
+fn gguf_license(model: &str) -> Option<String> {
+    if !model.ends_with(".gguf") {
+        return None;
+    }
+    let gguf = GgufFile::open(model).ok()?;
+    gguf.opt_str("general.license")
+        .ok()
+        .flatten()
+        .map(str::to_owned)
+}
+
+/// The adapter files; `adapter_config.json` gets the base model's Hub id as
+/// `base_model_name_or_path`, since the local path training recorded means nothing to
+/// whoever loads the adapter from the Hub.
+fn adapter_files(run: &Path, base_model: Option<&str>) -> Result<Vec<LocalFile>> {
+    let dir = run.join(ADAPTER_DIR);
+    let config_path = dir.join(ADAPTER_CONFIG_FILE);
+    if !config_path.is_file() {
+        bail!(
+            "{}: the run has no final adapter; finish it with `bora train --resume {}`",
+            config_path.display(),
+            run.display()
+        );
+    }
+    let mut files = files_under(&dir, "")?;
+    if let Some(base) = base_model {
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?;
+        let mut value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", config_path.display()))?;
+        value["base_model_name_or_path"] = serde_json::json!(base);
+        let bytes = serde_json::to_vec_pretty(&value)?;
+        for f in &mut files {
+            if f.path_in_repo == ADAPTER_CONFIG_FILE {
+                *f = LocalFile::from_bytes(ADAPTER_CONFIG_FILE, bytes.clone());
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Every regular file under `dir`, as repo paths under `prefix`, sorted; an absent `dir`
+/// gives none.
+fn files_under(dir: &Path, prefix: &str) -> Result<Vec<LocalFile>> {
+    let mut out = Vec::new();
+    if !dir.is_dir() {
+        return Ok(out);
+    }
+    let mut stack = vec![(dir.to_path_buf(), prefix.to_owned())];
+    while let Some((d, p)) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let entry = entry.with_context(|| format!("reading {}", d.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let repo_path = if p.is_empty() {
+                name
+            } else {
+                format!("{p}/{name}")
+            };
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push((path, repo_path));
+            } else if path.is_file() {
+                out.push(LocalFile::from_path(repo_path, path));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path_in_repo.cmp(&b.path_in_repo));
+    Ok(out)
+}
+
+/// The resolved config with local paths cut to file names: a public card should not show
+/// the trainer's directories.
+fn shareable_config(config: &RunConfig) -> Result<String> {
+    let mut c = config.clone();
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| p.to_path_buf())
+    };
+    if Path::new(&c.model.path).exists() || c.model.path.starts_with('/') {
+        c.model.path = file_name(Path::new(&c.model.path))
+            .to_string_lossy()
+            .into_owned();
+    }
+    c.data.train = file_name(&c.data.train);
+    c.data.eval = file_name(&c.data.eval);
+    Ok(c.to_toml()?)
+}
+
+/// The eval table's numbers from `RUN/eval/results.json`, when the run was evaluated.
+fn eval_summary(run: &Path) -> Result<Option<EvalSummary>> {
+    let path = bora_eval::eval_dir(run).join(RESULTS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let r: EvalResults = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a bora eval result", path.display()))?;
+    let score = |s: &SideScore| EvalScore {
+        score: s.score,
+        correct: s.correct,
+        ci95: s.ci95,
+        nll: s.nll,
+        ppl: s.ppl,
+    };
+    Ok(Some(EvalSummary {
+        metric: r.metric,
+        n: r.n,
+        base: score(&r.base),
+        tuned: r.tuned.as_ref().map(score),
+    }))
+}
+
+/// The loss chart of `bora eval`'s HTML report as a standalone SVG file (namespace and a
+/// white background added, so it renders as an image on light and dark pages).
+fn loss_chart(run: &Path) -> Result<Option<String>> {
+    let path = bora_eval::eval_dir(run).join(REPORT_HTML);
+    let html = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let Some(start) = html.find("aria-label=\"loss curves\"") else {
+        return Ok(None);
+    };
+    let Some(open) = html[..start].rfind("<svg ") else {
+        return Ok(None);
+    };
+    let Some(len) = html[open..].find("</svg>") else {
+        return Ok(None);
+    };
+    let svg = &html[open..open + len + "</svg>".len()];
+    let head_end = svg.find('>').unwrap_or(0) + 1;
+    Ok(Some(format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" {}<rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>{}\n",
+        &svg["<svg ".len()..head_end],
+        &svg[head_end..]
+    )))
+}
