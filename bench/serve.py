@@ -5,10 +5,19 @@ Each server runs alone (one after the other) on loopback with the same thread co
 and 16 clients each send requests back to back to `/v1/completions` (greedy, a fixed
 `max_tokens`, a different prompt per client). Reported per server and client count:
 aggregate generated tokens/s (summed `usage.completion_tokens` over wall time) and p50/p99
-end-to-end request latency. Run from the repo root after `cargo build --release -p bora`:
+end-to-end request latency, and the server process's CPU time per generated token (Linux;
+all its threads, so the HTTP side is included). Run from the repo root after `cargo build --release -p bora`:
 
     .venv-bench/bin/python bench/serve.py [--model PATH] [--threads 2] [--max-tokens 64]
-        [--requests 2] [--clients 1,4,16] [--only bora|llama]
+        [--requests 2] [--clients 1,4,16] [--only bora|llama] [--rounds N]
+        [--bora-bin PATH] [--baseline-bin PATH]
+
+On a machine other processes share, compare A/B rather than absolute figures: `--baseline-bin`
+names a second bora binary (say, one built from an earlier commit in a `git worktree` with its
+own `CARGO_TARGET_DIR`), which runs alternately with `--bora-bin` (default
+`target/release/bora`), `--rounds` times, the order flipping each round so a change in load
+hits both; the summary gives each server's median over the rounds, and every row carries the
+1-minute load average (`load1`) at its end.
 
 llama-cpp-python's server runs one request at a time (it has no batching), so its aggregate
 rate is its single-stream rate plus whatever HTTP overlap gains. `p99` is nearest-rank over the
@@ -108,8 +117,7 @@ def load(base, model, clients, requests, max_tokens):
     }
 
 
-def start_bora(model, port, threads, max_batch):
-    binary = ROOT / "target" / "release" / "bora"
+def start_bora(binary, model, port, threads, max_batch):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     cmd = [
         str(binary), "serve", "--model", str(model), "--name", "m", "--port", str(port),
@@ -127,6 +135,15 @@ def start_llama(model, port, threads):
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid` and its threads so far (Linux), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def run(name, start, args):
     port = free_port()
     proc = start(port)
@@ -137,8 +154,15 @@ def run(name, start, args):
         complete(base, "m", "Write a long story about the sea.", args.max_tokens)
         rows = []
         for c in args.clients:
+            cpu0 = cpu_seconds(proc.pid)
             row = load(base, "m", c, args.requests, args.max_tokens)
+            cpu1 = cpu_seconds(proc.pid)
+            if cpu0 is not None and cpu1 is not None:
+                # The server's own CPU time per generated token: what a busy machine's
+                # preemption does not inflate (its threads only count while they run).
+                row["cpu_ms_per_tok"] = round(1e3 * (cpu1 - cpu0) / max(row["tokens"], 1), 2)
             row["server"] = name
+            row["load1"] = round(os.getloadavg()[0], 2)
             print(json.dumps(row), flush=True)
             rows.append(row)
         return rows
@@ -156,25 +180,41 @@ def main():
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--only", choices=["bora", "llama"])
+    ap.add_argument("--bora-bin", default=str(ROOT / "target" / "release" / "bora"))
+    ap.add_argument("--baseline-bin", help="a second bora binary, run alternately with --bora-bin")
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
-    results = {}
+    servers = []
     if args.only != "llama":
-        results["bora"] = run("bora", lambda p: start_bora(args.model, p, args.threads, args.max_batch), args)
+        servers.append(("bora", lambda p: start_bora(args.bora_bin, args.model, p, args.threads, args.max_batch)))
+        if args.baseline_bin:
+            servers.append(("baseline", lambda p: start_bora(args.baseline_bin, args.model, p, args.threads, args.max_batch)))
     if args.only != "bora":
-        results["llama.cpp"] = run("llama.cpp", lambda p: start_llama(args.model, p, args.threads), args)
-    print(f"\n{'server':<10} {'clients':>7} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7}")
-    for rows in results.values():
-        for r in rows:
-            print(f"{r['server']:<10} {r['clients']:>7} {r['tok_per_s']:>8} {r['p50_s']:>7} {r['p99_s']:>7}")
-    if "bora" in results:
-        b = {r["clients"]: r["tok_per_s"] for r in results["bora"]}
-        if 1 in b and max(b) != 1:
-            print(f"bora {max(b)} clients / 1 client: {b[max(b)] / b[1]:.2f}x")
-        if "llama.cpp" in results:
-            l = {r["clients"]: r["tok_per_s"] for r in results["llama.cpp"]}
-            for c in sorted(set(b) & set(l)):
-                print(f"{c} clients: bora / llama.cpp = {b[c] / l[c]:.2f}x")
+        servers.append(("llama.cpp", lambda p: start_llama(args.model, p, args.threads)))
+    rows = []
+    for r in range(args.rounds):
+        for name, start in servers if r % 2 == 0 else servers[::-1]:
+            rows += run(name, start, args)
+    med = {}
+    for name, _ in servers:
+        for c in args.clients:
+            rs = sorted((x for x in rows if x["server"] == name and x["clients"] == c), key=lambda x: x["tok_per_s"])
+            med[name, c] = rs[len(rs) // 2]
+    print(f"\nmedian of {args.rounds} round(s)")
+    print(f"{'server':<10} {'clients':>7} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} {'load1':>6} {'cpu ms/tok':>10}")
+    for (name, c), x in med.items():
+        cpu = x.get("cpu_ms_per_tok", "-")
+        print(f"{name:<10} {c:>7} {x['tok_per_s']:>8} {x['p50_s']:>7} {x['p99_s']:>7} {x['load1']:>6} {cpu:>10}")
+    rate = {k: x["tok_per_s"] for k, x in med.items()}
+    top = max(args.clients)
+    for name, _ in servers:
+        if name != "llama.cpp" and 1 in args.clients and top != 1:
+            print(f"{name} {top} clients / 1 client: {rate[name, top] / rate[name, 1]:.2f}x")
+    for other in ("baseline", "llama.cpp"):
+        if any(n == other for n, _ in servers) and any(n == "bora" for n, _ in servers):
+            for c in args.clients:
+                print(f"{c} clients: bora / {other} = {rate['bora', c] / rate[other, c]:.2f}x")
 
 
 if __name__ == "__main__":
