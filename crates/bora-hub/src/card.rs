@@ -34,6 +34,8 @@ pub struct EvalScore {
 pub struct EvalSummary {
     pub metric: String,
     pub n: usize,
+    /// How answers were generated, as a phrase: "greedy decoding", or the sampling settings.
+    pub decoding: String,
     pub base: EvalScore,
     pub tuned: Option<EvalScore>,
 }
@@ -161,8 +163,8 @@ pub fn model_card(input: &CardInput) -> String {
         md.push_str("## Evaluation\n\n");
         let _ = writeln!(
             md,
-            "Metric `{}` on {} held-out examples, greedy decoding, base model against the fine-tune.\n",
-            eval.metric, eval.n
+            "Metric `{}` on {} held-out examples, {}, base model against the fine-tune.\n",
+            eval.metric, eval.n, eval.decoding
         );
         md.push_str("| model | score | 95% CI (Wilson) | correct | answer NLL | answer PPL |\n");
         md.push_str("|---|---:|---:|---:|---:|---:|\n");

@@ -26,6 +26,7 @@ fn input() -> CardInput {
         eval: Some(EvalSummary {
             metric: "json".into(),
             n: 200,
+            decoding: "greedy decoding".into(),
             base: EvalScore {
                 score: 0.0,
                 correct: 0,
@@ -92,6 +93,7 @@ fn the_card_shows_eval_chart_usage_and_config() {
                  | base | 0.0% | 0.0% – 1.9% | 0/200 | 2.561 | 12.95 |\n\
                  | fine-tuned | 100.0% | 98.1% – 100.0% | 200/200 | 0.000 | 1.00 |\n";
     assert!(card.contains(table), "{card}");
+    assert!(card.contains("Metric `json` on 200 held-out examples, greedy decoding, base model"));
     assert!(card.contains("![Training and validation loss](eval/loss.svg)"));
     assert!(card.contains("model = PeftModel.from_pretrained(base, \"bora-ml/smol-json\")"));
     assert!(card

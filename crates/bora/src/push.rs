@@ -345,9 +345,17 @@ fn eval_summary(run: &Path) -> Result<Option<EvalSummary>> {
         nll: s.nll,
         ppl: s.ppl,
     };
+    let decoding = match &r.sampling {
+        None => "greedy decoding".to_owned(),
+        Some(p) => format!(
+            "sampled (temperature {}, top-k {}, top-p {}, min-p {}, repeat penalty {}, seed {})",
+            p.temperature, p.top_k, p.top_p, p.min_p, p.repeat_penalty, p.seed
+        ),
+    };
     Ok(Some(EvalSummary {
         metric: r.metric,
         n: r.n,
+        decoding,
         base: score(&r.base),
         tuned: r.tuned.as_ref().map(score),
     }))
