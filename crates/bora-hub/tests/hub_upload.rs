@@ -90,7 +90,7 @@ fn a_push_sends_exactly_the_hub_protocol() {
     assert_eq!(reqs[1].header("content-type"), Some("application/json"));
     assert_eq!(
         reqs[1].json(),
-        json!({"name": "smol-demo", "organization": "bora-ml", "type": "model", "visibility": "public"})
+        json!({"name": "smol-demo", "organization": "bora-ml", "visibility": "public"})
     );
     assert_eq!(reqs[2].header("content-type"), Some("application/json"));
     assert_eq!(

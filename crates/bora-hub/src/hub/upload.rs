@@ -203,13 +203,13 @@ struct Remote {
 }
 
 impl HubClient {
-    /// `POST /api/repos/create` for a model repo; an existing repo (409) is fine. Returns
+    /// `POST /api/repos/create` for a model repo (no `type` key: models are the default,
+    /// and `huggingface_hub` sends none for them); an existing repo (409) is fine. Returns
     /// whether it was created.
     pub fn create_repo(&self, repo: &RepoId, private: bool) -> Result<bool> {
         let body = json!({
             "name": repo.name(),
             "organization": repo.namespace(),
-            "type": "model",
             "visibility": if private { "private" } else { "public" },
         })
         .to_string();
