@@ -4,7 +4,9 @@ use clap::{Parser, Subcommand};
 mod data;
 mod demo;
 mod eval;
+mod export;
 mod generate;
+mod push;
 mod serve;
 mod tokenize;
 mod train;
@@ -44,6 +46,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Serve a model over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Write a run's adapter or merged model as peft, merged, gguf, gguf-lora or mistral,
+    /// and prove it by loading it back.
+    Export(Box<export::ExportArgs>),
+    /// Publish a run to the Hugging Face Hub with a model card.
+    Push(Box<push::PushArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +66,8 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => eval::eval(&args)?,
         Command::Demo(args) => demo::demo(&args)?,
         Command::Serve(args) => serve::run(&args)?,
+        Command::Export(args) => export::run(&args)?,
+        Command::Push(args) => push::run(&args)?,
     }
     Ok(())
 }
