@@ -14,6 +14,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::activation::{exp, exp_sum, multiversion, row_max, scale_row};
 use crate::matmul::gemm_raw;
 use crate::simd::{axpy_body, dot, dot_body, has_avx2, SyncPtr};
 
@@ -438,23 +439,13 @@ unsafe fn forward_blocks(
             for (r, row) in p.chunks_mut(nk).enumerate() {
                 let pos = i0 + r + pos_offset;
                 let vis = shape.first_key(key_start, pos) - keys.start..pos + 1 - keys.start;
-                let m = row[vis.clone()]
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
-                    * shape.scale;
-                let mut l = 0f32;
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x = if vis.contains(&j) {
-                        (*x * shape.scale - m).exp()
-                    } else {
-                        0.0
-                    };
-                    l += *x;
-                }
-                let inv = 1.0 / l;
-                row.iter_mut().for_each(|x| *x *= inv);
+                let m = row_max(&row[vis.clone()]) * shape.scale;
+                row[..vis.start].fill(0.0);
+                row[vis.end..].fill(0.0);
+                let l = exp_sum(&mut row[vis.clone()], shape.scale, m);
+                scale_row(&mut row[vis], (1.0 / l) as f32);
                 if let Some(lse) = lse {
-                    unsafe { *lse.get().add((i0 + r) * h + head) = m + l.ln() };
+                    unsafe { *lse.get().add((i0 + r) * h + head) = m + (l as f32).ln() };
                 }
             }
             unsafe {
@@ -528,6 +519,19 @@ pub fn attention_decode(
         let pos = first_pos + row;
         shape.first_key(0, pos)..pos + 1
     });
+}
+
+multiversion! {
+    /// One row of the backward's recomputed probabilities and score gradients over its
+    /// visible keys: `p = e^(s·scale − lse)` from the raw scores in `p`, and
+    /// `ds = p·(dp − delta)·scale` from the probability gradient in `ds`.
+    fn probability_gradient(p: &mut [f32], ds: &mut [f32], scale: f32, lse: f32, delta: f32) {
+        let ds = &mut ds[..p.len()];
+        for (pj, dj) in p.iter_mut().zip(ds.iter_mut()) {
+            *pj = exp(*pj * scale - lse);
+            *dj = *pj * (*dj - delta) * scale;
+        }
+    }
 }
 
 /// Backward of [`attention_forward`]: overwrites `dq`, `dk`, `dv` from `dout` and the saved
@@ -634,15 +638,12 @@ pub fn attention_backward(
                         let vis = shape.first_key(start, i) - keys.start..i + 1 - keys.start;
                         let li = lse[i * h + head];
                         let delta = dot(&dout[qv.at(i)..][..hd], &out[qv.at(i)..][..hd]);
-                        for (j, (pj, dj)) in prow.iter_mut().zip(dsrow.iter_mut()).enumerate() {
-                            if vis.contains(&j) {
-                                *pj = (*pj * shape.scale - li).exp();
-                                *dj = *pj * (*dj - delta) * shape.scale;
-                            } else {
-                                *pj = 0.0;
-                                *dj = 0.0;
-                            }
+                        for row in [&mut *prow, &mut *dsrow] {
+                            row[..vis.start].fill(0.0);
+                            row[vis.end..].fill(0.0);
                         }
+                        let (pv, dv) = (&mut prow[vis.clone()], &mut dsrow[vis]);
+                        probability_gradient(pv, dv, shape.scale, li, delta);
                     }
                     unsafe {
                         let (ks, kst) = (k.as_ptr().add(kv.at(keys.start)), kv.stride);

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::activation::softmax_row;
+use crate::activation::{exp_sum, row_max, scale_row};
 use crate::arena::Scratch;
 use crate::error::ComputeError;
 use crate::weight::Weight;
@@ -21,6 +21,17 @@ use crate::Result;
 pub struct CrossEntropy {
     pub loss_sum: f64,
     pub count: usize,
+}
+
+/// One row's loss, `logsumexp(row) − row[target]`, turning the logits into its gradient
+/// `scale·(softmax(row) − onehot(target))` in place with one pass of exponentials.
+fn softmax_cross_entropy_row(row: &mut [f32], target: usize, scale: f32) -> f64 {
+    let max = row_max(row);
+    let picked = row[target];
+    let sum = exp_sum(row, 1.0, max);
+    scale_row(row, (scale as f64 / sum) as f32);
+    row[target] -= scale;
+    max as f64 + sum.ln() - picked as f64
 }
 
 /// Loss of `hidden` (`[tokens, d]`, after the final norm) against `targets` through the
@@ -79,16 +90,7 @@ pub fn cross_entropy_chunked(
             .par_chunks_mut(vocab)
             .zip(rows.par_iter())
             .map(|(row, &t)| {
-                let target = targets[t].unwrap_or(0) as usize;
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-                let loss = max as f64 + sum.ln() - row[target] as f64;
-                softmax_row(row);
-                row[target] -= 1.0;
-                for v in row.iter_mut() {
-                    *v *= grad_scale;
-                }
-                loss
+                softmax_cross_entropy_row(row, targets[t].unwrap_or(0) as usize, grad_scale)
             })
             .sum::<f64>();
         if let Some(dh) = dh.as_deref_mut() {

@@ -4,9 +4,10 @@
 //! [--rank 16] [--alpha 32] [--steps 5] [--quantize q8_0|q4_0|q4_1] [--recompute]`
 //!
 //! MODEL is anything `Model::load` reads. Prints one JSON line: seconds per step (after one
-//! warm-up step), tokens/s and the process's peak RSS. The optimizer update is not included:
-//! it lives in bora-train, and AdamW over a LoRA's few million floats is well under 1% of a
-//! step.
+//! warm-up step), CPU seconds per step (all threads; steadier than seconds when other
+//! processes share the cores), tokens/s and the process's peak RSS. The optimizer update is
+//! not included: it lives in bora-train, and AdamW over a LoRA's few million floats is well
+//! under 1% of a step.
 
 use std::time::Instant;
 
@@ -20,6 +21,22 @@ fn peak_rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// CPU seconds this process has used, all threads (utime + stime from `/proc/self/stat`, in
+/// clock ticks of 1/100 s): a measure of work that, unlike the wall clock, hardly moves when
+/// other processes share the cores.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -93,8 +110,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut grads = Lora::zeros(&model.config, &spec);
     let mut times = Vec::new();
     let mut loss = 0.0;
+    let mut cpu_start = 0.0;
     run_in_pool(|| -> Result<(), bora_model::ModelError> {
         for step in 0..=steps {
+            if step == 1 {
+                cpu_start = cpu_seconds();
+            }
             let start = Instant::now();
             grads.zero();
             let ce = trainer.forward_backward(&model, &lora, &data, &mut grads, step as u64)?;
@@ -106,8 +127,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     })?;
     let per_step = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let cpu_per_step = (cpu_seconds() - cpu_start) / times.len().max(1) as f64;
     println!(
-        "{{\"s_per_step\": {per_step:.4}, \"tokens_per_s\": {:.1}, \"peak_rss_mib\": {:.1}, \"loss\": {loss:.4}, \"steps\": {steps}, \"recompute\": {recompute}}}",
+        "{{\"s_per_step\": {per_step:.4}, \"cpu_s_per_step\": {cpu_per_step:.3}, \"tokens_per_s\": {:.1}, \"peak_rss_mib\": {:.1}, \"loss\": {loss:.4}, \"steps\": {steps}, \"recompute\": {recompute}}}",
         n as f64 / per_step,
         peak_rss_mib()
     );

@@ -31,8 +31,11 @@ pub struct TrainBatch<'a> {
     pub seq_len: usize,
 }
 
-/// Rows of logits the loss computes at a time: `64 × vocab` floats of scratch.
-const LOSS_CHUNK_ROWS: usize = 64;
+/// Rows of logits the loss computes at a time: `256 × vocab` floats of scratch (48 MiB for
+/// a 49k vocabulary). Each chunk packs (or dequantizes) the whole output weight twice, so
+/// fewer, taller chunks run the two head products at close to full matmul speed; 64 rows
+/// took 8% longer per step.
+const LOSS_CHUNK_ROWS: usize = 256;
 
 /// One layer's saved activations (regions of the trainer's arena).
 #[derive(Debug, Clone, Copy)]
@@ -342,7 +345,10 @@ impl Trainer {
             w.output(),
             batch.targets,
             1.0,
-            LOSS_CHUNK_ROWS,
+            std::env::var("BORA_CE_ROWS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(LOSS_CHUNK_ROWS),
             &mut self.scratch,
         )?)
     }
