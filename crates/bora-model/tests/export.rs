@@ -10,7 +10,7 @@ use bora_formats::safetensors::Safetensors;
 use bora_model::export::hf::{write_merged, MergedOptions};
 use bora_model::export::mistral::{load_mistral, write_mistral};
 use bora_model::export::peft::write_peft;
-use bora_model::export::verify::verify;
+use bora_model::export::verify::{merged_tolerance, verify, QUANTIZED_KERNEL_TOLERANCE};
 use bora_model::export::{merged_tensor, ExportError, FloatType};
 use bora_model::{LoadOptions, Lora, LoraSpec, LoraTarget, Model};
 
@@ -81,6 +81,25 @@ fn merged_from_gguf_and_consolidated_bases_reproduce_the_adapted_model() {
         let err = merged_round_trip(&model, &filled_adapter(&model), FloatType::F32, u64::MAX);
         assert!(err < 1e-5, "{base}: {err}");
     }
+}
+
+#[test]
+fn merged_f32_from_a_quantized_gguf_is_within_the_kernel_allowance() {
+    let model = load(&fixtures().join("tiny/llama_q8_0.gguf"));
+    let lora = filled_adapter(&model);
+    let tol = merged_tolerance(&model, FloatType::F32);
+    assert_eq!(tol, QUANTIZED_KERNEL_TOLERANCE);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("merged");
+    let options = MergedOptions {
+        dtype: FloatType::F32,
+        ..MergedOptions::default()
+    };
+    let v = write_merged(&model, Some(&lora), &dest, &options)
+        .unwrap()
+        .verification
+        .unwrap();
+    assert!(v.max_error < tol && v.tolerance == tol, "{v:?}");
 }
 
 #[test]

@@ -106,7 +106,7 @@ pub fn write_merged(
         export.files = files;
         if options.verify {
             let written = Model::load(dir, &LoadOptions::default())?;
-            let tol = options.dtype.tolerance();
+            let tol = verify::merged_tolerance(model, options.dtype);
             export.verification = Some(verify::verify(dest, model, lora, &written, None, tol)?);
         }
         Ok(export)

@@ -96,7 +96,8 @@ impl FloatType {
     /// every weight to f16 (unit roundoff 2^-11) or bf16 (2^-8) perturbs each dot product by
     /// about that unit times √(terms), compounded over the layers; the bounds are ~20× the
     /// unit roundoff, which the tiny fixture models and SmolLM2 stay well inside (see the
-    /// `export_*` tests) while a lost adapter exceeds them (also checked separately).
+    /// `export_*` tests) while a lost adapter exceeds them (also checked separately). A model
+    /// running quantized weights gets a kernel allowance on top ([`verify::merged_tolerance`]).
     pub fn tolerance(self) -> f64 {
         match self {
             FloatType::F32 => 1e-4,
