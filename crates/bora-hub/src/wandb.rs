@@ -607,6 +607,16 @@ pub struct RunSpec<'a> {
     pub run_dir: &'a Path,
 }
 
+/// A table for [`WandbRun::log_table`]: its summary key, the step it belongs to, and rows of
+/// values in column order.
+#[derive(Debug, Clone, Copy)]
+pub struct Table<'a> {
+    pub key: &'a str,
+    pub step: u64,
+    pub columns: &'a [&'a str],
+    pub rows: &'a [Vec<Value>],
+}
+
 /// A W&B run being written: history lines batched and streamed, summary, media, finish.
 #[derive(Debug)]
 pub struct WandbRun {
@@ -775,13 +785,13 @@ impl WandbRun {
     /// `media/table/KEY_STEP_HASH.table.json` (`{"columns", "data"}`) through
     /// `CreateRunFiles` and its upload URL, and the summary key points at it with a
     /// `table-file` entry, which the W&B UI renders as a table.
-    pub fn log_table(
-        &mut self,
-        key: &str,
-        step: u64,
-        columns: &[&str],
-        rows: &[Vec<Value>],
-    ) -> Result<()> {
+    pub fn log_table(&mut self, table: &Table<'_>) -> Result<()> {
+        let Table {
+            key,
+            step,
+            columns,
+            rows,
+        } = *table;
         let body = serde_json::to_vec(&json!({"columns": columns, "data": rows})).map_err(|e| {
             WandbError::Response {
                 what: "table",
@@ -1035,15 +1045,11 @@ impl WandbSink {
     }
 
     /// Adds summary values and a table (eval results); a failure ends tracking like any other.
-    pub fn log_results(
-        &mut self,
-        summary: &Map<String, Value>,
-        table: Option<(&str, u64, &[&str], &[Vec<Value>])>,
-    ) {
+    pub fn log_results(&mut self, summary: &Map<String, Value>, table: Option<&Table<'_>>) {
         self.guard(|run| {
             run.set_summary(summary);
-            if let Some((key, step, columns, rows)) = table {
-                run.log_table(key, step, columns, rows)?;
+            if let Some(table) = table {
+                run.log_table(table)?;
             }
             Ok(())
         });

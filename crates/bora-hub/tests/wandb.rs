@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use bora_hub::wandb::{
-    read_state, ApiKey, Client, RunSpec, Target, WandbError, WandbRun, WandbSink, STATE_FILE,
+    read_state, ApiKey, Client, RunSpec, Table, Target, WandbError, WandbRun, WandbSink, STATE_FILE,
 };
 use bora_train::{MetricSink, Metrics};
 use serde_json::{json, Value};
@@ -101,7 +101,13 @@ fn a_run_sends_the_requests_wandb_core_sends() {
         vec![json!("2+2"), json!("4"), json!(1.0)],
         vec![json!("3+3"), json!("6"), json!(0.0)],
     ];
-    run.log_table("eval/samples", 3, &columns, &rows).unwrap();
+    run.log_table(&Table {
+        key: "eval/samples",
+        step: 3,
+        columns: &columns,
+        rows: &rows,
+    })
+    .unwrap();
     run.finish(0).unwrap();
 
     let requests = server.requests();

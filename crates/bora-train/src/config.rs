@@ -37,6 +37,7 @@ pub struct RunConfig {
     pub optim: OptimSection,
     pub train: TrainSection,
     pub qlora: QloraSection,
+    pub tracking: TrackingSection,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -164,6 +165,54 @@ impl QloraSection {
     }
 }
 
+/// Tracking beyond `metrics.jsonl` and TensorBoard, which every run writes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackingSection {
+    /// Weights & Biases `PROJECT` or `PROJECT/ENTITY`; empty: no W&B. Default empty.
+    pub wandb: String,
+    /// Send nothing to W&B; the run's TensorBoard files go up later with the `wandb sync`
+    /// command `bora train` prints. Default false.
+    pub wandb_offline: bool,
+}
+
+impl TrackingSection {
+    /// The W&B project and entity (`None`: the API key's default entity); `None` when W&B
+    /// is off. Names end up in URL paths, so characters W&B refuses are refused here.
+    pub fn wandb_target(&self) -> Result<Option<(String, Option<String>)>> {
+        if self.wandb.is_empty() {
+            if self.wandb_offline {
+                return Err(bad(
+                    "tracking.wandb_offline",
+                    "needs tracking.wandb, the project the sync command uploads to",
+                ));
+            }
+            return Ok(None);
+        }
+        let (project, entity) = match self.wandb.split_once('/') {
+            Some((p, e)) => (p, Some(e)),
+            None => (self.wandb.as_str(), None),
+        };
+        for part in std::iter::once(project).chain(entity) {
+            let usable = !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| !c.is_whitespace() && !c.is_control() && !"/\\#?%:".contains(c));
+            if !usable {
+                return Err(bad(
+                    "tracking.wandb",
+                    format!(
+                        "{:?} is not PROJECT or PROJECT/ENTITY (names without spaces or any \
+                         of / \\ # ? % :)",
+                        self.wandb
+                    ),
+                ));
+            }
+        }
+        Ok(Some((project.to_owned(), entity.map(str::to_owned))))
+    }
+}
+
 impl Default for RunConfig {
     fn default() -> Self {
         Self {
@@ -174,6 +223,7 @@ impl Default for RunConfig {
             optim: OptimSection::default(),
             train: TrainSection::default(),
             qlora: QloraSection::default(),
+            tracking: TrackingSection::default(),
         }
     }
 }
@@ -450,6 +500,7 @@ impl RunConfig {
                 ),
             ));
         }
+        self.tracking.wandb_target()?;
         Ok(())
     }
 

@@ -34,7 +34,8 @@ pub use checkpoint::{
     TRAINER_STATE_FILE,
 };
 pub use config::{
-    DataSection, LoraSection, ModelSection, OptimSection, QloraSection, RunConfig, TrainSection,
+    DataSection, LoraSection, ModelSection, OptimSection, QloraSection, RunConfig, TrackingSection,
+    TrainSection,
 };
 pub use error::{Result, TrainError};
 pub use grad::{

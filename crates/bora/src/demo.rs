@@ -90,6 +90,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
             ..defaults.train
         },
         qlora: defaults.qlora,
+        tracking: defaults.tracking,
     };
     let runs_root = match args.out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -7,10 +7,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bora_eval::{
     eval_dir, evaluate, log_to_run, summary_json, write_eval_dir, EvalConfig, EvalResults, Metric,
-    Progress, RunInfo,
+    Progress, RunInfo, SAMPLES_FILE,
 };
-use bora_train::RunDir;
+use bora_hub::wandb::Table;
+use bora_train::{RunDir, TrackingSection};
 use clap::Args;
+use serde_json::{Map, Value};
+
+use crate::train::WandbTracking;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -41,12 +45,30 @@ pub struct EvalArgs {
     /// Print exactly one JSON object: {"metric", "n", "base": {"score"}, "tuned": {"score"}}.
     #[arg(long)]
     json: bool,
+    /// Add the scores and the per-example table to the run's Weights & Biases run (the one
+    /// training tracked, else a new one): PROJECT or PROJECT/ENTITY.
+    #[arg(long, value_name = "PROJECT[/ENTITY]", requires = "run")]
+    wandb: Option<String>,
+    /// Send nothing to W&B; print the `wandb sync` command for the run's TensorBoard files,
+    /// which hold the scores (the table stays in RUN/eval/samples.jsonl).
+    #[arg(long, requires = "wandb")]
+    wandb_offline: bool,
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let metric: Metric = args.metric.parse()?;
+    let tracking = WandbTracking::new(&TrackingSection {
+        wandb: args.wandb.clone().unwrap_or_default(),
+        wandb_offline: args.wandb_offline,
+    })?;
     let (results, report) = match &args.run {
-        Some(run) => eval_run(run, &args.data, metric, args.limit, args.max_tokens)?,
+        Some(run) => {
+            let evaluated = eval_run(run, &args.data, metric, args.limit, args.max_tokens)?;
+            if let Some(tracking) = tracking {
+                track(tracking, run, &evaluated.0)?;
+            }
+            evaluated
+        }
         None => {
             let config = EvalConfig {
                 model: args.model.clone().context("--model or --run is required")?,
@@ -104,6 +126,64 @@ pub fn eval_run(
     let report = write_eval_dir(&eval_dir(run), &results, &samples, Some(&info))?;
     log_to_run(run, &results, info.last_step())?;
     Ok((results, report))
+}
+
+/// Sends the results to W&B: every result field as a summary value under `eval/` (the
+/// sides' fields as `eval/base/score`, the names TensorBoard shows), and the samples as the
+/// table `eval/samples` at the run's last step.
+fn track(mut tracking: WandbTracking, run: &Path, results: &EvalResults) -> Result<()> {
+    let (_, config) = RunDir::open(run)?;
+    let step = RunInfo::load(run)?.last_step();
+    let mut summary = Map::new();
+    if let Value::Object(fields) = serde_json::to_value(results)? {
+        for (key, value) in fields {
+            match value {
+                Value::Object(side) => {
+                    for (k, v) in side {
+                        summary.insert(format!("eval/{key}/{k}"), v);
+                    }
+                }
+                v => {
+                    summary.insert(format!("eval/{key}"), v);
+                }
+            }
+        }
+    }
+    let samples_path = eval_dir(run).join(SAMPLES_FILE);
+    let text = std::fs::read_to_string(&samples_path)
+        .with_context(|| format!("reading {}", samples_path.display()))?;
+    const COLUMNS: [&str; 7] = [
+        "line",
+        "prompt",
+        "expected",
+        "base",
+        "tuned",
+        "base_score",
+        "tuned_score",
+    ];
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let sample: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}", samples_path.display(), i + 1))?;
+        rows.push(
+            COLUMNS
+                .iter()
+                .map(|c| sample.get(*c).cloned().unwrap_or(Value::Null))
+                .collect::<Vec<Value>>(),
+        );
+    }
+    tracking.start(&config, run);
+    tracking.with_sink(|sink| {
+        let table = Table {
+            key: "eval/samples",
+            step,
+            columns: &COLUMNS,
+            rows: &rows,
+        };
+        sink.log_results(&summary, Some(&table));
+    });
+    tracking.finish(0, run);
+    Ok(())
 }
 
 fn print_summary(r: &EvalResults) {

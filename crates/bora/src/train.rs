@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bora_train::{run, Event, RunConfig, Start};
+use bora_hub::wandb::{generate_run_id, Client, RunSpec, Target, WandbRun, WandbSink};
+use bora_train::{
+    run, Event, MetricSink, Metrics, RunConfig, Start, TrackingSection, CONFIG_FILE, METRICS_FILE,
+};
 use clap::Args;
 
 #[derive(Args)]
@@ -18,7 +21,7 @@ pub struct TrainArgs {
         "batch_size", "grad_accum", "seq_len", "rank", "alpha", "dropout", "targets", "rslora",
         "seed", "qlora", "pack", "warmup_steps", "schedule", "weight_decay", "max_grad_norm",
         "checkpoint_every", "keep_checkpoints", "eval_every", "recompute", "skip_bad_lines",
-        "val_fraction", "drop_overlong",
+        "val_fraction", "drop_overlong", "wandb", "wandb_offline",
     ])]
     resume: Option<PathBuf>,
     /// Base model: a `.gguf` file or a model directory (`model.path`).
@@ -114,21 +117,44 @@ pub struct TrainArgs {
     /// `data.drop_overlong`
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     drop_overlong: Option<bool>,
+    /// Track the run in Weights & Biases (`tracking.wandb`): PROJECT or PROJECT/ENTITY. The
+    /// key comes from WANDB_API_KEY or ~/.netrc, the server from WANDB_BASE_URL.
+    #[arg(long, value_name = "PROJECT[/ENTITY]")]
+    wandb: Option<String>,
+    /// `tracking.wandb_offline`: send nothing to W&B and print the `wandb sync` command
+    /// that uploads the run's TensorBoard files later.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    wandb_offline: Option<bool>,
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
-    let start = match &args.resume {
-        Some(dir) => Start::Resume { dir: dir.clone() },
+    let (start, config, run_dir) = match &args.resume {
+        Some(dir) => {
+            let config = RunConfig::load(dir.join(CONFIG_FILE))?;
+            (Start::Resume { dir: dir.clone() }, config, dir.clone())
+        }
         None => {
             let (runs_root, config) = resolve_config(args)?;
-            Start::New {
+            let run_dir = runs_root.join(&config.name);
+            let start = Start::New {
                 runs_root,
-                config: Box::new(config),
-            }
+                config: Box::new(config.clone()),
+            };
+            (start, config, run_dir)
         }
     };
+    let mut tracking = WandbTracking::new(&config.tracking)?;
     let mut progress = Progress::new();
-    let summary = run(start, &mut |event| progress.event(event))?;
+    let result = run(start, &mut |event| {
+        if let Some(t) = tracking.as_mut() {
+            t.event(&event, &config, &run_dir);
+        }
+        progress.event(event);
+    });
+    if let Some(t) = tracking {
+        t.finish(i32::from(result.is_err()), &run_dir);
+    }
+    let summary = result?;
     println!(
         "trained {} steps in {:.1}s; adapter: {}",
         summary.steps,
@@ -225,6 +251,11 @@ fn resolve_config(args: &TrainArgs) -> Result<(PathBuf, RunConfig)> {
         "data.drop_overlong",
         args.drop_overlong.map(|v| v.to_string()),
     );
+    set("tracking.wandb", text(&args.wandb));
+    set(
+        "tracking.wandb_offline",
+        args.wandb_offline.map(|v| v.to_string()),
+    );
     for item in &args.set {
         let (key, value) = item
             .split_once('=')
@@ -250,6 +281,138 @@ fn toml_float(x: f64) -> String {
 
 fn absolute_if_local(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Weights & Biases for one command, as `[tracking]` asks: live through bora-hub's client, or
+/// offline (the TensorBoard files, synced later). Tracking never stops the command: a W&B
+/// failure is one warning, and `metrics.jsonl` and TensorBoard carry on.
+pub(crate) struct WandbTracking {
+    target: Target,
+    offline: bool,
+    /// Taken by `start`; `None` offline.
+    client: Option<Client>,
+    /// The live run, once started.
+    sink: Option<WandbSink>,
+    started: bool,
+}
+
+impl WandbTracking {
+    /// Reads the API key now, so a run that asks for W&B without a key stops before any
+    /// work rather than training untracked. `None` when W&B is off.
+    pub(crate) fn new(tracking: &TrackingSection) -> Result<Option<Self>> {
+        let Some((project, entity)) = tracking.wandb_target()? else {
+            return Ok(None);
+        };
+        let client = if tracking.wandb_offline {
+            None
+        } else {
+            Some(Client::from_env().context("--wandb asks for W&B tracking")?)
+        };
+        Ok(Some(Self {
+            target: Target { project, entity },
+            offline: tracking.wandb_offline,
+            client,
+            sink: None,
+            started: false,
+        }))
+    }
+
+    /// Creates the W&B run, or continues the one `run_dir` records.
+    pub(crate) fn start(&mut self, config: &RunConfig, run_dir: &Path) {
+        self.started = true;
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let config_json = match serde_json::to_value(config) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("warning: W&B tracking off: cannot encode the run config: {e}");
+                return;
+            }
+        };
+        let new_id = std::env::var("WANDB_RUN_ID")
+            .ok()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| generate_run_id(config.train.seed));
+        let spec = RunSpec {
+            target: &self.target,
+            display_name: &config.name,
+            config: &config_json,
+            new_id,
+            run_dir,
+        };
+        match WandbRun::start(client, &spec) {
+            Ok(run) => {
+                eprintln!("W&B run: {}", run.url());
+                self.sink = Some(WandbSink::new(run));
+            }
+            Err(e) => eprintln!(
+                "warning: W&B tracking off: {e}; metrics are still written to metrics.jsonl \
+                 and TensorBoard"
+            ),
+        }
+    }
+
+    /// The live sink, if any; `f` may fail it, which is reported here, once.
+    pub(crate) fn with_sink(&mut self, f: impl FnOnce(&mut WandbSink)) {
+        if let Some(sink) = self.sink.as_mut() {
+            f(sink);
+            if let Some(warning) = sink.take_warning() {
+                eprintln!("warning: {warning}");
+            }
+        }
+    }
+
+    /// The W&B sink reports its failures through its warning, never as an error, so its
+    /// `MetricSink` results carry nothing.
+    fn event(&mut self, event: &Event<'_>, config: &RunConfig, run_dir: &Path) {
+        match event {
+            Event::Begin { first_step, .. } => {
+                self.start(config, run_dir);
+                if *first_step > 0 {
+                    self.backfill(run_dir, *first_step);
+                }
+            }
+            Event::Step(m) => self.with_sink(|s| {
+                let _ = s.log(m);
+            }),
+            Event::Checkpoint { .. } => self.with_sink(|s| {
+                let _ = s.flush();
+            }),
+        }
+    }
+
+    /// Sends the steps up to the checkpoint a resumed run starts from, as `metrics.jsonl`
+    /// holds them: a session killed between two sends logged them only locally. The sink
+    /// skips the steps W&B already has; the eval lines `bora eval` adds are not `Metrics`.
+    fn backfill(&mut self, run_dir: &Path, up_to: u64) {
+        let Ok(text) = std::fs::read_to_string(run_dir.join(METRICS_FILE)) else {
+            return;
+        };
+        self.with_sink(|sink| {
+            for line in text.lines() {
+                if let Ok(m) = serde_json::from_str::<Metrics>(line) {
+                    if m.step <= up_to {
+                        let _ = sink.log(&m);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Ends the W&B run with the command's exit code, or prints how to sync it later.
+    pub(crate) fn finish(self, exit_code: i32, run_dir: &Path) {
+        if let Some(sink) = self.sink {
+            if let Some(warning) = sink.finish(exit_code) {
+                eprintln!("warning: {warning}");
+            }
+        } else if self.started && self.offline {
+            eprintln!(
+                "W&B offline: nothing was sent; upload the run's TensorBoard files with\n  {}",
+                self.target.sync_command(run_dir)
+            );
+        }
+    }
 }
 
 /// A progress bar redrawn in place on a terminal, one log line per step otherwise (CI,
