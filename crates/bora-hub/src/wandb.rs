@@ -6,9 +6,10 @@
 //! Tracking must never cost a training run: [`WandbSink`] turns the first failure into one
 //! warning and stops calling W&B, while `metrics.jsonl` and TensorBoard keep every step.
 //!
-//! The run's W&B identity and stream position live in the run directory ([`STATE_FILE`]), so
-//! `bora train --resume` continues the same W&B run at the right history offset, and
-//! `bora eval --run` adds its scores and samples to it.
+//! The run directory records which W&B run it is ([`STATE_FILE`]); continuing it asks the
+//! server (`RunResumeStatus`, as wandb-core does) how many history lines and which last step
+//! it has, so `bora train --resume` continues at the right offset, and `bora eval --run` adds
+//! its scores and samples to the same run.
 
 use std::fs;
 use std::io::Write;
