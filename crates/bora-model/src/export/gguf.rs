@@ -1,0 +1,638 @@
+//! GGUF exports for llama.cpp: the merged model as one `.gguf` ([`write_gguf`]) and the
+//! adapter alone as a llama.cpp LoRA adapter for the base model's GGUF ([`write_gguf_lora`]),
+//! plus the reader for such adapters ([`Lora::load_gguf_lora`]) that the check needs.
+//!
+//! bora keeps q/k rows in HF's rotate-half order in memory, while llama-architecture GGUFs
+//! store them interleaved (FORMATS.md §4), so every q/k row that leaves bora for a GGUF is
+//! permuted back: merged q/k weights, and the B factor of q/k adapters (A mixes input
+//! features, which the permutation does not touch).
+//!
+//! Each export is proven before it is reported: the written file is loaded back through the
+//! same readers bora uses for any other GGUF, and its logits on the verification prompts are
+//! compared with the in-memory model and adapter ([`verify`]). A failed check leaves the
+//! file beside `out` as `<name>.unverified` so it can be inspected, never at `out` itself.
+
+use std::path::{Path, PathBuf};
+
+use bora_formats::gguf::{GgufFile, GgufValue, GgufWriter};
+use bora_formats::names::{
+    permute_rows_half_to_interleaved, permute_rows_interleaved_to_half, LoraName, LoraPart, Scheme,
+    TensorKind, TensorName,
+};
+use bora_formats::quant::{quantize, GgmlType};
+
+use super::verify::{self, logits, prompts, Verification};
+use super::{io_err, merged_values, ExportError, Result};
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::lora::{Factors, Lora, LoraSpec, LoraTarget};
+use crate::model::{LoadOptions, Model};
+use crate::sample::argmax;
+use crate::weights::CheckpointKind;
+
+/// What an export wrote and how its reloaded logits compared.
+#[derive(Debug, Clone)]
+pub struct GgufExport {
+    pub path: PathBuf,
+    pub tensors: usize,
+    pub bytes: u64,
+    /// `None` when verification was skipped (`--no-verify`).
+    pub verification: Option<Verification>,
+    /// Positions of the verification prompts whose greedy token (argmax) is the same in the
+    /// reloaded export and in memory, and the number of positions.
+    pub greedy: Option<(usize, usize)>,
+}
+
+/// Element types a merged GGUF can be written in: those bora-formats encodes and bora's own
+/// kernels load back for the check.
+const MODEL_DTYPES: [GgmlType; 6] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+];
+
+/// llama.cpp's `general.file_type` (`llama_ftype`) for a file mostly of `ty`.
+fn file_type(ty: GgmlType) -> u32 {
+    match ty {
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+        GgmlType::BF16 => 32,
+        _ => 0,
+    }
+}
+
+/// The type of the output projection (the embeddings when tied) in a file of `dtype`: the
+/// logits are its products, and 4-bit output rows cost far more accuracy than the few bytes
+/// they save (on the default model, a q4_1 tied embedding alone moved the logits by half
+/// their largest value). llama.cpp's quantizer keeps it at Q6_K for the 4-bit types; bora
+/// cannot encode Q6_K, so it uses Q8_0.
+fn output_type(dtype: GgmlType) -> GgmlType {
+    match dtype {
+        GgmlType::Q4_0 | GgmlType::Q4_1 => GgmlType::Q8_0,
+        other => other,
+    }
+}
+
+/// Logit tolerance of the merged export, relative to the largest reference logit.
+///
+/// f32 differs from the unmerged in-memory pass only by summation order (W·x + s·B·A·x
+/// against (W + s·B·A)·x) and by bora's quantized dot kernels rounding activations to 16
+/// bits where the in-memory base stays quantized. f16/bf16 round every re-encoded weight
+/// (unit roundoff 2⁻¹¹ / 2⁻⁸); q8_0 re-encodes with a step of max|block|/127; q4_0/q4_1
+/// with a step of a fifteenth of the block's range (an rms error near 8% of a weight),
+/// which moves logits by tens of percent of the largest one on the random tiny models.
+/// Measured worst cases (default model with the rank-8 test adapter / tiny fixtures): f32
+/// 9.5e-4 / 5.6e-5, f16 4.0e-3 / 8.3e-4, bf16 not run / 8.4e-3, q8_0 5.5e-2 / 2.0e-2, q4_1
+/// 0.10 / 0.31, q4_0 0.38 on the tiny models (0.53 from the q4_1 default model, which
+/// fails: re-encoding one 4-bit grid into another loses too much). The bounds leave about
+/// 2× (f16 and bf16 equal the HF export's, [`super::FloatType::tolerance`]). At q4 the bound alone proves little, so there it is
+/// [`verify::verify`]'s other check that carries the proof: the export must be closer to the
+/// adapted model than to the base.
+fn model_tolerance(ty: GgmlType) -> f64 {
+    match ty {
+        GgmlType::F32 => 3e-3,
+        GgmlType::F16 => 1e-2,
+        GgmlType::BF16 => 8e-2,
+        GgmlType::Q8_0 => 0.1,
+        _ => 0.5,
+    }
+}
+
+/// Adapter tolerance: f32 factors round-trip exactly, so the reloaded adapter must give the
+/// same logits; f16/bf16 round each factor (relative 2⁻¹¹ / 2⁻⁸ of the adapter branch).
+fn lora_tolerance(ty: GgmlType) -> f64 {
+    match ty {
+        GgmlType::F32 => 1e-6,
+        GgmlType::F16 => 2e-3,
+        _ => 2e-2,
+    }
+}
+
+/// The LoRA target of a layer tensor (`None` for the norms).
+fn target_of(t: bora_formats::names::LayerTensor) -> Option<LoraTarget> {
+    LoraTarget::ALL.into_iter().find(|x| x.layer_tensor() == t)
+}
+
+/// Heads whose rows a q/k projection's output splits into; `None` for other projections.
+fn rotary_heads(target: LoraTarget, c: &ModelConfig) -> Option<usize> {
+    match target {
+        LoraTarget::Q => Some(c.n_heads),
+        LoraTarget::K => Some(c.n_kv_heads),
+        _ => None,
+    }
+}
+
+/// Reorders the rows (`cols` floats each) of an f32 matrix between HF rotate-half and GGUF
+/// interleaved q/k order.
+fn permute_f32_rows(
+    m: &[f32],
+    cols: usize,
+    heads: usize,
+    to_gguf: bool,
+) -> std::result::Result<Vec<f32>, bora_formats::FormatError> {
+    let bytes: Vec<u8> = m.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let out = if to_gguf {
+        permute_rows_half_to_interleaved(&bytes, cols * 4, heads)?
+    } else {
+        permute_rows_interleaved_to_half(&bytes, cols * 4, heads)?
+    };
+    Ok(out
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// B of one adapted projection (`[out, r]`) with its rows in GGUF order.
+fn gguf_b(f: &Factors, rank: usize, c: &ModelConfig) -> Result<Vec<f32>> {
+    Ok(match rotary_heads(f.target, c) {
+        Some(h) => permute_f32_rows(&f.b, rank, h, true)?,
+        None => f.b.clone(),
+    })
+}
+
+fn check_adapter(model: &Model, lora: &Lora) -> Result<()> {
+    if lora.fits(&model.config) {
+        return Ok(());
+    }
+    Err(ExportError::Unsupported {
+        path: model.source().to_path_buf(),
+        what: format!(
+            "the LoRA adapter (rank {}, targets {:?}) was made for a model of another shape than this one ({} layers, hidden size {}); export it with the base model it was trained on",
+            lora.spec().rank,
+            lora.spec().targets.iter().map(|t| t.module_name()).collect::<Vec<_>>(),
+            model.config.n_layers,
+            model.config.hidden_size
+        ),
+    })
+}
+
+/// Writes the model with `lora` merged in (`W' = W + s·B·A`, from [`merged_values`]) as one
+/// llama.cpp GGUF file at `out`, its matrices in `dtype` (F32, F16, BF16, Q8_0, Q4_0 or Q4_1);
+/// then, when `verify`, reloads it and checks its logits against `model` + `lora`
+/// ([`verify`]) and counts the positions where both give the same greedy token (reported:
+/// where the logit bound holds, a different token can only come from a near tie).
+///
+/// The base must be a GGUF file: every metadata key (architecture, tokenizer, chat template,
+/// names) is carried over except `general.file_type`, which becomes `dtype`'s. Tensors keep
+/// the base's names, order and interleaved q/k rows; 1-D tensors stay as they are, and
+/// matrices the adapter leaves alone that are already of their target type are copied byte
+/// for byte, so only adapted (or re-typed) matrices are re-encoded. The output projection
+/// (the embeddings when tied) is Q8_0 in a 4-bit file ([`output_type`]). Tied embeddings
+/// stay tied (no `output.weight` is added). An HF or consolidated base is refused, naming the conversion
+/// to run instead. The file is written under a temporary name and renamed when complete;
+/// one that fails its check is moved to `<out>.unverified`.
+pub fn write_gguf(
+    model: &Model,
+    lora: Option<&Lora>,
+    dtype: GgmlType,
+    out: &Path,
+    verify: bool,
+) -> Result<GgufExport> {
+    if !MODEL_DTYPES.contains(&dtype) {
+        return Err(ExportError::Unsupported {
+            path: out.to_path_buf(),
+            what: format!(
+                "a merged GGUF can be written as f32, f16, bf16, q8_0, q4_0 or q4_1, not {}",
+                dtype.name().to_lowercase()
+            ),
+        });
+    }
+    if let Some(l) = lora {
+        check_adapter(model, l)?;
+    }
+    if model.checkpoint_kind() != CheckpointKind::Gguf {
+        return Err(ExportError::Unsupported {
+            path: model.source().to_path_buf(),
+            what: format!(
+                "a merged GGUF is written from a GGUF base, and this base is {}; export `merged` and convert that with llama.cpp's convert_hf_to_gguf.py, or train on the model's GGUF",
+                model.checkpoint_kind().name()
+            ),
+        });
+    }
+    let src = GgufFile::open(model.source())?;
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        let v = match k.as_str() {
+            "general.file_type" => GgufValue::U32(file_type(dtype)),
+            _ => v.clone(),
+        };
+        w.add_metadata(k.clone(), v)?;
+    }
+    if src.get("general.file_type").is_none() {
+        w.add_metadata("general.file_type", GgufValue::U32(file_type(dtype)))?;
+    }
+    if dtype.is_quantized() && src.get("general.quantization_version").is_none() {
+        w.add_metadata("general.quantization_version", GgufValue::U32(2))?;
+    }
+    // Plan every tensor first: the header holds each one's type before any data is written.
+    let c = &model.config;
+    let mut plan = Vec::with_capacity(src.tensors().len());
+    for info in src.tensors() {
+        let name = TensorName::parse(&info.name, Scheme::Gguf).filter(|n| !n.bias);
+        let adapted = name.is_some_and(|n| match n.kind {
+            TensorKind::Layer(l, t) => {
+                target_of(t).is_some_and(|t| lora.is_some_and(|lo| lo.get(l, t).is_some()))
+            }
+            _ => false,
+        });
+        let ty = match name.map(|n| n.kind) {
+            Some(TensorKind::Output) => output_type(dtype),
+            Some(TensorKind::Embed) if c.tied_embeddings => output_type(dtype),
+            _ => dtype,
+        };
+        let keep = info.dims.len() < 2 || name.is_none() || (info.ty == ty && !adapted);
+        let ty = if keep { info.ty } else { ty };
+        w.add_tensor_info(info.name.clone(), &info.dims, ty)?;
+        plan.push((info, name.filter(|_| !keep), ty));
+    }
+    let mut tw = w.create(out)?;
+    for (info, name, ty) in &plan {
+        let Some(name) = name else {
+            tw.write_tensor(&info.name, src.tensor_bytes(info)?)?;
+            continue;
+        };
+        let mut data = merged_values(model, lora, *name)?;
+        if let TensorKind::Layer(_, t) = name.kind {
+            if let Some(h) = target_of(t).and_then(|t| rotary_heads(t, c)) {
+                let cols = data.len() / info.dims[1].max(1) as usize;
+                data = permute_f32_rows(&data, cols, h, true)?;
+            }
+        }
+        let encoded = quantize(*ty, &data).map_err(|e| ModelError::Tensor {
+            path: out.to_path_buf(),
+            name: info.name.clone(),
+            what: format!("cannot be encoded as {ty}: {e}"),
+        })?;
+        tw.write_tensor(&info.name, &encoded)?;
+    }
+    tw.finish()?;
+    let (verification, greedy) = if verify {
+        let written = Model::load(out, &check_options(model)).map_err(|e| reject_err(out, e))?;
+        let v = verify::verify(out, model, lora, &written, None, model_tolerance(dtype))
+            .map_err(|e| reject_err(out, e))?;
+        (
+            Some(v),
+            Some(greedy_agreement(model, lora, &written, None)?),
+        )
+    } else {
+        (None, None)
+    };
+    report(out, plan.len(), verification, greedy)
+}
+
+/// Writes `lora` as a llama.cpp LoRA adapter GGUF at `out` for `model`'s GGUF
+/// (`general.type = adapter`, `adapter.type = lora`, `adapter.lora.alpha`; tensors
+/// `blk.N.<name>.weight.lora_a` with ggml dims `[in, r]` and `.lora_b` with `[r, out]`, q/k
+/// B rows in GGUF order), factors in `dtype` (F32, F16 or BF16); then, when `verify`, reads
+/// it back with [`Lora::load_gguf_lora`], checks every factor and compares `model` + the
+/// reloaded adapter with `model` + `lora` ([`verify`]).
+///
+/// llama.cpp scales by `alpha / r`; an rsLoRA adapter's `α/√r` is written as the alpha that
+/// gives the same scale (`α·√r`), the only way llama.cpp can express it.
+pub fn write_gguf_lora(
+    model: &Model,
+    lora: &Lora,
+    dtype: GgmlType,
+    out: &Path,
+    verify: bool,
+) -> Result<GgufExport> {
+    if !matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        return Err(ExportError::Unsupported {
+            path: out.to_path_buf(),
+            what: format!(
+                "a GGUF LoRA adapter can be written as f32, f16 or bf16, not {}",
+                dtype.name().to_lowercase()
+            ),
+        });
+    }
+    check_adapter(model, lora)?;
+    let c = &model.config;
+    // llama.cpp requires the adapter's architecture to equal the base's. bora's GGUF bases
+    // are all `llama`, and llama.cpp converts HF Mistral and Llama checkpoints to `llama`.
+    let arch = match model.checkpoint_kind() {
+        CheckpointKind::Gguf => GgufFile::open(model.source())?
+            .get_str("general.architecture")?
+            .to_owned(),
+        _ => "llama".to_owned(),
+    };
+    let r = lora.spec().rank;
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", arch.as_str())?;
+    w.add_metadata("general.type", "adapter")?;
+    w.add_metadata("adapter.type", "lora")?;
+    w.add_metadata(
+        "adapter.lora.alpha",
+        GgufValue::F32((lora.spec().scale() * r as f64) as f32),
+    )?;
+    let mut data = Vec::new();
+    for layer in 0..c.n_layers {
+        for target in LoraTarget::ALL {
+            let Some(f) = lora.get(layer, target) else {
+                continue;
+            };
+            let base = TensorName {
+                kind: TensorKind::Layer(layer, target.layer_tensor()),
+                bias: false,
+            };
+            for (part, dims, values) in [
+                (LoraPart::A, [f.d_in, r], f.a.clone()),
+                (LoraPart::B, [r, f.d_out], gguf_b(f, r, c)?),
+            ] {
+                let name = LoraName { base, part }.format(Scheme::Gguf);
+                w.add_tensor_info(name.clone(), &dims.map(|d| d as u64), dtype)?;
+                data.push((name, quantize(dtype, &values)?));
+            }
+        }
+    }
+    let mut tw = w.create(out)?;
+    for (name, bytes) in &data {
+        tw.write_tensor(name, bytes)?;
+    }
+    tw.finish()?;
+    let (verification, greedy) = if verify {
+        let reloaded = Lora::load_gguf_lora(out, c).map_err(|e| reject_err(out, e))?;
+        check_factors(lora, &reloaded, dtype, out)?;
+        let v = verify::verify(
+            out,
+            model,
+            Some(lora),
+            model,
+            Some(&reloaded),
+            lora_tolerance(dtype),
+        )
+        .map_err(|e| reject_err(out, e))?;
+        let g = greedy_agreement(model, Some(lora), model, Some(&reloaded))?;
+        (Some(v), Some(g))
+    } else {
+        (None, None)
+    };
+    report(out, data.len(), verification, greedy)
+}
+
+/// A context just long enough for the verification prompts.
+fn check_options(model: &Model) -> LoadOptions {
+    let longest = prompts(model.config.vocab_size)
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(1);
+    LoadOptions {
+        context: Some(longest.min(model.config.max_position)),
+        quantize: None,
+    }
+}
+
+/// Positions of the verification prompts where both give the same greedy token, of all.
+fn greedy_agreement(
+    model: &Model,
+    lora: Option<&Lora>,
+    written: &Model,
+    written_lora: Option<&Lora>,
+) -> Result<(usize, usize)> {
+    let v = model.config.vocab_size;
+    let (mut agree, mut total) = (0, 0);
+    for p in prompts(v) {
+        let want = logits(model, lora, &p)?;
+        let got = logits(written, written_lora, &p)?;
+        for (a, b) in want.chunks_exact(v).zip(got.chunks_exact(v)) {
+            total += 1;
+            agree += usize::from(argmax(a) == argmax(b));
+        }
+    }
+    Ok((agree, total))
+}
+
+fn report(
+    out: &Path,
+    tensors: usize,
+    verification: Option<Verification>,
+    greedy: Option<(usize, usize)>,
+) -> Result<GgufExport> {
+    let bytes = std::fs::metadata(out).map_err(io_err(out))?.len();
+    Ok(GgufExport {
+        path: out.to_path_buf(),
+        tensors,
+        bytes,
+        verification,
+        greedy,
+    })
+}
+
+/// [`reject`] for an error of the check itself (a reload or [`verify::verify`] failure).
+fn reject_err(out: &Path, e: impl Into<ExportError>) -> ExportError {
+    match e.into() {
+        ExportError::Verify { what, .. } => reject(out, what),
+        other => reject(out, other.to_string()),
+    }
+}
+
+/// Moves a file that failed its check aside to `<out>.unverified`, so that `out` never holds
+/// an export that was not proven, and builds the error naming both.
+fn reject(out: &Path, what: String) -> ExportError {
+    let mut kept = out.as_os_str().to_owned();
+    kept.push(".unverified");
+    let kept = PathBuf::from(kept);
+    let what = match std::fs::rename(out, &kept) {
+        Ok(()) => format!(
+            "{what}; the file was moved to {} for inspection",
+            kept.display()
+        ),
+        Err(e) => format!("{what}; moving it aside failed: {e}"),
+    };
+    ExportError::Verify {
+        path: out.to_path_buf(),
+        what,
+    }
+}
+
+/// Element-wise comparison of the reloaded factors with the in-memory ones, naming the worst
+/// tensor. The bound is `dtype`'s rounding relative to each tensor's largest value.
+fn check_factors(want: &Lora, got: &Lora, dtype: GgmlType, out: &Path) -> Result<()> {
+    let rel = match dtype {
+        GgmlType::F32 => 0.0,
+        GgmlType::F16 => 1.0 / 1024.0,
+        _ => 1.0 / 128.0,
+    };
+    let (ws, gs) = (want.spec(), got.spec());
+    if ws.rank != gs.rank || (ws.scale() - gs.scale()).abs() > 1e-6 * ws.scale().abs() {
+        return Err(reject(
+            out,
+            format!(
+                "reloaded rank {} and scale {} differ from the written rank {} and scale {}",
+                gs.rank,
+                gs.scale(),
+                ws.rank,
+                ws.scale()
+            ),
+        ));
+    }
+    let (wt, gt) = (want.tensors(), got.tensors());
+    if wt.len() != gt.len() {
+        return Err(reject(
+            out,
+            format!("{} factors reloaded, {} written", gt.len(), wt.len()),
+        ));
+    }
+    for ((name, _, w), (_, _, g)) in wt.iter().zip(&gt) {
+        let max = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = w
+            .iter()
+            .zip(g.iter())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        if diff > rel * max || w.len() != g.len() || diff.is_nan() {
+            return Err(reject(
+                out,
+                format!("factor `{name}` reloaded with max |diff| {diff} (largest value {max})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Lora {
+    /// Reads a llama.cpp LoRA adapter GGUF (as [`write_gguf_lora`] and llama.cpp's
+    /// `convert_lora_to_gguf.py` write it) for a model of `config`: factors back in bora's
+    /// `[r, in]` / `[out, r]` layout with q/k B rows in HF order, alpha from
+    /// `adapter.lora.alpha` (0 or missing: scale 1, as llama.cpp does). Every layer must
+    /// carry the same projections; `*_norm.weight` tensors are ignored, as llama.cpp does.
+    pub fn load_gguf_lora(path: &Path, config: &ModelConfig) -> crate::error::Result<Lora> {
+        let gguf = GgufFile::open(path)?;
+        let bad = |what: String| ModelError::Config {
+            path: path.to_path_buf(),
+            what,
+        };
+        if gguf.opt_str("general.type")? != Some("adapter")
+            || gguf.opt_str("adapter.type")? != Some("lora")
+        {
+            return Err(bad(
+                "not a LoRA adapter GGUF (`general.type` must be \"adapter\" and `adapter.type` \"lora\")".into(),
+            ));
+        }
+        let arch = gguf.get_str("general.architecture")?;
+        if arch != "llama" {
+            return Err(bad(format!(
+                "adapter architecture `{arch}`; bora's GGUF models are `llama`"
+            )));
+        }
+        let tensor_err = |name: &str, what: String| ModelError::Tensor {
+            path: path.to_path_buf(),
+            name: name.to_owned(),
+            what,
+        };
+        let mut found: Vec<[[Option<usize>; 2]; 7]> = vec![[[None; 2]; 7]; config.n_layers];
+        let mut rank = None;
+        for (i, info) in gguf.tensors().iter().enumerate() {
+            if info.name.ends_with("_norm.weight") {
+                continue;
+            }
+            let parsed =
+                LoraName::parse(&info.name, Scheme::Gguf).and_then(|n| match n.base.kind {
+                    TensorKind::Layer(l, t) if !n.base.bias => target_of(t).map(|t| (l, t, n.part)),
+                    _ => None,
+                });
+            let Some((layer, target, part)) = parsed else {
+                return Err(tensor_err(
+                    &info.name,
+                    "not a LoRA factor of a decoder projection (`blk.N.<proj>.weight.lora_a|lora_b`)".into(),
+                ));
+            };
+            if layer >= config.n_layers {
+                return Err(tensor_err(
+                    &info.name,
+                    format!(
+                        "layer {layer} does not exist in this {}-layer model (an adapter for another model?)",
+                        config.n_layers
+                    ),
+                ));
+            }
+            if info.dims.len() != 2 {
+                return Err(tensor_err(
+                    &info.name,
+                    format!("has {} dims, a factor has 2", info.dims.len()),
+                ));
+            }
+            let r = if part == LoraPart::A {
+                info.dims[1]
+            } else {
+                info.dims[0]
+            };
+            if r == 0 || r > 1 << 16 || rank.is_some_and(|k| k != r) {
+                return Err(tensor_err(
+                    &info.name,
+                    format!("rank {r} (other factors have {rank:?})"),
+                ));
+            }
+            rank = Some(r);
+            let (d_in, d_out) = target.dims(config);
+            let want = match part {
+                LoraPart::A => [d_in as u64, r],
+                LoraPart::B => [r, d_out as u64],
+            };
+            if info.dims != want {
+                return Err(tensor_err(
+                    &info.name,
+                    format!(
+                        "ggml dims {:?}, this model needs {want:?} (an adapter for another model?)",
+                        info.dims
+                    ),
+                ));
+            }
+            let slot = &mut found[layer][target.index()][usize::from(part == LoraPart::B)];
+            if slot.replace(i).is_some() {
+                return Err(tensor_err(&info.name, "appears twice".into()));
+            }
+        }
+        let rank = rank.ok_or_else(|| bad("the adapter holds no LoRA factors".into()))? as usize;
+        let targets: Vec<LoraTarget> = LoraTarget::ALL
+            .into_iter()
+            .filter(|t| found.iter().any(|l| l[t.index()] != [None, None]))
+            .collect();
+        let alpha = match gguf.opt_f32("adapter.lora.alpha")? {
+            Some(a) if a != 0.0 => a as f64,
+            _ => rank as f64,
+        };
+        let spec = LoraSpec {
+            rank,
+            alpha,
+            dropout: 0.0,
+            rslora: false,
+            targets: targets.clone(),
+        };
+        let mut lora = Lora::zeros(config, &spec);
+        for (layer, slots) in found.iter().enumerate() {
+            for &target in &targets {
+                let [Some(ia), Some(ib)] = slots[target.index()] else {
+                    let base = TensorName {
+                        kind: TensorKind::Layer(layer, target.layer_tensor()),
+                        bias: false,
+                    };
+                    return Err(ModelError::MissingTensor {
+                        path: path.to_path_buf(),
+                        name: format!(
+                            "{} (bora needs both factors of every targeted projection in every layer)",
+                            base.format(Scheme::Gguf)
+                        ),
+                    });
+                };
+                let a = gguf.tensor_f32(&gguf.tensors()[ia])?;
+                let b = gguf.tensor_f32(&gguf.tensors()[ib])?;
+                let b = match rotary_heads(target, config) {
+                    Some(h) => permute_f32_rows(&b, rank, h, false)
+                        .map_err(|e| tensor_err(&gguf.tensors()[ib].name, e.to_string()))?,
+                    None => b,
+                };
+                let f = lora
+                    .get_mut(layer, target)
+                    .ok_or_else(|| bad("adapter layout".into()))?;
+                f.a.copy_from_slice(&a);
+                f.b.copy_from_slice(&b);
+            }
+        }
+        Ok(lora)
+    }
+}
