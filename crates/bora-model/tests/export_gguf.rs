@@ -112,6 +112,35 @@ fn gguf_lora_round_trips_and_verifies_on_tiny_model() {
     }
 }
 
+/// llama.cpp has no rsLoRA flag: the written alpha must give llama.cpp's `alpha / r` the
+/// adapter's `α/√r`, and the reloaded adapter the same logits.
+#[test]
+fn rslora_scale_survives_the_round_trip() {
+    let model = load(&tiny("llama.gguf"));
+    let mut lora = seeded_lora(&model, 4, 8.0, 0.5, 5);
+    let mut spec = lora.spec().clone();
+    spec.rslora = true;
+    let mut rs = Lora::zeros(&model.config, &spec);
+    for ((_, _, d), (_, _, s)) in rs.tensors_mut().into_iter().zip(lora.tensors_mut()) {
+        d.copy_from_slice(s);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rs.gguf");
+    let e = write_gguf_lora(&model, &rs, GgmlType::F32, &out, true).unwrap();
+    assert_eq!(e.verification.unwrap().max_error, 0.0);
+    let alpha = GgufFile::open(&out)
+        .unwrap()
+        .get_f32("adapter.lora.alpha")
+        .unwrap();
+    assert_eq!(
+        alpha,
+        (8.0 / 2.0 * 4.0) as f32,
+        "α/√r · r with α = 8, r = 4"
+    );
+    let back = Lora::load_gguf_lora(&out, &model.config).unwrap();
+    assert_eq!(back.spec().scale(), rs.spec().scale());
+}
+
 /// The file's layout, checked independently of bora's reader: llama.cpp's metadata, names,
 /// ggml dims `[in, r]` / `[r, out]`, A as is, B with q/k rows in the interleaved order
 /// (applying bora-formats' HF → GGUF row permutation to PEFT's B gives the stored rows).
