@@ -22,12 +22,13 @@ use crate::simd::SyncPtr;
 use crate::Result;
 
 /// At most this many activation rows go through the block-wise dot kernels (each weight
-/// block unpacked once and applied to up to 4 rows at a time); more rows amortize a tile
-/// dequantization and `gemm` wins. A decode step of a full batch of sequences stays below
-/// this. Measured on SmolLM2's matrices (the `decode_rows` example): the dot kernels cost
-/// about 0.5–0.7 of a one-row product per row, `gemm` on tiles more than that up to about
-/// 32 rows.
-const MATVEC_MAX_ROWS: usize = 32;
+/// block unpacked once and applied to 4 rows at a time), which round activations to 16 bits;
+/// more rows go through a tile dequantization and `gemm` in f32. Training batches must stay
+/// exact (QLoRA's gradients equal f32 training's on the dequantized base), so the bound stays
+/// small; a decode step of more sequences runs as several products (bora-serve's groups),
+/// which cost the same per row: the kernels take 4 rows at a time whatever the total
+/// (`decode_rows` example: 2.5 ms per row at 8 rows, 2.6 at 16, one thread).
+const MATVEC_MAX_ROWS: usize = 12;
 
 /// Output rows per rayon task in the matrix-vector path: fine-grained, so a thread that is
 /// preempted (other processes share these cores) delays only a small share of the rows.
@@ -516,7 +517,7 @@ mod tests {
         for ty in TYPES.into_iter().filter(|&t| has_dot_kernel(t)) {
             let k = if ty.block_elems() > QK { 768 } else { k };
             let w = weight_of(ty, n, k, 7);
-            for m in [2, 5, 13, MATVEC_MAX_ROWS] {
+            for m in [2, 5, 9, MATVEC_MAX_ROWS] {
                 let x = rand_vec(m * k, 8 + m as u64);
                 let mut y = vec![0f32; m * n];
                 w.forward(&mut y, &x, m, false, &mut scratch);

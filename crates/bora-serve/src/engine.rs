@@ -231,7 +231,7 @@ impl<'m> Batch<'m> {
         // branch once per run of rows.
         self.active
             .sort_by_key(|s| s.job.adapter.as_ref().map(|a| Arc::as_ptr(a) as usize));
-        // Balanced groups of at most `DECODE_ROWS` (40 sequences: two of 20).
+        // Balanced groups of at most `DECODE_ROWS` (16 sequences: two of 8).
         let groups = self.active.len().div_ceil(DECODE_ROWS);
         let rows = self.active.len().div_ceil(groups);
         let (model, ws) = (self.model, &mut self.ws);
@@ -249,10 +249,10 @@ impl<'m> Batch<'m> {
 }
 
 /// Most sequences one decode call runs. bora-compute's quantized product unpacks each
-/// weight block once for every row up to 32 rows, and dequantizes the weight into f32 tiles
-/// for more, which is slower per row at decode sizes; so a batch up to 32 (the default
-/// `--max-batch` is 16) is one call, and a larger one runs as balanced calls of at most 32.
-const DECODE_ROWS: usize = 32;
+/// weight block once for up to 12 rows (4 at a time) and dequantizes the weight into f32
+/// tiles for more, which is slower per row at decode sizes; so a larger batch runs as
+/// balanced calls of at most 12, which cost the same per row as one call would.
+const DECODE_ROWS: usize = 12;
 
 /// Runs each sequence's sampled token through the model in one batched step and keeps the
 /// new logits.
