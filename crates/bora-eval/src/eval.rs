@@ -44,16 +44,19 @@ pub struct Decoding {
 }
 
 impl Decoding {
-    /// Rows up to which bora-compute's quantized product runs the same matrix-vector kernel
-    /// per row as a one-row step (past it: dequantized f32 tiles), which is also where a
-    /// batch is fastest per row on the default model.
-    pub const EXACT_ROWS: usize = 12;
+    /// Rows up to which bora-compute multiplies quantized weights with its block-wise dot
+    /// kernels, which give each row the bits it gets alone; past it the weights are
+    /// dequantized into f32 tiles, which round differently from the one-row kernels.
+    pub const EXACT_ROWS: usize = 32;
+    /// The default batch, as `bora serve`'s: past a few rows the multi-row kernels cost
+    /// about the same per row, and a smaller batch wastes less at the end of the queue.
+    pub const DEFAULT_BATCH: usize = 16;
 }
 
 impl Default for Decoding {
     fn default() -> Self {
         Decoding {
-            batch_size: Decoding::EXACT_ROWS,
+            batch_size: Decoding::DEFAULT_BATCH,
             sampling: SamplingParams::default(),
         }
     }

@@ -41,10 +41,11 @@ pub fn example_seed(seed: u64, line: usize) -> u64 {
 /// `on_item` sees the number of items done, which finish out of order.
 ///
 /// Each answer is the one a lone [`bora_model::Generator`] gives from an empty cache: a row
-/// has its own cache, sampler and stop matcher, and a decode step of up to 12 rows runs each
-/// row through the same matrix-vector kernels as a one-row step. Past 12 rows bora-compute
-/// multiplies by dequantized f32 tiles instead, whose rounding differs slightly from the
-/// one-row kernels, so a near-tie between two tokens can then go the other way.
+/// has its own cache, sampler and stop matcher, and a decode step of up to
+/// [`crate::Decoding::EXACT_ROWS`] rows computes each row's logits bit for bit as a one-row
+/// step does. Past that bora-compute multiplies quantized weights as dequantized f32 tiles,
+/// whose rounding differs slightly from the one-row kernels, so a near-tie between two
+/// tokens can then go the other way.
 pub fn run_side(
     model: &Model,
     adapter: Option<&Lora>,
@@ -69,14 +70,12 @@ pub fn run_side(
             let Some((index, item)) = queue.next() else {
                 break;
             };
-            let mut cache = spare.pop().unwrap_or_else(|| model.new_cache());
-            let (sum, count) =
-                masked_nll(model, adapter, &item.ids, &item.mask, &mut cache, &mut ws)?;
+            let cache = spare.pop().unwrap_or_else(|| model.new_cache());
+            let (row, (sum, count)) =
+                Row::prefill(model, adapter, tok, item, index, opts, cache, &mut ws)?;
             nll_sum += sum;
             nll_tokens += count;
-            active.push(Row::prefill(
-                model, adapter, tok, item, index, opts, cache, &mut ws,
-            )?);
+            active.push(row);
         }
         if active.is_empty() {
             break;
@@ -128,8 +127,16 @@ struct Row<'t> {
 }
 
 impl<'t> Row<'t> {
-    /// Runs `item`'s prompt into `cache` (cleared first) and keeps the logits of the first
-    /// answer token.
+    /// Runs `item`'s prompt into `cache` (cleared first), keeps the logits of the first
+    /// answer token, and scores the expected answer ([`masked_nll`]'s sum and count).
+    ///
+    /// The prompt runs alone, as a lone generator runs it, so the answer is exactly that
+    /// generator's. When the example is the prompt followed by an answer that alone is scored
+    /// (one turn), the NLL reuses that prefill: the prompt's logits score the answer's first
+    /// token and the rest of the example continues the prompt's cache, which is then cut back
+    /// to the prompt. The prompt is then run once instead of twice, which was most of an
+    /// evaluation's work (answers are short). The sum differs from a whole-example pass only
+    /// in float rounding, since fewer rows go through each product.
     #[allow(clippy::too_many_arguments)]
     fn prefill(
         model: &Model,
@@ -140,16 +147,49 @@ impl<'t> Row<'t> {
         opts: &GenerateOptions,
         mut cache: KvCache,
         ws: &mut Workspace,
-    ) -> Result<Row<'t>> {
+    ) -> Result<(Row<'t>, (f64, usize))> {
+        let p = item.prompt_ids.len();
+        let continues = p > 0
+            && item.ids.len() > p
+            && item.mask.len() == item.ids.len()
+            && item.ids.starts_with(&item.prompt_ids)
+            && !item.mask[..p].contains(&true);
+        let nll = if continues {
+            (0.0, 0)
+        } else {
+            masked_nll(model, adapter, &item.ids, &item.mask, &mut cache, ws)?
+        };
         cache.clear();
         let logits = model
             .forward_adapted(&item.prompt_ids, &mut cache, ws, Logits::Last, adapter)?
             .to_vec();
+        let nll = if continues {
+            let vocab = model.config.vocab_size;
+            let (mut sum, mut count) = (0.0, 0);
+            if item.mask[p] {
+                sum += token_nll(&logits, item.ids[p]);
+                count += 1;
+            }
+            let rest = &item.ids[p..item.ids.len() - 1];
+            if item.mask[p + 1..].contains(&true) {
+                let out = model.forward_adapted(rest, &mut cache, ws, Logits::All, adapter)?;
+                for (i, row) in out.chunks_exact(vocab).enumerate() {
+                    if item.mask[p + 1 + i] {
+                        sum += token_nll(row, item.ids[p + 1 + i]);
+                        count += 1;
+                    }
+                }
+                cache.truncate(p);
+            }
+            (sum, count)
+        } else {
+            nll
+        };
         let sampling = SamplingParams {
             seed: example_seed(opts.sampling.seed, item.line),
             ..opts.sampling.clone()
         };
-        Ok(Row {
+        let row = Row {
             index,
             cache,
             sampler: Sampler::new(sampling),
@@ -159,7 +199,8 @@ impl<'t> Row<'t> {
             generated: 0,
             decoder: StreamDecoder::new(tok, SpecialTokenPolicy::Skip),
             stops: StopMatcher::new(opts.stop_strings.clone()),
-        })
+        };
+        Ok((row, nll))
     }
 
     /// Picks the next token; `Some` when the example has ended, otherwise the token waits in
@@ -239,19 +280,22 @@ pub fn masked_nll(
     let mut sum = 0.0;
     let mut count = 0;
     for (pos, (&target, &trained)) in ids.iter().zip(mask).enumerate().skip(1) {
-        if !trained {
-            continue;
+        if trained {
+            sum += token_nll(&logits[(pos - 1) * vocab..pos * vocab], target);
+            count += 1;
         }
-        let row = &logits[(pos - 1) * vocab..pos * vocab];
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let log_z = max
-            + row
-                .iter()
-                .map(|&l| (l as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
-        sum += log_z - row[target as usize] as f64;
-        count += 1;
     }
     Ok((sum, count))
+}
+
+/// −log softmax(`logits`)[`target`], in f64 so a long sum of them keeps its digits.
+fn token_nll(logits: &[f32], target: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_z = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    log_z - logits[target as usize] as f64
 }

@@ -9,19 +9,23 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use bora_eval::{
-    demo_splits, evaluate_with, example_seed, load_items, run_side, Decoding, EvalConfig,
-    EvalError, EvalItem, Metric,
+    demo_splits, evaluate_with, example_seed, load_items, masked_nll, run_side, Decoding,
+    EvalConfig, EvalError, EvalItem, Metric, SideOutput,
 };
 use bora_formats::cache;
 use bora_model::{
     GenerateOptions, Generation, Generator, LoadOptions, Lora, LoraSpec, LoraTarget, Model, Rng,
-    SamplingParams,
+    SamplingParams, Workspace,
 };
 use bora_tokenizer::Tokenizer;
 use serde_json::json;
 
-fn tiny_gguf() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../bora-model/tests/fixtures/tiny/llama_q8_0.gguf")
+/// The tiny Llama fixture of bora-model: `llama_q8_0.gguf` (quantized weights) or `llama`
+/// (an HF directory of f32 weights).
+fn tiny_fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bora-model/tests/fixtures/tiny")
+        .join(name)
 }
 
 /// An adapter on every projection with uniform noise in ±`scale` from `seed`.
@@ -80,6 +84,17 @@ fn batched(
     opts: &GenerateOptions,
     batch_size: usize,
 ) -> Vec<String> {
+    side(model, adapter, tok, items, opts, batch_size).answers
+}
+
+fn side(
+    model: &Model,
+    adapter: Option<&Lora>,
+    tok: &Tokenizer,
+    items: &[EvalItem],
+    opts: &GenerateOptions,
+    batch_size: usize,
+) -> SideOutput {
     let mut last = 0;
     let out = run_side(model, adapter, tok, items, opts, batch_size, &mut |done| {
         assert_eq!(done, last + 1);
@@ -88,7 +103,20 @@ fn batched(
     .unwrap();
     assert_eq!(last, items.len());
     assert!(out.nll.is_finite() && out.nll_tokens > 0);
-    out.answers
+    out
+}
+
+/// Mean answer NLL of `items` through one whole-example pass each.
+fn whole_example_nll(model: &Model, adapter: Option<&Lora>, items: &[EvalItem]) -> (f64, usize) {
+    let (mut cache, mut ws) = (model.new_cache(), Workspace::new());
+    let (mut sum, mut count) = (0.0, 0);
+    for item in items {
+        let (s, c) =
+            masked_nll(model, adapter, &item.ids, &item.mask, &mut cache, &mut ws).unwrap();
+        sum += s;
+        count += c;
+    }
+    (sum / count as f64, count)
 }
 
 fn texts(generations: &[Generation]) -> Vec<String> {
@@ -144,12 +172,12 @@ fn tiny_tokenizer(dir: &Path, vocab: usize) -> Tokenizer {
     Tokenizer::from_file(&path).unwrap()
 }
 
-fn tiny(dir: &Path) -> (Model, Tokenizer, Lora) {
+fn tiny(dir: &Path, fixture: &str) -> (Model, Tokenizer, Lora) {
     let options = LoadOptions {
         context: Some(64),
         ..LoadOptions::default()
     };
-    let model = Model::load(tiny_gguf(), &options).unwrap();
+    let model = Model::load(tiny_fixture(fixture), &options).unwrap();
     let tok = tiny_tokenizer(dir, model.config.vocab_size);
     let lora = random_adapter(&model, 4, 0.1, 3);
     (model, tok, lora)
@@ -166,10 +194,11 @@ fn varied_stops(free: &[Generation]) -> Vec<u32> {
     stops
 }
 
-#[test]
-fn greedy_batches_on_a_tiny_model_equal_one_at_a_time() {
+/// Batches of 1, 4 (rows refilled as answers end) and 20 (all 14 examples in one step, more
+/// rows than bora-compute's single-row kernels took before its multi-row ones).
+fn greedy_batches_equal_one_at_a_time(fixture: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, tok, lora) = tiny(tmp.path());
+    let (model, tok, lora) = tiny(tmp.path(), fixture);
     let items = tiny_items(14);
     // Greedy; the penalty turns some of the random model's repeated tokens into others.
     let free = GenerateOptions {
@@ -192,11 +221,19 @@ fn greedy_batches_on_a_tiny_model_equal_one_at_a_time() {
             lengths.len() >= 3,
             "answers too alike to test refill: {lengths:?}"
         );
-        for batch_size in [1, 4, 12] {
+        let out = side(&model, adapter, &tok, &items, &opts, 4);
+        let (nll, count) = whole_example_nll(&model, adapter, &items);
+        assert_eq!(out.nll_tokens, count);
+        assert!(
+            (out.nll - nll).abs() <= 1e-3 * nll.abs(),
+            "{} vs {nll}",
+            out.nll
+        );
+        for batch_size in [1, 4, 20] {
             assert_eq!(
                 batched(&model, adapter, &tok, &items, &opts, batch_size),
                 texts(&alone),
-                "batch {batch_size}, adapter: {}",
+                "{fixture}, batch {batch_size}, adapter: {}",
                 adapter.is_some()
             );
         }
@@ -204,9 +241,19 @@ fn greedy_batches_on_a_tiny_model_equal_one_at_a_time() {
 }
 
 #[test]
+fn greedy_batches_on_a_tiny_quantized_model_equal_one_at_a_time() {
+    greedy_batches_equal_one_at_a_time("llama_q8_0.gguf");
+}
+
+#[test]
+fn greedy_batches_on_a_tiny_f32_model_equal_one_at_a_time() {
+    greedy_batches_equal_one_at_a_time("llama");
+}
+
+#[test]
 fn sampled_answers_depend_on_the_seed_not_the_batch() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, tok, lora) = tiny(tmp.path());
+    let (model, tok, lora) = tiny(tmp.path(), "llama_q8_0.gguf");
     let items = tiny_items(9);
     let opts = |seed| GenerateOptions {
         max_tokens: 10,
@@ -238,14 +285,14 @@ fn greedy_batches_on_the_default_model_equal_one_at_a_time() {
     let path = cache::fetched_default_model().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("test.jsonl");
-    let [test] = demo_splits(11, [7]);
+    let [test] = demo_splits(11, [14]);
     std::fs::write(&data, test).unwrap();
     let tok = Tokenizer::from_file(&path).unwrap();
     let metric: Metric = "json".parse().unwrap();
     let items = load_items(&data, &tok, &metric, None).unwrap();
-    let max_tokens = 40;
+    let max_tokens = 32;
     let options = LoadOptions {
-        context: Some(160),
+        context: Some(128),
         ..LoadOptions::default()
     };
     let model = Model::load(&path, &options).unwrap();
@@ -261,12 +308,25 @@ fn greedy_batches_on_the_default_model_equal_one_at_a_time() {
     for adapter in [None, Some(&lora)] {
         let alone = one_by_one(&model, adapter, &tok, &items, &opts);
         assert!(alone.iter().any(|g| !g.text.trim().is_empty()));
-        assert_eq!(
-            batched(&model, adapter, &tok, &items, &opts, 4),
-            texts(&alone),
-            "adapter: {}",
-            adapter.is_some()
+        // The answers are scored by continuing each prompt's prefill, which rounds differently
+        // from one pass over the whole example but must agree with it.
+        let out = side(&model, adapter, &tok, &items, &opts, 4);
+        let (nll, count) = whole_example_nll(&model, adapter, &items);
+        assert_eq!(out.nll_tokens, count);
+        assert!(
+            (out.nll - nll).abs() <= 1e-3 * nll.abs(),
+            "{} vs {nll}",
+            out.nll
         );
+        // Refilled rows, and every example in one step.
+        for batch_size in [4, 14] {
+            assert_eq!(
+                batched(&model, adapter, &tok, &items, &opts, batch_size),
+                texts(&alone),
+                "batch {batch_size}, adapter: {}",
+                adapter.is_some()
+            );
+        }
     }
 }
 
