@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use bora_formats::quant::GgmlType;
 use bora_model::export::hf::{write_merged, MergedOptions, DEFAULT_SHARD_BYTES};
 use bora_model::export::verify::Verification;
-use bora_model::export::{mistral, peft, FloatType};
+use bora_model::export::{gguf, mistral, peft, FloatType};
 use bora_model::{LoadOptions, Lora, Model};
 use bora_train::RunDir;
 use clap::{Args, ValueEnum};
@@ -140,6 +141,19 @@ fn float_type(dtype: Option<&str>, default: FloatType, format: Format) -> Result
     }
 }
 
+fn ggml_type(dtype: Option<&str>, default: GgmlType) -> Result<GgmlType> {
+    Ok(match dtype.map(str::to_ascii_lowercase).as_deref() {
+        None => default,
+        Some("f32") => GgmlType::F32,
+        Some("f16") => GgmlType::F16,
+        Some("bf16") => GgmlType::BF16,
+        Some("q8_0") => GgmlType::Q8_0,
+        Some("q4_0") => GgmlType::Q4_0,
+        Some("q4_1") => GgmlType::Q4_1,
+        Some(other) => bail!("--dtype `{other}` is not f32, f16, bf16, q8_0, q4_0 or q4_1"),
+    })
+}
+
 pub fn run(args: &ExportArgs) -> Result<()> {
     let src = source(args)?;
     let format = args.format;
@@ -205,10 +219,31 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             notes = export.warnings;
             export.verification
         }
-        Format::Gguf | Format::GgufLora => bail!(
-            "--format {} is not available in this build yet (the GGUF writer is being added)",
-            format.name()
-        ),
+        Format::Gguf | Format::GgufLora => {
+            if out.exists() && !args.force {
+                bail!(
+                    "{} already exists; pass --force to replace it",
+                    out.display()
+                );
+            }
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            let export = if format == Format::Gguf {
+                let ty = ggml_type(dtype, GgmlType::F16)?;
+                gguf::write_gguf(&model, lora.as_ref(), ty, &out, verify)?
+            } else {
+                let ty = ggml_type(dtype, GgmlType::F32)?;
+                gguf::write_gguf_lora(&model, needs_adapter()?, ty, &out, verify)?
+            };
+            if let Some((same, n)) = export.greedy {
+                notes.push(format!(
+                    "greedy tokens of the reloaded file match in memory at {same} of {n} positions"
+                ));
+            }
+            export.verification
+        }
     };
     println!("{}: {}", format.name(), out.display());
     for note in &notes {

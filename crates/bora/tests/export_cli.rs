@@ -185,3 +185,49 @@ fn existing_output_needs_force_and_model_adapter_form_needs_out() {
     assert!(!no_adapter.status.success());
     assert!(String::from_utf8_lossy(&no_adapter.stderr).contains("--adapter"));
 }
+
+/// The GGUF formats need a GGUF base: the run's adapter (trained on the HF copy of the tiny
+/// Llama) on the same weights as `llama.gguf`.
+#[test]
+fn gguf_formats_from_a_gguf_base_are_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path());
+    let gguf = common::fixture("llama.gguf");
+    let adapter = run.join("adapter");
+    let export_gguf = |format: &str, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--format",
+            format,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        bora(&args)
+    };
+    let merged = tmp.path().join("out/merged.gguf");
+    let out = export_gguf("gguf", &merged, &["--dtype", "f32"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("verified:"), "{}", stdout(&out));
+    assert!(merged.is_file());
+    let again = export_gguf("gguf", &merged, &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_ok(&export_gguf(
+        "gguf",
+        &merged,
+        &["--force", "--dtype", "f16"],
+    ));
+
+    let lora = tmp.path().join("out/lora.gguf");
+    let out = export_gguf("gguf-lora", &lora, &[]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("verified:"), "{}", stdout(&out));
+    assert!(lora.is_file());
+    let bad = export_gguf("gguf-lora", &lora, &["--force", "--dtype", "q4_0"]);
+    assert!(!bad.status.success());
+}

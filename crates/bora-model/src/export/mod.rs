@@ -4,10 +4,12 @@
 //!
 //! - [`merge`]: `W + s·B·A` on the base dequantized from any stored type, in HF layout; the
 //!   source of every merged writer (the HF directory here, the GGUF writer in `gguf`).
+//! - [`gguf`]: the merged model as one GGUF, and the adapter as a llama.cpp LoRA GGUF.
 //! - [`peft`]: `adapter_config.json` + `adapter_model.safetensors` (PEFT, vLLM).
 //! - [`hf`]: a merged HF model directory (config, sharded safetensors, tokenizer files).
 //! - [`mistral`]: mistral-finetune's `lora.safetensors` with consolidated names.
 
+pub mod gguf;
 pub mod hf;
 pub mod merge;
 pub mod mistral;
