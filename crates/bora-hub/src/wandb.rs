@@ -1041,10 +1041,6 @@ impl WandbSink {
         self.run.is_some()
     }
 
-    pub fn run_mut(&mut self) -> Option<&mut WandbRun> {
-        self.run.as_mut()
-    }
-
     /// Adds summary values and a table (eval results); a failure ends tracking like any other.
     pub fn log_results(&mut self, summary: &Map<String, Value>, table: Option<&Table<'_>>) {
         self.guard(|run| {
