@@ -26,8 +26,8 @@ use crate::Result;
 /// more rows go through a tile dequantization and `gemm` in f32. Training batches must stay
 /// exact (QLoRA's gradients equal f32 training's on the dequantized base), so the bound stays
 /// small; a decode step of more sequences runs as several products (bora-serve's groups),
-/// which cost the same per row: the kernels take 4 rows at a time whatever the total
-/// (`decode_rows` example: 2.5 ms per row at 8 rows, 2.6 at 16, one thread).
+/// which cost little more per row, the kernels taking 4 rows at a time whatever the total
+/// (`decode_rows` example, one thread: 2.5 ms per row at 8 rows, 2.6 at 16).
 const MATVEC_MAX_ROWS: usize = 12;
 
 /// Output rows per rayon task in the matrix-vector path: fine-grained, so a thread that is
