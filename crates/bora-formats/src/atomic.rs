@@ -1,4 +1,6 @@
-//! Crash-safe file creation shared by the GGUF and safetensors writers.
+//! Crash-safe writes shared by every crate that writes: the GGUF and safetensors writers,
+//! checkpoints and run files, exports, tracking state. A reader (or a resumed run) sees the
+//! old version or the new one, never a torn one, and nothing the user had is lost.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -84,9 +86,7 @@ impl AtomicFile {
         fs::rename(&self.tmp, &self.dest).map_err(io(&self.dest))?;
         self.renamed = true;
         if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
+            sync_dir(dir)?;
         }
         Ok(())
     }
@@ -100,4 +100,75 @@ impl Drop for AtomicFile {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> FormatError {
+    let path = path.to_path_buf();
+    move |source| FormatError::Io { path, source }
+}
+
+/// Writes `bytes` to `path` through an [`AtomicFile`]: temporary name, fsync, rename,
+/// directory fsync.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = AtomicFile::create(path)?;
+    file.write_all(bytes)?;
+    file.commit()
+}
+
+/// Makes the creations and renames inside `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// Publishes a directory atomically: `fill` writes its files into a temporary sibling, which
+/// is fsynced and renamed to `dest` only once complete. An existing `dest` is moved aside
+/// first and deleted only after the new one is in place, so at every moment one complete
+/// version exists (between the two renames, under its aside name). On error the temporary
+/// directory is removed and `dest` is untouched. Generic over the caller's error so `fill`
+/// can fail with the caller's own errors.
+pub fn publish_dir<T, E: From<FormatError>>(
+    dest: &Path,
+    fill: impl FnOnce(&Path) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let parent = match dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let name = dest
+        .file_name()
+        .ok_or_else(|| FormatError::Invalid {
+            path: dest.to_path_buf(),
+            what: "the output path has no directory name".into(),
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let pid = std::process::id();
+    let tmp = parent.join(format!(".{name}.partial-{pid}"));
+    let old = parent.join(format!(".{name}.old-{pid}"));
+    for stale in [&tmp, &old] {
+        if stale.exists() {
+            fs::remove_dir_all(stale).map_err(io_error(stale))?;
+        }
+    }
+    fs::create_dir_all(&tmp).map_err(io_error(&tmp))?;
+    let result = fill(&tmp).and_then(|value| {
+        sync_dir(&tmp)?;
+        let had_old = dest.exists();
+        if had_old {
+            fs::rename(dest, &old).map_err(io_error(dest))?;
+        }
+        fs::rename(&tmp, dest).map_err(io_error(dest))?;
+        sync_dir(&parent)?;
+        if had_old {
+            fs::remove_dir_all(&old).map_err(io_error(&old))?;
+        }
+        Ok(value)
+    });
+    if result.is_err() {
+        // Best effort: a leftover is also removed by the next publish of the same name.
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
 }

@@ -6,7 +6,7 @@
 //! the bytes actually present before anything is allocated or sliced.
 
 pub mod arch;
-mod atomic;
+pub mod atomic;
 pub mod cache;
 mod error;
 pub mod gguf;

@@ -12,7 +12,6 @@
 //! its scores and samples to the same run.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -102,6 +101,8 @@ pub enum WandbError {
     },
     #[error("W&B {what}: {message}")]
     Response { what: &'static str, message: String },
+    #[error(transparent)]
+    Format(#[from] bora_formats::FormatError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -972,17 +973,11 @@ pub fn read_state(path: &Path) -> Result<Option<RunState>> {
 
 /// Temporary name, sync, rename: a run killed mid-write keeps the previous state.
 fn write_state(path: &Path, state: &RunState) -> Result<()> {
-    let io = |source| WandbError::Io {
+    let text = serde_json::to_string_pretty(state).map_err(|e| WandbError::Io {
         path: path.to_path_buf(),
-        source,
-    };
-    let text = serde_json::to_string_pretty(state)
-        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = fs::File::create(&tmp).map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
+    Ok(bora_formats::atomic::write_file(path, text.as_bytes())?)
 }
 
 /// Training metrics under the names TensorBoard shows them by, so a run synced from its

@@ -232,7 +232,7 @@ impl Checkpoint {
             path: path.clone(),
             what: e.to_string(),
         })?;
-        write_atomic(&path, json.as_bytes())
+        Ok(write_atomic(&path, json.as_bytes())?)
     }
 
     /// Loads a checkpoint directory, checking that every file is there and that it holds

@@ -16,8 +16,7 @@ pub mod mistral;
 pub mod peft;
 pub mod verify;
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -124,9 +123,7 @@ impl FromStr for FloatType {
 /// Writes a small file inside a directory being filled for [`publish_dir`], synced so the
 /// directory rename publishes complete bytes.
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(io_err(path))?;
-    f.write_all(bytes).map_err(io_err(path))?;
-    f.sync_all().map_err(io_err(path))
+    Ok(bora_formats::atomic::write_file(path, bytes)?)
 }
 
 pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
@@ -136,12 +133,6 @@ pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     })?;
     text.push('\n');
     write_file(path, text.as_bytes())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
 }
 
 /// Publishes an export directory atomically: `fill` writes into a temporary sibling, which
@@ -159,44 +150,5 @@ pub fn publish_dir<T>(
             path: dest.to_path_buf(),
         });
     }
-    let parent = match dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(p) => p.to_path_buf(),
-        None => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let name = dest
-        .file_name()
-        .ok_or_else(|| ExportError::Unsupported {
-            path: dest.to_path_buf(),
-            what: "the output path has no directory name".into(),
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let pid = std::process::id();
-    let tmp = parent.join(format!(".{name}.partial-{pid}"));
-    let old = parent.join(format!(".{name}.old-{pid}"));
-    for stale in [&tmp, &old] {
-        if stale.exists() {
-            fs::remove_dir_all(stale).map_err(io_err(stale))?;
-        }
-    }
-    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let result = fill(&tmp).and_then(|value| {
-        sync_dir(&tmp)?;
-        let had_old = dest.exists();
-        if had_old {
-            fs::rename(dest, &old).map_err(io_err(dest))?;
-        }
-        fs::rename(&tmp, dest).map_err(io_err(dest))?;
-        sync_dir(&parent)?;
-        if had_old {
-            fs::remove_dir_all(&old).map_err(io_err(&old))?;
-        }
-        Ok(value)
-    });
-    if result.is_err() {
-        // Best effort: a leftover is also removed by the next export to the same name.
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    result
+    bora_formats::atomic::publish_dir(dest, fill)
 }
