@@ -28,7 +28,7 @@ use crate::Result;
 /// small; a decode step of more sequences runs as several products (bora-serve's groups),
 /// which cost little more per row, the kernels taking 4 rows at a time whatever the total
 /// (`decode_rows` example, one thread: 2.5 ms per row at 8 rows, 2.6 at 16).
-const MATVEC_MAX_ROWS: usize = 12;
+pub const MATVEC_MAX_ROWS: usize = 12;
 
 /// Output rows per rayon task in the matrix-vector path: fine-grained, so a thread that is
 /// preempted (other processes share these cores) delays only a small share of the rows.

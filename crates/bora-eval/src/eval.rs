@@ -44,13 +44,12 @@ pub struct Decoding {
 }
 
 impl Decoding {
-    /// Rows up to which bora-compute multiplies quantized weights with its block-wise dot
-    /// kernels, which give each row the bits it gets alone; past it the weights are
-    /// dequantized into f32 tiles, which round differently from the one-row kernels.
-    pub const EXACT_ROWS: usize = 32;
-    /// The default batch, as `bora serve`'s: past a few rows the multi-row kernels cost
-    /// about the same per row, and a smaller batch wastes less at the end of the queue.
-    pub const DEFAULT_BATCH: usize = 16;
+    /// Rows up to which a batched decode gives each row the bits it gets alone
+    /// ([`bora_model::EXACT_DECODE_ROWS`]).
+    pub const EXACT_ROWS: usize = bora_model::EXACT_DECODE_ROWS;
+    /// The default batch: the most rows that stay exact. Past a few rows the multi-row
+    /// kernels cost about the same per row, so a larger batch would buy little.
+    pub const DEFAULT_BATCH: usize = Decoding::EXACT_ROWS;
 }
 
 impl Default for Decoding {

@@ -36,6 +36,13 @@ pub struct LoadOptions {
 /// (and users KV caches) for hundreds of thousands of positions they never use.
 pub const DEFAULT_CONTEXT: usize = 8192;
 
+/// Most sequences a [`Model::forward_decode`] call should hold for every row's logits to be
+/// bit for bit those of the sequence decoded alone: up to this many rows, quantized weights
+/// go through the block-wise dot kernels, which treat each row independently; past it they
+/// are dequantized into f32 tiles and round differently. Callers with more sequences
+/// (bora-serve's engine, bora-eval's batches) run them as several calls.
+pub const EXACT_DECODE_ROWS: usize = bora_compute::MATVEC_MAX_ROWS;
+
 /// A loaded decoder, ready to run.
 #[derive(Debug)]
 pub struct Model {

@@ -253,7 +253,7 @@ impl<'m> Batch<'m> {
 /// tiles for more, which is slower per row at decode sizes; so a larger batch runs as
 /// balanced calls of at most 12. Two calls of 8 read every weight twice: at 16 clients that
 /// measured ≈12% more CPU per token than one call of 16 rows through the kernels.
-const DECODE_ROWS: usize = 12;
+const DECODE_ROWS: usize = bora_model::EXACT_DECODE_ROWS;
 
 /// Runs each sequence's sampled token through the model in one batched step and keeps the
 /// new logits.

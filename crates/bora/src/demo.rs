@@ -126,6 +126,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         Metric::Json,
         None,
         64,
+        &bora_eval::Decoding::default(),
     )?;
     let tuned = results.tuned.as_ref().map(|t| t.score).unwrap_or(f64::NAN);
     println!(

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bora_eval::{
-    eval_dir, evaluate, log_to_run, summary_json, write_eval_dir, EvalConfig, EvalResults, Metric,
-    Progress, RunInfo, SAMPLES_FILE,
+    eval_dir, evaluate_with, log_to_run, summary_json, write_eval_dir, Decoding, EvalConfig,
+    EvalResults, Metric, Progress, RunInfo, SAMPLES_FILE,
 };
 use bora_hub::wandb::Table;
+use bora_model::SamplingParams;
 use bora_train::{RunDir, TrackingSection};
 use clap::Args;
 use serde_json::{Map, Value};
@@ -53,6 +54,32 @@ pub struct EvalArgs {
     /// which hold the scores (the table stays in RUN/eval/samples.jsonl).
     #[arg(long, requires = "wandb")]
     wandb_offline: bool,
+    /// Examples decoded together (up to 12, answers are exactly those of one at a time).
+    #[arg(long, default_value_t = Decoding::DEFAULT_BATCH)]
+    batch_size: usize,
+    /// Sample answers at this temperature instead of greedily (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample only from the most likely tokens whose probabilities add up to this.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Seed of sampled answers; each example's sampler is seeded from it and the example's line.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl EvalArgs {
+    fn decoding(&self) -> Decoding {
+        Decoding {
+            batch_size: self.batch_size,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                seed: self.seed,
+                ..SamplingParams::default()
+            },
+        }
+    }
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
@@ -63,7 +90,14 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     })?;
     let (results, report) = match &args.run {
         Some(run) => {
-            let evaluated = eval_run(run, &args.data, metric, args.limit, args.max_tokens)?;
+            let evaluated = eval_run(
+                run,
+                &args.data,
+                metric,
+                args.limit,
+                args.max_tokens,
+                &args.decoding(),
+            )?;
             if let Some(tracking) = tracking {
                 track(tracking, run, &evaluated.0)?;
             }
@@ -79,7 +113,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 max_tokens: args.max_tokens,
                 quantize: None,
             };
-            let (results, samples) = evaluate(&config, &mut progress())?;
+            let (results, samples) = evaluate_with(&config, &args.decoding(), &mut progress())?;
             let out = args.out.clone().unwrap_or_else(|| PathBuf::from("eval"));
             let report = write_eval_dir(&out, &results, &samples, None)?;
             (results, report)
@@ -102,6 +136,7 @@ pub fn eval_run(
     metric: Metric,
     limit: Option<usize>,
     max_tokens: usize,
+    decoding: &Decoding,
 ) -> Result<(EvalResults, PathBuf)> {
     let (dir, config) = RunDir::open(run)?;
     let adapter = dir.adapter_dir();
@@ -122,7 +157,7 @@ pub fn eval_run(
         max_tokens,
         quantize: config.qlora.quantize()?,
     };
-    let (results, samples) = evaluate(&eval_config, &mut progress())?;
+    let (results, samples) = evaluate_with(&eval_config, decoding, &mut progress())?;
     let report = write_eval_dir(&eval_dir(run), &results, &samples, Some(&info))?;
     log_to_run(run, &results, info.last_step())?;
     Ok((results, report))
