@@ -27,6 +27,8 @@ pub use metric::{wilson, Metric, Z95};
 pub use output::{
     eval_scalars, log_to_run, write_eval_dir, REPORT_HTML, REPORT_MD, RESULTS_FILE, SAMPLES_FILE,
 };
-pub use report::{render_html, render_markdown, RunInfo};
+pub use report::{
+    card_section, loss_chart_svg, render_html, render_markdown, score_table, RunInfo,
+};
 pub use runner::{example_seed, masked_nll, run_side, SideOutput};
 pub use task::{load_items, EvalItem};

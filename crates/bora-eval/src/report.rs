@@ -67,6 +67,55 @@ fn decoding(r: &EvalResults) -> String {
     }
 }
 
+/// The score table in Markdown, one row per side. The report and the Hub model card both
+/// show it, so a card can never disagree with the report it was made from.
+pub fn score_table(r: &EvalResults) -> String {
+    let mut md = String::new();
+    md.push_str("| model | score | 95% CI (Wilson) | correct | answer NLL | answer PPL |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|\n");
+    for (name, s) in sides(r) {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} – {} | {}/{} | {:.3} | {:.2} |",
+            pct(s.score),
+            pct(s.ci95[0]),
+            pct(s.ci95[1]),
+            s.correct,
+            r.n,
+            s.nll,
+            s.ppl
+        );
+    }
+    md
+}
+
+/// The evaluation as a model card shows it: what was measured, how answers were drawn, and
+/// the score table.
+pub fn card_section(r: &EvalResults) -> String {
+    format!(
+        "Metric `{}` on {} held-out examples, {}, base model against the fine-tune.\n\n{}",
+        r.metric,
+        r.n,
+        decoding(r),
+        score_table(r)
+    )
+}
+
+/// The training and validation loss chart as a standalone SVG file (namespace and a white
+/// background, so it renders as an image on light and dark pages); `None` without losses.
+pub fn loss_chart_svg(info: &RunInfo) -> Option<String> {
+    if info.train_loss.is_empty() {
+        return None;
+    }
+    let svg = loss_svg(&info.train_loss, &info.val_loss);
+    let head_end = svg.find('>')? + 1;
+    Some(format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" {}<rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>{}\n",
+        &svg["<svg ".len()..head_end],
+        &svg[head_end..]
+    ))
+}
+
 /// The run's name, else the adapter's or the model's file name.
 fn title(r: &EvalResults, run: Option<&RunInfo>) -> String {
     let file_name = |p: &str| {
@@ -111,21 +160,7 @@ pub fn render_markdown(r: &EvalResults, samples: &[SampleRow], run: Option<&RunI
             .map(|a| format!(", adapter `{a}`"))
             .unwrap_or_default()
     );
-    md.push_str("| model | score | 95% CI (Wilson) | correct | answer NLL | answer PPL |\n");
-    md.push_str("|---|---:|---:|---:|---:|---:|\n");
-    for (name, s) in sides(r) {
-        let _ = writeln!(
-            md,
-            "| {name} | {} | {} – {} | {}/{} | {:.3} | {:.2} |",
-            pct(s.score),
-            pct(s.ci95[0]),
-            pct(s.ci95[1]),
-            s.correct,
-            r.n,
-            s.nll,
-            s.ppl
-        );
-    }
+    md.push_str(&score_table(r));
     if let Some(info) = run {
         md.push_str("\n## Training\n\n");
         if let Some(t) = &info.timing {

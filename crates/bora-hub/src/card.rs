@@ -19,27 +19,6 @@ pub struct RepoContents {
     pub gguf: Vec<String>,
 }
 
-/// One side of the eval table (`results.json` of `bora eval`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EvalScore {
-    pub score: f64,
-    pub correct: usize,
-    pub ci95: [f64; 2],
-    pub nll: f64,
-    pub ppl: f64,
-}
-
-/// The eval results a card shows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EvalSummary {
-    pub metric: String,
-    pub n: usize,
-    /// How answers were generated, as a phrase: "greedy decoding", or the sampling settings.
-    pub decoding: String,
-    pub base: EvalScore,
-    pub tuned: Option<EvalScore>,
-}
-
 /// Everything a card is made from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CardInput {
@@ -54,7 +33,9 @@ pub struct CardInput {
     pub contents: RepoContents,
     /// The run's resolved config (TOML), shown as trained.
     pub config_toml: Option<String>,
-    pub eval: Option<EvalSummary>,
+    /// The Evaluation section's Markdown, as `bora eval` writes it for cards (metric,
+    /// decoding, score table).
+    pub eval: Option<String>,
     /// Repo path of the loss chart (SVG), shown as an image.
     pub loss_chart: Option<String>,
 }
@@ -123,10 +104,6 @@ fn yaml_scalar(s: &str) -> String {
     }
 }
 
-fn pct(x: f64) -> String {
-    format!("{:.1}%", 100.0 * x)
-}
-
 /// The whole `README.md`.
 pub fn model_card(input: &CardInput) -> String {
     let mut md = front_matter(input);
@@ -161,28 +138,7 @@ pub fn model_card(input: &CardInput) -> String {
 
     if let Some(eval) = &input.eval {
         md.push_str("## Evaluation\n\n");
-        let _ = writeln!(
-            md,
-            "Metric `{}` on {} held-out examples, {}, base model against the fine-tune.\n",
-            eval.metric, eval.n, eval.decoding
-        );
-        md.push_str("| model | score | 95% CI (Wilson) | correct | answer NLL | answer PPL |\n");
-        md.push_str("|---|---:|---:|---:|---:|---:|\n");
-        let sides = std::iter::once(("base", &eval.base))
-            .chain(eval.tuned.as_ref().map(|t| ("fine-tuned", t)));
-        for (name, s) in sides {
-            let _ = writeln!(
-                md,
-                "| {name} | {} | {} – {} | {}/{} | {:.3} | {:.2} |",
-                pct(s.score),
-                pct(s.ci95[0]),
-                pct(s.ci95[1]),
-                s.correct,
-                eval.n,
-                s.nll,
-                s.ppl
-            );
-        }
+        md.push_str(eval);
         md.push('\n');
     }
     if let Some(chart) = &input.loss_chart {

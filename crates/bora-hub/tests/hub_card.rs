@@ -8,7 +8,7 @@
 //!               pipeline_tag="text-generation", tags=[...]).to_yaml()
 //! ```
 
-use bora_hub::card::{front_matter, model_card, CardInput, EvalScore, EvalSummary, RepoContents};
+use bora_hub::card::{front_matter, model_card, CardInput, RepoContents};
 
 fn input() -> CardInput {
     CardInput {
@@ -23,25 +23,9 @@ fn input() -> CardInput {
             gguf: vec!["gguf/smol-json-q8_0.gguf".into()],
         },
         config_toml: Some("name = \"demo\"\n[lora]\nrank = 8\n".into()),
-        eval: Some(EvalSummary {
-            metric: "json".into(),
-            n: 200,
-            decoding: "greedy decoding".into(),
-            base: EvalScore {
-                score: 0.0,
-                correct: 0,
-                ci95: [0.0, 0.018845326377266575],
-                nll: 2.5612717364360065,
-                ppl: 12.952278730824972,
-            },
-            tuned: Some(EvalScore {
-                score: 1.0,
-                correct: 200,
-                ci95: [0.9811546736227335, 1.0],
-                nll: 0.0003061497458942046,
-                ppl: 1.0003061966145104,
-            }),
-        }),
+        eval: Some(
+            "Metric `json` on 200 held-out examples: the section `bora eval` writes.\n".into(),
+        ),
         loss_chart: Some("eval/loss.svg".into()),
     }
 }
@@ -88,12 +72,9 @@ fn front_matter_matches_huggingface_hub() {
 fn the_card_shows_eval_chart_usage_and_config() {
     let card = model_card(&input());
     assert!(card.starts_with(&front_matter(&input())));
-    let table = "| model | score | 95% CI (Wilson) | correct | answer NLL | answer PPL |\n\
-                 |---|---:|---:|---:|---:|---:|\n\
-                 | base | 0.0% | 0.0% – 1.9% | 0/200 | 2.561 | 12.95 |\n\
-                 | fine-tuned | 100.0% | 98.1% – 100.0% | 200/200 | 0.000 | 1.00 |\n";
-    assert!(card.contains(table), "{card}");
-    assert!(card.contains("Metric `json` on 200 held-out examples, greedy decoding, base model"));
+    assert!(card.contains(
+        "## Evaluation\n\nMetric `json` on 200 held-out examples: the section `bora eval` writes.\n"
+    ));
     assert!(card.contains("![Training and validation loss](eval/loss.svg)"));
     assert!(card.contains("model = PeftModel.from_pretrained(base, \"bora-ml/smol-json\")"));
     assert!(card

@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bora_eval::{EvalResults, SideScore, REPORT_HTML, RESULTS_FILE};
+use bora_eval::{EvalResults, RunInfo, RESULTS_FILE};
 use bora_formats::cache::DEFAULT_MODEL_FILE;
 use bora_formats::gguf::GgufFile;
-use bora_hub::card::{model_card, CardInput, EvalScore, EvalSummary, RepoContents, MODEL_CARD};
+use bora_hub::card::{model_card, CardInput, RepoContents, MODEL_CARD};
 use bora_hub::hub::{
     resolve_endpoint, FileOutcome, HubClient, LocalFile, RepoId, Token, UploadEvent, UploadMode,
 };
@@ -124,7 +124,7 @@ pub fn run(args: &PushArgs) -> Result<()> {
             }
         }
     }
-    let chart = loss_chart(run)?;
+    let chart = bora_eval::loss_chart_svg(&RunInfo::load(run)?);
     if let Some(svg) = &chart {
         files.push(LocalFile::from_bytes(LOSS_CHART, svg.clone().into_bytes()));
     }
@@ -139,7 +139,7 @@ pub fn run(args: &PushArgs) -> Result<()> {
         datasets: args.datasets.clone(),
         contents,
         config_toml: Some(shareable_config(&config)?),
-        eval: eval_summary(run)?,
+        eval: eval_section(run)?,
         loss_chart: chart.map(|_| LOSS_CHART.to_owned()),
     };
     files.push(LocalFile::from_bytes(
@@ -328,8 +328,8 @@ fn shareable_config(config: &RunConfig) -> Result<String> {
     Ok(c.to_toml()?)
 }
 
-/// The eval table's numbers from `RUN/eval/results.json`, when the run was evaluated.
-fn eval_summary(run: &Path) -> Result<Option<EvalSummary>> {
+/// The card's Evaluation section from `RUN/eval/results.json`, when the run was evaluated.
+fn eval_section(run: &Path) -> Result<Option<String>> {
     let path = bora_eval::eval_dir(run).join(RESULTS_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -338,52 +338,5 @@ fn eval_summary(run: &Path) -> Result<Option<EvalSummary>> {
     };
     let r: EvalResults = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a bora eval result", path.display()))?;
-    let score = |s: &SideScore| EvalScore {
-        score: s.score,
-        correct: s.correct,
-        ci95: s.ci95,
-        nll: s.nll,
-        ppl: s.ppl,
-    };
-    let decoding = match &r.sampling {
-        None => "greedy decoding".to_owned(),
-        Some(p) => format!(
-            "sampled (temperature {}, top-k {}, top-p {}, min-p {}, repeat penalty {}, seed {})",
-            p.temperature, p.top_k, p.top_p, p.min_p, p.repeat_penalty, p.seed
-        ),
-    };
-    Ok(Some(EvalSummary {
-        metric: r.metric,
-        n: r.n,
-        decoding,
-        base: score(&r.base),
-        tuned: r.tuned.as_ref().map(score),
-    }))
-}
-
-/// The loss chart of `bora eval`'s HTML report as a standalone SVG file (namespace and a
-/// white background added, so it renders as an image on light and dark pages).
-fn loss_chart(run: &Path) -> Result<Option<String>> {
-    let path = bora_eval::eval_dir(run).join(REPORT_HTML);
-    let html = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let Some(start) = html.find("aria-label=\"loss curves\"") else {
-        return Ok(None);
-    };
-    let Some(open) = html[..start].rfind("<svg ") else {
-        return Ok(None);
-    };
-    let Some(len) = html[open..].find("</svg>") else {
-        return Ok(None);
-    };
-    let svg = &html[open..open + len + "</svg>".len()];
-    let head_end = svg.find('>').unwrap_or(0) + 1;
-    Ok(Some(format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" {}<rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>{}\n",
-        &svg["<svg ".len()..head_end],
-        &svg[head_end..]
-    )))
+    Ok(Some(bora_eval::card_section(&r)))
 }

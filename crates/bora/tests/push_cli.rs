@@ -66,13 +66,12 @@ fn make_run(root: &Path, exports: bool) -> PathBuf {
         "base_score": 0.0, "tuned_score": 1.0
     }))
     .unwrap()];
-    let info = RunInfo {
-        name: "demo".into(),
-        config_toml: std::fs::read_to_string(run.join("config.toml")).unwrap(),
-        train_loss: vec![(1, 2.5), (2, 1.5), (3, 0.5)],
-        val_loss: vec![(3, 0.7)],
-        timing: None,
-    };
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        "{\"step\":1,\"loss\":2.5}\n{\"step\":2,\"loss\":1.5}\n{\"step\":3,\"loss\":0.5,\"val_loss\":0.7}\n",
+    )
+    .unwrap();
+    let info = RunInfo::load(&run).unwrap();
     write_eval_dir(&run.join("eval"), &results, &samples, Some(&info)).unwrap();
     run
 }
@@ -158,7 +157,7 @@ fn push_uploads_adapter_merged_and_gguf_with_a_card_then_nothing_twice() {
     );
     assert!(card.starts_with(&front), "{card}");
     assert!(
-        card.contains("| fine-tuned | 100.0% | 98.1% – 100.0% | 200/200 |"),
+        card.contains("| tuned | 100.0% | 98.1% – 100.0% | 200/200 |"),
         "{card}"
     );
     assert!(
