@@ -67,6 +67,11 @@ impl LoraTarget {
         }
     }
 
+    /// The target adapting `t`; `None` for decoder weights LoRA does not adapt (norms).
+    pub fn of_layer_tensor(t: LayerTensor) -> Option<Self> {
+        LoraTarget::ALL.into_iter().find(|x| x.layer_tensor() == t)
+    }
+
     /// `(in, out)` features of the adapted projection.
     pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
         let (d, f) = (c.hidden_size, c.intermediate_size);

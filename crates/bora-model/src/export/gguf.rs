@@ -113,11 +113,6 @@ fn lora_tolerance(ty: GgmlType) -> f64 {
     }
 }
 
-/// The LoRA target of a layer tensor (`None` for the norms).
-fn target_of(t: bora_formats::names::LayerTensor) -> Option<LoraTarget> {
-    LoraTarget::ALL.into_iter().find(|x| x.layer_tensor() == t)
-}
-
 /// Heads whose rows a q/k projection's output splits into; `None` for other projections.
 fn rotary_heads(target: LoraTarget, c: &ModelConfig) -> Option<usize> {
     match target {
@@ -235,9 +230,8 @@ pub fn write_gguf(
     for info in src.tensors() {
         let name = TensorName::parse(&info.name, Scheme::Gguf).filter(|n| !n.bias);
         let adapted = name.is_some_and(|n| match n.kind {
-            TensorKind::Layer(l, t) => {
-                target_of(t).is_some_and(|t| lora.is_some_and(|lo| lo.get(l, t).is_some()))
-            }
+            TensorKind::Layer(l, t) => LoraTarget::of_layer_tensor(t)
+                .is_some_and(|t| lora.is_some_and(|lo| lo.get(l, t).is_some())),
             _ => false,
         });
         let ty = match name.map(|n| n.kind) {
@@ -258,7 +252,7 @@ pub fn write_gguf(
         };
         let mut data = merged_values(model, lora, *name)?;
         if let TensorKind::Layer(_, t) = name.kind {
-            if let Some(h) = target_of(t).and_then(|t| rotary_heads(t, c)) {
+            if let Some(h) = LoraTarget::of_layer_tensor(t).and_then(|t| rotary_heads(t, c)) {
                 let cols = data.len() / info.dims[1].max(1) as usize;
                 data = permute_f32_rows(&data, cols, h, true)?;
             }
@@ -532,7 +526,9 @@ impl Lora {
             }
             let parsed =
                 LoraName::parse(&info.name, Scheme::Gguf).and_then(|n| match n.base.kind {
-                    TensorKind::Layer(l, t) if !n.base.bias => target_of(t).map(|t| (l, t, n.part)),
+                    TensorKind::Layer(l, t) if !n.base.bias => {
+                        LoraTarget::of_layer_tensor(t).map(|t| (l, t, n.part))
+                    }
                     _ => None,
                 });
             let Some((layer, target, part)) = parsed else {

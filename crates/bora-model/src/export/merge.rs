@@ -43,15 +43,12 @@ pub fn tensor_shape(config: &ModelConfig, name: TensorName) -> Vec<usize> {
         TensorKind::FinalNorm => vec![d],
         TensorKind::Layer(_, LayerTensor::AttnNorm | LayerTensor::FfnNorm) => vec![d],
         TensorKind::Layer(_, t) => {
-            let (d_in, d_out) = target_of(t).expect("a projection").dims(config);
+            let (d_in, d_out) = LoraTarget::of_layer_tensor(t)
+                .expect("a projection")
+                .dims(config);
             vec![d_out, d_in]
         }
     }
-}
-
-/// The LoRA target of a layer tensor (`None` for the norms).
-fn target_of(t: LayerTensor) -> Option<LoraTarget> {
-    LoraTarget::ALL.into_iter().find(|x| x.layer_tensor() == t)
 }
 
 /// The base weight behind a projection.
@@ -159,8 +156,11 @@ pub fn merged_values(model: &Model, lora: Option<&Lora>, name: TensorName) -> Re
         TensorKind::Output => dequantized(w.output()),
         TensorKind::Layer(l, LayerTensor::AttnNorm) => layer(l)?.attn_norm.clone(),
         TensorKind::Layer(l, LayerTensor::FfnNorm) => layer(l)?.ffn_norm.clone(),
-        TensorKind::Layer(l, t) => {
-            merged_projection(model, lora, l, target_of(t).expect("a projection"))?
-        }
+        TensorKind::Layer(l, t) => merged_projection(
+            model,
+            lora,
+            l,
+            LoraTarget::of_layer_tensor(t).expect("a projection"),
+        )?,
     })
 }

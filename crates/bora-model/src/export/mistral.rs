@@ -182,7 +182,7 @@ pub fn load_mistral(dir: &Path, config: &ModelConfig) -> Result<Lora> {
             }
         })?;
         if let TensorKind::Layer(_, lt) = parsed.base.kind {
-            if let Some(x) = LoraTarget::ALL.into_iter().find(|x| x.layer_tensor() == lt) {
+            if let Some(x) = LoraTarget::of_layer_tensor(lt) {
                 targets.insert(x);
             }
         }
