@@ -33,5 +33,6 @@ mod tokenizer;
 mod utf8;
 
 pub use error::TokenizerError;
+pub use spm::SpmVocab;
 pub use stream::StreamDecoder;
 pub use tokenizer::{SpecialTokenPolicy, Tokenizer, TokenizerKind};

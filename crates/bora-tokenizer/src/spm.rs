@@ -53,6 +53,54 @@ fn parse_byte_piece(piece: &str) -> Option<u8> {
     u8::from_str_radix(hex, 16).ok()
 }
 
+/// A SentencePiece `.model` file's vocabulary as a GGUF `llama` tokenizer stores it
+/// (`tokenizer.ggml.tokens`, `.scores`, `.token_type`), for writers that convert a checkpoint
+/// to GGUF. The file is checked exactly as [`crate::Tokenizer::from_file`] checks it, so what
+/// is written is a vocabulary bora's GGUF loader tokenizes the same way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpmVocab {
+    pub pieces: Vec<String>,
+    pub scores: Vec<f32>,
+    /// gguf-py `TokenType` codes, which are `sentencepiece_model.proto`'s piece types:
+    /// 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+    pub token_types: Vec<i32>,
+    pub unk_id: u32,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub add_dummy_prefix: bool,
+}
+
+impl SpmVocab {
+    pub fn from_model_file(path: &Path) -> Result<SpmVocab, TokenizerError> {
+        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let spm = SentencePiece::from_model_file(path, &bytes)?;
+        let token_types = spm
+            .kinds
+            .iter()
+            .map(|k| match k {
+                PieceKind::Normal => 1,
+                PieceKind::Unknown => 2,
+                PieceKind::Control => 3,
+                PieceKind::UserDefined => 4,
+                PieceKind::Unused => 5,
+                PieceKind::Byte(_) => 6,
+            })
+            .collect();
+        Ok(SpmVocab {
+            token_types,
+            unk_id: spm.unk_id,
+            bos_id: spm.bos_id,
+            eos_id: spm.eos_id,
+            add_dummy_prefix: spm.options.add_dummy_prefix,
+            pieces: spm.pieces,
+            scores: spm.scores,
+        })
+    }
+}
+
 /// Options that do not come from the piece list.
 pub(crate) struct SpmOptions {
     pub add_dummy_prefix: bool,

@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+use bora_compute::RopeScaling;
 use bora_formats::gguf::{GgufFile, GgufValue, GgufWriter};
 use bora_formats::names::{
     permute_rows_half_to_interleaved, permute_rows_interleaved_to_half, LoraName, LoraPart, Scheme,
@@ -21,8 +22,10 @@ use bora_formats::names::{
 };
 use bora_formats::quant::{quantize, GgmlType};
 
+use bora_tokenizer::SpmVocab;
+
 use super::verify::{self, logits, prompts, Verification};
-use super::{io_err, merged_values, ExportError, Result};
+use super::{io_err, merged_values, model_tensors, tensor_shape, ExportError, Result};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::lora::{Factors, Lora, LoraSpec, LoraTarget};
@@ -172,15 +175,16 @@ fn check_adapter(model: &Model, lora: &Lora) -> Result<()> {
 /// ([`verify`]) and counts the positions where both give the same greedy token (reported:
 /// where the logit bound holds, a different token can only come from a near tie).
 ///
-/// The base must be a GGUF file: every metadata key (architecture, tokenizer, chat template,
-/// names) is carried over except `general.file_type`, which becomes `dtype`'s. Tensors keep
-/// the base's names, order and interleaved q/k rows; 1-D tensors stay as they are, and
-/// matrices the adapter leaves alone that are already of their target type are copied byte
-/// for byte, so only adapted (or re-typed) matrices are re-encoded. The output projection
-/// (the embeddings when tied) is Q8_0 in a 4-bit file ([`output_type`]). Tied embeddings
-/// stay tied (no `output.weight` is added). An HF or consolidated base is refused, naming the conversion
-/// to run instead. The file is written under a temporary name and renamed when complete;
-/// one that fails its check is moved to `<out>.unverified`.
+/// From a GGUF base, every metadata key (architecture, tokenizer, chat template, names) is
+/// carried over except `general.file_type`, which becomes `dtype`'s. Tensors keep the base's
+/// names, order and interleaved q/k rows; 1-D tensors stay as they are, and matrices the
+/// adapter leaves alone that are already of their target type are copied byte for byte, so
+/// only adapted (or re-typed) matrices are re-encoded. From an HF or consolidated base, the
+/// file is built as llama.cpp's converter builds it ([`write_converted`]), norms in f32. The
+/// output projection (the embeddings when tied) is Q8_0 in a 4-bit file ([`output_type`]).
+/// Tied embeddings stay tied (no `output.weight` is added). The file is written under a
+/// temporary name and renamed when complete; one that fails its check is moved to
+/// `<out>.unverified`.
 pub fn write_gguf(
     model: &Model,
     lora: Option<&Lora>,
@@ -200,15 +204,33 @@ pub fn write_gguf(
     if let Some(l) = lora {
         check_adapter(model, l)?;
     }
-    if model.checkpoint_kind() != CheckpointKind::Gguf {
-        return Err(ExportError::Unsupported {
-            path: model.source().to_path_buf(),
-            what: format!(
-                "a merged GGUF is written from a GGUF base, and this base is {}; export `merged` and convert that with llama.cpp's convert_hf_to_gguf.py, or train on the model's GGUF",
-                model.checkpoint_kind().name()
-            ),
-        });
-    }
+    let tensors = match model.checkpoint_kind() {
+        CheckpointKind::Gguf => write_from_gguf(model, lora, dtype, out)?,
+        _ => write_converted(model, lora, dtype, out)?,
+    };
+    let (verification, greedy) = if verify {
+        let written = Model::load(out, &check_options(model)).map_err(|e| reject_err(out, e))?;
+        let v = verify::verify(out, model, lora, &written, None, model_tolerance(dtype))
+            .map_err(|e| reject_err(out, e))?;
+        (
+            Some(v),
+            Some(greedy_agreement(model, lora, &written, None)?),
+        )
+    } else {
+        (None, None)
+    };
+    report(out, tensors, verification, greedy)
+}
+
+/// The merged model from a GGUF base: every metadata key carried over (but the file type),
+/// tensors in the base's names and order, unchanged matrices copied byte for byte. Returns
+/// the number of tensors.
+fn write_from_gguf(
+    model: &Model,
+    lora: Option<&Lora>,
+    dtype: GgmlType,
+    out: &Path,
+) -> Result<usize> {
     let src = GgufFile::open(model.source())?;
     let mut w = GgufWriter::new();
     for (k, v) in src.metadata() {
@@ -265,18 +287,235 @@ pub fn write_gguf(
         tw.write_tensor(&info.name, &encoded)?;
     }
     tw.finish()?;
-    let (verification, greedy) = if verify {
-        let written = Model::load(out, &check_options(model)).map_err(|e| reject_err(out, e))?;
-        let v = verify::verify(out, model, lora, &written, None, model_tolerance(dtype))
-            .map_err(|e| reject_err(out, e))?;
-        (
-            Some(v),
-            Some(greedy_agreement(model, lora, &written, None)?),
-        )
-    } else {
-        (None, None)
+    Ok(plan.len())
+}
+
+/// The merged model from an HF or Mistral consolidated base, written as llama.cpp's
+/// `convert_hf_to_gguf.py` writes such checkpoints (Mistral 7B, Nemo, Ministral and Small are
+/// `llama` to it): the `llama.*` hyperparameters from the config, GGUF tensor names with q/k
+/// rows interleaved, and the SentencePiece vocabulary ([`spm_metadata`]). Returns the number
+/// of tensors.
+///
+/// What the `llama` architecture has no key for is refused rather than dropped: Ministral 3's
+/// position-dependent query scale, sliding windows that differ between layers, and RoPE
+/// scaling (llama.cpp stores Llama 3 scaling as a `rope_freqs` tensor, which bora's reader
+/// refuses, so the check could not pass). One window shared by every layer is left out, as
+/// the converter leaves it out: llama.cpp attends over the whole context.
+fn write_converted(
+    model: &Model,
+    lora: Option<&Lora>,
+    dtype: GgmlType,
+    out: &Path,
+) -> Result<usize> {
+    let c = &model.config;
+    let dir = model.source();
+    let refuse = |what: &str| ExportError::Unsupported {
+        path: dir.to_path_buf(),
+        what: format!(
+            "{what}, which llama.cpp's `llama` architecture cannot express; export `merged` instead"
+        ),
     };
-    report(out, plan.len(), verification, greedy)
+    if c.query_scale.is_some() {
+        return Err(refuse(
+            "this model scales queries by position (Ministral 3's llama_4_scaling)",
+        ));
+    }
+    if c.layer_windows.windows(2).any(|w| w[0] != w[1]) {
+        return Err(refuse("this model's layers have different sliding windows"));
+    }
+    if c.rope_scaling != RopeScaling::None {
+        return Err(refuse(&format!(
+            "this model uses RoPE scaling {:?}",
+            c.rope_scaling
+        )));
+    }
+    let vocab = spm_metadata(model)?;
+    let count = |n: usize| GgufValue::U32(u32::try_from(n).unwrap_or(u32::MAX));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".to_owned());
+    let mut meta: Vec<(&str, GgufValue)> = vec![
+        ("general.architecture", "llama".into()),
+        ("general.name", name.into()),
+        ("llama.context_length", count(c.max_position)),
+        ("llama.embedding_length", count(c.hidden_size)),
+        ("llama.block_count", count(c.n_layers)),
+        ("llama.feed_forward_length", count(c.intermediate_size)),
+        ("llama.rope.dimension_count", count(c.head_dim)),
+        ("llama.attention.head_count", count(c.n_heads)),
+        ("llama.attention.head_count_kv", count(c.n_kv_heads)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            GgufValue::F32(c.rms_norm_eps),
+        ),
+        ("llama.rope.freq_base", GgufValue::F32(c.rope_theta as f32)),
+    ];
+    if c.head_dim * c.n_heads != c.hidden_size {
+        meta.push(("llama.attention.key_length", count(c.head_dim)));
+        meta.push(("llama.attention.value_length", count(c.head_dim)));
+    }
+    meta.push(("llama.vocab_size", count(c.vocab_size)));
+    meta.push(("general.file_type", GgufValue::U32(file_type(dtype))));
+    meta.push(("general.quantization_version", GgufValue::U32(2)));
+    let mut w = GgufWriter::new();
+    for (k, v) in meta {
+        w.add_metadata(k, v)?;
+    }
+    for (k, v) in vocab {
+        w.add_metadata(k, v)?;
+    }
+    let mut plan = Vec::new();
+    for name in model_tensors(c) {
+        let shape = tensor_shape(c, name);
+        let ty = match name.kind {
+            _ if shape.len() < 2 => GgmlType::F32,
+            TensorKind::Output | TensorKind::Embed => output_type(dtype),
+            _ => dtype,
+        };
+        let gguf_name = name.format(Scheme::Gguf);
+        let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+        w.add_tensor_info(gguf_name.clone(), &dims, ty)?;
+        plan.push((name, gguf_name, shape, ty));
+    }
+    let mut tw = w.create(out)?;
+    for (name, gguf_name, shape, ty) in &plan {
+        let mut data = merged_values(model, lora, *name)?;
+        if let TensorKind::Layer(_, t) = name.kind {
+            if let Some(h) = LoraTarget::of_layer_tensor(t).and_then(|t| rotary_heads(t, c)) {
+                data = permute_f32_rows(&data, shape[1], h, true)?;
+            }
+        }
+        let encoded = quantize(*ty, &data).map_err(|e| ModelError::Tensor {
+            path: out.to_path_buf(),
+            name: gguf_name.clone(),
+            what: format!("cannot be encoded as {ty}: {e}"),
+        })?;
+        tw.write_tensor(gguf_name, &encoded)?;
+    }
+    tw.finish()?;
+    Ok(plan.len())
+}
+
+/// The SentencePiece file of a checkpoint directory: HF's `tokenizer.model` first (what the
+/// converter reads), else Mistral's `tokenizer.model.vN` (the last by name). Tekken and
+/// `tokenizer.json`-only vocabularies are refused by name.
+fn spm_file(dir: &Path) -> Result<PathBuf> {
+    let hf = dir.join("tokenizer.model");
+    if hf.is_file() {
+        return Ok(hf);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let refuse = |what: &str| ExportError::Unsupported {
+        path: dir.to_path_buf(),
+        what: format!(
+            "{what}; export `merged` and convert it with llama.cpp's convert_hf_to_gguf.py"
+        ),
+    };
+    if names
+        .iter()
+        .any(|n| n.starts_with("tekken") && n.ends_with(".json"))
+    {
+        return Err(refuse(
+            "the model's vocabulary is Tekken, which bora does not yet write into a GGUF (only SentencePiece)",
+        ));
+    }
+    if let Some(v) = names
+        .iter()
+        .rev()
+        .find(|n| n.starts_with("tokenizer.model.v"))
+    {
+        return Ok(dir.join(v));
+    }
+    if names.iter().any(|n| n == "tokenizer.json") {
+        return Err(refuse(
+            "the model's only vocabulary is an HF tokenizer.json, which bora does not yet write into a GGUF (only SentencePiece)",
+        ));
+    }
+    Err(refuse(
+        "the directory holds no tokenizer (tokenizer.model, tokenizer.model.vN)",
+    ))
+}
+
+/// The `tokenizer.*` keys of a `llama` GGUF, as `convert_hf_to_gguf.py`'s SentencePiece path
+/// writes them: every piece with its score and type (gguf-py `TokenType`, which numbers piece
+/// types as `sentencepiece_model.proto` does), padded to the model's vocabulary with
+/// `[PADn]` unused pieces; BOS/EOS/UNK ids; `add_bos_token` / `add_eos_token` and the chat
+/// template from `tokenizer_config.json` (or `chat_template.jinja`) when the directory has
+/// them. BOS is otherwise added as the model's prompts need it, EOS never. One deviation:
+/// user-defined pieces keep their type 4 (the converter writes them as normal unless
+/// `tokenizer_config.json` lists them), so bora's reader keeps them indivisible as
+/// sentencepiece does.
+fn spm_metadata(model: &Model) -> Result<Vec<(&'static str, GgufValue)>> {
+    let c = &model.config;
+    let dir = model.source();
+    let file = spm_file(dir)?;
+    let v = SpmVocab::from_model_file(&file).map_err(ModelError::from)?;
+    if v.pieces.len() > c.vocab_size {
+        return Err(ExportError::Unsupported {
+            path: file,
+            what: format!(
+                "the tokenizer has {} pieces but the model only {} embeddings",
+                v.pieces.len(),
+                c.vocab_size
+            ),
+        });
+    }
+    let (mut pieces, mut scores, mut types) = (v.pieces, v.scores, v.token_types);
+    for id in pieces.len()..c.vocab_size {
+        pieces.push(format!("[PAD{id}]"));
+        scores.push(-1000.0);
+        types.push(5);
+    }
+    let config_path = dir.join("tokenizer_config.json");
+    let config = if config_path.is_file() {
+        let text = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
+        serde_json::from_str::<serde_json::Value>(&text).map_err(|e| ExportError::Unsupported {
+            path: config_path.clone(),
+            what: format!("not valid JSON: {e}"),
+        })?
+    } else {
+        serde_json::Value::Null
+    };
+    let jinja = dir.join("chat_template.jinja");
+    let template = match config.get("chat_template").and_then(|t| t.as_str()) {
+        Some(t) => Some(t.to_owned()),
+        None if jinja.is_file() => Some(std::fs::read_to_string(&jinja).map_err(io_err(&jinja))?),
+        None => None,
+    };
+    let flag =
+        |key: &str, default: bool| config.get(key).and_then(|b| b.as_bool()).unwrap_or(default);
+    let mut meta: Vec<(&'static str, GgufValue)> = vec![
+        ("tokenizer.ggml.model", "llama".into()),
+        ("tokenizer.ggml.tokens", pieces.into()),
+        ("tokenizer.ggml.scores", scores.into()),
+        ("tokenizer.ggml.token_type", types.into()),
+        ("tokenizer.ggml.add_space_prefix", v.add_dummy_prefix.into()),
+    ];
+    if let Some(bos) = v.bos_id.or(c.bos_token_id) {
+        meta.push(("tokenizer.ggml.bos_token_id", bos.into()));
+    }
+    if let Some(eos) = v.eos_id.or(c.eos_token_ids.first().copied()) {
+        meta.push(("tokenizer.ggml.eos_token_id", eos.into()));
+    }
+    meta.push(("tokenizer.ggml.unknown_token_id", v.unk_id.into()));
+    meta.push((
+        "tokenizer.ggml.add_bos_token",
+        flag("add_bos_token", c.add_bos).into(),
+    ));
+    meta.push((
+        "tokenizer.ggml.add_eos_token",
+        flag("add_eos_token", false).into(),
+    ));
+    if let Some(t) = template {
+        meta.push(("tokenizer.chat_template", t.into()));
+    }
+    Ok(meta)
 }
 
 /// Writes `lora` as a llama.cpp LoRA adapter GGUF at `out` for `model`'s GGUF
