@@ -32,32 +32,51 @@ fn load(path: &Path) -> Model {
     Model::load(path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{path:?}: {e}"))
 }
 
-/// An HF Mistral directory: `config.json`, random weights (uniform, norms near 1) in
-/// `model.safetensors`, the v3 SentencePiece model as `tokenizer.model` (as Mistral 7B
-/// v0.3's HF repository ships it) and a `tokenizer_config.json` with a chat template.
-fn write_mistral_dir(dir: &Path) {
-    let config = serde_json::json!({
-        "architectures": ["MistralForCausalLM"],
-        "model_type": "mistral",
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "head_dim": 8,
-        "hidden_act": "silu",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "max_position_embeddings": 4096,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "num_key_value_heads": 2,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 1000000.0,
-        "sliding_window": null,
-        "tie_word_embeddings": false,
-        "vocab_size": 32768,
-    });
-    let config_path = dir.join("config.json");
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let c = ModelConfig::from_hf_config(&config_path).unwrap();
+/// A Mistral checkpoint directory with random weights (uniform, norms near 1) and Mistral
+/// 7B v0.3's SentencePiece model. HF: `config.json`, `model.safetensors`, the tokenizer as
+/// `tokenizer.model` (as the HF repository ships it) and a `tokenizer_config.json` with a
+/// chat template. Consolidated: `params.json`, `consolidated.safetensors` and
+/// `tokenizer.model.v3`, with heads wider than hidden size / heads (as in Nemo).
+fn write_mistral_dir(dir: &Path, scheme: Scheme) {
+    let c = if scheme == Scheme::Hf {
+        let config = serde_json::json!({
+            "architectures": ["MistralForCausalLM"],
+            "model_type": "mistral",
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "head_dim": 8,
+            "hidden_act": "silu",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "max_position_embeddings": 4096,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 1000000.0,
+            "sliding_window": null,
+            "tie_word_embeddings": false,
+            "vocab_size": 32768,
+        });
+        let path = dir.join("config.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        ModelConfig::from_hf_config(&path).unwrap()
+    } else {
+        let params = serde_json::json!({
+            "dim": 32,
+            "n_layers": 2,
+            "head_dim": 16,
+            "hidden_dim": 64,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "norm_eps": 1e-5,
+            "vocab_size": 32768,
+            "rope_theta": 1000000.0,
+        });
+        let path = dir.join("params.json");
+        std::fs::write(&path, params.to_string()).unwrap();
+        ModelConfig::from_params_json(&path).unwrap()
+    };
     let mut rng = Rng::new(7);
     let tensors: Vec<(String, TensorData)> = model_tensors(&c)
         .into_iter()
@@ -73,21 +92,24 @@ fn write_mistral_dir(dir: &Path) {
                 .map(|_| (center + (rng.next_f64() * 2.0 - 1.0) * spread) as f32)
                 .collect();
             let data = TensorData::from_f32(Dtype::F32, shape, &values).unwrap();
-            (name.format(Scheme::Hf), data)
+            (name.format(scheme), data)
         })
         .collect();
-    write_safetensors(dir.join("model.safetensors"), &tensors, None).unwrap();
-    std::fs::copy(
-        cache::fetched_tokenizer(V3).unwrap(),
-        dir.join("tokenizer.model"),
-    )
-    .unwrap();
-    let tok_config = serde_json::json!({
-        "add_bos_token": true,
-        "add_eos_token": false,
-        "chat_template": TEMPLATE,
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), tok_config.to_string()).unwrap();
+    let (weights, tokenizer) = if scheme == Scheme::Hf {
+        ("model.safetensors", "tokenizer.model")
+    } else {
+        ("consolidated.safetensors", "tokenizer.model.v3")
+    };
+    write_safetensors(dir.join(weights), &tensors, None).unwrap();
+    std::fs::copy(cache::fetched_tokenizer(V3).unwrap(), dir.join(tokenizer)).unwrap();
+    if scheme == Scheme::Hf {
+        let tok_config = serde_json::json!({
+            "add_bos_token": true,
+            "add_eos_token": false,
+            "chat_template": TEMPLATE,
+        });
+        std::fs::write(dir.join("tokenizer_config.json"), tok_config.to_string()).unwrap();
+    }
 }
 
 /// Every projection adapted, A uniform in ±1/√in, B uniform in ±0.2: large enough that
@@ -128,12 +150,14 @@ const CORPUS: [&str; 9] = [
     "ünïcödé ßtraße ǅ",
 ];
 
-#[test]
-fn merged_gguf_from_an_hf_mistral_carries_the_adapter_and_the_sentencepiece_vocabulary() {
+/// Exports `scheme`'s tiny Mistral merged with a random adapter as f32 and q8_0, each
+/// verified by the export itself, and checks the written metadata and that the embedded
+/// vocabulary tokenizes the corpus as the source SentencePiece model does.
+fn check_export(scheme: Scheme) {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("tiny-mistral");
     std::fs::create_dir(&base).unwrap();
-    write_mistral_dir(&base);
+    write_mistral_dir(&base, scheme);
     let model = load(&base);
     let lora = random_lora(&model);
     let source = Tokenizer::from_file(&cache::fetched_tokenizer(V3).unwrap()).unwrap();
@@ -152,7 +176,8 @@ fn merged_gguf_from_an_hf_mistral_carries_the_adapter_and_the_sentencepiece_voca
         assert_eq!(gguf.get_str("general.architecture").unwrap(), "llama");
         assert_eq!(gguf.get_str("general.name").unwrap(), "tiny-mistral");
         assert_eq!(gguf.get_str("tokenizer.ggml.model").unwrap(), "llama");
-        assert_eq!(gguf.get_str("tokenizer.chat_template").unwrap(), TEMPLATE);
+        let template = gguf.opt_str("tokenizer.chat_template").unwrap();
+        assert_eq!(template, (scheme == Scheme::Hf).then_some(TEMPLATE));
         assert_eq!(
             gguf.opt_bool("tokenizer.ggml.add_bos_token").unwrap(),
             Some(true)
@@ -165,8 +190,12 @@ fn merged_gguf_from_an_hf_mistral_carries_the_adapter_and_the_sentencepiece_voca
             gguf.get_str_array("tokenizer.ggml.tokens").unwrap().len(),
             32768
         );
-        // head_dim × heads equals the hidden size here, so no key/value length is written.
-        assert!(gguf.get("llama.attention.key_length").is_none());
+        // Written only where head_dim × heads differs from the hidden size (as in Nemo):
+        // here in the consolidated model (16 × 4 against 32).
+        let key_length = gguf
+            .get("llama.attention.key_length")
+            .and_then(|v| v.as_u64());
+        assert_eq!(key_length, (scheme == Scheme::Consolidated).then_some(16));
         assert_eq!(
             gguf.tensor("blk.0.attn_q.weight").unwrap().ty,
             dtype,
@@ -194,6 +223,16 @@ fn merged_gguf_from_an_hf_mistral_carries_the_adapter_and_the_sentencepiece_voca
             );
         }
     }
+}
+
+#[test]
+fn merged_gguf_from_an_hf_mistral_carries_the_adapter_and_the_sentencepiece_vocabulary() {
+    check_export(Scheme::Hf);
+}
+
+#[test]
+fn merged_gguf_from_a_consolidated_mistral_carries_the_adapter_and_the_vocabulary() {
+    check_export(Scheme::Consolidated);
 }
 
 #[test]

@@ -330,7 +330,14 @@ fn write_converted(
         )));
     }
     let vocab = spm_metadata(model)?;
-    let count = |n: usize| GgufValue::U32(u32::try_from(n).unwrap_or(u32::MAX));
+    let count = |n: usize| {
+        u32::try_from(n)
+            .map(GgufValue::U32)
+            .map_err(|_| ExportError::Unsupported {
+                path: dir.to_path_buf(),
+                what: format!("a hyperparameter of {n} does not fit GGUF's u32 field"),
+            })
+    };
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -338,13 +345,13 @@ fn write_converted(
     let mut meta: Vec<(&str, GgufValue)> = vec![
         ("general.architecture", "llama".into()),
         ("general.name", name.into()),
-        ("llama.context_length", count(c.max_position)),
-        ("llama.embedding_length", count(c.hidden_size)),
-        ("llama.block_count", count(c.n_layers)),
-        ("llama.feed_forward_length", count(c.intermediate_size)),
-        ("llama.rope.dimension_count", count(c.head_dim)),
-        ("llama.attention.head_count", count(c.n_heads)),
-        ("llama.attention.head_count_kv", count(c.n_kv_heads)),
+        ("llama.context_length", count(c.max_position)?),
+        ("llama.embedding_length", count(c.hidden_size)?),
+        ("llama.block_count", count(c.n_layers)?),
+        ("llama.feed_forward_length", count(c.intermediate_size)?),
+        ("llama.rope.dimension_count", count(c.head_dim)?),
+        ("llama.attention.head_count", count(c.n_heads)?),
+        ("llama.attention.head_count_kv", count(c.n_kv_heads)?),
         (
             "llama.attention.layer_norm_rms_epsilon",
             GgufValue::F32(c.rms_norm_eps),
@@ -352,10 +359,10 @@ fn write_converted(
         ("llama.rope.freq_base", GgufValue::F32(c.rope_theta as f32)),
     ];
     if c.head_dim * c.n_heads != c.hidden_size {
-        meta.push(("llama.attention.key_length", count(c.head_dim)));
-        meta.push(("llama.attention.value_length", count(c.head_dim)));
+        meta.push(("llama.attention.key_length", count(c.head_dim)?));
+        meta.push(("llama.attention.value_length", count(c.head_dim)?));
     }
-    meta.push(("llama.vocab_size", count(c.vocab_size)));
+    meta.push(("llama.vocab_size", count(c.vocab_size)?));
     meta.push(("general.file_type", GgufValue::U32(file_type(dtype))));
     meta.push(("general.quantization_version", GgufValue::U32(2)));
     let mut w = GgufWriter::new();
