@@ -285,7 +285,8 @@ fn bad_requests_are_clear_errors() {
     }
     assert!(!out.exists());
 
-    // An HF base cannot become a merged GGUF here; its adapter can.
+    // An HF base without a SentencePiece vocabulary cannot become a merged GGUF here (the
+    // error names the converter to use); its adapter can.
     let hf = load(&tiny("llama"));
     let e = write_gguf(&hf, None, GgmlType::F16, &out, true).unwrap_err();
     assert!(e.to_string().contains("convert_hf_to_gguf"), "{e}");
