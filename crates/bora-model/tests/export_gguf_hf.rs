@@ -251,25 +251,3 @@ fn features_the_llama_architecture_cannot_express_are_refused() {
         assert!(!out.exists(), "{fixture}: a refused export wrote {out:?}");
     }
 }
-
-#[test]
-fn a_tekken_vocabulary_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base");
-    std::fs::create_dir(&base).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(tiny("mistral_v01").join(f), base.join(f)).unwrap();
-    }
-    std::fs::copy(
-        cache::fetched_tokenizer("tekken_240911.json").unwrap(),
-        base.join("tekken.json"),
-    )
-    .unwrap();
-    let model = load(&base);
-    let out = dir.path().join("out.gguf");
-    let err = write_gguf(&model, None, GgmlType::F32, &out, true)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("Tekken"), "{err}");
-    assert!(!out.exists());
-}

@@ -35,4 +35,5 @@ mod utf8;
 pub use error::TokenizerError;
 pub use spm::SpmVocab;
 pub use stream::StreamDecoder;
+pub use tekken::TekkenVocab;
 pub use tokenizer::{SpecialTokenPolicy, Tokenizer, TokenizerKind};

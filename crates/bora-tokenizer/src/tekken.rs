@@ -8,8 +8,9 @@ use base64::Engine;
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
-use crate::bytelevel::{ByteLevelBpe, ByteMap, PairRanks, PreTokenizer};
+use crate::bytelevel::{gpt2_byte_chars, ByteLevelBpe, ByteMap, PairRanks, PreTokenizer};
 use crate::error::TokenizerError;
+use crate::gguf::TEKKEN_PATTERN;
 
 #[derive(Deserialize)]
 struct File {
@@ -177,6 +178,100 @@ impl Tekken {
             specials,
             token_bytes,
             special_ids,
+        })
+    }
+}
+
+/// A Tekken vocabulary as llama.cpp holds it in a GGUF (`tokenizer.ggml.model = "gpt2"`,
+/// `pre = "tekken"`), built as its converter builds it from the HF `tokenizer.json` that
+/// transformers' TikToken converter derives from the ranks: the special tokens first (control
+/// type), then every rank's bytes in GPT-2's byte-level spelling, and merges recovered from
+/// the ranks, since tiktoken has none and llama.cpp's BPE needs them.
+pub struct TekkenVocab {
+    /// Token strings, index = id.
+    pub tokens: Vec<String>,
+    /// gguf-py `TokenType`: 3 (control) for the special tokens, 1 for the ranks.
+    pub token_types: Vec<i32>,
+    /// `"left right"` in byte-level spelling, in merge priority order.
+    pub merges: Vec<String>,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub unk_id: Option<u32>,
+    pub pad_id: Option<u32>,
+}
+
+impl TekkenVocab {
+    /// Reads a `tekken*.json` file. A file whose regex is not the one llama.cpp hard-codes for
+    /// `pre = "tekken"` is refused: a GGUF reader would split its text differently.
+    pub fn from_file(path: &Path) -> Result<TekkenVocab, TokenizerError> {
+        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|source| TokenizerError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let invalid = |reason: String| TokenizerError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pattern = json
+            .get("config")
+            .and_then(|c| c.get("pattern"))
+            .and_then(|p| p.as_str());
+        if pattern != Some(TEKKEN_PATTERN) {
+            return Err(invalid(
+                "config.pattern is not the regex of llama.cpp's `tekken` pre-tokenizer, so a GGUF could not reproduce its splits".into(),
+            ));
+        }
+        let tekken = Tekken::from_json(path, json)?;
+        let chars = gpt2_byte_chars();
+        let spell = |b: &[u8]| -> String { b.iter().map(|&x| chars[x as usize]).collect() };
+        let rank: FxHashMap<&[u8], u32> = tekken
+            .token_bytes
+            .iter()
+            .enumerate()
+            .map(|(r, b)| (b.as_slice(), r as u32))
+            .collect();
+        let mut tokens = tekken.specials.clone();
+        let mut token_types = vec![3; tokens.len()];
+        let mut merges = Vec::new();
+        let mut local = Vec::new();
+        for b in &tekken.token_bytes {
+            let s = spell(b);
+            if tekken.special_ids.contains_key(&s) {
+                return Err(invalid(format!(
+                    "the ordinary token {s:?} is spelled as a special token, which a GGUF vocabulary cannot tell apart"
+                )));
+            }
+            tokens.push(s);
+            token_types.push(1);
+            // Every split whose halves are both tokens is a merge, ordered by the merged
+            // token's rank and then by the halves' ranks, as the TikToken converter orders them.
+            local.clear();
+            for i in 1..b.len() {
+                if let (Some(&l), Some(&r)) = (rank.get(&b[..i]), rank.get(&b[i..])) {
+                    local.push((l, r, i));
+                }
+            }
+            local.sort_unstable();
+            merges.extend(
+                local
+                    .iter()
+                    .map(|&(_, _, i)| format!("{} {}", spell(&b[..i]), spell(&b[i..]))),
+            );
+        }
+        let id = |name: &str| tekken.special_ids.get(name).copied();
+        Ok(TekkenVocab {
+            bos_id: id("<s>"),
+            eos_id: id("</s>"),
+            unk_id: id("<unk>"),
+            pad_id: id("<pad>"),
+            tokens,
+            token_types,
+            merges,
         })
     }
 }

@@ -22,7 +22,7 @@ use bora_formats::names::{
 };
 use bora_formats::quant::{quantize, GgmlType};
 
-use bora_tokenizer::SpmVocab;
+use bora_tokenizer::{SpmVocab, TekkenVocab};
 
 use super::verify::{self, logits, prompts, Verification};
 use super::{io_err, merged_values, model_tensors, tensor_shape, ExportError, Result};
@@ -293,7 +293,7 @@ fn write_from_gguf(
 /// The merged model from an HF or Mistral consolidated base, written as llama.cpp's
 /// `convert_hf_to_gguf.py` writes such checkpoints (Mistral 7B, Nemo, Ministral and Small are
 /// `llama` to it): the `llama.*` hyperparameters from the config, GGUF tensor names with q/k
-/// rows interleaved, and the SentencePiece vocabulary ([`spm_metadata`]). Returns the number
+/// rows interleaved, and the vocabulary ([`vocab_metadata`]). Returns the number
 /// of tensors.
 ///
 /// What the `llama` architecture has no key for is refused rather than dropped: Ministral 3's
@@ -329,7 +329,7 @@ fn write_converted(
             c.rope_scaling
         )));
     }
-    let vocab = spm_metadata(model)?;
+    let vocab = vocab_metadata(model)?;
     let count = |n: usize| {
         u32::try_from(n)
             .map(GgufValue::U32)
@@ -404,13 +404,19 @@ fn write_converted(
     Ok(plan.len())
 }
 
-/// The SentencePiece file of a checkpoint directory: HF's `tokenizer.model` first (what the
-/// converter reads), else Mistral's `tokenizer.model.vN` (the last by name). Tekken and
-/// `tokenizer.json`-only vocabularies are refused by name.
-fn spm_file(dir: &Path) -> Result<PathBuf> {
+/// The vocabulary file of a checkpoint directory.
+enum VocabFile {
+    Spm(PathBuf),
+    Tekken(PathBuf),
+}
+
+/// The vocabulary of a checkpoint directory: HF's `tokenizer.model` first (what the
+/// converter reads), else Mistral's `tekken*.json`, else `tokenizer.model.vN` (the last by
+/// name). `tokenizer.json`-only vocabularies are refused by name.
+fn vocab_file(dir: &Path) -> Result<VocabFile> {
     let hf = dir.join("tokenizer.model");
     if hf.is_file() {
-        return Ok(hf);
+        return Ok(VocabFile::Spm(hf));
     }
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map_err(io_err(dir))?
@@ -424,61 +430,41 @@ fn spm_file(dir: &Path) -> Result<PathBuf> {
             "{what}; export `merged` and convert it with llama.cpp's convert_hf_to_gguf.py"
         ),
     };
-    if names
+    if let Some(t) = names
         .iter()
-        .any(|n| n.starts_with("tekken") && n.ends_with(".json"))
+        .rev()
+        .find(|n| n.starts_with("tekken") && n.ends_with(".json"))
     {
-        return Err(refuse(
-            "the model's vocabulary is Tekken, which bora does not yet write into a GGUF (only SentencePiece)",
-        ));
+        return Ok(VocabFile::Tekken(dir.join(t)));
     }
     if let Some(v) = names
         .iter()
         .rev()
         .find(|n| n.starts_with("tokenizer.model.v"))
     {
-        return Ok(dir.join(v));
+        return Ok(VocabFile::Spm(dir.join(v)));
     }
     if names.iter().any(|n| n == "tokenizer.json") {
         return Err(refuse(
-            "the model's only vocabulary is an HF tokenizer.json, which bora does not yet write into a GGUF (only SentencePiece)",
+            "the model's only vocabulary is an HF tokenizer.json, which bora does not yet write into a GGUF (only SentencePiece and Tekken)",
         ));
     }
     Err(refuse(
-        "the directory holds no tokenizer (tokenizer.model, tokenizer.model.vN)",
+        "the directory holds no tokenizer (tokenizer.model, tekken.json, tokenizer.model.vN)",
     ))
 }
 
-/// The `tokenizer.*` keys of a `llama` GGUF, as `convert_hf_to_gguf.py`'s SentencePiece path
-/// writes them: every piece with its score and type (gguf-py `TokenType`, which numbers piece
-/// types as `sentencepiece_model.proto` does), padded to the model's vocabulary with
-/// `[PADn]` unused pieces; BOS/EOS/UNK ids; `add_bos_token` / `add_eos_token` and the chat
-/// template from `tokenizer_config.json` (or `chat_template.jinja`) when the directory has
-/// them. BOS is otherwise added as the model's prompts need it, EOS never. One deviation:
-/// user-defined pieces keep their type 4 (the converter writes them as normal unless
-/// `tokenizer_config.json` lists them), so bora's reader keeps them indivisible as
-/// sentencepiece does.
-fn spm_metadata(model: &Model) -> Result<Vec<(&'static str, GgufValue)>> {
+/// The `tokenizer.*` keys of a `llama` GGUF for the checkpoint's vocabulary
+/// ([`spm_metadata`] or [`tekken_metadata`]), then `add_bos_token` / `add_eos_token` and the
+/// chat template from `tokenizer_config.json` (or `chat_template.jinja`) when the directory
+/// has them. BOS is otherwise added as the model's prompts need it, EOS never.
+fn vocab_metadata(model: &Model) -> Result<Vec<(&'static str, GgufValue)>> {
     let c = &model.config;
     let dir = model.source();
-    let file = spm_file(dir)?;
-    let v = SpmVocab::from_model_file(&file).map_err(ModelError::from)?;
-    if v.pieces.len() > c.vocab_size {
-        return Err(ExportError::Unsupported {
-            path: file,
-            what: format!(
-                "the tokenizer has {} pieces but the model only {} embeddings",
-                v.pieces.len(),
-                c.vocab_size
-            ),
-        });
-    }
-    let (mut pieces, mut scores, mut types) = (v.pieces, v.scores, v.token_types);
-    for id in pieces.len()..c.vocab_size {
-        pieces.push(format!("[PAD{id}]"));
-        scores.push(-1000.0);
-        types.push(5);
-    }
+    let mut meta = match vocab_file(dir)? {
+        VocabFile::Spm(file) => spm_metadata(c, file)?,
+        VocabFile::Tekken(file) => tekken_metadata(c, file)?,
+    };
     let config_path = dir.join("tokenizer_config.json");
     let config = if config_path.is_file() {
         let text = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
@@ -497,6 +483,49 @@ fn spm_metadata(model: &Model) -> Result<Vec<(&'static str, GgufValue)>> {
     };
     let flag =
         |key: &str, default: bool| config.get(key).and_then(|b| b.as_bool()).unwrap_or(default);
+    meta.push((
+        "tokenizer.ggml.add_bos_token",
+        flag("add_bos_token", c.add_bos).into(),
+    ));
+    meta.push((
+        "tokenizer.ggml.add_eos_token",
+        flag("add_eos_token", false).into(),
+    ));
+    if let Some(t) = template {
+        meta.push(("tokenizer.chat_template", t.into()));
+    }
+    Ok(meta)
+}
+
+/// A vocabulary larger than the model's embeddings cannot be written.
+fn check_vocab_size(file: &Path, tokens: usize, c: &ModelConfig) -> Result<()> {
+    if tokens > c.vocab_size {
+        return Err(ExportError::Unsupported {
+            path: file.to_path_buf(),
+            what: format!(
+                "the tokenizer has {tokens} tokens but the model only {} embeddings",
+                c.vocab_size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The SentencePiece keys, as `convert_hf_to_gguf.py`'s SentencePiece path writes them:
+/// every piece with its score and type (gguf-py `TokenType`, which numbers piece types as
+/// `sentencepiece_model.proto` does), padded to the model's vocabulary with `[PADn]` unused
+/// pieces; BOS/EOS/UNK ids. One deviation: user-defined pieces keep their type 4 (the
+/// converter writes them as normal unless `tokenizer_config.json` lists them), so bora's
+/// reader keeps them indivisible as sentencepiece does.
+fn spm_metadata(c: &ModelConfig, file: PathBuf) -> Result<Vec<(&'static str, GgufValue)>> {
+    let v = SpmVocab::from_model_file(&file).map_err(ModelError::from)?;
+    check_vocab_size(&file, v.pieces.len(), c)?;
+    let (mut pieces, mut scores, mut types) = (v.pieces, v.scores, v.token_types);
+    for id in pieces.len()..c.vocab_size {
+        pieces.push(format!("[PAD{id}]"));
+        scores.push(-1000.0);
+        types.push(5);
+    }
     let mut meta: Vec<(&'static str, GgufValue)> = vec![
         ("tokenizer.ggml.model", "llama".into()),
         ("tokenizer.ggml.tokens", pieces.into()),
@@ -511,16 +540,40 @@ fn spm_metadata(model: &Model) -> Result<Vec<(&'static str, GgufValue)>> {
         meta.push(("tokenizer.ggml.eos_token_id", eos.into()));
     }
     meta.push(("tokenizer.ggml.unknown_token_id", v.unk_id.into()));
-    meta.push((
-        "tokenizer.ggml.add_bos_token",
-        flag("add_bos_token", c.add_bos).into(),
-    ));
-    meta.push((
-        "tokenizer.ggml.add_eos_token",
-        flag("add_eos_token", false).into(),
-    ));
-    if let Some(t) = template {
-        meta.push(("tokenizer.chat_template", t.into()));
+    Ok(meta)
+}
+
+/// The Tekken keys, as the converter writes Mistral's byte-level vocabularies: `gpt2` tokens
+/// in byte-level spelling with control types for the special tokens, merges derived from the
+/// ranks ([`TekkenVocab`]), `pre = "tekken"`, padded to the model's vocabulary with `[PADn]`
+/// unused tokens; BOS/EOS/UNK/padding ids.
+fn tekken_metadata(c: &ModelConfig, file: PathBuf) -> Result<Vec<(&'static str, GgufValue)>> {
+    let v = TekkenVocab::from_file(&file).map_err(ModelError::from)?;
+    check_vocab_size(&file, v.tokens.len(), c)?;
+    let (mut tokens, mut types) = (v.tokens, v.token_types);
+    for id in tokens.len()..c.vocab_size {
+        tokens.push(format!("[PAD{id}]"));
+        types.push(5);
+    }
+    let mut meta: Vec<(&'static str, GgufValue)> = vec![
+        ("tokenizer.ggml.model", "gpt2".into()),
+        ("tokenizer.ggml.pre", "tekken".into()),
+        ("tokenizer.ggml.tokens", tokens.into()),
+        ("tokenizer.ggml.token_type", types.into()),
+        ("tokenizer.ggml.merges", v.merges.into()),
+    ];
+    for (key, id) in [
+        ("tokenizer.ggml.bos_token_id", v.bos_id.or(c.bos_token_id)),
+        (
+            "tokenizer.ggml.eos_token_id",
+            v.eos_id.or(c.eos_token_ids.first().copied()),
+        ),
+        ("tokenizer.ggml.unknown_token_id", v.unk_id),
+        ("tokenizer.ggml.padding_token_id", v.pad_id),
+    ] {
+        if let Some(id) = id {
+            meta.push((key, id.into()));
+        }
     }
     Ok(meta)
 }
