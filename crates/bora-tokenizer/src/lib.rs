@@ -33,6 +33,7 @@ mod tokenizer;
 mod utf8;
 
 pub use error::TokenizerError;
+pub use gguf::TEKKEN_PATTERN;
 pub use spm::SpmVocab;
 pub use stream::StreamDecoder;
 pub use tekken::TekkenVocab;

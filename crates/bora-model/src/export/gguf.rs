@@ -22,7 +22,8 @@ use bora_formats::names::{
 };
 use bora_formats::quant::{quantize, GgmlType};
 
-use bora_tokenizer::{SpmVocab, TekkenVocab};
+use bora_tokenizer::{SpmVocab, TekkenVocab, TEKKEN_PATTERN};
+use serde_json::Value;
 
 use super::verify::{self, logits, prompts, Verification};
 use super::{io_err, merged_values, model_tensors, tensor_shape, ExportError, Result};
@@ -408,11 +409,12 @@ fn write_converted(
 enum VocabFile {
     Spm(PathBuf),
     Tekken(PathBuf),
+    HfBpe(PathBuf),
 }
 
 /// The vocabulary of a checkpoint directory: HF's `tokenizer.model` first (what the
 /// converter reads), else Mistral's `tekken*.json`, else `tokenizer.model.vN` (the last by
-/// name). `tokenizer.json`-only vocabularies are refused by name.
+/// name), else HF's `tokenizer.json`.
 fn vocab_file(dir: &Path) -> Result<VocabFile> {
     let hf = dir.join("tokenizer.model");
     if hf.is_file() {
@@ -445,26 +447,21 @@ fn vocab_file(dir: &Path) -> Result<VocabFile> {
         return Ok(VocabFile::Spm(dir.join(v)));
     }
     if names.iter().any(|n| n == "tokenizer.json") {
-        return Err(refuse(
-            "the model's only vocabulary is an HF tokenizer.json, which bora does not yet write into a GGUF (only SentencePiece and Tekken)",
-        ));
+        return Ok(VocabFile::HfBpe(dir.join("tokenizer.json")));
     }
     Err(refuse(
-        "the directory holds no tokenizer (tokenizer.model, tekken.json, tokenizer.model.vN)",
+        "the directory holds no tokenizer (tokenizer.model, tekken.json, tokenizer.model.vN, tokenizer.json)",
     ))
 }
 
 /// The `tokenizer.*` keys of a `llama` GGUF for the checkpoint's vocabulary
-/// ([`spm_metadata`] or [`tekken_metadata`]), then `add_bos_token` / `add_eos_token` and the
-/// chat template from `tokenizer_config.json` (or `chat_template.jinja`) when the directory
-/// has them. BOS is otherwise added as the model's prompts need it, EOS never.
+/// ([`spm_metadata`], [`tekken_metadata`] or [`hf_bpe_metadata`]), then `add_bos_token` /
+/// `add_eos_token` and the chat template from `tokenizer_config.json` (or
+/// `chat_template.jinja`) when the directory has them. BOS is otherwise added as the model's
+/// prompts need it, EOS never.
 fn vocab_metadata(model: &Model) -> Result<Vec<(&'static str, GgufValue)>> {
     let c = &model.config;
     let dir = model.source();
-    let mut meta = match vocab_file(dir)? {
-        VocabFile::Spm(file) => spm_metadata(c, file)?,
-        VocabFile::Tekken(file) => tekken_metadata(c, file)?,
-    };
     let config_path = dir.join("tokenizer_config.json");
     let config = if config_path.is_file() {
         let text = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
@@ -474,6 +471,11 @@ fn vocab_metadata(model: &Model) -> Result<Vec<(&'static str, GgufValue)>> {
         })?
     } else {
         serde_json::Value::Null
+    };
+    let mut meta = match vocab_file(dir)? {
+        VocabFile::Spm(file) => spm_metadata(c, file)?,
+        VocabFile::Tekken(file) => tekken_metadata(c, file)?,
+        VocabFile::HfBpe(file) => hf_bpe_metadata(c, &file, &config)?,
     };
     let jinja = dir.join("chat_template.jinja");
     let template = match config.get("chat_template").and_then(|t| t.as_str()) {
@@ -562,20 +564,195 @@ fn tekken_metadata(c: &ModelConfig, file: PathBuf) -> Result<Vec<(&'static str, 
         ("tokenizer.ggml.token_type", types.into()),
         ("tokenizer.ggml.merges", v.merges.into()),
     ];
-    for (key, id) in [
-        ("tokenizer.ggml.bos_token_id", v.bos_id.or(c.bos_token_id)),
-        (
-            "tokenizer.ggml.eos_token_id",
+    special_ids(
+        &mut meta,
+        [
+            v.bos_id.or(c.bos_token_id),
             v.eos_id.or(c.eos_token_ids.first().copied()),
+            v.unk_id,
+            v.pad_id,
+        ],
+    );
+    Ok(meta)
+}
+
+/// The `tokenizer.ggml.pre` name of an HF `tokenizer.json` pre-tokenizer, for the three
+/// bora's GGUF reader runs as llama.cpp does: GPT-2's `ByteLevel` regex (`gpt2`), single
+/// digits split before it (`smollm`), and Tekken's regex split before a regex-free
+/// `ByteLevel` (`tekken`). llama.cpp's converter tells pre-tokenizers apart by hashing the ids
+/// of a probe text; these three are told apart by their definition, which decides the same
+/// splits without running the tokenizer.
+fn hf_pre(pre: &Value) -> Option<&'static str> {
+    let byte_level = |p: &Value, regex: bool| {
+        p["type"] == "ByteLevel"
+            && p["use_regex"].as_bool() == Some(regex)
+            && p["add_prefix_space"].as_bool() != Some(true)
+    };
+    if byte_level(pre, true) {
+        return Some("gpt2");
+    }
+    let parts = match &pre["pretokenizers"] {
+        Value::Array(parts) if pre["type"] == "Sequence" => parts,
+        _ => return None,
+    };
+    match parts.as_slice() {
+        [d, b]
+            if d["type"] == "Digits" && d["individual_digits"] == true && byte_level(b, true) =>
+        {
+            Some("smollm")
+        }
+        [r, b]
+            if r["type"] == "Split"
+                && r["pattern"]["Regex"] == TEKKEN_PATTERN
+                && r["behavior"] == "Isolated"
+                && r["invert"] != true
+                && byte_level(b, false) =>
+        {
+            Some("tekken")
+        }
+        _ => None,
+    }
+}
+
+/// An HF `tokenizer.json` byte-level BPE vocabulary, as the converter writes one (`gpt2`):
+/// tokens by id (the model's vocabulary and the added tokens, `[PADn]` unused tokens for
+/// ids neither holds), special added tokens as control and the others as user-defined,
+/// the merges as `"left right"`, `pre` from [`hf_pre`], and BOS/EOS/UNK/padding ids from
+/// the tokens `tokenizer_config.json` names. Other models, normalizers and pre-tokenizers
+/// are refused: bora's GGUF reader (and llama.cpp) would split or merge differently.
+fn hf_bpe_metadata(
+    c: &ModelConfig,
+    file: &Path,
+    config: &Value,
+) -> Result<Vec<(&'static str, GgufValue)>> {
+    let refuse = |what: String| {
+        ExportError::Unsupported {
+        path: file.to_path_buf(),
+        what: format!(
+            "{what}; bora writes byte-level BPE tokenizer.json vocabularies whose pre-tokenizer is GPT-2's, SmolLM's or Tekken's"
         ),
-        ("tokenizer.ggml.unknown_token_id", v.unk_id),
-        ("tokenizer.ggml.padding_token_id", v.pad_id),
-    ] {
+    }
+    };
+    let text = std::fs::read_to_string(file).map_err(io_err(file))?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| ExportError::Unsupported {
+        path: file.to_path_buf(),
+        what: format!("not valid JSON: {e}"),
+    })?;
+    let m = &json["model"];
+    if m["type"] != "BPE" || m["byte_fallback"] == true {
+        return Err(refuse(format!(
+            "the model is {} {}, not byte-level BPE",
+            m["type"],
+            if m["byte_fallback"] == true {
+                "with byte fallback"
+            } else {
+                ""
+            }
+        )));
+    }
+    if !json["normalizer"].is_null() {
+        return Err(refuse("the tokenizer has a normalizer".into()));
+    }
+    let pre = hf_pre(&json["pre_tokenizer"]).ok_or_else(|| {
+        refuse(format!(
+            "the pre-tokenizer {} is not one llama.cpp and bora name alike",
+            json["pre_tokenizer"]
+        ))
+    })?;
+    let mut tokens: Vec<Option<String>> = vec![None; c.vocab_size];
+    let mut types = vec![1; c.vocab_size];
+    let mut put = |id: Option<u64>, content: &str, ty: i32| -> Result<()> {
+        let slot = id
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| tokens.get_mut(i).map(|t| (i, t)));
+        let Some((i, t)) = slot else {
+            return Err(refuse(format!(
+                "token {content:?} has id {id:?}, outside the model's {} embeddings",
+                c.vocab_size
+            )));
+        };
+        if t.as_deref().is_some_and(|old| old != content) {
+            return Err(refuse(format!("id {i} names two tokens")));
+        }
+        *t = Some(content.to_owned());
+        types[i] = ty;
+        Ok(())
+    };
+    let vocab = m["vocab"]
+        .as_object()
+        .ok_or_else(|| refuse("model.vocab is not an object".into()))?;
+    for (token, id) in vocab {
+        put(id.as_u64(), token, 1)?;
+    }
+    for t in json["added_tokens"].as_array().into_iter().flatten() {
+        let content = t["content"]
+            .as_str()
+            .ok_or_else(|| refuse(format!("added token {t} has no content")))?;
+        put(
+            t["id"].as_u64(),
+            content,
+            if t["special"] == true { 3 } else { 4 },
+        )?;
+    }
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(id, t)| {
+            t.unwrap_or_else(|| {
+                types[id] = 5;
+                format!("[PAD{id}]")
+            })
+        })
+        .collect();
+    let merges = m["merges"]
+        .as_array()
+        .ok_or_else(|| refuse("model.merges is not a list".into()))?
+        .iter()
+        .map(|merge| match merge {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(pair) => match pair.as_slice() {
+                [Value::String(l), Value::String(r)] => Some(format!("{l} {r}")),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| refuse("a merge is neither \"a b\" nor [a, b]".into()))?;
+    let named = |key: &str| -> Option<u32> {
+        let v = &config[key];
+        let name = v.as_str().or_else(|| v["content"].as_str())?;
+        tokens.iter().position(|t| t == name).map(|i| i as u32)
+    };
+    let ids = [
+        named("bos_token").or(c.bos_token_id),
+        named("eos_token").or(c.eos_token_ids.first().copied()),
+        named("unk_token"),
+        named("pad_token"),
+    ];
+    let mut meta: Vec<(&'static str, GgufValue)> = vec![
+        ("tokenizer.ggml.model", "gpt2".into()),
+        ("tokenizer.ggml.pre", pre.into()),
+        ("tokenizer.ggml.tokens", tokens.into()),
+        ("tokenizer.ggml.token_type", types.into()),
+        ("tokenizer.ggml.merges", merges.into()),
+    ];
+    special_ids(&mut meta, ids);
+    Ok(meta)
+}
+
+/// Pushes the BOS, EOS, UNK and padding ids that are known.
+fn special_ids(meta: &mut Vec<(&'static str, GgufValue)>, ids: [Option<u32>; 4]) {
+    let keys = [
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id",
+        "tokenizer.ggml.padding_token_id",
+    ];
+    for (key, id) in keys.into_iter().zip(ids) {
         if let Some(id) = id {
             meta.push((key, id.into()));
         }
     }
-    Ok(meta)
 }
 
 /// Writes `lora` as a llama.cpp LoRA adapter GGUF at `out` for `model`'s GGUF
