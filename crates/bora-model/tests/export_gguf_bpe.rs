@@ -379,24 +379,23 @@ fn merged_gguf_from_an_hf_nemo_tokenizer_json_writes_the_tekken_vocabulary() {
     check_export(Scheme::Hf, 131072, &files, &hf, "tekken", &[GgmlType::F32]);
 }
 
-/// SmolLM2's vocabulary (digits split singly before GPT-2's regex), against the `tokenizers`
-/// crate's reading of its `tokenizer.json`.
+/// SmolLM2's vocabulary (digits split singly before GPT-2's regex), and the same with GPT-2's
+/// `ByteLevel` alone, each against the `tokenizers` crate's reading of its `tokenizer.json`.
 #[test]
-fn merged_gguf_from_an_hf_base_with_smollm_tokenizer_json_writes_its_vocabulary() {
-    let files = smollm_files();
-    let dir = tempfile::tempdir().unwrap();
-    for (name, bytes) in &files {
-        std::fs::write(dir.path().join(name), bytes).unwrap();
+fn merged_gguf_from_an_hf_base_with_smollm_or_gpt2_tokenizer_json_writes_its_vocabulary() {
+    let smollm = smollm_files();
+    let mut json: Value = serde_json::from_slice(&smollm[0].1).unwrap();
+    json["pre_tokenizer"] = json["pre_tokenizer"]["pretokenizers"][1].clone();
+    let mut gpt2 = smollm.clone();
+    gpt2[0].1 = json.to_string().into_bytes();
+    for (files, pre) in [(smollm, "smollm"), (gpt2, "gpt2")] {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in &files {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let source = Tokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
+        check_export(Scheme::Hf, 49152, &files, &source, pre, &[GgmlType::F32]);
     }
-    let source = Tokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
-    check_export(
-        Scheme::Hf,
-        49152,
-        &files,
-        &source,
-        "smollm",
-        &[GgmlType::F32],
-    );
 }
 
 /// A Tekken file whose regex is not llama.cpp's `tekken` one would be split differently by

@@ -639,16 +639,11 @@ fn hf_bpe_metadata(
         what: format!("not valid JSON: {e}"),
     })?;
     let m = &json["model"];
-    if m["type"] != "BPE" || m["byte_fallback"] == true {
-        return Err(refuse(format!(
-            "the model is {} {}, not byte-level BPE",
-            m["type"],
-            if m["byte_fallback"] == true {
-                "with byte fallback"
-            } else {
-                ""
-            }
-        )));
+    if m["type"] != "BPE" {
+        return Err(refuse(format!("the model is {}, not BPE", m["type"])));
+    }
+    if m["byte_fallback"] == true {
+        return Err(refuse("the BPE model falls back to byte tokens".into()));
     }
     if !json["normalizer"].is_null() {
         return Err(refuse("the tokenizer has a normalizer".into()));
