@@ -388,7 +388,7 @@ fn merged_gguf_from_an_hf_base_with_smollm_or_gpt2_tokenizer_json_writes_its_voc
     json["pre_tokenizer"] = json["pre_tokenizer"]["pretokenizers"][1].clone();
     let mut gpt2 = smollm.clone();
     gpt2[0].1 = json.to_string().into_bytes();
-    for (files, pre) in [(smollm, "smollm"), (gpt2, "gpt2")] {
+    for (files, pre) in [(smollm, "smollm"), (gpt2, "gpt-2")] {
         let dir = tempfile::tempdir().unwrap();
         for (name, bytes) in &files {
             std::fs::write(dir.path().join(name), bytes).unwrap();

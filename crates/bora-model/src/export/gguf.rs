@@ -577,11 +577,11 @@ fn tekken_metadata(c: &ModelConfig, file: PathBuf) -> Result<Vec<(&'static str, 
 }
 
 /// The `tokenizer.ggml.pre` name of an HF `tokenizer.json` pre-tokenizer, for the three
-/// bora's GGUF reader runs as llama.cpp does: GPT-2's `ByteLevel` regex (`gpt2`), single
-/// digits split before it (`smollm`), and Tekken's regex split before a regex-free
-/// `ByteLevel` (`tekken`). llama.cpp's converter tells pre-tokenizers apart by hashing the ids
-/// of a probe text; these three are told apart by their definition, which decides the same
-/// splits without running the tokenizer.
+/// bora's GGUF reader runs as llama.cpp does: GPT-2's `ByteLevel` regex (`gpt-2`, as
+/// llama.cpp spells it), single digits split before it (`smollm`), and Tekken's regex split
+/// before a regex-free `ByteLevel` (`tekken`). llama.cpp's converter tells pre-tokenizers
+/// apart by hashing the ids of a probe text; these three are told apart by their definition,
+/// which decides the same splits without running the tokenizer.
 fn hf_pre(pre: &Value) -> Option<&'static str> {
     let byte_level = |p: &Value, regex: bool| {
         p["type"] == "ByteLevel"
@@ -589,7 +589,7 @@ fn hf_pre(pre: &Value) -> Option<&'static str> {
             && p["add_prefix_space"].as_bool() != Some(true)
     };
     if byte_level(pre, true) {
-        return Some("gpt2");
+        return Some("gpt-2");
     }
     let parts = match &pre["pretokenizers"] {
         Value::Array(parts) if pre["type"] == "Sequence" => parts,
