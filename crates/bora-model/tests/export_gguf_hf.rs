@@ -12,11 +12,11 @@ use bora_formats::cache;
 use bora_formats::gguf::GgufFile;
 use bora_formats::names::Scheme;
 use bora_formats::quant::GgmlType;
-use bora_formats::safetensors::{write_safetensors, Dtype, TensorData};
 use bora_model::export::gguf::write_gguf;
-use bora_model::export::{model_tensors, tensor_shape};
-use bora_model::{LoadOptions, Lora, LoraSpec, LoraTarget, Model, ModelConfig, Rng};
 use bora_tokenizer::Tokenizer;
+
+mod common;
+use common::{load, random_lora, write_mistral_dir};
 
 const V3: &str = "mistral_instruct_tokenizer_240323.model.v3";
 const TEMPLATE: &str =
@@ -26,115 +26,6 @@ fn tiny(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/tiny")
         .join(name)
-}
-
-fn load(path: &Path) -> Model {
-    Model::load(path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{path:?}: {e}"))
-}
-
-/// A Mistral checkpoint directory with random weights (uniform, norms near 1) and Mistral
-/// 7B v0.3's SentencePiece model. HF: `config.json`, `model.safetensors`, the tokenizer as
-/// `tokenizer.model` (as the HF repository ships it) and a `tokenizer_config.json` with a
-/// chat template. Consolidated: `params.json`, `consolidated.safetensors` and
-/// `tokenizer.model.v3`, with heads wider than hidden size / heads (as in Nemo).
-fn write_mistral_dir(dir: &Path, scheme: Scheme) {
-    let c = if scheme == Scheme::Hf {
-        let config = serde_json::json!({
-            "architectures": ["MistralForCausalLM"],
-            "model_type": "mistral",
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "head_dim": 8,
-            "hidden_act": "silu",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "max_position_embeddings": 4096,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "num_key_value_heads": 2,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 1000000.0,
-            "sliding_window": null,
-            "tie_word_embeddings": false,
-            "vocab_size": 32768,
-        });
-        let path = dir.join("config.json");
-        std::fs::write(&path, config.to_string()).unwrap();
-        ModelConfig::from_hf_config(&path).unwrap()
-    } else {
-        let params = serde_json::json!({
-            "dim": 32,
-            "n_layers": 2,
-            "head_dim": 16,
-            "hidden_dim": 64,
-            "n_heads": 4,
-            "n_kv_heads": 2,
-            "norm_eps": 1e-5,
-            "vocab_size": 32768,
-            "rope_theta": 1000000.0,
-        });
-        let path = dir.join("params.json");
-        std::fs::write(&path, params.to_string()).unwrap();
-        ModelConfig::from_params_json(&path).unwrap()
-    };
-    let mut rng = Rng::new(7);
-    let tensors: Vec<(String, TensorData)> = model_tensors(&c)
-        .into_iter()
-        .map(|name| {
-            let shape = tensor_shape(&c, name);
-            let n: usize = shape.iter().product();
-            let (center, spread) = if shape.len() == 1 {
-                (1.0, 0.1)
-            } else {
-                (0.0, 1.0 / (shape[1] as f64).sqrt())
-            };
-            let values: Vec<f32> = (0..n)
-                .map(|_| (center + (rng.next_f64() * 2.0 - 1.0) * spread) as f32)
-                .collect();
-            let data = TensorData::from_f32(Dtype::F32, shape, &values).unwrap();
-            (name.format(scheme), data)
-        })
-        .collect();
-    let (weights, tokenizer) = if scheme == Scheme::Hf {
-        ("model.safetensors", "tokenizer.model")
-    } else {
-        ("consolidated.safetensors", "tokenizer.model.v3")
-    };
-    write_safetensors(dir.join(weights), &tensors, None).unwrap();
-    std::fs::copy(cache::fetched_tokenizer(V3).unwrap(), dir.join(tokenizer)).unwrap();
-    if scheme == Scheme::Hf {
-        let tok_config = serde_json::json!({
-            "add_bos_token": true,
-            "add_eos_token": false,
-            "chat_template": TEMPLATE,
-        });
-        std::fs::write(dir.join("tokenizer_config.json"), tok_config.to_string()).unwrap();
-    }
-}
-
-/// Every projection adapted, A uniform in ±1/√in, B uniform in ±0.2: large enough that
-/// an export which lost the adapter fails the check.
-fn random_lora(model: &Model) -> Lora {
-    let spec = LoraSpec {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        rslora: false,
-        targets: LoraTarget::ALL.to_vec(),
-    };
-    let mut lora = Lora::zeros(&model.config, &spec);
-    let mut rng = Rng::new(11);
-    for (name, shape, data) in lora.tensors_mut() {
-        let bound = if name.ends_with("lora_A.weight") {
-            1.0 / (shape[1] as f64).sqrt()
-        } else {
-            0.2
-        };
-        for x in data.iter_mut() {
-            *x = ((rng.next_f64() * 2.0 - 1.0) * bound) as f32;
-        }
-    }
-    lora
 }
 
 /// Multilingual text, whitespace runs, digits, emoji (byte fallback) and control tokens.
@@ -157,7 +48,21 @@ fn check_export(scheme: Scheme) {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("tiny-mistral");
     std::fs::create_dir(&base).unwrap();
-    write_mistral_dir(&base, scheme);
+    let tokenizer = std::fs::read(cache::fetched_tokenizer(V3).unwrap()).unwrap();
+    let files = if scheme == Scheme::Hf {
+        let tok_config = serde_json::json!({
+            "add_bos_token": true,
+            "add_eos_token": false,
+            "chat_template": TEMPLATE,
+        });
+        vec![
+            ("tokenizer.model", tokenizer),
+            ("tokenizer_config.json", tok_config.to_string().into_bytes()),
+        ]
+    } else {
+        vec![("tokenizer.model.v3", tokenizer)]
+    };
+    write_mistral_dir(&base, scheme, 32768, &files);
     let model = load(&base);
     let lora = random_lora(&model);
     let source = Tokenizer::from_file(&cache::fetched_tokenizer(V3).unwrap()).unwrap();
