@@ -3,28 +3,8 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{assert_ok, bora, model_dir, word};
+use common::{assert_ok, bora, model_dir, write_chats};
 use serde_json::{json, Value};
-
-/// `n` chat examples: a few words in, the same words reversed out.
-fn write_chats(path: &Path, n: usize) {
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            let words: Vec<String> = (0..3)
-                .map(|j| word(3 + ((i * 3 + j) % 40) as u32))
-                .collect();
-            let answer: Vec<String> = words.iter().rev().cloned().collect();
-            json!({"messages": [
-                {"role": "user", "content": words.join(" ")},
-                {"role": "assistant", "content": answer.join(" ")},
-            ]})
-            .to_string()
-        })
-        .collect();
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
 
 fn train(model: &str, data: &str, out: &str) {
     train_with(model, data, out, &[]);

@@ -6,24 +6,7 @@ mod common;
 use std::path::Path;
 
 use bora_formats::safetensors::Safetensors;
-use common::{assert_ok, bora, model_dir, word};
-use serde_json::json;
-
-fn write_chats(path: &Path, n: usize) {
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            let words: Vec<String> = (0..3)
-                .map(|j| word(3 + ((i * 5 + j) % 40) as u32))
-                .collect();
-            json!({"messages": [
-                {"role": "user", "content": words.join(" ")},
-                {"role": "assistant", "content": words[0]},
-            ]})
-            .to_string()
-        })
-        .collect();
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
+use common::{assert_ok, bora, model_dir, write_chats};
 
 /// A finished 4-step run of the tiny Llama model in `root/runs/tiny`.
 fn tiny_run(root: &Path) -> std::path::PathBuf {

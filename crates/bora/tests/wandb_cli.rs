@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, bora, model_dir, word};
+use common::{assert_ok, bora, model_dir, write_chats};
 use serde_json::{json, Value};
 use wandb_server::{Failure, FakeWandb, Request};
 
@@ -36,24 +36,6 @@ fn command(args: &[&str], home: &Path, server: Option<&FakeWandb>, key: bool) ->
 
 fn bora_env(args: &[&str], home: &Path, server: Option<&FakeWandb>, key: bool) -> Output {
     command(args, home, server, key).output().unwrap()
-}
-
-/// `n` chat examples: a few words in, the same words reversed out.
-fn write_chats(path: &Path, n: usize) {
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            let words: Vec<String> = (0..3)
-                .map(|j| word(3 + ((i * 3 + j) % 40) as u32))
-                .collect();
-            let answer: Vec<String> = words.iter().rev().cloned().collect();
-            json!({"messages": [
-                {"role": "user", "content": words.join(" ")},
-                {"role": "assistant", "content": answer.join(" ")},
-            ]})
-            .to_string()
-        })
-        .collect();
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
 fn train_args<'a>(model: &'a str, data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {

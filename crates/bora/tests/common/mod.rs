@@ -79,3 +79,23 @@ pub fn assert_ok(out: &Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `n` chat examples: a few words in, the same words reversed out.
+// Each test binary compiles this module; train_cli trains on text, not chats.
+#[allow(dead_code)]
+pub fn write_chats(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let words: Vec<String> = (0..3)
+                .map(|j| word(3 + ((i * 3 + j) % 40) as u32))
+                .collect();
+            let answer: Vec<String> = words.iter().rev().cloned().collect();
+            json!({"messages": [
+                {"role": "user", "content": words.join(" ")},
+                {"role": "assistant", "content": answer.join(" ")},
+            ]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
