@@ -197,6 +197,19 @@ impl HubClient {
         }
     }
 
+    /// Sends `req` and reads a successful (2xx) answer as JSON: the shape of every Hub API
+    /// call after whoami. Any other status is an error naming the request.
+    pub(super) fn send_json(&self, req: &Req) -> Result<serde_json::Value> {
+        let r = self.send(req)?;
+        if !(200..300).contains(&r.status) {
+            return Err(self.status_error(req, r));
+        }
+        serde_json::from_str(&r.body).map_err(|e| HubError::Protocol {
+            url: shown(&req.url),
+            what: format!("the answer is not JSON: {e}"),
+        })
+    }
+
     /// An error for an answer the caller does not accept.
     pub(super) fn status_error(&self, req: &Req, r: Resp) -> HubError {
         let mut body: String = r.body.chars().take(500).collect();

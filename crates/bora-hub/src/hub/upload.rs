@@ -376,16 +376,11 @@ impl HubClient {
                 headers: vec![("content-type", "application/json")],
                 body: Body::Bytes(body.as_bytes()),
             };
-            let r = self.send(&req)?;
-            if r.status != 200 {
-                return Err(self.status_error(&req, r));
-            }
+            let v = self.send_json(&req)?;
             let bad = |what: String| HubError::Protocol {
                 url: shown(&url),
                 what,
             };
-            let v: Value =
-                serde_json::from_str(&r.body).map_err(|e| bad(format!("not JSON: {e}")))?;
             for f in v
                 .get("files")
                 .and_then(Value::as_array)
@@ -466,16 +461,11 @@ impl HubClient {
                 headers: vec![("accept", LFS_JSON), ("content-type", LFS_JSON)],
                 body: Body::Bytes(body.as_bytes()),
             };
-            let r = self.send(&req)?;
-            if r.status != 200 {
-                return Err(self.status_error(&req, r));
-            }
+            let v = self.send_json(&req)?;
             let bad = |what: String| HubError::Protocol {
                 url: shown(&url),
                 what,
             };
-            let v: Value =
-                serde_json::from_str(&r.body).map_err(|e| bad(format!("not JSON: {e}")))?;
             let answers = v
                 .get("objects")
                 .and_then(Value::as_array)
@@ -665,14 +655,7 @@ impl HubClient {
             headers: vec![("content-type", "application/x-ndjson")],
             body: Body::Bytes(ndjson.as_bytes()),
         };
-        let r = self.send(&req)?;
-        if !(200..300).contains(&r.status) {
-            return Err(self.status_error(&req, r));
-        }
-        let v: Value = serde_json::from_str(&r.body).map_err(|e| HubError::Protocol {
-            url: url.clone(),
-            what: format!("commit answer is not JSON: {e}"),
-        })?;
+        let v = self.send_json(&req)?;
         let field = |k: &str| {
             v.get(k)
                 .and_then(Value::as_str)
