@@ -35,8 +35,8 @@ pub struct EvalConfig {
 /// How answers are generated: greedy by default, several examples decoded together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoding {
-    /// Examples decoded together in one pass over the weights (see [`run_side`]). Up to
-    /// [`Decoding::EXACT_ROWS`] rows every answer is bit-for-bit the one-at-a-time answer.
+    /// Examples in flight together (see [`run_side`]); whatever the size, every answer is
+    /// bit-for-bit the one-at-a-time answer.
     pub batch_size: usize,
     /// Temperature 0 (the default) is greedy. A sampled run stays reproducible: each
     /// example's sampler is seeded from `seed` and the example's line ([`crate::example_seed`]).
@@ -44,12 +44,10 @@ pub struct Decoding {
 }
 
 impl Decoding {
-    /// Rows up to which a batched decode gives each row the bits it gets alone
-    /// ([`bora_model::EXACT_DECODE_ROWS`]).
-    pub const EXACT_ROWS: usize = bora_model::EXACT_DECODE_ROWS;
-    /// The default batch: the most rows that stay exact. Past a few rows the multi-row
-    /// kernels cost about the same per row, so a larger batch would buy little.
-    pub const DEFAULT_BATCH: usize = Decoding::EXACT_ROWS;
+    /// The default batch: the most rows one decode call takes exactly
+    /// ([`bora_model::EXACT_DECODE_ROWS`]); a larger batch runs as several calls per step,
+    /// which reads every weight once per call and so buys nothing.
+    pub const DEFAULT_BATCH: usize = bora_model::EXACT_DECODE_ROWS;
 }
 
 impl Default for Decoding {

@@ -10,7 +10,7 @@
 
 use bora_model::{
     GenerateOptions, KvCache, Logits, Lora, Model, Rng, Sampler, SamplingParams, StopMatcher,
-    StopReason, Workspace,
+    StopReason, Workspace, EXACT_DECODE_ROWS,
 };
 use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
 
@@ -41,11 +41,10 @@ pub fn example_seed(seed: u64, line: usize) -> u64 {
 /// `on_item` sees the number of items done, which finish out of order.
 ///
 /// Each answer is the one a lone [`bora_model::Generator`] gives from an empty cache: a row
-/// has its own cache, sampler and stop matcher, and a decode step of up to
-/// [`crate::Decoding::EXACT_ROWS`] rows computes each row's logits bit for bit as a one-row
-/// step does. Past that bora-compute multiplies quantized weights as dequantized f32 tiles,
-/// whose rounding differs slightly from the one-row kernels, so a near-tie between two
-/// tokens can then go the other way.
+/// has its own cache, sampler and stop matcher, and each decode call holds at most
+/// [`EXACT_DECODE_ROWS`] rows, for which it computes each row's logits bit for bit as a
+/// one-row step does (past that bora-compute multiplies quantized weights as dequantized f32
+/// tiles, whose rounding differs, so a near-tie between two tokens could go the other way).
 pub fn run_side(
     model: &Model,
     adapter: Option<&Lora>,
@@ -245,21 +244,25 @@ impl<'t> Row<'t> {
     }
 }
 
-/// Runs every row's sampled token through the model in one step and keeps the new logits.
+/// Runs every row's sampled token through the model and keeps the new logits, in calls of
+/// at most [`EXACT_DECODE_ROWS`] rows: past that bound a batched step rounds differently from
+/// one row alone, and an answer must not depend on the batch size.
 fn decode(
     model: &Model,
     adapter: Option<&Lora>,
     rows: &mut [Row<'_>],
     ws: &mut Workspace,
 ) -> Result<()> {
-    let tokens: Vec<u32> = rows.iter().map(|r| r.next).collect();
-    let adapters = vec![adapter; rows.len()];
-    let mut caches: Vec<&mut KvCache> = rows.iter_mut().map(|r| &mut r.cache).collect();
-    let logits = model.forward_decode(&tokens, &mut caches, &adapters, ws)?;
     let vocab = model.config.vocab_size;
-    for (row, out) in rows.iter_mut().zip(logits.chunks_exact(vocab)) {
-        row.logits.copy_from_slice(out);
-        row.history.push(row.next);
+    for group in rows.chunks_mut(EXACT_DECODE_ROWS) {
+        let tokens: Vec<u32> = group.iter().map(|r| r.next).collect();
+        let adapters = vec![adapter; group.len()];
+        let mut caches: Vec<&mut KvCache> = group.iter_mut().map(|r| &mut r.cache).collect();
+        let logits = model.forward_decode(&tokens, &mut caches, &adapters, ws)?;
+        for (row, out) in group.iter_mut().zip(logits.chunks_exact(vocab)) {
+            row.logits.copy_from_slice(out);
+            row.history.push(row.next);
+        }
     }
     Ok(())
 }

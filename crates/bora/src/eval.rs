@@ -54,7 +54,7 @@ pub struct EvalArgs {
     /// which hold the scores (the table stays in RUN/eval/samples.jsonl).
     #[arg(long, requires = "wandb")]
     wandb_offline: bool,
-    /// Examples decoded together (up to 12, answers are exactly those of one at a time).
+    /// Examples in flight together (answers are exactly those of one at a time).
     #[arg(long, default_value_t = Decoding::DEFAULT_BATCH)]
     batch_size: usize,
     /// Sample answers at this temperature instead of greedily (0: greedy).
