@@ -130,6 +130,10 @@ pub struct Scratch {
 pub(crate) struct MatScratch {
     floats: Vec<f32>,
     ints: Vec<i16>,
+    /// Products for inference, which may take up to
+    /// [`INFERENCE_DOT_ROWS`](crate::INFERENCE_DOT_ROWS) rows through the dot kernels;
+    /// otherwise [`MATVEC_MAX_ROWS`](crate::MATVEC_MAX_ROWS), as training needs.
+    pub(crate) inference: bool,
 }
 
 fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
@@ -140,8 +144,18 @@ fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
 }
 
 impl Scratch {
+    /// Room for training's products: past [`MATVEC_MAX_ROWS`](crate::MATVEC_MAX_ROWS)
+    /// activation rows, quantized weights are multiplied as exact f32 tiles.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Room for inference's products, which take the faster way for their row count (see
+    /// [`INFERENCE_DOT_ROWS`](crate::INFERENCE_DOT_ROWS)) at 16-bit activation precision.
+    pub fn for_inference() -> Self {
+        let mut s = Self::default();
+        s.mat.inference = true;
+        s
     }
 
     /// `len` floats of unspecified content; grows (once) if needed.

@@ -50,7 +50,7 @@ pub use loss::{cross_entropy_chunked, CrossEntropy};
 pub use matmul::{matmul_dw, matmul_dx, matmul_xwt};
 pub use norm::{rmsnorm_backward, rmsnorm_forward};
 pub use rope::{position_query_scale, rope_backward, rope_forward, RopeScaling, RopeTables};
-pub use weight::{Weight, WeightBytes, MATVEC_MAX_ROWS};
+pub use weight::{Weight, WeightBytes, INFERENCE_DOT_ROWS, MATVEC_MAX_ROWS};
 
 pub use bora_formats::quant::GgmlType;
 

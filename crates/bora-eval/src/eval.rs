@@ -44,10 +44,10 @@ pub struct Decoding {
 }
 
 impl Decoding {
-    /// The default batch: the most rows one decode call takes exactly
-    /// ([`bora_model::EXACT_DECODE_ROWS`]); a larger batch runs as several calls per step,
-    /// which reads every weight once per call and so buys nothing.
-    pub const DEFAULT_BATCH: usize = bora_model::EXACT_DECODE_ROWS;
+    /// The default batch: a group of 4 or more rows for each thread of a machine with up to
+    /// 4 cores (`Model::forward_decode` runs a step as one group per thread). Answers do not
+    /// depend on it.
+    pub const DEFAULT_BATCH: usize = 16;
 }
 
 impl Default for Decoding {

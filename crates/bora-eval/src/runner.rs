@@ -10,7 +10,7 @@
 
 use bora_model::{
     GenerateOptions, KvCache, Logits, Lora, Model, Rng, Sampler, SamplingParams, StopMatcher,
-    StopReason, Workspace, EXACT_DECODE_ROWS,
+    StopReason, Workspace,
 };
 use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
 
@@ -41,10 +41,9 @@ pub fn example_seed(seed: u64, line: usize) -> u64 {
 /// `on_item` sees the number of items done, which finish out of order.
 ///
 /// Each answer is the one a lone [`bora_model::Generator`] gives from an empty cache: a row
-/// has its own cache, sampler and stop matcher, and each decode call holds at most
-/// [`EXACT_DECODE_ROWS`] rows, for which it computes each row's logits bit for bit as a
-/// one-row step does (past that bora-compute multiplies quantized weights as dequantized f32
-/// tiles, whose rounding differs, so a near-tie between two tokens could go the other way).
+/// has its own cache, sampler and stop matcher, and a decode step computes each row's logits
+/// bit for bit as a one-row step does (see [`Model::forward_decode`]), so no near-tie between
+/// two tokens can go another way in a batch.
 pub fn run_side(
     model: &Model,
     adapter: Option<&Lora>,
@@ -244,9 +243,8 @@ impl<'t> Row<'t> {
     }
 }
 
-/// Runs every row's sampled token through the model and keeps the new logits, in calls of
-/// at most [`EXACT_DECODE_ROWS`] rows: past that bound a batched step rounds differently from
-/// one row alone, and an answer must not depend on the batch size.
+/// Runs every row's sampled token through the model in one batched step and keeps the new
+/// logits (each row's bit for bit those of its sequence alone, whatever the batch).
 fn decode(
     model: &Model,
     adapter: Option<&Lora>,
@@ -254,15 +252,13 @@ fn decode(
     ws: &mut Workspace,
 ) -> Result<()> {
     let vocab = model.config.vocab_size;
-    for group in rows.chunks_mut(EXACT_DECODE_ROWS) {
-        let tokens: Vec<u32> = group.iter().map(|r| r.next).collect();
-        let adapters = vec![adapter; group.len()];
-        let mut caches: Vec<&mut KvCache> = group.iter_mut().map(|r| &mut r.cache).collect();
-        let logits = model.forward_decode(&tokens, &mut caches, &adapters, ws)?;
-        for (row, out) in group.iter_mut().zip(logits.chunks_exact(vocab)) {
-            row.logits.copy_from_slice(out);
-            row.history.push(row.next);
-        }
+    let tokens: Vec<u32> = rows.iter().map(|r| r.next).collect();
+    let adapters = vec![adapter; rows.len()];
+    let mut caches: Vec<&mut KvCache> = rows.iter_mut().map(|r| &mut r.cache).collect();
+    let logits = model.forward_decode(&tokens, &mut caches, &adapters, ws)?;
+    for (row, out) in rows.iter_mut().zip(logits.chunks_exact(vocab)) {
+        row.logits.copy_from_slice(out);
+        row.history.push(row.next);
     }
     Ok(())
 }

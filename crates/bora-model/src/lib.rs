@@ -28,9 +28,7 @@ pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use generate::{GenerateOptions, Generation, Generator, StopMatcher, StopReason};
 pub use lora::{Lora, LoraGrads, LoraSpec, LoraTarget};
-pub use model::{
-    KvCache, LoadOptions, Logits, Model, Workspace, DEFAULT_CONTEXT, EXACT_DECODE_ROWS,
-};
+pub use model::{KvCache, LoadOptions, Logits, Model, Workspace, DEFAULT_CONTEXT};
 pub use sample::{argmax, Rng, Sampler, SamplingParams};
 pub use score::{perplexity, Perplexity};
 pub use train::{TrainBatch, Trainer};

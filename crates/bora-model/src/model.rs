@@ -13,6 +13,7 @@ use bora_compute::{
 };
 use bora_formats::gguf::GgufFile;
 use bora_formats::quant::GgmlType;
+use rayon::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -36,12 +37,33 @@ pub struct LoadOptions {
 /// (and users KV caches) for hundreds of thousands of positions they never use.
 pub const DEFAULT_CONTEXT: usize = 8192;
 
-/// Most sequences a [`Model::forward_decode`] call should hold for every row's logits to be
-/// bit for bit those of the sequence decoded alone: up to this many rows, quantized weights
-/// go through the block-wise dot kernels, which treat each row independently; past it they
-/// are dequantized into f32 tiles and round differently. Callers with more sequences
-/// (bora-serve's engine, bora-eval's batches) run them as several calls.
-pub const EXACT_DECODE_ROWS: usize = bora_compute::MATVEC_MAX_ROWS;
+/// Most rows one group of a decode step holds: up to this many rows, an inference
+/// workspace's products take quantized weights through the block-wise dot kernels, which
+/// treat each row independently, so every row's logits are bit for bit those of its
+/// sequence decoded alone; past it they would be dequantized into f32 tiles and round
+/// differently.
+const DECODE_GROUP_ROWS: usize = bora_compute::INFERENCE_DOT_ROWS;
+
+/// Fewest rows worth a group of their own in a split decode step: the dot kernels widen each
+/// weight block once for 4 rows, so a smaller group pays nearly a whole pass over the weights
+/// for less work.
+const MIN_GROUP_ROWS: usize = 4;
+
+/// Groups a decode step of `n` rows runs as on `threads` threads: enough to keep each within
+/// [`DECODE_GROUP_ROWS`], one per thread while each keeps [`MIN_GROUP_ROWS`], and past one
+/// round a whole number of rounds, so no thread idles through a last short one.
+fn decode_groups(n: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let groups = n
+        .div_ceil(DECODE_GROUP_ROWS)
+        .max((n / MIN_GROUP_ROWS).min(threads))
+        .max(1);
+    if groups > threads {
+        groups.next_multiple_of(threads).min(n)
+    } else {
+        groups
+    }
+}
 
 /// A loaded decoder, ready to run.
 #[derive(Debug)]
@@ -88,8 +110,9 @@ impl KvCache {
     }
 }
 
-/// Activation buffers for a forward pass, grown to the largest token count seen.
-#[derive(Debug, Default)]
+/// Activation buffers for a forward pass, grown to the largest token count seen, and room
+/// for inference's weight products ([`Scratch::for_inference`]).
+#[derive(Debug)]
 pub struct Workspace {
     pub(crate) x: Vec<f32>,
     pub(crate) xn: Vec<f32>,
@@ -107,6 +130,8 @@ pub struct Workspace {
     /// The adapter branches' `s·A·x` of the current layer, when running with an adapter.
     pub(crate) lora: Vec<f32>,
     pub(crate) scratch: Scratch,
+    /// One workspace per group of a decode step split across threads.
+    pub(crate) groups: Vec<Workspace>,
 }
 
 pub(crate) fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -118,7 +143,30 @@ pub(crate) fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 impl Workspace {
     pub fn new() -> Self {
-        Self::default()
+        Workspace {
+            x: Vec::new(),
+            xn: Vec::new(),
+            q: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+            att: Vec::new(),
+            gate: Vec::new(),
+            up: Vec::new(),
+            h: Vec::new(),
+            rstd: Vec::new(),
+            lse: Vec::new(),
+            logits: Vec::new(),
+            positions: Vec::new(),
+            lora: Vec::new(),
+            scratch: Scratch::for_inference(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -349,9 +397,13 @@ impl Model {
 
     /// One decode step of several sequences at once: `tokens[i]` continues `caches[i]` with
     /// `adapters[i]` (`None`: the base model). Returns logits `[n, vocab]`, row `i` for
-    /// sequence `i`. Every projection runs over all `n` rows, so each weight is read once
-    /// per step rather than once per sequence; only attention (each row against its own
-    /// cache, at its own position) and the adapter branches are per row.
+    /// sequence `i`, each bit for bit the logits of sequence `i` decoded alone, whatever `n`.
+    /// Every projection runs over a group of rows, so each weight is read once per group
+    /// rather than once per sequence; only attention (each row against its own cache, at its
+    /// own position) and the adapter branches are per row. Groups ([`decode_groups`]) run
+    /// side by side, one per pool thread: splitting every projection between the threads
+    /// instead costs a fork and a join per product, 210 per step for SmolLM2-135M, and the
+    /// threads idled a third of the step waiting on each other.
     pub fn forward_decode<'w>(
         &self,
         tokens: &[u32],
@@ -377,12 +429,125 @@ impl Model {
             .iter()
             .map(|&a| self.adapt(a, None))
             .collect::<Result<Vec<_>>>()?;
+        let n = tokens.len();
+        let groups = decode_groups(n, rayon::current_num_threads());
+        if groups == 1 {
+            return bora_compute::run_in_pool(|| {
+                self.decode_group(tokens, caches, &adapt, ws)?;
+                Ok(&ws.logits[..n * self.config.vocab_size])
+            });
+        }
+        if ws.groups.len() < groups {
+            ws.groups.resize_with(groups, Workspace::new);
+        }
+        let mut parts = Vec::with_capacity(groups);
+        let mut lengths = Vec::with_capacity(groups);
+        let (mut tokens, mut caches, mut adapt) = (tokens, caches, &adapt[..]);
+        for (g, part) in ws.groups[..groups].iter_mut().enumerate() {
+            let rows = tokens.len() / (groups - g);
+            let (t, rest_t) = tokens.split_at(rows);
+            let (c, rest_c) = caches.split_at_mut(rows);
+            let (a, rest_a) = adapt.split_at(rows);
+            parts.push((t, c, a, part));
+            lengths.push(rows);
+            (tokens, caches, adapt) = (rest_t, rest_c, rest_a);
+        }
+        bora_compute::run_in_pool(|| {
+            parts
+                .into_par_iter()
+                .try_for_each(|(t, c, a, part)| self.decode_group(t, c, a, part))
+        })?;
+        let v = self.config.vocab_size;
+        let logits = sized(&mut ws.logits, n * v);
+        let mut rows = logits.chunks_exact_mut(v);
+        for (part, len) in ws.groups.iter().zip(lengths) {
+            // The group's rows first: `zip` would draw (and lose) one more output row
+            // before finding them exhausted.
+            for (row, out) in part.logits[..len * v].chunks_exact(v).zip(&mut rows) {
+                out.copy_from_slice(row);
+            }
+        }
+        Ok(&ws.logits[..n * v])
+    }
+
+    /// Prefills several prompts, `prompts[i]` into `caches[i]` (cleared first) with
+    /// `adapters[i]`, and returns each one's last-position logits, as
+    /// [`Model::forward_adapted`] gives them, or its error. The prompts run side by side in
+    /// contiguous groups of about equal token counts, one per pool thread, for the reason
+    /// [`Model::forward_decode`] splits its steps: a thread to itself, a prompt's products
+    /// need no fork and join each.
+    pub fn prefill_many(
+        &self,
+        prompts: &[&[u32]],
+        caches: &mut [&mut KvCache],
+        adapters: &[Option<&Lora>],
+        ws: &mut Workspace,
+    ) -> Vec<Result<Vec<f32>>> {
+        let n = prompts.len();
+        if caches.len() != n || adapters.len() != n {
+            let mismatch = || ModelError::BatchMismatch {
+                tokens: n,
+                caches: caches.len(),
+                adapters: adapters.len(),
+            };
+            return (0..n).map(|_| Err(mismatch())).collect();
+        }
+        let groups = rayon::current_num_threads().clamp(1, n.max(1));
+        if ws.groups.len() < groups {
+            ws.groups.resize_with(groups, Workspace::new);
+        }
+        let total: usize = prompts.iter().map(|p| p.len()).sum();
+        let mut parts = Vec::with_capacity(groups);
+        let (mut prompts, mut caches, mut adapters) = (prompts, caches, adapters);
+        let mut done = 0;
+        for (g, part) in ws.groups[..groups].iter_mut().enumerate() {
+            // Cut where the running token count passes the group's share, leaving at least
+            // one prompt for each group after this one.
+            let share = total * (g + 1) / groups;
+            let mut rows = 0;
+            while rows < prompts.len() - (groups - 1 - g)
+                && (rows == 0 || done + prompts[rows].len() <= share || g + 1 == groups)
+            {
+                done += prompts[rows].len();
+                rows += 1;
+            }
+            let (p, rest_p) = prompts.split_at(rows);
+            let (c, rest_c) = caches.split_at_mut(rows);
+            let (a, rest_a) = adapters.split_at(rows);
+            parts.push((p, c, a, part));
+            (prompts, caches, adapters) = (rest_p, rest_c, rest_a);
+        }
+        bora_compute::run_in_pool(|| {
+            parts
+                .into_par_iter()
+                .flat_map_iter(|(p, c, a, part)| {
+                    let mut out = Vec::with_capacity(p.len());
+                    for ((prompt, cache), adapter) in p.iter().zip(c.iter_mut()).zip(a) {
+                        cache.clear();
+                        out.push(
+                            self.forward_adapted(prompt, cache, part, Logits::Last, *adapter)
+                                .map(<[f32]>::to_vec),
+                        );
+                    }
+                    out
+                })
+                .collect()
+        })
+    }
+
+    /// One group of [`Model::forward_decode`], its logits left in `ws.logits`.
+    fn decode_group(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+        adapt: &[Option<Adapt<'_>>],
+        ws: &mut Workspace,
+    ) -> Result<()> {
         ws.positions.clear();
         ws.positions.extend(caches.iter().map(|c| c.len));
-        bora_compute::run_in_pool(|| {
-            self.run(tokens, Attend::Decode(caches), ws, Adapters::PerRow(&adapt))?;
-            Ok(self.output(ws, tokens.len(), Logits::All))
-        })
+        self.run(tokens, Attend::Decode(caches), ws, Adapters::PerRow(adapt))?;
+        self.output(ws, tokens.len(), Logits::All);
+        Ok(())
     }
 
     /// Checks that `cache` was made for this model and has room for `tokens` more.
@@ -706,5 +871,32 @@ impl Model {
 
     pub(crate) fn rope(&self) -> &RopeTables {
         &self.rope
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_groups_fill_the_threads_and_bound_each_group() {
+        // (rows, threads) -> groups
+        let cases = [
+            ((1, 2), 1),
+            ((7, 2), 1),
+            ((8, 2), 2),
+            ((16, 2), 2),
+            ((16, 8), 4),
+            ((64, 1), 1),
+            ((65, 1), 2),
+            ((200, 2), 4),
+            ((130, 3), 3),
+            ((3, 0), 1),
+        ];
+        for ((n, threads), want) in cases {
+            let got = decode_groups(n, threads);
+            assert_eq!(got, want, "{n} rows on {threads} threads");
+            assert!(n.div_ceil(got) <= DECODE_GROUP_ROWS);
+        }
     }
 }

@@ -3,10 +3,10 @@
 //! finished, timed-out and abandoned ones leave between steps; the arithmetic of a step runs
 //! on the rayon pool, so the tokio threads only ever move bytes.
 //!
-//! A step runs the active sequences' new tokens through batched decodes
-//! (`Model::forward_decode`, up to `DECODE_ROWS` sequences per call), so one pass of the
-//! projections serves a whole group; prompts are prefilled one sequence at a time as they
-//! join.
+//! A step runs the active sequences' new tokens through one batched decode
+//! (`Model::forward_decode`), so one pass of the projections serves a whole group of
+//! sequences; the prompts of requests that arrived since the last step are prefilled
+//! together (`Model::prefill_many`) before it.
 
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bora_model::{
-    KvCache, Logits, Lora, Model, Sampler, SamplingParams, StopMatcher, StopReason, Workspace,
+    KvCache, Lora, Model, Sampler, SamplingParams, StopMatcher, StopReason, Workspace,
 };
 use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
@@ -142,61 +142,67 @@ impl<'m> Batch<'m> {
     fn run(mut self, jobs: Receiver<Job>) {
         let mut open = true;
         while open || !self.active.is_empty() {
+            let mut arrived = Vec::new();
             if self.active.is_empty() {
                 match jobs.recv() {
-                    Ok(job) => self.admit(job),
+                    Ok(job) => arrived.push(job),
                     Err(_) => open = false,
                 }
             }
-            while open && self.active.len() < self.max_batch {
+            while open && self.active.len() + arrived.len() < self.max_batch {
                 match jobs.try_recv() {
-                    Ok(job) => self.admit(job),
+                    Ok(job) => arrived.push(job),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => open = false,
                 }
             }
+            self.admit(arrived);
             if !self.active.is_empty() {
                 self.step();
             }
         }
     }
 
-    /// Prefills `job`'s prompt; the sequence then waits for the next step to sample.
-    fn admit(&mut self, job: Job) {
-        if job.events.is_closed() {
-            return;
+    /// Prefills the prompts of the jobs that arrived since the last step, side by side
+    /// (`Model::prefill_many`); each sequence then waits for the next step to sample.
+    fn admit(&mut self, arrived: Vec<Job>) {
+        let now = Instant::now();
+        let (mut jobs, mut caches) = (Vec::new(), Vec::new());
+        for job in arrived {
+            if job.events.is_closed() {
+                continue;
+            }
+            if now >= job.deadline {
+                let _ = job.events.send(Event::Failed(ApiError::timeout()));
+                continue;
+            }
+            caches.push(self.spare.pop().unwrap_or_else(|| self.model.new_cache()));
+            jobs.push(job);
         }
-        if Instant::now() >= job.deadline {
-            let _ = job.events.send(Event::Failed(ApiError::timeout()));
-            return;
-        }
-        let mut cache = self.spare.pop().unwrap_or_else(|| self.model.new_cache());
-        cache.clear();
-        let prefill = self
-            .model
-            .forward_adapted(
-                &job.prompt,
-                &mut cache,
-                &mut self.ws,
-                Logits::Last,
-                job.adapter.as_deref(),
-            )
-            .map(<[f32]>::to_vec);
-        match prefill {
-            Ok(logits) => self.active.push(Sequence {
-                sampler: Sampler::new(job.sampling.clone()),
-                history: job.prompt.clone(),
-                logits,
-                next: 0,
-                generated: 0,
-                decoder: StreamDecoder::new(self.tokenizer, SpecialTokenPolicy::Skip),
-                stops: StopMatcher::new(job.stop_strings.clone()),
-                cache,
-                job,
-            }),
-            Err(e) => {
-                let _ = job.events.send(Event::Failed(ApiError::internal(&e)));
-                self.spare.push(cache);
+        let logits = {
+            let prompts: Vec<&[u32]> = jobs.iter().map(|j| &j.prompt[..]).collect();
+            let adapters: Vec<Option<&Lora>> = jobs.iter().map(|j| j.adapter.as_deref()).collect();
+            let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+            self.model
+                .prefill_many(&prompts, &mut refs, &adapters, &mut self.ws)
+        };
+        for ((job, cache), prefill) in jobs.into_iter().zip(caches).zip(logits) {
+            match prefill {
+                Ok(logits) => self.active.push(Sequence {
+                    sampler: Sampler::new(job.sampling.clone()),
+                    history: job.prompt.clone(),
+                    logits,
+                    next: 0,
+                    generated: 0,
+                    decoder: StreamDecoder::new(self.tokenizer, SpecialTokenPolicy::Skip),
+                    stops: StopMatcher::new(job.stop_strings.clone()),
+                    cache,
+                    job,
+                }),
+                Err(e) => {
+                    let _ = job.events.send(Event::Failed(ApiError::internal(&e)));
+                    self.spare.push(cache);
+                }
             }
         }
     }
@@ -231,15 +237,7 @@ impl<'m> Batch<'m> {
         // branch once per run of rows.
         self.active
             .sort_by_key(|s| s.job.adapter.as_ref().map(|a| Arc::as_ptr(a) as usize));
-        // Balanced groups of at most `DECODE_ROWS` (16 sequences: two of 8).
-        let groups = self.active.len().div_ceil(DECODE_ROWS);
-        let rows = self.active.len().div_ceil(groups);
-        let (model, ws) = (self.model, &mut self.ws);
-        let failed = self
-            .active
-            .chunks_mut(rows)
-            .find_map(|group| decode(model, group, ws).err());
-        if let Some(e) = failed {
+        if let Err(e) = decode(self.model, &mut self.active, &mut self.ws) {
             let err = ApiError::internal(&e);
             for seq in std::mem::take(&mut self.active) {
                 self.spare.push(seq.finish(Outcome::Failed(err.clone())));
@@ -247,15 +245,8 @@ impl<'m> Batch<'m> {
         }
     }
 }
-
-/// Most sequences one decode call runs. bora-compute's quantized product unpacks each
-/// weight block once for up to 12 rows (4 at a time) and dequantizes the weight into f32
-/// tiles for more, which is slower per row at decode sizes; so a larger batch runs as
-/// balanced calls of at most 12. Two calls of 8 read every weight twice: at 16 clients that
-/// measured ≈12% more CPU per token than one call of 16 rows through the kernels.
-const DECODE_ROWS: usize = bora_model::EXACT_DECODE_ROWS;
-
-/// Runs each sequence's sampled token through the model in one batched step and keeps the
+/// Runs every sequence's sampled token through the model in one batched step (split into
+/// groups by `forward_decode`, each row's logits those of its sequence alone) and keeps the
 /// new logits.
 fn decode(model: &Model, group: &mut [Sequence<'_>], ws: &mut Workspace) -> bora_model::Result<()> {
     let tokens: Vec<u32> = group.iter().map(|s| s.next).collect();
