@@ -35,6 +35,7 @@ mod loss;
 mod matmul;
 mod norm;
 mod quant_dot;
+mod quant_tiles;
 mod rope;
 mod simd;
 mod weight;

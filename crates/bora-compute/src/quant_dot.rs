@@ -54,7 +54,10 @@ pub(crate) fn quantize_row(
     sums: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        unsafe { quantize_blocks_512(x, q, d, sums) };
+    } else if crate::simd::has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
         unsafe { quantize_blocks_avx2(x, q, d, sums) };
     } else {
@@ -75,23 +78,33 @@ pub(crate) fn quantize_row(
     dst.into_remainder()[..rest.len()].copy_from_slice(rest);
 }
 
-/// The per-block part of [`quantize_row`].
+/// The per-block part of [`quantize_row`]. The maximum and the sum run over 8 lanes, then
+/// across them, an order LLVM keeps in vector registers: the plain left-to-right sum was a
+/// chain of 32 dependent adds per block, a tenth of a batched decode step.
 #[inline(always)]
 fn quantize_blocks(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
+    const L: usize = 8;
     for (((xb, qb), db), sb) in x
         .chunks_exact(QK)
         .zip(q.chunks_exact_mut(QK))
         .zip(d.iter_mut())
         .zip(sums.iter_mut())
     {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let (mut max, mut sum) = ([0f32; L], [0f32; L]);
+        for part in xb.chunks_exact(L) {
+            for i in 0..L {
+                max[i] = max[i].max(part[i].abs());
+                sum[i] += part[i];
+            }
+        }
+        let amax = max.iter().fold(0f32, |a, &v| a.max(v));
         let scale = amax / 32767.0;
         let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
         for (o, v) in qb.iter_mut().zip(xb) {
             *o = (v * inv).round() as i16;
         }
         *db = scale;
-        *sb = xb.iter().sum();
+        *sb = ((sum[0] + sum[4]) + (sum[1] + sum[5])) + ((sum[2] + sum[6]) + (sum[3] + sum[7]));
     }
 }
 
@@ -104,6 +117,43 @@ fn quantize_blocks(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
     quantize_blocks(x, q, d, sums)
+}
+
+/// [`quantize_blocks`] in AVX-512 intrinsics, a block per pair of registers: compiled from
+/// the scalar loop, the conversion to i16 (saturating, NaN to 0) came out element by
+/// element, a tenth of a batched decode step. Rounds half to even where the scalar loop
+/// rounds half away from zero, so ties quantize differently on other CPUs; on one machine
+/// every row goes the same way.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_blocks_512(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
+    use std::arch::x86_64::*;
+    for (((xb, qb), db), sb) in x
+        .chunks_exact(QK)
+        .zip(q.chunks_exact_mut(QK))
+        .zip(d.iter_mut())
+        .zip(sums.iter_mut())
+    {
+        let (a, b) = (
+            _mm512_loadu_ps(xb.as_ptr()),
+            _mm512_loadu_ps(xb.as_ptr().add(16)),
+        );
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        let scale = amax / 32767.0;
+        let inv = _mm512_set1_ps(if scale == 0.0 { 0.0 } else { 1.0 / scale });
+        let to_i16 = |v: __m512| {
+            _mm512_cvtsepi32_epi16(_mm512_cvt_roundps_epi32::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(_mm512_mul_ps(v, inv)))
+        };
+        _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, to_i16(a));
+        _mm256_storeu_si256(qb.as_mut_ptr().add(16) as *mut __m256i, to_i16(b));
+        *db = scale;
+        *sb = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+    }
 }
 
 /// True for the types [`rows_dot`] handles.

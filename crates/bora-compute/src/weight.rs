@@ -18,6 +18,7 @@ use crate::arena::{MatScratch, Scratch};
 use crate::error::ComputeError;
 use crate::matmul::{gemm_f32, matmul_dx, matmul_xwt, Mat};
 use crate::quant_dot::{has_dot_kernel, quantize_row, rows_dot, XRow};
+use crate::quant_tiles::{self, tiles_dot};
 use crate::simd::SyncPtr;
 use crate::Result;
 
@@ -102,7 +103,12 @@ impl fmt::Debug for WeightBytes {
 #[derive(Debug, Clone)]
 enum Storage {
     F32(Arc<[f32]>),
-    Quant { ty: GgmlType, bytes: WeightBytes },
+    /// `tiled`: in the decode layout ([`Weight::into_decode_layout`]), else GGUF's.
+    Quant {
+        ty: GgmlType,
+        bytes: WeightBytes,
+        tiled: bool,
+    },
 }
 
 /// A frozen `[rows, cols]` matrix (torch `[out, in]`), in f32 or any supported ggml type.
@@ -173,8 +179,39 @@ impl Weight {
         Ok(Self {
             rows,
             cols,
-            storage: Storage::Quant { ty, bytes },
+            storage: Storage::Quant {
+                ty,
+                bytes,
+                tiled: false,
+            },
         })
+    }
+
+    /// This weight with its rows interleaved 16 at a time for the decode kernels, where
+    /// the type and the CPU allow (Q4_0, Q4_1, Q8_0 with AVX-512 VNNI; see `quant_tiles`),
+    /// else unchanged. The values stay the same and so does the size, but the bytes are
+    /// copied out of the file: for a model loaded to generate, not to be trained (the
+    /// backward and long prompts go through a slower row-by-row decode of this layout).
+    pub fn into_decode_layout(self) -> Self {
+        match &self.storage {
+            Storage::Quant {
+                ty,
+                bytes,
+                tiled: false,
+            } if quant_tiles::available(*ty, self.rows) => {
+                let row_bytes = bytes.len / self.rows;
+                let tiled = quant_tiles::tile(*ty, bytes.as_slice(), row_bytes);
+                Self {
+                    storage: Storage::Quant {
+                        ty: *ty,
+                        bytes: WeightBytes::from_vec(tiled),
+                        tiled: true,
+                    },
+                    ..self
+                }
+            }
+            _ => self,
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -216,11 +253,25 @@ impl Weight {
             Storage::F32(d) => {
                 out.copy_from_slice(&d[rows.start * self.cols..rows.end * self.cols])
             }
-            Storage::Quant { ty, bytes } => {
+            Storage::Quant {
+                ty,
+                bytes,
+                tiled: false,
+            } => {
                 let rb = bytes.len / self.rows.max(1);
                 let src = &bytes.as_slice()[rows.start * rb..rows.end * rb];
                 dequantize(*ty, src, out)
                     .expect("type and length were validated when the weight was built");
+            }
+            Storage::Quant {
+                ty,
+                bytes,
+                tiled: true,
+            } => {
+                let rb = bytes.len / self.rows;
+                for (row, o) in rows.zip(out.chunks_exact_mut(self.cols)) {
+                    quant_tiles::dequantize_row(*ty, bytes.as_slice(), rb, row, o);
+                }
             }
         }
     }
@@ -248,9 +299,9 @@ impl Weight {
         let (n, k) = (self.rows, self.cols);
         assert_eq!(x.len(), m * k, "weight forward: x");
         assert_eq!(y.len(), m * n, "weight forward: y");
-        let (ty, bytes) = match &self.storage {
+        let (ty, bytes, tiled) = match &self.storage {
             Storage::F32(w) => return matmul_xwt(y, x, w, m, k, n, accumulate),
-            Storage::Quant { ty, bytes } => (*ty, bytes.as_slice()),
+            Storage::Quant { ty, bytes, tiled } => (*ty, bytes.as_slice(), *tiled),
         };
         let dot_rows = if scratch.inference {
             INFERENCE_DOT_ROWS
@@ -258,7 +309,7 @@ impl Weight {
             MATVEC_MAX_ROWS
         };
         if m <= dot_rows && has_dot_kernel(ty) {
-            return self.matvec(ty, bytes, y, x, m, accumulate, scratch);
+            return self.matvec(ty, bytes, tiled, y, x, m, accumulate, scratch);
         }
         let tile = (TILE_FLOATS / k.max(1)).clamp(1, n.max(1));
         let buf = scratch.floats(tile * k);
@@ -364,13 +415,15 @@ impl Weight {
     }
 
     /// `y[m, rows] = x[m, cols] · Wᵀ` through the block-wise dot kernels: every activation
-    /// row is quantized once, then each task takes a run of weight rows and dots each of
-    /// them with all `m` activation rows while its blocks are in registers.
+    /// row is quantized once, then each task takes a run of weight rows (`tiled`: whole
+    /// tiles of the decode layout) and dots each of them with all `m` activation rows while
+    /// its blocks are in registers.
     #[allow(clippy::too_many_arguments)]
     fn matvec(
         &self,
         ty: GgmlType,
         bytes: &[u8],
+        tiled: bool,
         y: &mut [f32],
         x: &[f32],
         m: usize,
@@ -401,6 +454,19 @@ impl Weight {
                 sums: &sums[r * nb..(r + 1) * nb],
             })
             .collect();
+        if tiled {
+            let yp = SyncPtr(y.as_mut_ptr());
+            return (0..n.div_ceil(MATVEC_ROWS_PER_TASK))
+                .into_par_iter()
+                .for_each(|c| {
+                    let j0 = c * MATVEC_ROWS_PER_TASK;
+                    let t = MATVEC_ROWS_PER_TASK.min(n - j0);
+                    let rows = &bytes[j0 * rb..(j0 + t) * rb];
+                    // SAFETY: y holds m·n floats (asserted by the caller) and this task alone
+                    // writes columns j0..j0+t of every row.
+                    unsafe { tiles_dot(ty, rows, rb, &xs, yp, n, j0, accumulate) };
+                });
+        }
         if m == 1 {
             // One row: the kernels' output layout is y's, so they write it directly.
             return y

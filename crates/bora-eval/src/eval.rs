@@ -197,6 +197,7 @@ pub fn evaluate_with(
         &LoadOptions {
             context: Some(longest),
             quantize: config.quantize,
+            decode_layout: true,
         },
     )?;
     if tok.vocab_size() > model.config.vocab_size {

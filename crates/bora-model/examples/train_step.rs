@@ -67,6 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = LoadOptions {
         context: Some(seq),
         quantize,
+        decode_layout: false,
     };
     let model = Model::load(&model_path, &options)?;
     let spec = LoraSpec {

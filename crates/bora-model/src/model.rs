@@ -31,6 +31,10 @@ pub struct LoadOptions {
     /// quant type (Q8_0, Q4_0 or Q4_1) as they load, so a frozen base takes a quarter or an
     /// eighth of the memory; weights already quantized (GGUF) keep their own type.
     pub quantize: Option<GgmlType>,
+    /// Generation only: quantized matrices are rearranged for the decode kernels as they
+    /// load ([`ModelWeights::into_decode_layout`]), which about halves a decoded token's
+    /// weight products; leave it off to train (the backward reads this layout slowly).
+    pub decode_layout: bool,
 }
 
 /// Cap on the default context: long-context models would otherwise allocate RoPE tables
@@ -282,7 +286,10 @@ impl Model {
                 what: "a model directory needs config.json (Hugging Face) or params.json (Mistral consolidated)".into(),
             });
         };
-        let weights = source.load(&config, path, options.quantize)?;
+        let mut weights = source.load(&config, path, options.quantize)?;
+        if options.decode_layout {
+            weights = weights.into_decode_layout();
+        }
         Self::from_parts(config, weights, path.to_path_buf(), source.kind(), options)
     }
 

@@ -111,6 +111,7 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
         &LoadOptions {
             context: Some(t.seq_len),
             quantize,
+            decode_layout: false,
         },
     )?;
     let tokenizer = Tokenizer::from_file(model_path)?;

@@ -111,13 +111,16 @@ pub struct InfoArgs {
     model: ModelArgs,
 }
 
-fn load_model(args: &ModelArgs) -> Result<Model> {
+/// `decode_layout` for commands that generate ([`LoadOptions::decode_layout`]); scoring
+/// long windows reads the GGUF layout faster.
+fn load_model(args: &ModelArgs, decode_layout: bool) -> Result<Model> {
     let path = args
         .model
         .clone()
         .unwrap_or_else(bora_formats::cache::default_model);
     let options = LoadOptions {
         context: args.context,
+        decode_layout,
         ..LoadOptions::default()
     };
     Model::load(&path, &options).with_context(|| format!("loading model {}", path.display()))
@@ -138,8 +141,8 @@ fn load_tokenizer(model: &Model) -> Result<Tokenizer> {
     Ok(tok)
 }
 
-fn load(args: &ModelArgs) -> Result<(Model, Tokenizer)> {
-    let model = load_model(args)?;
+fn load(args: &ModelArgs, decode_layout: bool) -> Result<(Model, Tokenizer)> {
+    let model = load_model(args, decode_layout)?;
     let tok = load_tokenizer(&model)?;
     Ok((model, tok))
 }
@@ -214,7 +217,7 @@ fn print_stats(g: &Generation) {
 }
 
 pub fn generate(args: &GenerateArgs) -> Result<()> {
-    let (model, tok) = load(&args.model)?;
+    let (model, tok) = load(&args.model, true)?;
     let mut opts = options(&model, &tok, &args.sampling)?;
     if args.ignore_eos {
         opts.stop_tokens.clear();
@@ -270,7 +273,7 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
 }
 
 pub fn chat(args: &ChatArgs) -> Result<()> {
-    let (model, tok) = load(&args.model)?;
+    let (model, tok) = load(&args.model, true)?;
     let opts = options(&model, &tok, &args.sampling)?;
     let format = chat_format(&tok, model.source())?;
     let mut conv = Conversation {
@@ -308,7 +311,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
 }
 
 pub fn perplexity(args: &PerplexityArgs) -> Result<()> {
-    let (model, tok) = load(&args.model)?;
+    let (model, tok) = load(&args.model, false)?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {} (it must be UTF-8 text)", args.file.display()))?;
     let tokens = tok.encode(&text);
@@ -336,7 +339,7 @@ fn mib(bytes: u64) -> String {
 }
 
 pub fn info(args: &InfoArgs) -> Result<()> {
-    let model = load_model(&args.model)?;
+    let model = load_model(&args.model, false)?;
     let c = &model.config;
     println!(
         "model:        {} ({})",

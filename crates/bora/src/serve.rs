@@ -63,6 +63,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     };
     let load = LoadOptions {
         context: args.context,
+        decode_layout: true,
         ..LoadOptions::default()
     };
     let server = Server::load(&path, &load, &args.adapters, options)?;

@@ -848,7 +848,7 @@ fn check_options(model: &Model) -> LoadOptions {
         .unwrap_or(1);
     LoadOptions {
         context: Some(longest.min(model.config.max_position)),
-        quantize: None,
+        ..LoadOptions::default()
     }
 }
 
