@@ -1,15 +1,15 @@
 //! Batched decode micro-benchmark: the weight products of one decode step of `m` sequences
-//! at SmolLM2-135M's shapes (30 layers × 7 Q4_1 projections + the Q8_0 tied head), as one
-//! `m`-row product per weight against `m` one-row products (what a step cost before the
-//! multi-row kernel, when each row was its own pass over the weights).
+//! at SmolLM2-135M's shapes (30 layers × 7 Q4_1 projections + the Q8_0 tied head), one
+//! `m`-row product per weight through an inference scratch, with the weights in GGUF's
+//! row-major layout and in the decode layout (`Weight::into_decode_layout`, what `bora
+//! serve`, `generate` and `eval` load).
 //!
 //! `cargo run --release -p bora-compute --example decode_rows [-- 1,2,4,8,12,16,24,32]`
 //!
-//! The two ways alternate rep by rep in this one process, so a load from other processes
-//! hits both alike; each prints the best of its reps. With `RAYON_NUM_THREADS=1` on Linux the
-//! times are the thread's own CPU time (`/proc/thread-self/schedstat`), which time spent
-//! preempted by other processes does not inflate: the figure to compare on a busy machine.
-//! Weights are synthetic: only shapes and formats matter for speed.
+//! The two layouts alternate rep by rep in this one process, so a load from other processes
+//! hits both alike; each prints the best of its reps (wall clock). `RAYON_NUM_THREADS=1`
+//! gives one thread's cost, what a group of `forward_decode` pays. Weights are synthetic:
+//! only shapes and formats matter for speed.
 
 use std::time::Instant;
 
@@ -31,15 +31,8 @@ fn quant_weight(ty: GgmlType, rows: usize, cols: usize, seed: u32) -> Weight {
     Weight::from_bytes("bench", ty, rows, cols, WeightBytes::from_vec(bytes)).expect("valid shape")
 }
 
-/// Seconds this thread has run on a CPU, where Linux reports it.
-fn thread_cpu() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: f64 = stat.split_whitespace().next()?.parse().ok()?;
-    Some(ns / 1e9)
-}
-
-/// One decode step's weight products for `m` rows: all at once, or row by row.
-fn step(weights: &[Weight], layers: usize, m: usize, batched: bool, scratch: &mut Scratch) {
+/// One decode step's weight products for `m` rows.
+fn step(weights: &[Weight], layers: usize, m: usize, scratch: &mut Scratch) {
     let widest = weights
         .iter()
         .map(|w| w.rows().max(w.cols()))
@@ -54,14 +47,7 @@ fn step(weights: &[Weight], layers: usize, m: usize, batched: bool, scratch: &mu
                 continue;
             }
             let (n, k) = (w.rows(), w.cols());
-            if batched {
-                w.forward(&mut y[..m * n], &x[..m * k], m, false, scratch);
-            } else {
-                for r in 0..m {
-                    let (yr, xr) = (&mut y[r * n..(r + 1) * n], &x[r * k..(r + 1) * k]);
-                    w.forward(yr, xr, 1, false, scratch);
-                }
-            }
+            w.forward(&mut y[..m * n], &x[..m * k], m, false, scratch);
         }
     }
 }
@@ -78,7 +64,7 @@ fn main() {
         })
         .collect();
     let (d, ffn, kv, vocab, layers) = (576, 1536, 192, 49152, 30);
-    let mut weights: Vec<Weight> = [
+    let mut gguf: Vec<Weight> = [
         (d, d),
         (kv, d),
         (kv, d),
@@ -91,48 +77,40 @@ fn main() {
     .enumerate()
     .map(|(i, &(r, c))| quant_weight(GgmlType::Q4_1, r, c, 10 + i as u32))
     .collect();
-    weights.push(quant_weight(GgmlType::Q8_0, vocab, d, 3));
-    let mut scratch = Scratch::new();
+    gguf.push(quant_weight(GgmlType::Q8_0, vocab, d, 3));
+    let tiled: Vec<Weight> = gguf
+        .iter()
+        .cloned()
+        .map(Weight::into_decode_layout)
+        .collect();
+    let mut scratch = Scratch::for_inference();
     println!(
         "rayon threads: {}; SmolLM2-135M step: 30 layers x 7 Q4_1 projections + Q8_0 head",
         rayon::current_num_threads()
     );
-    let cpu_time = rayon::current_num_threads() == 1 && thread_cpu().is_some();
     println!(
-        "times: {}",
-        if cpu_time {
-            "thread CPU time (one thread)"
-        } else {
-            "wall clock"
-        }
-    );
-    println!(
-        "{:>4} {:>14} {:>14} {:>12} {:>8}",
-        "rows", "row-by-row ms", "batched ms", "batched/row", "speedup"
+        "{:>4} {:>12} {:>14} {:>12} {:>14} {:>8}",
+        "rows", "GGUF ms", "GGUF ms/row", "decode ms", "decode ms/row", "speedup"
     );
     run_in_pool(|| {
         for &m in &counts {
             let reps = (64 / m).clamp(6, 16);
-            let (mut one, mut all) = (f64::INFINITY, f64::INFINITY);
-            step(&weights, layers, m, true, &mut scratch);
+            let mut best = [f64::INFINITY; 2];
+            step(&gguf, layers, m, &mut scratch);
+            step(&tiled, layers, m, &mut scratch);
             for _ in 0..reps {
-                for batched in [false, true] {
-                    let (t, c) = (Instant::now(), thread_cpu());
-                    step(&weights, layers, m, batched, &mut scratch);
-                    let s = match (cpu_time, c, thread_cpu()) {
-                        (true, Some(c0), Some(c1)) => c1 - c0,
-                        _ => t.elapsed().as_secs_f64(),
-                    };
-                    let best = if batched { &mut all } else { &mut one };
-                    *best = best.min(s);
+                for (b, weights) in best.iter_mut().zip([&gguf, &tiled]) {
+                    let t = Instant::now();
+                    step(weights, layers, m, &mut scratch);
+                    *b = b.min(t.elapsed().as_secs_f64());
                 }
             }
+            let [a, b] = best.map(|s| s * 1e3);
             println!(
-                "{m:>4} {:>14.2} {:>14.2} {:>12.2} {:>7.2}x",
-                one * 1e3,
-                all * 1e3,
-                all * 1e3 / m as f64,
-                one / all
+                "{m:>4} {a:>12.2} {:>14.2} {b:>12.2} {:>14.2} {:>7.2}x",
+                a / m as f64,
+                b / m as f64,
+                a / b
             );
         }
     });

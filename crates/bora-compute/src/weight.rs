@@ -22,13 +22,11 @@ use crate::quant_tiles::{self, tiles_dot};
 use crate::simd::SyncPtr;
 use crate::Result;
 
-/// At most this many activation rows go through the block-wise dot kernels (each weight
-/// block unpacked once and applied to 4 rows at a time), which round activations to 16 bits;
+/// At most this many activation rows go through the block-wise dot kernels in training's
+/// products ([`Scratch::new`](crate::Scratch::new)), which round activations to 16 bits;
 /// more rows go through a tile dequantization and `gemm` in f32. Training batches must stay
 /// exact (QLoRA's gradients equal f32 training's on the dequantized base), so the bound stays
-/// small; a decode step of more sequences runs as several products (bora-serve's groups),
-/// which cost little more per row, the kernels taking 4 rows at a time whatever the total
-/// (`decode_rows` example, one thread: 2.5 ms per row at 8 rows, 2.6 at 16).
+/// small; inference takes more rows through the kernels ([`INFERENCE_DOT_ROWS`]).
 pub const MATVEC_MAX_ROWS: usize = 12;
 
 /// At most this many activation rows go through the dot kernels in inference's products

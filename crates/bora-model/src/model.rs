@@ -32,8 +32,9 @@ pub struct LoadOptions {
     /// eighth of the memory; weights already quantized (GGUF) keep their own type.
     pub quantize: Option<GgmlType>,
     /// Generation only: quantized matrices are rearranged for the decode kernels as they
-    /// load ([`ModelWeights::into_decode_layout`]), which about halves a decoded token's
-    /// weight products; leave it off to train (the backward reads this layout slowly).
+    /// load ([`Weight::into_decode_layout`](bora_compute::Weight::into_decode_layout)), which
+    /// about halves a decoded token's weight products; leave it off to train (the backward
+    /// reads this layout slowly).
     pub decode_layout: bool,
 }
 
@@ -286,10 +287,7 @@ impl Model {
                 what: "a model directory needs config.json (Hugging Face) or params.json (Mistral consolidated)".into(),
             });
         };
-        let mut weights = source.load(&config, path, options.quantize)?;
-        if options.decode_layout {
-            weights = weights.into_decode_layout();
-        }
+        let weights = source.load(&config, path, options.quantize, options.decode_layout)?;
         Self::from_parts(config, weights, path.to_path_buf(), source.kind(), options)
     }
 

@@ -69,30 +69,6 @@ impl ModelWeights {
     pub fn output(&self) -> &Weight {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
-
-    /// Every matrix in the decode layout ([`Weight::into_decode_layout`]): the products of
-    /// generation get about twice as fast, training's backward slower.
-    pub fn into_decode_layout(self) -> Self {
-        ModelWeights {
-            embed: self.embed.into_decode_layout(),
-            layers: self
-                .layers
-                .into_iter()
-                .map(|l| LayerWeights {
-                    wq: l.wq.into_decode_layout(),
-                    wk: l.wk.into_decode_layout(),
-                    wv: l.wv.into_decode_layout(),
-                    wo: l.wo.into_decode_layout(),
-                    w_gate: l.w_gate.into_decode_layout(),
-                    w_up: l.w_up.into_decode_layout(),
-                    w_down: l.w_down.into_decode_layout(),
-                    ..l
-                })
-                .collect(),
-            norm: self.norm,
-            lm_head: self.lm_head.map(Weight::into_decode_layout),
-        }
-    }
 }
 
 /// The role of a tensor inside a layer; mapped to each layout's name in [`tensor_name`].
@@ -147,12 +123,16 @@ struct RawTensor {
     shape: Vec<usize>,
     bytes: WeightBytes,
     file: PathBuf,
+    /// Index in [`TensorSource::maps`] and the byte range there.
+    map: usize,
+    range: std::ops::Range<usize>,
 }
 
 /// Where tensors are looked up: one or more memory-mapped files and an index by name.
 pub(crate) struct TensorSource {
     kind: CheckpointKind,
     tensors: BTreeMap<String, RawTensor>,
+    maps: Vec<Arc<Mmap>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
@@ -180,7 +160,8 @@ impl TensorSource {
             // Validates the range against the file before we borrow it ourselves.
             let data = gguf.tensor_bytes(info)?;
             let start = (gguf.data_offset() + info.offset) as usize;
-            let bytes = WeightBytes::new(map.clone(), start..start + data.len())?;
+            let range = start..start + data.len();
+            let bytes = WeightBytes::new(map.clone(), range.clone())?;
             let shape: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
             tensors.insert(
                 info.name.clone(),
@@ -189,20 +170,24 @@ impl TensorSource {
                     shape,
                     bytes,
                     file: path.clone(),
+                    map: 0,
+                    range,
                 },
             );
         }
         Ok(TensorSource {
             kind: CheckpointKind::Gguf,
             tensors,
+            maps: vec![map],
         })
     }
 
     /// Reads the safetensors files of an HF or consolidated directory (sharded or not).
     pub(crate) fn safetensors(kind: CheckpointKind, files: &[PathBuf]) -> Result<Self> {
-        let mut tensors = BTreeMap::new();
+        let (mut tensors, mut maps) = (BTreeMap::new(), Vec::new());
         for path in files {
             let map = map_file(path)?;
+            maps.push(map.clone());
             let (header_len, meta) =
                 safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| {
                     ModelError::NotAModel {
@@ -218,7 +203,8 @@ impl TensorSource {
                     what: format!("dtype {:?} is not supported (F32, F16, BF16)", info.dtype),
                 })?;
                 let (a, b) = info.data_offsets;
-                let bytes = WeightBytes::new(map.clone(), data_start + a..data_start + b)?;
+                let range = data_start + a..data_start + b;
+                let bytes = WeightBytes::new(map.clone(), range.clone())?;
                 tensors.insert(
                     name,
                     RawTensor {
@@ -226,11 +212,17 @@ impl TensorSource {
                         shape: info.shape.clone(),
                         bytes,
                         file: path.clone(),
+                        map: maps.len() - 1,
+                        range,
                     },
                 );
             }
         }
-        Ok(TensorSource { kind, tensors })
+        Ok(TensorSource {
+            kind,
+            tensors,
+            maps,
+        })
     }
 
     pub(crate) fn kind(&self) -> CheckpointKind {
@@ -269,9 +261,47 @@ impl TensorSource {
         Ok(out)
     }
 
-    /// A `[rows, cols]` matrix. `interleaved_heads` reorders q/k rows from the interleaved
-    /// (Meta/GGUF) rotary layout to HF rotate-half, with that many heads.
+    /// A `[rows, cols]` matrix, in the decode layout when `decode`
+    /// ([`Weight::into_decode_layout`]): the checkpoint pages it was copied from then leave
+    /// this process's resident set (the page cache keeps them), so the model is not held
+    /// twice, even for a moment.
+    #[allow(clippy::too_many_arguments)]
     fn matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        interleaved_heads: Option<usize>,
+        quantize: Option<GgmlType>,
+        decode: bool,
+        hint: &Path,
+    ) -> Result<Weight> {
+        let w = self.stored_matrix(name, rows, cols, interleaved_heads, quantize, hint)?;
+        if !decode {
+            return Ok(w);
+        }
+        let w = w.into_decode_layout();
+        #[cfg(unix)]
+        if let Some(t) = self.tensors.get(name) {
+            // SAFETY: the map is read-only and private and nothing was ever written to it,
+            // so dropping pages loses nothing: a later read fetches the same bytes from the
+            // file. No slice of the map is borrowed across this call. A failure only leaves
+            // the pages resident.
+            let _ = unsafe {
+                self.maps[t.map].unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    t.range.start,
+                    t.range.len(),
+                )
+            };
+        }
+        Ok(w)
+    }
+
+    /// A `[rows, cols]` matrix as the checkpoint stores it. `interleaved_heads` reorders
+    /// q/k rows from the interleaved (Meta/GGUF) rotary layout to HF rotate-half, with that
+    /// many heads.
+    fn stored_matrix(
         &self,
         name: &str,
         rows: usize,
@@ -317,12 +347,14 @@ impl TensorSource {
     }
 
     /// Loads every weight `cfg` describes, the decoder projections quantized to `quantize`
-    /// when given; `hint` names the checkpoint in errors.
+    /// when given, every matrix in the decode layout with `decode_layout`; `hint` names the
+    /// checkpoint in errors.
     pub(crate) fn load(
         &self,
         cfg: &ModelConfig,
         hint: &Path,
         quantize: Option<GgmlType>,
+        decode_layout: bool,
     ) -> Result<ModelWeights> {
         if let Some(q) = quantize {
             if !matches!(q, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {
@@ -335,7 +367,7 @@ impl TensorSource {
                 });
             }
         }
-        let qz = quantize;
+        let (qz, dl) = (quantize, decode_layout);
         let kind = self.kind;
         let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let permute = |heads: usize| (kind != CheckpointKind::HuggingFace).then_some(heads);
@@ -351,6 +383,7 @@ impl TensorSource {
                     d,
                     permute(cfg.n_heads),
                     qz,
+                    dl,
                     hint,
                 )?,
                 wk: self.matrix(
@@ -359,23 +392,24 @@ impl TensorSource {
                     d,
                     permute(cfg.n_kv_heads),
                     qz,
+                    dl,
                     hint,
                 )?,
-                wv: self.matrix(&name(Role::V), cfg.kv_dim(), d, None, qz, hint)?,
-                wo: self.matrix(&name(Role::O), d, cfg.q_dim(), None, qz, hint)?,
+                wv: self.matrix(&name(Role::V), cfg.kv_dim(), d, None, qz, dl, hint)?,
+                wo: self.matrix(&name(Role::O), d, cfg.q_dim(), None, qz, dl, hint)?,
                 ffn_norm: self.vector(&name(Role::FfnNorm), d, hint)?,
-                w_gate: self.matrix(&name(Role::Gate), f, d, None, qz, hint)?,
-                w_up: self.matrix(&name(Role::Up), f, d, None, qz, hint)?,
-                w_down: self.matrix(&name(Role::Down), d, f, None, qz, hint)?,
+                w_gate: self.matrix(&name(Role::Gate), f, d, None, qz, dl, hint)?,
+                w_up: self.matrix(&name(Role::Up), f, d, None, qz, dl, hint)?,
+                w_down: self.matrix(&name(Role::Down), d, f, None, qz, dl, hint)?,
             });
         }
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
-            Some(self.matrix(head_name, v, d, None, None, hint)?)
+            Some(self.matrix(head_name, v, d, None, None, dl, hint)?)
         };
         Ok(ModelWeights {
-            embed: self.matrix(embed_name, v, d, None, None, hint)?,
+            embed: self.matrix(embed_name, v, d, None, None, dl, hint)?,
             layers,
             norm: self.vector(norm_name, d, hint)?,
             lm_head,
