@@ -261,25 +261,10 @@ impl TensorSource {
         Ok(out)
     }
 
-    /// A `[rows, cols]` matrix, in the decode layout when `decode`
-    /// ([`Weight::into_decode_layout`]): the checkpoint pages it was copied from then leave
-    /// this process's resident set (the page cache keeps them), so the model is not held
-    /// twice, even for a moment.
-    #[allow(clippy::too_many_arguments)]
-    fn matrix(
-        &self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-        interleaved_heads: Option<usize>,
-        quantize: Option<GgmlType>,
-        decode: bool,
-        hint: &Path,
-    ) -> Result<Weight> {
-        let w = self.stored_matrix(name, rows, cols, interleaved_heads, quantize, hint)?;
-        if !decode {
-            return Ok(w);
-        }
+    /// `w`, the tensor `name`, in the decode layout ([`Weight::into_decode_layout`]); the
+    /// checkpoint pages it was copied from then leave this process's resident set (the page
+    /// cache keeps them), so the model is not held twice, even for a moment.
+    fn decode_layout(&self, name: &str, w: Weight) -> Weight {
         let w = w.into_decode_layout();
         #[cfg(unix)]
         if let Some(t) = self.tensors.get(name) {
@@ -295,13 +280,12 @@ impl TensorSource {
                 )
             };
         }
-        Ok(w)
+        w
     }
 
-    /// A `[rows, cols]` matrix as the checkpoint stores it. `interleaved_heads` reorders
-    /// q/k rows from the interleaved (Meta/GGUF) rotary layout to HF rotate-half, with that
-    /// many heads.
-    fn stored_matrix(
+    /// A `[rows, cols]` matrix. `interleaved_heads` reorders q/k rows from the interleaved
+    /// (Meta/GGUF) rotary layout to HF rotate-half, with that many heads.
+    fn matrix(
         &self,
         name: &str,
         rows: usize,
@@ -367,7 +351,15 @@ impl TensorSource {
                 });
             }
         }
-        let (qz, dl) = (quantize, decode_layout);
+        let qz = quantize;
+        let matrix = |name: &str, rows, cols, heads, quantize| -> Result<Weight> {
+            let w = self.matrix(name, rows, cols, heads, quantize, hint)?;
+            Ok(if decode_layout {
+                self.decode_layout(name, w)
+            } else {
+                w
+            })
+        };
         let kind = self.kind;
         let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let permute = |heads: usize| (kind != CheckpointKind::HuggingFace).then_some(heads);
@@ -377,39 +369,23 @@ impl TensorSource {
             let name = |r| tensor_name(kind, l, r);
             layers.push(LayerWeights {
                 attn_norm: self.vector(&name(Role::AttnNorm), d, hint)?,
-                wq: self.matrix(
-                    &name(Role::Q),
-                    cfg.q_dim(),
-                    d,
-                    permute(cfg.n_heads),
-                    qz,
-                    dl,
-                    hint,
-                )?,
-                wk: self.matrix(
-                    &name(Role::K),
-                    cfg.kv_dim(),
-                    d,
-                    permute(cfg.n_kv_heads),
-                    qz,
-                    dl,
-                    hint,
-                )?,
-                wv: self.matrix(&name(Role::V), cfg.kv_dim(), d, None, qz, dl, hint)?,
-                wo: self.matrix(&name(Role::O), d, cfg.q_dim(), None, qz, dl, hint)?,
+                wq: matrix(&name(Role::Q), cfg.q_dim(), d, permute(cfg.n_heads), qz)?,
+                wk: matrix(&name(Role::K), cfg.kv_dim(), d, permute(cfg.n_kv_heads), qz)?,
+                wv: matrix(&name(Role::V), cfg.kv_dim(), d, None, qz)?,
+                wo: matrix(&name(Role::O), d, cfg.q_dim(), None, qz)?,
                 ffn_norm: self.vector(&name(Role::FfnNorm), d, hint)?,
-                w_gate: self.matrix(&name(Role::Gate), f, d, None, qz, dl, hint)?,
-                w_up: self.matrix(&name(Role::Up), f, d, None, qz, dl, hint)?,
-                w_down: self.matrix(&name(Role::Down), d, f, None, qz, dl, hint)?,
+                w_gate: matrix(&name(Role::Gate), f, d, None, qz)?,
+                w_up: matrix(&name(Role::Up), f, d, None, qz)?,
+                w_down: matrix(&name(Role::Down), d, f, None, qz)?,
             });
         }
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
-            Some(self.matrix(head_name, v, d, None, None, dl, hint)?)
+            Some(matrix(head_name, v, d, None, None)?)
         };
         Ok(ModelWeights {
-            embed: self.matrix(embed_name, v, d, None, None, dl, hint)?,
+            embed: matrix(embed_name, v, d, None, None)?,
             layers,
             norm: self.vector(norm_name, d, hint)?,
             lm_head,
