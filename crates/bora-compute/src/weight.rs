@@ -29,12 +29,14 @@ use crate::Result;
 /// small; inference takes more rows through the kernels ([`INFERENCE_DOT_ROWS`]).
 pub const MATVEC_MAX_ROWS: usize = 12;
 
-/// At most this many activation rows go through the dot kernels in inference's products
-/// ([`Scratch::for_inference`](crate::Scratch::for_inference)): a prompt's prefill, a group
-/// of a decode step. Past it the f32 tiles, whose dequantization is paid once per product
-/// however many rows, cost less than the kernels' work per row: `decode_rows` example,
-/// SmolLM2-135M's shapes, 2 threads, kernels against tiles: 22 against 77 ms at 16 rows,
-/// 84 against 120 at 48, 107 against 116 at 64, 211 against 156 at 128.
+/// At most this many activation rows go through the row-major dot kernels in inference's
+/// products ([`Scratch::for_inference`](crate::Scratch::for_inference)): a prompt's
+/// prefill, a group of a decode step. Past it the f32 tiles, whose dequantization is paid
+/// once per product however many rows, cost less than the kernels' work per row:
+/// `decode_rows` example (GGUF layout), SmolLM2-135M's shapes, 2 threads, kernels against
+/// tiles: 22 against 77 ms at 16 rows, 84 against 120 at 48, 107 against 116 at 64, 211
+/// against 156 at 128. Weights in the decode layout take their kernel for any number of
+/// rows, this many at a time.
 pub const INFERENCE_DOT_ROWS: usize = 64;
 
 /// Output rows per rayon task in the matrix-vector path: fine-grained, so a thread that is
@@ -301,6 +303,19 @@ impl Weight {
             Storage::F32(w) => return matmul_xwt(y, x, w, m, k, n, accumulate),
             Storage::Quant { ty, bytes, tiled } => (*ty, bytes.as_slice(), *tiled),
         };
+        if tiled && scratch.inference {
+            // The tiled kernel costs about what gemm does per row, without the tiles'
+            // dequantization, so every inference product takes it, a bounded number of rows
+            // at a time (their 16-bit copies live in the scratch).
+            for (y, x) in y
+                .chunks_mut(INFERENCE_DOT_ROWS * n)
+                .zip(x.chunks(INFERENCE_DOT_ROWS * k))
+            {
+                let rows = x.len() / k;
+                self.matvec(ty, bytes, true, y, x, rows, accumulate, scratch);
+            }
+            return;
+        }
         let dot_rows = if scratch.inference {
             INFERENCE_DOT_ROWS
         } else {
@@ -587,6 +602,39 @@ mod tests {
     /// gives (the dot kernels' per-row arithmetic does not depend on the rows beside it), so a
     /// sequence decodes to the same tokens batched or alone; row counts cross the kernels'
     /// chunk sizes and leave tails, and weight rows are not a multiple of a task's run.
+    /// The decode layout: the same values (dequantized rows), and inference products of any
+    /// size, past the rows one kernel call takes, each row bit-identical to the row alone and
+    /// within rounding of the GGUF layout's product. Forward only: the layout is not trained.
+    #[test]
+    fn decode_layout_products_equal_each_row_alone_and_the_gguf_layout() {
+        let (k, n) = (256, 48);
+        let mut scratch = Scratch::for_inference();
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let w = weight_of(ty, n, k, 11);
+            let t = w.clone().into_decode_layout();
+            let (mut a, mut b) = (vec![0f32; n * k], vec![0f32; n * k]);
+            w.dequantize_rows(0..n, &mut a);
+            t.dequantize_rows(0..n, &mut b);
+            assert_eq!(a, b, "{ty}");
+            let m = INFERENCE_DOT_ROWS + 3;
+            let x = rand_vec(m * k, 12);
+            let (mut y, mut plain) = (vec![0f32; m * n], vec![0f32; m * n]);
+            t.forward(&mut y, &x, m, false, &mut scratch);
+            w.forward(&mut plain, &x, m, false, &mut scratch);
+            let mut alone = vec![0f32; n];
+            for r in 0..m {
+                t.forward(&mut alone, &x[r * k..(r + 1) * k], 1, false, &mut scratch);
+                assert_eq!(&y[r * n..(r + 1) * n], &alone[..], "{ty} row {r}");
+            }
+            let top = plain.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let gap = y
+                .iter()
+                .zip(&plain)
+                .fold(0f32, |g, (a, b)| g.max((a - b).abs()));
+            assert!(gap <= 1e-3 * top, "{ty}: gap {gap} of {top}");
+        }
+    }
+
     #[test]
     fn many_row_products_equal_each_row_alone() {
         let (k, n) = (800, 70);
