@@ -475,20 +475,20 @@ impl Model {
         Ok(&ws.logits[..n * v])
     }
 
-    /// Prefills several prompts, `prompts[i]` into `caches[i]` (cleared first) with
-    /// `adapters[i]`, and returns each one's last-position logits, as
-    /// [`Model::forward_adapted`] gives them, or its error. The prompts run side by side in
-    /// contiguous groups of about equal token counts, one per pool thread, for the reason
-    /// [`Model::forward_decode`] splits its steps: a thread to itself, a prompt's products
-    /// need no fork and join each.
-    pub fn prefill_many(
+    /// Runs several sequences' next tokens, `tokens[i]` after what `caches[i]` holds (a
+    /// prompt, or the next part of one) with `adapters[i]`, and returns each one's
+    /// last-position logits, as [`Model::forward_adapted`] gives them, or its error. The
+    /// sequences run side by side in contiguous groups of about equal token counts, one per
+    /// pool thread, for the reason [`Model::forward_decode`] splits its steps: a thread to
+    /// itself, a sequence's products need no fork and join each.
+    pub fn extend_many(
         &self,
-        prompts: &[&[u32]],
+        tokens: &[&[u32]],
         caches: &mut [&mut KvCache],
         adapters: &[Option<&Lora>],
         ws: &mut Workspace,
     ) -> Vec<Result<Vec<f32>>> {
-        let n = prompts.len();
+        let n = tokens.len();
         if caches.len() != n || adapters.len() != n {
             let mismatch = || ModelError::BatchMismatch {
                 tokens: n,
@@ -501,36 +501,35 @@ impl Model {
         if ws.groups.len() < groups {
             ws.groups.resize_with(groups, Workspace::new);
         }
-        let total: usize = prompts.iter().map(|p| p.len()).sum();
+        let total: usize = tokens.iter().map(|t| t.len()).sum();
         let mut parts = Vec::with_capacity(groups);
-        let (mut prompts, mut caches, mut adapters) = (prompts, caches, adapters);
+        let (mut tokens, mut caches, mut adapters) = (tokens, caches, adapters);
         let mut done = 0;
         for (g, part) in ws.groups[..groups].iter_mut().enumerate() {
             // Cut where the running token count passes the group's share, leaving at least
-            // one prompt for each group after this one.
+            // one sequence for each group after this one.
             let share = total * (g + 1) / groups;
             let mut rows = 0;
-            while rows < prompts.len() - (groups - 1 - g)
-                && (rows == 0 || done + prompts[rows].len() <= share || g + 1 == groups)
+            while rows < tokens.len() - (groups - 1 - g)
+                && (rows == 0 || done + tokens[rows].len() <= share || g + 1 == groups)
             {
-                done += prompts[rows].len();
+                done += tokens[rows].len();
                 rows += 1;
             }
-            let (p, rest_p) = prompts.split_at(rows);
+            let (t, rest_t) = tokens.split_at(rows);
             let (c, rest_c) = caches.split_at_mut(rows);
             let (a, rest_a) = adapters.split_at(rows);
-            parts.push((p, c, a, part));
-            (prompts, caches, adapters) = (rest_p, rest_c, rest_a);
+            parts.push((t, c, a, part));
+            (tokens, caches, adapters) = (rest_t, rest_c, rest_a);
         }
         bora_compute::run_in_pool(|| {
             parts
                 .into_par_iter()
-                .flat_map_iter(|(p, c, a, part)| {
-                    let mut out = Vec::with_capacity(p.len());
-                    for ((prompt, cache), adapter) in p.iter().zip(c.iter_mut()).zip(a) {
-                        cache.clear();
+                .flat_map_iter(|(t, c, a, part)| {
+                    let mut out = Vec::with_capacity(t.len());
+                    for ((tokens, cache), adapter) in t.iter().zip(c.iter_mut()).zip(a) {
                         out.push(
-                            self.forward_adapted(prompt, cache, part, Logits::Last, *adapter)
+                            self.forward_adapted(tokens, cache, part, Logits::Last, *adapter)
                                 .map(<[f32]>::to_vec),
                         );
                     }

@@ -23,8 +23,10 @@ const CONTEXT: usize = 512;
 /// Starts a server on an ephemeral loopback port in a thread of its own, for the rest of
 /// the test process.
 fn start(adapters: Vec<(String, Lora)>, options: ServeOptions) -> SocketAddr {
+    // As `bora serve` loads it.
     let load = LoadOptions {
         context: Some(CONTEXT),
+        decode_layout: true,
         ..LoadOptions::default()
     };
     let model = Model::load(cache::fetched_default_model().unwrap(), &load).unwrap();
@@ -521,4 +523,49 @@ fn queue_timeout_and_disconnect() {
     let (code, body) = post(&short).text();
     assert_eq!(code, 200, "{body}");
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// A prompt longer than the scheduler's prefill budget (256 tokens), sent while another
+/// request streams, is prefilled in chunks between that stream's steps; its answer is the
+/// one it gets alone, and the stream runs to its end.
+#[test]
+fn a_long_prompt_prefilled_in_chunks_answers_as_alone() {
+    let prompt = "The quick brown fox jumps over the lazy dog by the river. ".repeat(30);
+    let body = json!({"model": MODEL, "prompt": prompt, "temperature": 0, "max_tokens": 8});
+    let (code, alone) = post("/v1/completions", &body.to_string());
+    assert_eq!(code, 200, "{alone}");
+    let alone: Value = serde_json::from_str(&alone).unwrap();
+    assert!(
+        alone["usage"]["prompt_tokens"].as_u64().unwrap() > 256,
+        "{alone}"
+    );
+
+    let (started, go) = std::sync::mpsc::channel();
+    let streamed = std::thread::spawn(move || {
+        let body = json!({"model": MODEL, "prompt": "Once upon a time,", "temperature": 0,
+                          "max_tokens": 120, "stream": true});
+        let reply = request(
+            server(),
+            "POST",
+            "/v1/completions",
+            Some(KEY),
+            &body.to_string(),
+        );
+        assert_eq!(reply.status, 200);
+        let mut lines = reply.body.lines();
+        // The first event: the stream is decoding.
+        let first = lines
+            .find(|l| l.as_ref().unwrap().starts_with("data: "))
+            .unwrap();
+        started.send(()).unwrap();
+        let rest: Vec<String> = lines.map(Result::unwrap).collect();
+        (first.unwrap(), rest)
+    });
+    go.recv().unwrap();
+    let (code, together) = post("/v1/completions", &body.to_string());
+    assert_eq!(code, 200, "{together}");
+    let together: Value = serde_json::from_str(&together).unwrap();
+    assert_eq!(together["choices"][0]["text"], alone["choices"][0]["text"]);
+    let (_, rest) = streamed.join().unwrap();
+    assert!(rest.iter().any(|l| l == "data: [DONE]"), "{rest:?}");
 }
