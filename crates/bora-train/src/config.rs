@@ -319,6 +319,16 @@ impl RunConfig {
         Ok(config)
     }
 
+    /// True when `other` describes the same run: every setting that shapes the training
+    /// agrees; only where it is tracked (`[tracking]`) may differ.
+    pub fn same_run(&self, other: &RunConfig) -> bool {
+        let untracked = |c: &RunConfig| RunConfig {
+            tracking: TrackingSection::default(),
+            ..c.clone()
+        };
+        untracked(self) == untracked(other)
+    }
+
     /// The resolved config, every key written out, as saved in the run directory.
     pub fn to_toml(&self) -> Result<String> {
         let body =

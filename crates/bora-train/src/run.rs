@@ -27,8 +27,10 @@ pub struct RunDir {
 
 impl RunDir {
     /// Creates `runs_root/NAME` for `config` and saves its resolved config. An existing run
-    /// directory is reused only if it was made by the same config (a resume); a different
-    /// config there is an error rather than a silent mix of two runs.
+    /// directory is reused only if it was made for the same run (a resume,
+    /// [`RunConfig::same_run`]); a different config there is an error rather than a silent
+    /// mix of two runs. A reused directory's file is rewritten when its text differs: the
+    /// tracking settings changed, or an older bora wrote it without keys added since.
     pub fn create(runs_root: &Path, config: &RunConfig) -> Result<Self> {
         config.validate()?;
         let root = runs_root.join(&config.name);
@@ -36,6 +38,11 @@ impl RunDir {
         let config_path = root.join(CONFIG_FILE);
         match fs::read_to_string(&config_path) {
             Ok(existing) if existing == text => {}
+            Ok(existing)
+                if RunConfig::from_toml(&existing).is_ok_and(|old| old.same_run(config)) =>
+            {
+                write_atomic(&config_path, text.as_bytes())?;
+            }
             Ok(_) => {
                 return Err(TrainError::Config {
                     key: "name".into(),

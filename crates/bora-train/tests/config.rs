@@ -188,6 +188,16 @@ fn run_dir_saves_resolved_config_and_refuses_a_different_one() {
     assert_eq!(reopened.metrics_path(), run.path().join("metrics.jsonl"));
     // Same config again: a resume.
     RunDir::create(tmp.path(), &cfg).unwrap();
+    // A config file from before `[tracking]` existed, and tracking switched on for the
+    // resume: the same run, and the file is brought up to date.
+    let saved = std::fs::read_to_string(run.config_path()).unwrap();
+    let cut = saved.find("[tracking]").expect("tracking is written out");
+    std::fs::write(run.config_path(), &saved[..cut]).unwrap();
+    let mut tracked = cfg.clone();
+    tracked.tracking.wandb = "proj".into();
+    RunDir::create(tmp.path(), &tracked).unwrap();
+    let (_, read_back) = RunDir::open(run.path()).unwrap();
+    assert_eq!(read_back, tracked);
     let mut other = cfg.clone();
     other.lora.rank = 4;
     let err = RunDir::create(tmp.path(), &other).unwrap_err().to_string();
