@@ -9,10 +9,10 @@
 //! queue runs dry.
 
 use bora_model::{
-    GenerateOptions, KvCache, Logits, Lora, Model, Rng, Sampler, SamplingParams, StopMatcher,
-    StopReason, Workspace,
+    decode_step, GenerateOptions, KvCache, Logits, Lora, Model, Rng, SamplingParams, Sequence,
+    Workspace,
 };
-use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
+use bora_tokenizer::Tokenizer;
 
 use crate::error::Result;
 use crate::task::EvalItem;
@@ -80,11 +80,11 @@ pub fn run_side(
         }
         let mut i = 0;
         while i < active.len() {
-            match active[i].advance(opts) {
+            match active[i].seq.advance(&opts.stop_tokens).1 {
                 None => i += 1,
                 Some(stop) => {
-                    let row = active.swap_remove(i);
-                    let (index, answer, cache) = row.finish(stop);
+                    let Row { index, seq } = active.swap_remove(i);
+                    let (_, answer, cache) = seq.finish(stop);
                     answers[index] = answer;
                     spare.push(cache);
                     done += 1;
@@ -111,17 +111,7 @@ pub fn run_side(
 struct Row<'t> {
     /// Its place in the items (answers are returned in item order).
     index: usize,
-    cache: KvCache,
-    sampler: Sampler,
-    /// Prompt and generated ids, the repetition penalty's context.
-    history: Vec<u32>,
-    /// Logits of the next token.
-    logits: Vec<f32>,
-    /// The id sampled this step, to run through the model.
-    next: u32,
-    generated: usize,
-    decoder: StreamDecoder<'t>,
-    stops: StopMatcher,
+    seq: Sequence<'t>,
 }
 
 impl<'t> Row<'t> {
@@ -187,80 +177,29 @@ impl<'t> Row<'t> {
             seed: example_seed(opts.sampling.seed, item.line),
             ..opts.sampling.clone()
         };
-        let row = Row {
-            index,
+        let mut seq = Sequence::new(
+            tok,
             cache,
-            sampler: Sampler::new(sampling),
-            history: item.prompt_ids.clone(),
-            logits,
-            next: 0,
-            generated: 0,
-            decoder: StreamDecoder::new(tok, SpecialTokenPolicy::Skip),
-            stops: StopMatcher::new(opts.stop_strings.clone()),
-        };
-        Ok((row, nll))
-    }
-
-    /// Picks the next token; `Some` when the example has ended, otherwise the token waits in
-    /// `next` for the decode step. The checks come in the order the lone generator makes them,
-    /// so both end an answer at the same token for the same reason.
-    fn advance(&mut self, opts: &GenerateOptions) -> Option<StopReason> {
-        if self.generated >= opts.max_tokens {
-            return Some(StopReason::MaxTokens);
-        }
-        let next = self.sampler.sample(&mut self.logits, &self.history);
-        if opts.stop_tokens.contains(&next) {
-            return Some(StopReason::EndToken);
-        }
-        self.generated += 1;
-        let piece = self.decoder.push(next);
-        if self.stops.push(&piece).1 {
-            return Some(StopReason::StopString);
-        }
-        if self.generated >= opts.max_tokens {
-            return Some(StopReason::MaxTokens);
-        }
-        if self.cache.len() >= self.cache.capacity() {
-            return Some(StopReason::Context);
-        }
-        self.next = next;
-        None
-    }
-
-    /// The answer's text (cut before a stop string) and the cache, for the next example.
-    fn finish(self, stop: StopReason) -> (usize, String, KvCache) {
-        let Row {
-            index,
-            cache,
-            decoder,
-            mut stops,
-            ..
-        } = self;
-        if stop != StopReason::StopString {
-            stops.push(&decoder.finish());
-        }
-        (index, stops.into_text(), cache)
+            &item.prompt_ids,
+            sampling,
+            opts.stop_strings.clone(),
+            opts.max_tokens,
+        );
+        seq.prefilled(logits);
+        Ok((Row { index, seq }, nll))
     }
 }
 
-/// Runs every row's sampled token through the model in one batched step and keeps the new
-/// logits (each row's bit for bit those of its sequence alone, whatever the batch).
+/// Runs every row's sampled token through the model in one batched step.
 fn decode(
     model: &Model,
     adapter: Option<&Lora>,
     rows: &mut [Row<'_>],
     ws: &mut Workspace,
 ) -> Result<()> {
-    let vocab = model.config.vocab_size;
-    let tokens: Vec<u32> = rows.iter().map(|r| r.next).collect();
     let adapters = vec![adapter; rows.len()];
-    let mut caches: Vec<&mut KvCache> = rows.iter_mut().map(|r| &mut r.cache).collect();
-    let logits = model.forward_decode(&tokens, &mut caches, &adapters, ws)?;
-    for (row, out) in rows.iter_mut().zip(logits.chunks_exact(vocab)) {
-        row.logits.copy_from_slice(out);
-        row.history.push(row.next);
-    }
-    Ok(())
+    let mut seqs: Vec<&mut Sequence<'_>> = rows.iter_mut().map(|r| &mut r.seq).collect();
+    Ok(decode_step(model, &mut seqs, &adapters, ws)?)
 }
 
 /// Summed NLL of the tokens the chat format's mask trains (the answer turns), each given

@@ -21,6 +21,7 @@ mod lora;
 mod model;
 mod sample;
 mod score;
+mod sequence;
 mod train;
 mod weights;
 
@@ -31,5 +32,6 @@ pub use lora::{Lora, LoraGrads, LoraSpec, LoraTarget};
 pub use model::{KvCache, LoadOptions, Logits, Model, Workspace, DEFAULT_CONTEXT};
 pub use sample::{argmax, Rng, Sampler, SamplingParams};
 pub use score::{perplexity, Perplexity};
+pub use sequence::{decode_step, Sequence};
 pub use train::{TrainBatch, Trainer};
 pub use weights::{CheckpointKind, LayerWeights, ModelWeights};

@@ -15,9 +15,9 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bora_model::{
-    KvCache, Lora, Model, Sampler, SamplingParams, StopMatcher, StopReason, Workspace,
+    decode_step, KvCache, Lora, Model, SamplingParams, Sequence, StopReason, Workspace,
 };
-use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
+use bora_tokenizer::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::ApiError;
@@ -112,23 +112,13 @@ impl Drop for Scheduler {
     }
 }
 
-/// A running sequence: its cache, sampler and the text it has shown.
-struct Sequence<'t> {
+/// A request being served: its job, how much of its prompt is in the cache, and the
+/// generation itself.
+struct Request<'t> {
     job: Job,
-    /// Taken from and returned to the scheduler's spares.
-    cache: KvCache,
-    sampler: Sampler,
-    /// Prompt and generated ids, the context of the repetition penalty.
-    history: Vec<u32>,
-    /// Prompt tokens in the cache: the sequence decodes once the whole prompt is.
+    /// Prompt tokens in the cache: the request decodes once the whole prompt is.
     fed: usize,
-    /// Logits of the next token (empty while the prompt is being prefilled).
-    logits: Vec<f32>,
-    /// The id sampled this step, to run through the model.
-    next: u32,
-    generated: usize,
-    decoder: StreamDecoder<'t>,
-    stops: StopMatcher,
+    seq: Sequence<'t>,
 }
 
 struct Batch<'m> {
@@ -136,9 +126,9 @@ struct Batch<'m> {
     tokenizer: &'m Tokenizer,
     stop_tokens: &'m [u32],
     max_batch: usize,
-    /// Sequences whose prompts are still being prefilled, in arrival order.
-    prefilling: Vec<Sequence<'m>>,
-    active: Vec<Sequence<'m>>,
+    /// Requests whose prompts are still being prefilled, in arrival order.
+    prefilling: Vec<Request<'m>>,
+    active: Vec<Request<'m>>,
     /// Caches of finished sequences: their buffers are already paged in.
     spare: Vec<KvCache>,
     /// Activations of prefills and decode steps, which run one at a time.
@@ -181,18 +171,15 @@ impl<'m> Batch<'m> {
         }
         let mut cache = self.spare.pop().unwrap_or_else(|| self.model.new_cache());
         cache.clear();
-        self.prefilling.push(Sequence {
-            sampler: Sampler::new(job.sampling.clone()),
-            history: job.prompt.clone(),
-            fed: 0,
-            logits: Vec::new(),
-            next: 0,
-            generated: 0,
-            decoder: StreamDecoder::new(self.tokenizer, SpecialTokenPolicy::Skip),
-            stops: StopMatcher::new(job.stop_strings.clone()),
+        let seq = Sequence::new(
+            self.tokenizer,
             cache,
-            job,
-        });
+            &job.prompt,
+            job.sampling.clone(),
+            job.stop_strings.clone(),
+            job.max_tokens,
+        );
+        self.prefilling.push(Request { job, fed: 0, seq });
     }
 
     /// Runs the next part of the waiting prompts, side by side (`Model::extend_many`): all
@@ -202,17 +189,17 @@ impl<'m> Batch<'m> {
         let now = Instant::now();
         let mut i = 0;
         while i < self.prefilling.len() {
-            let seq = &self.prefilling[i];
-            let outcome = if seq.job.events.is_closed() {
+            let job = &self.prefilling[i].job;
+            let outcome = if job.events.is_closed() {
                 Outcome::Abandoned
-            } else if now >= seq.job.deadline {
+            } else if now >= job.deadline {
                 Outcome::Failed(ApiError::timeout())
             } else {
                 i += 1;
                 continue;
             };
-            let seq = self.prefilling.remove(i);
-            self.spare.push(seq.finish(outcome));
+            let request = self.prefilling.remove(i);
+            self.spare.push(request.finish(outcome));
         }
         if self.prefilling.is_empty() {
             return;
@@ -230,17 +217,15 @@ impl<'m> Batch<'m> {
         let take = chunk_sizes(&remaining, budget);
         let results = {
             let (mut chunks, mut caches, mut adapters) = (Vec::new(), Vec::new(), Vec::new());
-            for (seq, &n) in self
+            for (request, &n) in self
                 .prefilling
                 .iter_mut()
                 .zip(&take)
                 .filter(|(_, &n)| n > 0)
             {
-                let Sequence {
-                    job, cache, fed, ..
-                } = seq;
+                let Request { job, fed, seq } = request;
                 chunks.push(&job.prompt[*fed..*fed + n]);
-                caches.push(cache);
+                caches.push(seq.cache_mut());
                 adapters.push(job.adapter.as_deref());
             }
             self.model
@@ -248,24 +233,24 @@ impl<'m> Batch<'m> {
         };
         let mut results = results.into_iter();
         let mut waiting = Vec::with_capacity(self.prefilling.len());
-        for (mut seq, n) in std::mem::take(&mut self.prefilling).into_iter().zip(take) {
+        for (mut request, n) in std::mem::take(&mut self.prefilling).into_iter().zip(take) {
             if n == 0 {
-                waiting.push(seq);
+                waiting.push(request);
                 continue;
             }
             match results.next().expect("one result per chunk") {
                 Ok(logits) => {
-                    seq.fed += n;
-                    if seq.fed == seq.job.prompt.len() {
-                        seq.logits = logits;
-                        self.active.push(seq);
+                    request.fed += n;
+                    if request.fed == request.job.prompt.len() {
+                        request.seq.prefilled(logits);
+                        self.active.push(request);
                     } else {
-                        waiting.push(seq);
+                        waiting.push(request);
                     }
                 }
                 Err(e) => self
                     .spare
-                    .push(seq.finish(Outcome::Failed(ApiError::internal(&e)))),
+                    .push(request.finish(Outcome::Failed(ApiError::internal(&e)))),
             }
         }
         self.prefilling = waiting;
@@ -277,20 +262,21 @@ impl<'m> Batch<'m> {
         let now = Instant::now();
         let mut i = 0;
         while i < self.active.len() {
-            let seq = &mut self.active[i];
-            let outcome = if seq.job.events.is_closed() {
+            let Request { job, seq, .. } = &mut self.active[i];
+            let outcome = if job.events.is_closed() {
                 Some(Outcome::Abandoned)
-            } else if now >= seq.job.deadline {
+            } else if now >= job.deadline {
                 Some(Outcome::Failed(ApiError::timeout()))
             } else {
-                seq.advance(self.stop_tokens, self.model.context())
-                    .map(Outcome::Stopped)
+                let (shown, stop) = seq.advance(self.stop_tokens);
+                send_text(&job.events, shown);
+                stop.map(Outcome::Stopped)
             };
             match outcome {
                 None => i += 1,
                 Some(o) => {
-                    let seq = self.active.swap_remove(i);
-                    self.spare.push(seq.finish(o));
+                    let request = self.active.swap_remove(i);
+                    self.spare.push(request.finish(o));
                 }
             }
         }
@@ -303,8 +289,9 @@ impl<'m> Batch<'m> {
             .sort_by_key(|s| s.job.adapter.as_ref().map(|a| Arc::as_ptr(a) as usize));
         if let Err(e) = decode(self.model, &mut self.active, &mut self.ws) {
             let err = ApiError::internal(&e);
-            for seq in std::mem::take(&mut self.active) {
-                self.spare.push(seq.finish(Outcome::Failed(err.clone())));
+            for request in std::mem::take(&mut self.active) {
+                self.spare
+                    .push(request.finish(Outcome::Failed(err.clone())));
             }
         }
     }
@@ -328,24 +315,15 @@ fn chunk_sizes(remaining: &[usize], budget: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Runs every sequence's sampled token through the model in one batched step (split into
-/// groups by `forward_decode`, each row's logits those of its sequence alone) and keeps the
-/// new logits.
-fn decode(model: &Model, group: &mut [Sequence<'_>], ws: &mut Workspace) -> bora_model::Result<()> {
-    let tokens: Vec<u32> = group.iter().map(|s| s.next).collect();
-    let mut adapters: Vec<Option<&Lora>> = Vec::with_capacity(tokens.len());
-    let mut caches: Vec<&mut KvCache> = Vec::with_capacity(tokens.len());
-    for Sequence { job, cache, .. } in group.iter_mut() {
+/// Runs every request's sampled token through the model in one batched step, each with
+/// its adapter.
+fn decode(model: &Model, active: &mut [Request<'_>], ws: &mut Workspace) -> bora_model::Result<()> {
+    let (mut seqs, mut adapters) = (Vec::new(), Vec::new());
+    for Request { job, seq, .. } in active.iter_mut() {
         adapters.push(job.adapter.as_deref());
-        caches.push(cache);
+        seqs.push(seq);
     }
-    let logits = model.forward_decode(&tokens, &mut caches, &adapters, ws)?;
-    let vocab = model.config.vocab_size;
-    for (seq, row) in group.iter_mut().zip(logits.chunks_exact(vocab)) {
-        seq.logits.copy_from_slice(row);
-        seq.history.push(seq.next);
-    }
-    Ok(())
+    decode_step(model, &mut seqs, &adapters, ws)
 }
 
 enum Outcome {
@@ -354,60 +332,26 @@ enum Outcome {
     Abandoned,
 }
 
-impl Sequence<'_> {
-    /// Samples the next id and shows its text; `Some` when the sequence has ended.
-    fn advance(&mut self, stop_tokens: &[u32], context: usize) -> Option<StopReason> {
-        if self.generated >= self.job.max_tokens {
-            return Some(StopReason::MaxTokens);
-        }
-        let next = self.sampler.sample(&mut self.logits, &self.history);
-        if stop_tokens.contains(&next) {
-            return Some(StopReason::EndToken);
-        }
-        self.generated += 1;
-        let piece = self.decoder.push(next);
-        let (shown, hit) = self.stops.push(&piece);
-        send_text(&self.job.events, shown);
-        if hit {
-            return Some(StopReason::StopString);
-        }
-        if self.generated >= self.job.max_tokens {
-            return Some(StopReason::MaxTokens);
-        }
-        if self.cache.len() >= context {
-            return Some(StopReason::Context);
-        }
-        self.next = next;
-        None
-    }
-
-    /// Tells the client how the sequence ended (after any held-back text) and hands back
-    /// the cache for the next sequence.
+impl Request<'_> {
+    /// Tells the client how the request ended (after any held-back text) and hands back
+    /// the cache for the next request.
     fn finish(self, outcome: Outcome) -> KvCache {
-        let Sequence {
-            job,
-            cache,
-            generated,
-            decoder,
-            mut stops,
-            ..
-        } = self;
-        let event = match outcome {
-            Outcome::Abandoned => return cache,
-            Outcome::Failed(e) => Event::Failed(e),
-            Outcome::Stopped(stop) => {
-                if stop != StopReason::StopString {
-                    let (shown, _) = stops.push(&decoder.finish());
-                    send_text(&job.events, shown);
-                    send_text(&job.events, stops.flush());
-                }
-                Event::Done {
-                    stop,
-                    completion_tokens: generated,
-                }
+        let Request { job, seq, .. } = self;
+        let stop = match outcome {
+            Outcome::Abandoned => return seq.into_cache(),
+            Outcome::Failed(e) => {
+                let _ = job.events.send(Event::Failed(e));
+                return seq.into_cache();
             }
+            Outcome::Stopped(stop) => stop,
         };
-        let _ = job.events.send(event);
+        let completion_tokens = seq.generated();
+        let (tail, _, cache) = seq.finish(stop);
+        send_text(&job.events, &tail);
+        let _ = job.events.send(Event::Done {
+            stop,
+            completion_tokens,
+        });
         cache
     }
 }
