@@ -9,23 +9,15 @@
 //! formats matter for speed. Also times attention forward+backward and the chunked
 //! cross-entropy (loss and hidden gradient) for the same batch.
 
+mod smollm2;
+
 use std::time::Instant;
 
 use bora_compute::{
     attention_backward, attention_forward, cross_entropy_chunked, matmul_dw, matmul_dx, matmul_xwt,
     run_in_pool, AttentionShape, GgmlType, Scratch, Weight, WeightBytes,
 };
-use bora_formats::quant::quantize;
-
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32
-                / (1u32 << 24) as f32
-                - 0.5
-        })
-        .collect()
-}
+use smollm2::{data, layer_projections, quant_weight, D, FFN, LAYERS, VOCAB};
 
 /// Best time of `reps` runs after one warm-up, in seconds.
 fn best(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -37,11 +29,6 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
             t.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min)
-}
-
-fn quant_weight(ty: GgmlType, rows: usize, cols: usize, seed: u32) -> Weight {
-    let bytes = quantize(ty, &data(rows * cols, seed)).expect("whole blocks");
-    Weight::from_bytes("bench", ty, rows, cols, WeightBytes::from_vec(bytes)).expect("valid shape")
 }
 
 fn main() {
@@ -81,24 +68,12 @@ fn main() {
         );
     }
 
-    let (d, ffn, kv, vocab, layers) = (576, 1536, 192, 49152, 30);
+    let (d, ffn, vocab, layers) = (D, FFN, VOCAB, LAYERS);
     let head = quant_weight(GgmlType::Q8_0, vocab, d, 99);
     let x = data(ffn, 5);
     let mut y = vec![0f32; vocab];
     let t_head = run_in_pool(|| best(5, || head.forward(&mut y, &x[..d], 1, false, &mut scratch)));
-    let per_layer: Vec<Weight> = [
-        (d, d),
-        (kv, d),
-        (kv, d),
-        (d, d),
-        (ffn, d),
-        (ffn, d),
-        (d, ffn),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, &(r, c))| quant_weight(GgmlType::Q4_1, r, c, 10 + i as u32))
-    .collect();
+    let per_layer = layer_projections();
     let bytes = layers as f64
         * per_layer
             .iter()

@@ -11,25 +11,12 @@
 //! gives one thread's cost, what a group of `forward_decode` pays. Weights are synthetic:
 //! only shapes and formats matter for speed.
 
+mod smollm2;
+
 use std::time::Instant;
 
-use bora_compute::{run_in_pool, GgmlType, Scratch, Weight, WeightBytes};
-use bora_formats::quant::quantize;
-
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32
-                / (1u32 << 24) as f32
-                - 0.5
-        })
-        .collect()
-}
-
-fn quant_weight(ty: GgmlType, rows: usize, cols: usize, seed: u32) -> Weight {
-    let bytes = quantize(ty, &data(rows * cols, seed)).expect("whole blocks");
-    Weight::from_bytes("bench", ty, rows, cols, WeightBytes::from_vec(bytes)).expect("valid shape")
-}
+use bora_compute::{run_in_pool, GgmlType, Scratch, Weight};
+use smollm2::{data, layer_projections, quant_weight, D, LAYERS, VOCAB};
 
 /// One decode step's weight products for `m` rows.
 fn step(weights: &[Weight], layers: usize, m: usize, scratch: &mut Scratch) {
@@ -63,21 +50,8 @@ fn main() {
                 .expect("row counts: comma-separated integers")
         })
         .collect();
-    let (d, ffn, kv, vocab, layers) = (576, 1536, 192, 49152, 30);
-    let mut gguf: Vec<Weight> = [
-        (d, d),
-        (kv, d),
-        (kv, d),
-        (d, d),
-        (ffn, d),
-        (ffn, d),
-        (d, ffn),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, &(r, c))| quant_weight(GgmlType::Q4_1, r, c, 10 + i as u32))
-    .collect();
-    gguf.push(quant_weight(GgmlType::Q8_0, vocab, d, 3));
+    let mut gguf = layer_projections();
+    gguf.push(quant_weight(GgmlType::Q8_0, VOCAB, D, 3));
     let tiled: Vec<Weight> = gguf
         .iter()
         .cloned()
@@ -96,12 +70,12 @@ fn main() {
         for &m in &counts {
             let reps = (64 / m).clamp(6, 16);
             let mut best = [f64::INFINITY; 2];
-            step(&gguf, layers, m, &mut scratch);
-            step(&tiled, layers, m, &mut scratch);
+            step(&gguf, LAYERS, m, &mut scratch);
+            step(&tiled, LAYERS, m, &mut scratch);
             for _ in 0..reps {
                 for (b, weights) in best.iter_mut().zip([&gguf, &tiled]) {
                     let t = Instant::now();
-                    step(weights, layers, m, &mut scratch);
+                    step(weights, LAYERS, m, &mut scratch);
                     *b = b.min(t.elapsed().as_secs_f64());
                 }
             }
