@@ -48,7 +48,7 @@ fn start(server: &FakeWandb, dir: &Path, target: &Target, new_id: &str) -> Wandb
 fn file_stream_bodies(requests: &[Request]) -> Vec<Value> {
     requests
         .iter()
-        .filter(|r| r.path.ends_with("/file_stream"))
+        .filter(|r| r.path().ends_with("/file_stream"))
         .map(Request::json)
         .collect()
 }
@@ -116,15 +116,20 @@ fn a_run_sends_the_requests_wandb_core_sends() {
         base64::engine::general_purpose::STANDARD.encode(format!("api:{KEY}"))
     );
     for r in &requests {
-        if r.path.starts_with("/upload/") {
+        if r.path().starts_with("/upload/") {
             continue;
         }
-        assert_eq!(r.header("authorization"), Some(auth.as_str()), "{}", r.path);
+        assert_eq!(
+            r.header("authorization"),
+            Some(auth.as_str()),
+            "{}",
+            r.path()
+        );
         assert_eq!(r.header("content-type"), Some("application/json"));
     }
     let methods: Vec<(&str, &str)> = requests
         .iter()
-        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .map(|r| (r.method.as_str(), r.path()))
         .collect();
     let stream = "/files/team/proj/abc12345/file_stream";
     assert_eq!(
@@ -257,7 +262,7 @@ fn rows_go_out_when_the_interval_has_passed() {
         assert_eq!(history_lines(body).len(), 1);
     }
     assert!(requests[1]
-        .path
+        .path()
         .starts_with("/files/default-team/p/id000001/"));
     assert_eq!(run.state().entity, "default-team");
 }

@@ -101,13 +101,13 @@ fn stderr(out: &Output) -> String {
 fn file_streams(requests: &[Request]) -> Vec<Value> {
     requests
         .iter()
-        .filter(|r| r.path.ends_with("/file_stream"))
+        .filter(|r| r.path().ends_with("/file_stream"))
         .map(Request::json)
         .collect()
 }
 
 fn operation(r: &Request) -> Option<String> {
-    (r.path == "/graphql").then(|| r.json()["operationName"].as_str().unwrap().to_owned())
+    (r.path() == "/graphql").then(|| r.json()["operationName"].as_str().unwrap().to_owned())
 }
 
 fn steps(history: &[Value]) -> Vec<u64> {

@@ -7,43 +7,24 @@
 
 #![allow(dead_code)]
 
+#[path = "../http_wire/mod.rs"]
+mod http_wire;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
+use http_wire::read_request;
+pub use http_wire::Request;
 use serde_json::{json, Value};
 use sha2::Digest;
 
 pub const TOKEN: &str = "hf_testtoken_0123456789";
 
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub method: String,
-    /// Path and query.
-    pub target: String,
-    /// Lower-cased names.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Recorded {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.0 == name)
-            .map(|h| h.1.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("request body is JSON")
-    }
-
-    pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap()
-    }
-}
+/// A request as the server received it.
+pub type Recorded = Request;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fault {
@@ -162,43 +143,6 @@ impl FakeHub {
     }
 }
 
-fn read_request(stream: &mut TcpStream) -> Option<Recorded> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_owned();
-    let target = parts.next()?.to_owned();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|h| h.0 == "content-length")
-        .map(|h| h.1.parse().unwrap())
-        .unwrap_or(0);
-    assert!(
-        !headers.iter().any(|h| h.0 == "transfer-encoding"),
-        "bodies are sent with a content-length"
-    );
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).ok()?;
-    Some(Recorded {
-        method,
-        target,
-        headers,
-        body,
-    })
-}
-
 fn respond(stream: &mut TcpStream, status: u16, body: &str, etag: Option<&str>) {
     let mut head = format!(
         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
@@ -214,7 +158,7 @@ fn respond(stream: &mut TcpStream, status: u16, body: &str, etag: Option<&str>) 
 }
 
 fn handle(mut stream: TcpStream, state: &Mutex<State>, base: &str) {
-    let Some(req) = read_request(&mut stream) else {
+    let Some(req) = read_request(&stream) else {
         return;
     };
     let mut s = state.lock().unwrap();

@@ -5,33 +5,17 @@
 
 #![allow(dead_code)]
 
+#[path = "../http_wire/mod.rs"]
+mod http_wire;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
+use http_wire::read_request;
+pub use http_wire::Request;
 use serde_json::{json, Value};
-
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Request {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("request body is JSON")
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Failure {
@@ -142,47 +126,14 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     let _ = stream.write_all(body.as_bytes());
 }
 
-fn read_request(stream: &TcpStream) -> Option<Request> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_owned();
-    let path = parts.next()?.to_owned();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.parse().unwrap())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
-    Some(Request {
-        method,
-        path,
-        headers,
-        body,
-    })
-}
-
 fn answer(request: &Request, state: &mut State) -> (u16, String) {
     if request.method == "PUT" {
-        if let Some(path) = request.path.strip_prefix("/upload/") {
+        if let Some(path) = request.path().strip_prefix("/upload/") {
             state.uploads.insert(path.to_owned(), request.body.clone());
             return (200, String::new());
         }
     }
-    if request.method == "POST" && request.path == "/graphql" {
+    if request.method == "POST" && request.path() == "/graphql" {
         let body = request.json();
         let vars = &body["variables"];
         return match body["operationName"].as_str() {
@@ -245,9 +196,9 @@ fn answer(request: &Request, state: &mut State) -> (u16, String) {
             ),
         };
     }
-    if request.method == "POST" && request.path.ends_with("/file_stream") {
+    if request.method == "POST" && request.path().ends_with("/file_stream") {
         let run = request
-            .path
+            .path()
             .trim_start_matches("/files/")
             .trim_end_matches("/file_stream")
             .to_owned();
