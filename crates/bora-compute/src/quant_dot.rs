@@ -22,6 +22,10 @@
 //! activation row (up to [`MAX_ROWS_512`] or [`MAX_ROWS_AVX2`] at a time, as many as the
 //! registers hold). Each row's arithmetic is the same whatever the number of rows beside
 //! it, so a sequence decoded alone or in a batch gets bit-identical logits.
+//!
+//! These kernels read weights in GGUF's row-major layout. Weights loaded to generate are
+//! rearranged for the faster kernel of `quant_tiles`, which takes the activation rows
+//! [`quantize_row`] makes here.
 
 use bora_formats::quant::{
     dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q4_k, dequantize_block_q6_k,
