@@ -14,8 +14,7 @@ use bora_eval::{
 };
 use bora_formats::cache;
 use bora_model::{
-    GenerateOptions, Generation, Generator, LoadOptions, Lora, LoraSpec, LoraTarget, Model, Rng,
-    SamplingParams, Workspace,
+    GenerateOptions, Generation, Generator, LoadOptions, Lora, Model, SamplingParams, Workspace,
 };
 use bora_tokenizer::Tokenizer;
 use serde_json::json;
@@ -26,25 +25,6 @@ fn tiny_fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../bora-model/tests/fixtures/tiny")
         .join(name)
-}
-
-/// An adapter on every projection with uniform noise in ±`scale` from `seed`.
-fn random_adapter(model: &Model, rank: usize, scale: f32, seed: u64) -> Lora {
-    let spec = LoraSpec {
-        rank,
-        alpha: 2.0 * rank as f64,
-        dropout: 0.0,
-        rslora: false,
-        targets: LoraTarget::ALL.to_vec(),
-    };
-    let mut lora = Lora::zeros(&model.config, &spec);
-    let mut rng = Rng::new(seed);
-    for (_, _, values) in lora.tensors_mut() {
-        for v in values {
-            *v = (rng.next_f64() as f32 - 0.5) * 2.0 * scale;
-        }
-    }
-    lora
 }
 
 /// Each item alone through a fresh generator, sampled with the item's own seed.
@@ -179,7 +159,7 @@ fn tiny(dir: &Path, fixture: &str) -> (Model, Tokenizer, Lora) {
     };
     let model = Model::load(tiny_fixture(fixture), &options).unwrap();
     let tok = tiny_tokenizer(dir, model.config.vocab_size);
-    let lora = random_adapter(&model, 4, 0.1, 3);
+    let lora = Lora::random(&model.config, 4, 0.1, 3);
     (model, tok, lora)
 }
 
@@ -296,7 +276,7 @@ fn greedy_batches_on_the_default_model_equal_one_at_a_time() {
         ..LoadOptions::default()
     };
     let model = Model::load(&path, &options).unwrap();
-    let lora = random_adapter(&model, 8, 0.02, 5);
+    let lora = Lora::random(&model.config, 8, 0.02, 5);
     let mut stop_tokens = model.config.eos_token_ids.clone();
     stop_tokens.extend(tok.eos_id());
     let opts = GenerateOptions {

@@ -186,6 +186,27 @@ impl Lora {
         }
     }
 
+    /// A stand-in for a trained adapter, for tests and benchmarks: every projection at
+    /// `rank` with α = 2·rank, both factors uniform in ±`scale` from `seed` (in
+    /// [`Lora::tensors`] order), so two seeds give clearly different answers.
+    pub fn random(config: &ModelConfig, rank: usize, scale: f32, seed: u64) -> Self {
+        let spec = LoraSpec {
+            rank,
+            alpha: 2.0 * rank as f64,
+            dropout: 0.0,
+            rslora: false,
+            targets: LoraTarget::ALL.to_vec(),
+        };
+        let mut lora = Lora::zeros(config, &spec);
+        let mut rng = crate::sample::Rng::new(seed);
+        for (_, _, values) in lora.tensors_mut() {
+            for v in values {
+                *v = (rng.next_f64() as f32 - 0.5) * 2.0 * scale;
+            }
+        }
+        lora
+    }
+
     pub fn spec(&self) -> &LoraSpec {
         &self.spec
     }

@@ -6,10 +6,7 @@
 //! Needs the default model in the cache (`scripts/fetch-default-model.sh`).
 
 use bora_formats::cache;
-use bora_model::{
-    argmax, KvCache, LoadOptions, Logits, Lora, LoraSpec, LoraTarget, Model, ModelError, Rng,
-    Workspace,
-};
+use bora_model::{argmax, KvCache, LoadOptions, Logits, Lora, Model, ModelError, Workspace};
 
 /// The default model as the generating commands load it: in the decode layout.
 fn model() -> Model {
@@ -23,25 +20,6 @@ fn load(decode_layout: bool) -> Model {
         ..LoadOptions::default()
     };
     Model::load(cache::fetched_default_model().unwrap(), &options).unwrap()
-}
-
-/// An adapter on every projection with uniform noise in ±0.1 from `seed`.
-fn adapter(model: &Model, rank: usize, seed: u64) -> Lora {
-    let spec = LoraSpec {
-        rank,
-        alpha: 2.0 * rank as f64,
-        dropout: 0.0,
-        rslora: false,
-        targets: LoraTarget::ALL.to_vec(),
-    };
-    let mut lora = Lora::zeros(&model.config, &spec);
-    let mut rng = Rng::new(seed);
-    for (_, _, values) in lora.tensors_mut() {
-        for v in values {
-            *v = (rng.next_f64() as f32 - 0.5) * 0.2;
-        }
-    }
-    lora
 }
 
 /// A prompt of `len` ordinary token ids, different for each `seed`.
@@ -86,7 +64,10 @@ fn prefill(
 /// to the row's largest logit) and the chosen tokens must be equal.
 fn compare(n: usize, steps: usize, tol: f32) {
     let model = model();
-    let (a, b) = (adapter(&model, 8, 1), adapter(&model, 4, 2));
+    let (a, b) = (
+        Lora::random(&model.config, 8, 0.1, 1),
+        Lora::random(&model.config, 4, 0.1, 2),
+    );
     let choices = [None, Some(&a), Some(&b), Some(&a), None, Some(&b)];
     let adapters: Vec<Option<&Lora>> = (0..n).map(|i| choices[i % choices.len()]).collect();
     let prompts: Vec<Vec<u32>> = (0..n).map(|i| prompt(3 + 5 * i % 90, i)).collect();

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bora_formats::cache;
-use bora_model::{LoadOptions, Lora, LoraSpec, LoraTarget, Model, Rng};
+use bora_model::{LoadOptions, Lora, Model};
 use bora_serve::{ServeOptions, Server};
 use bora_tokenizer::Tokenizer;
 use serde_json::{json, Value};
@@ -62,21 +62,9 @@ fn adapter(seed: Option<u64>) -> Lora {
     )
     .unwrap()
     .config;
-    let spec = LoraSpec {
-        rank: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-        rslora: false,
-        targets: LoraTarget::ALL.to_vec(),
-    };
-    let mut lora = Lora::zeros(&config, &spec);
-    if let Some(seed) = seed {
-        let mut rng = Rng::new(seed);
-        for (_, _, values) in lora.tensors_mut() {
-            for v in values {
-                *v = (rng.next_f64() as f32 - 0.5) * 0.5;
-            }
-        }
+    let mut lora = Lora::random(&config, 8, 0.25, seed.unwrap_or(0));
+    if seed.is_none() {
+        lora.zero();
     }
     lora
 }
