@@ -18,6 +18,21 @@ fn default_model() -> PathBuf {
     cache::fetched_default_model().unwrap()
 }
 
+/// The model as the scoring commands load it (GGUF layout) and as the generating ones do
+/// (decode layout): both must match the reference.
+fn both_layouts() -> [(bool, Model); 2] {
+    [false, true].map(|decode_layout| {
+        let options = LoadOptions {
+            decode_layout,
+            ..LoadOptions::default()
+        };
+        (
+            decode_layout,
+            Model::load(default_model(), &options).unwrap(),
+        )
+    })
+}
+
 fn fixture() -> (Value, Vec<Vec<f32>>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2");
     let json: Value =
@@ -53,12 +68,17 @@ fn floats(v: &Value) -> Vec<f32> {
         .collect()
 }
 
-/// Prompt logits within 1e-3 × max|logit|: every position's top-8 values and log-sum-exp,
-/// and the full last row.
+/// Prompt logits within 1e-3 × max|logit|, in both weight layouts: every position's top-8
+/// values and log-sum-exp, and the full last row.
 #[test]
 fn prompt_logits_match_transformers() {
-    let model = Model::load(default_model(), &LoadOptions::default()).unwrap();
     let (json, last) = fixture();
+    for (decode_layout, model) in both_layouts() {
+        prompt_logits_match(&model, &json, &last, decode_layout);
+    }
+}
+
+fn prompt_logits_match(model: &Model, json: &Value, last: &[Vec<f32>], decode_layout: bool) {
     let v = model.config.vocab_size;
     let mut ws = Workspace::new();
     for (i, p) in json["prompts"].as_array().unwrap().iter().enumerate() {
@@ -78,7 +98,7 @@ fn prompt_logits_match_transformers() {
                 let d = (row[id as usize] - want).abs();
                 assert!(
                     d <= tol,
-                    "prompt {i} pos {pos} token {id}: {} vs {want}",
+                    "decode layout {decode_layout}, prompt {i} pos {pos} token {id}: {} vs {want}",
                     row[id as usize]
                 );
             }
@@ -86,7 +106,7 @@ fn prompt_logits_match_transformers() {
             let got_lse = m + row.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
             assert!(
                 (got_lse - lse[pos]).abs() <= tol,
-                "prompt {i} pos {pos} logsumexp {got_lse} vs {}",
+                "decode layout {decode_layout}, prompt {i} pos {pos} logsumexp {got_lse} vs {}",
                 lse[pos]
             );
         }
@@ -99,31 +119,35 @@ fn prompt_logits_match_transformers() {
             .fold(0f32, f32::max);
         assert!(
             worst <= 1e-3 * scale,
-            "prompt {i} last row: max |diff| {worst} > 1e-3 × {scale}"
+            "decode layout {decode_layout}, prompt {i} last row: max |diff| {worst} > 1e-3 × {scale}"
         );
     }
 }
 
-/// 64 greedy tokens per prompt, identical to transformers' (no stop token: the fixture was
-/// generated without one). The reference's greedy steps include top-1/top-2 gaps below 0.1
-/// logit (recorded as `greedy_margin`), so this holds only while decoding stays as exact as
-/// prefill; 8-bit activation kernels (ggml's) flip such ties.
+/// 64 greedy tokens per prompt in both weight layouts, identical to transformers' (no stop
+/// token: the fixture was generated without one). The reference's greedy steps include
+/// top-1/top-2 gaps below 0.1 logit (recorded as `greedy_margin`), so this holds only while
+/// decoding stays as exact as prefill; 8-bit activation kernels (ggml's) flip such ties.
 #[test]
 fn greedy_tokens_match_transformers() {
-    let model = Model::load(default_model(), &LoadOptions::default()).unwrap();
     let (json, _) = fixture();
-    let mut gen = Generator::new(&model);
-    for (i, p) in json["prompts"].as_array().unwrap().iter().enumerate() {
-        let want = ids(&p["greedy"]);
-        let opts = GenerateOptions {
-            max_tokens: want.len(),
-            sampling: SamplingParams::default(),
-            stop_tokens: vec![],
-            stop_strings: vec![],
-        };
-        gen.reset();
-        let got = gen.generate_ids(&ids(&p["ids"]), &opts, |_| true).unwrap();
-        assert_eq!(got.tokens, want, "prompt {i}");
+    for (decode_layout, model) in both_layouts() {
+        let mut gen = Generator::new(&model);
+        for (i, p) in json["prompts"].as_array().unwrap().iter().enumerate() {
+            let want = ids(&p["greedy"]);
+            let opts = GenerateOptions {
+                max_tokens: want.len(),
+                sampling: SamplingParams::default(),
+                stop_tokens: vec![],
+                stop_strings: vec![],
+            };
+            gen.reset();
+            let got = gen.generate_ids(&ids(&p["ids"]), &opts, |_| true).unwrap();
+            assert_eq!(
+                got.tokens, want,
+                "decode layout {decode_layout}, prompt {i}"
+            );
+        }
     }
 }
 
