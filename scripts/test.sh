@@ -9,7 +9,7 @@ scripts/fetch-tokenizers.sh >/dev/null
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --release "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --release --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # `bora serve` against the real `openai` Python client (it installs the client into .venv-serve).
 if BORA_BIN="${CARGO_TARGET_DIR:-target}/release/bora" python3 scripts/test_serve_openai.py 2>&1 | tee -a "$log"; then
   echo "test result: ok. 1 passed; 0 failed; 0 ignored (openai client against bora serve)" | tee -a "$log"
