@@ -7,7 +7,7 @@ use rayon::prelude::*;
 const CHUNK: usize = 1 << 14;
 
 /// Defines a function whose body is compiled three times, for AVX-512, for AVX2+FMA and for
-/// baseline x86-64, and picks one at run time (std caches the CPUID probe). The release
+/// baseline x86-64, and runs the one of the kernel path ([`crate::cpu_path`]). The release
 /// binary targets baseline x86-64, whose 4-wide SSE2 leaves the vector units of the machines
 /// bora trains on mostly idle; the loops below are written so LLVM vectorizes them at
 /// whatever width the features allow. Bodies must not call `mul_add`: without FMA it is a
@@ -28,17 +28,12 @@ macro_rules! multiversion {
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512vl")
-                    && std::is_x86_feature_detected!("avx512dq")
-                    && crate::simd::has_avx2()
-                {
-                    // SAFETY: the CPU has every feature `wide` is compiled for (probed above).
-                    return unsafe { wide($($arg),*) };
-                }
-                if crate::simd::has_avx2() {
-                    // SAFETY: the CPU has AVX2 and FMA (probed just above).
-                    return unsafe { avx2($($arg),*) };
+                match crate::cpu_path() {
+                    // SAFETY: the CPU has every feature of the chosen path (see `cpu`).
+                    crate::CpuPath::Avx512 => return unsafe { wide($($arg),*) },
+                    // SAFETY: as above.
+                    crate::CpuPath::Avx2 => return unsafe { avx2($($arg),*) },
+                    crate::CpuPath::Portable => {}
                 }
             }
             body($($arg),*)

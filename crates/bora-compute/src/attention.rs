@@ -133,12 +133,12 @@ fn attend_streaming(
             let (k, v) = (&k[koff..], &v[koff..]);
             #[cfg(target_arch = "x86_64")]
             if let Some(f) = x86_512::attend_row_for(hd) {
-                // SAFETY: `attend_row_for` returned a kernel only after probing AVX-512F.
+                // SAFETY: `attend_row_for` returns a kernel only on the AVX-512 path.
                 return unsafe { f(o, qr, k, v, kvw, keys(row), shape.scale, scores) };
             }
             #[cfg(target_arch = "x86_64")]
             if has_avx2() {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                // SAFETY: the kernel path is AVX2 or wider, which the CPU supports.
                 return unsafe { attend_row_fma(o, qr, k, v, kvw, keys(row), shape.scale, scores) };
             }
             attend_row::<false>(o, qr, k, v, kvw, keys(row), shape.scale, scores)
@@ -221,9 +221,10 @@ mod x86_512 {
     pub(super) type AttendRow =
         unsafe fn(&mut [f32], &[f32], &[f32], &[f32], usize, Range<usize>, f32, &mut Vec<f32>);
 
-    /// The specialization for head size `hd`, if there is one and the CPU has AVX-512F.
+    /// The specialization for head size `hd`, if there is one and the kernel path is
+    /// AVX-512.
     pub(super) fn attend_row_for(hd: usize) -> Option<AttendRow> {
-        if !std::is_x86_feature_detected!("avx512f") {
+        if crate::cpu_path() != crate::CpuPath::Avx512 {
             return None;
         }
         match hd {

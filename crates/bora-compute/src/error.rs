@@ -34,4 +34,7 @@ pub enum ComputeError {
     /// RoPE parameters that cannot produce a table.
     #[error("rope: {0}")]
     Rope(String),
+    /// A `BORA_CPU` setting that names no kernel path, or one this CPU cannot run.
+    #[error("{0}")]
+    CpuPath(String),
 }

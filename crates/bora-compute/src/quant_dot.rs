@@ -33,6 +33,7 @@ use bora_formats::quant::{
 };
 
 use crate::simd::dot;
+use crate::CpuPath;
 
 /// One activation row: exact (`x`, for the portable kernel) and as 16-bit blocks of 32
 /// (`q` with scales `d`), plus the exact sum of each block. `pairs` holds `q` again with
@@ -57,18 +58,28 @@ pub(crate) fn quantize_row(
     d: &mut [f32],
     sums: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        unsafe { quantize_blocks_512(x, q, d, sums) };
-    } else if crate::simd::has_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        unsafe { quantize_blocks_avx2(x, q, d, sums) };
-    } else {
-        quantize_blocks(x, q, d, sums);
+    quantize_row_on(crate::cpu_path(), x, q, pairs, d, sums)
+}
+
+/// [`quantize_row`] on the kernels of `path`, which the CPU must support.
+pub(crate) fn quantize_row_on(
+    path: CpuPath,
+    x: &[f32],
+    q: &mut [i16],
+    pairs: &mut [i16],
+    d: &mut [f32],
+    sums: &mut [f32],
+) {
+    assert!(path.supported(), "kernel path {path} on a CPU without it");
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports the path's features (asserted above).
+        CpuPath::Avx512 => unsafe { quantize_blocks_512(x, q, d, sums) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        CpuPath::Avx2 => unsafe { quantize_blocks_avx2(x, q, d, sums) },
+        _ => quantize_blocks(x, q, d, sums),
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    quantize_blocks(x, q, d, sums);
     const H: usize = QK / 2;
     let mut src = q.chunks_exact(2 * QK);
     let mut dst = pairs.chunks_exact_mut(2 * QK);
@@ -112,15 +123,50 @@ fn quantize_blocks(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
     }
 }
 
-/// [`quantize_blocks`] compiled with AVX2, where `round` is a few vector instructions
-/// instead of a libm call per element.
+/// [`quantize_blocks`] in AVX2 intrinsics, a block per four registers: compiled from the
+/// scalar loop, `round` and the conversion to i16 came out element by element. Rounds half
+/// to even and saturates, as the AVX-512 version does.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
-    quantize_blocks(x, q, d, sums)
+    use std::arch::x86_64::*;
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    for (((xb, qb), db), sb) in x
+        .chunks_exact(QK)
+        .zip(q.chunks_exact_mut(QK))
+        .zip(d.iter_mut())
+        .zip(sums.iter_mut())
+    {
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xb.as_ptr().add(8 * i)));
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
+            _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
+        );
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+        let scale = amax / 32767.0;
+        let inv = _mm256_set1_ps(if scale == 0.0 { 0.0 } else { 1.0 / scale });
+        let i: [__m256i; 4] = std::array::from_fn(|k| _mm256_cvtps_epi32(_mm256_mul_ps(v[k], inv)));
+        // `packs` works within 128-bit lanes; the permute puts the halves back in order.
+        let order = |p: __m256i| _mm256_permute4x64_epi64::<0b11_01_10_00>(p);
+        _mm256_storeu_si256(
+            qb.as_mut_ptr() as *mut __m256i,
+            order(_mm256_packs_epi32(i[0], i[1])),
+        );
+        _mm256_storeu_si256(
+            qb.as_mut_ptr().add(16) as *mut __m256i,
+            order(_mm256_packs_epi32(i[2], i[3])),
+        );
+        *db = scale;
+        let s = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        *sb = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+    }
 }
 
 /// [`quantize_blocks`] in AVX-512 intrinsics, a block per pair of registers: compiled from
@@ -533,13 +579,9 @@ mod x86_512 {
     use super::{store, XRow, MAX_ROWS_512, T_Q4_0, T_Q4_1, T_Q8_0};
     use bora_formats::quant::{GgmlType, QK};
 
-    /// True when [`rows_dot`] may run for `ty`.
+    /// True when [`rows_dot`] has a kernel for `ty` (the K-quants take the AVX2 one).
     pub(super) fn usable(ty: GgmlType) -> bool {
         matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
-            && std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("f16c")
-            && std::is_x86_feature_detected!("fma")
     }
 
     /// Blocks of 32 whose scales are converted together: one register of f32.
@@ -748,13 +790,9 @@ mod x86_512 {
         std::array::from_fn(|r| _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r])))
     }
 
-    /// True when the CPU has AVX512-VNNI, whose `vpdpwssd` does a `madd` and an add in one.
-    pub(super) fn has_vnni() -> bool {
-        std::is_x86_feature_detected!("avx512vnni")
-    }
-
     /// # Safety
-    /// The CPU must pass [`usable`] for `ty`, and [`has_vnni`] when `VNNI`; `rows` must hold
+    /// The CPU must support AVX-512 F and BW, F16C and FMA, and AVX512-VNNI when `VNNI`; `ty`
+    /// must pass [`usable`]; `rows` must hold
     /// `out.len() / xs.len()` rows of `row_bytes` bytes of whole `ty` blocks, and every row
     /// of `xs` must cover as many 32-blocks.
     #[inline(always)]
@@ -867,23 +905,40 @@ pub(crate) fn rows_dot(
             "rows_dot: activation row shorter than the weight row"
         );
     }
+    rows_dot_on(crate::cpu_path(), ty, rows, row_bytes, xs, out, accumulate)
+}
+
+/// [`rows_dot`] on the kernels of `path`, which the CPU must support; the shapes must pass
+/// [`rows_dot`]'s checks.
+fn rows_dot_on(
+    path: CpuPath,
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    xs: &[XRow<'_>],
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(path.supported(), "kernel path {path} on a CPU without it");
     #[cfg(target_arch = "x86_64")]
-    {
-        if x86_512::usable(ty) {
-            // SAFETY: the CPU features were probed just above; `rows` holds whole blocks of
-            // `ty` for every output row and every activation row covers them (asserted).
+    match path {
+        CpuPath::Avx512 if x86_512::usable(ty) => {
+            // SAFETY: the CPU supports the path's features (asserted above) and VNNI where
+            // it is used; `rows` holds whole blocks of `ty` for every output row and every
+            // activation row covers them (the caller's checks).
             return unsafe {
-                if x86_512::has_vnni() {
+                if crate::cpu::has_avx512_vnni() {
                     x86_512::rows_dot_vnni(ty, rows, row_bytes, xs, out, accumulate)
                 } else {
                     x86_512::rows_dot(ty, rows, row_bytes, xs, out, accumulate)
                 }
             };
         }
-        if crate::simd::has_avx2() && std::is_x86_feature_detected!("f16c") {
-            // SAFETY: as above, for AVX2, FMA and F16C.
-            return unsafe { x86::rows_dot(ty, rows, row_bytes, xs, out, accumulate) };
+        // SAFETY: as above, for AVX2, FMA and F16C (part of both paths).
+        CpuPath::Avx512 | CpuPath::Avx2 => {
+            return unsafe { x86::rows_dot(ty, rows, row_bytes, xs, out, accumulate) }
         }
+        CpuPath::Portable => {}
     }
     rows_dot_portable(ty, rows, row_bytes, xs, out, accumulate)
 }
@@ -906,7 +961,7 @@ mod tests {
     impl Rows {
         /// `m` random rows of `k`, with outliers as in small models' activations next to
         /// plain blocks.
-        fn new(m: usize, k: usize, seed: u64) -> Self {
+        fn new(path: CpuPath, m: usize, k: usize, seed: u64) -> Self {
             let mut rows = Rows {
                 x: vec![],
                 q: vec![],
@@ -920,7 +975,7 @@ mod tests {
                 x[(300 + 11 * r) % k] = -25.0;
                 let (mut q, mut pairs) = (vec![0i16; k], vec![0i16; k]);
                 let (mut d, mut sums) = (vec![0f32; k / QK], vec![0f32; k / QK]);
-                quantize_row(&x, &mut q, &mut pairs, &mut d, &mut sums);
+                quantize_row_on(path, &x, &mut q, &mut pairs, &mut d, &mut sums);
                 rows.x.push(x);
                 rows.q.push(q);
                 rows.pairs.push(pairs);
@@ -943,32 +998,14 @@ mod tests {
         }
     }
 
-    type Kernel = fn(GgmlType, &[u8], usize, &[XRow<'_>], &mut [f32], bool);
-
-    /// Every kernel this CPU can run: the dispatched one (AVX-512 for the classic types
-    /// where present), AVX2, and the portable one (exact f32 activations).
-    fn kernels() -> Vec<(&'static str, Kernel, bool)> {
-        let mut ks: Vec<(&'static str, Kernel, bool)> = vec![("dispatched", rows_dot, true)];
-        #[cfg(target_arch = "x86_64")]
-        if crate::simd::has_avx2() && std::is_x86_feature_detected!("f16c") {
-            fn avx2(
-                ty: GgmlType,
-                rows: &[u8],
-                rb: usize,
-                xs: &[XRow<'_>],
-                out: &mut [f32],
-                acc: bool,
-            ) {
-                // SAFETY: the features were probed before this kernel was listed; the test
-                // passes whole blocks and activation rows of the weight's length.
-                unsafe { x86::rows_dot(ty, rows, rb, xs, out, acc) }
-            }
-            ks.push(("avx2", avx2, true));
-        }
-        ks.push(("portable", rows_dot_portable, false));
-        ks
+    /// Every kernel path this CPU can run, and whether its activations are rounded to 16
+    /// bits (all but the portable kernel, which dots exact f32 activations).
+    fn paths() -> Vec<(CpuPath, bool)> {
+        CpuPath::supported_paths()
+            .into_iter()
+            .map(|p| (p, p != CpuPath::Portable))
+            .collect()
     }
-
     /// Each kernel, for every type and for row counts below, at and past its chunk sizes
     /// (1…17), against dequantize + an f64 dot; and each row of a multi-row product
     /// bit-identical to the same kernel's product of that row alone, written and
@@ -985,72 +1022,126 @@ mod tests {
     }
 
     fn check_dots(k: usize, m: usize) {
-        let acts = Rows::new(m, k, 100 * m as u64 + k as u64);
-        let xs = acts.views();
-        let n = 3;
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q8_0,
-            GgmlType::Q4_K,
-            GgmlType::Q6_K,
-        ] {
-            if !k.is_multiple_of(ty.block_elems()) {
-                continue;
-            }
-            let rows = quant_bytes(ty, n, k, 10 + m as u64);
-            let rb = rows.len() / n;
-            let mut w = vec![0f32; n * k];
-            dequantize(ty, &rows, &mut w).unwrap();
-            for (name, kernel, rounded) in kernels() {
-                let mut out = vec![0f32; n * m];
-                kernel(ty, &rows, rb, &xs, &mut out, false);
-                let mut acc = vec![1f32; n * m];
-                kernel(ty, &rows, rb, &xs, &mut acc, true);
-                for j in 0..n {
-                    let wj = &w[j * k..(j + 1) * k];
-                    for r in 0..m {
-                        let x = &acts.x[r];
-                        let want: f64 = wj.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
-                        let mag: f64 = wj
-                            .iter()
-                            .zip(x)
-                            .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                            .sum();
-                        // 16-bit activations: each element off by at most half a step of its
-                        // block; exact activations: f32 rounding only.
-                        let bound = if rounded {
-                            (0..k)
-                                .map(|i| (wj[i] as f64).abs() * acts.d[r][i / QK] as f64 * 0.5)
-                                .sum::<f64>()
-                                + 1e-6 * mag
-                        } else {
-                            1e-6 * mag * k as f64
-                        };
-                        let got = out[j * m + r];
-                        assert!(
+        for (path, rounded) in paths() {
+            let acts = Rows::new(path, m, k, 100 * m as u64 + k as u64);
+            let xs = acts.views();
+            let n = 3;
+            for ty in [
+                GgmlType::Q4_0,
+                GgmlType::Q4_1,
+                GgmlType::Q8_0,
+                GgmlType::Q4_K,
+                GgmlType::Q6_K,
+            ] {
+                if !k.is_multiple_of(ty.block_elems()) {
+                    continue;
+                }
+                let rows = quant_bytes(ty, n, k, 10 + m as u64);
+                let rb = rows.len() / n;
+                let mut w = vec![0f32; n * k];
+                dequantize(ty, &rows, &mut w).unwrap();
+                {
+                    let kernel = |ty, rows: &[u8], rb, xs: &[XRow<'_>], out: &mut [f32], acc| {
+                        rows_dot_on(path, ty, rows, rb, xs, out, acc)
+                    };
+                    let name = path.name();
+                    let mut out = vec![0f32; n * m];
+                    kernel(ty, &rows, rb, &xs, &mut out, false);
+                    let mut acc = vec![1f32; n * m];
+                    kernel(ty, &rows, rb, &xs, &mut acc, true);
+                    for j in 0..n {
+                        let wj = &w[j * k..(j + 1) * k];
+                        for r in 0..m {
+                            let x = &acts.x[r];
+                            let want: f64 =
+                                wj.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                            let mag: f64 = wj
+                                .iter()
+                                .zip(x)
+                                .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                                .sum();
+                            // 16-bit activations: each element off by at most half a step of its
+                            // block; exact activations: f32 rounding only.
+                            let bound = if rounded {
+                                (0..k)
+                                    .map(|i| (wj[i] as f64).abs() * acts.d[r][i / QK] as f64 * 0.5)
+                                    .sum::<f64>()
+                                    + 1e-6 * mag
+                            } else {
+                                1e-6 * mag * k as f64
+                            };
+                            let got = out[j * m + r];
+                            assert!(
                             (got as f64 - want).abs() <= bound,
                             "{name} {ty} k={k} m={m} [{j},{r}]: {got} vs {want} (bound {bound})"
                         );
-                        let mut alone = [0f32];
-                        kernel(
-                            ty,
-                            &rows[j * rb..(j + 1) * rb],
-                            rb,
-                            &xs[r..r + 1],
-                            &mut alone,
-                            false,
-                        );
-                        assert_eq!(
-                            got.to_bits(),
-                            alone[0].to_bits(),
-                            "{name} {ty} k={k} m={m} [{j},{r}]: batched {got} vs alone {}",
-                            alone[0]
-                        );
-                        assert_eq!(acc[j * m + r], 1.0 + got, "{name} {ty} accumulate");
+                            let mut alone = [0f32];
+                            kernel(
+                                ty,
+                                &rows[j * rb..(j + 1) * rb],
+                                rb,
+                                &xs[r..r + 1],
+                                &mut alone,
+                                false,
+                            );
+                            assert_eq!(
+                                got.to_bits(),
+                                alone[0].to_bits(),
+                                "{name} {ty} k={k} m={m} [{j},{r}]: batched {got} vs alone {}",
+                                alone[0]
+                            );
+                            assert_eq!(acc[j * m + r], 1.0 + got, "{name} {ty} accumulate");
+                        }
                     }
                 }
             }
+        }
+    }
+
+    /// Each path's activation rounding against the portable loop: the same scales, every
+    /// 16-bit value within one step (ties may round differently) and the block sums within
+    /// f32 rounding, on rows with outliers, zeros, ties and saturating values.
+    #[test]
+    fn every_path_quantizes_activations_like_the_portable_loop() {
+        let k = 8 * QK;
+        let mut x = rand_vec(k, 5);
+        x[3] = 40.0;
+        x[QK..2 * QK].fill(0.0);
+        for (i, v) in x[2 * QK..3 * QK].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 0.5;
+        }
+        x[3 * QK] = -1e30;
+        let quantize = |path| {
+            let (mut q, mut pairs) = (vec![0i16; k], vec![0i16; k]);
+            let (mut d, mut sums) = (vec![0f32; k / QK], vec![0f32; k / QK]);
+            quantize_row_on(path, &x, &mut q, &mut pairs, &mut d, &mut sums);
+            (q, pairs, d, sums)
+        };
+        let want = quantize(CpuPath::Portable);
+        for path in CpuPath::supported_paths() {
+            let got = quantize(path);
+            assert_eq!(got.2, want.2, "{path} scales");
+            for (i, (a, b)) in got.0.iter().zip(&want.0).enumerate() {
+                assert!(
+                    (*a as i32 - *b as i32).abs() <= 1,
+                    "{path} q[{i}]: {a} vs {b}"
+                );
+            }
+            for (b, (s, t)) in got.3.iter().zip(&want.3).enumerate() {
+                let mag: f32 = x[b * QK..(b + 1) * QK].iter().map(|v| v.abs()).sum();
+                assert!((s - t).abs() <= 1e-6 * mag, "{path} sum[{b}]: {s} vs {t}");
+            }
+            // `pairs` is `q` rearranged, whatever the path.
+            let mut pairs = vec![0i16; k];
+            for t in 0..k / (2 * QK) {
+                let (a, b) = (&got.0[2 * t * QK..], &got.0[(2 * t + 1) * QK..]);
+                let o = &mut pairs[2 * t * QK..];
+                o[..16].copy_from_slice(&a[..16]);
+                o[16..32].copy_from_slice(&b[..16]);
+                o[32..48].copy_from_slice(&a[16..32]);
+                o[48..64].copy_from_slice(&b[16..32]);
+            }
+            assert_eq!(got.1, pairs, "{path} pairs");
         }
     }
 }

@@ -23,6 +23,7 @@ use bora_formats::quant::{
 
 use crate::quant_dot::XRow;
 use crate::simd::SyncPtr;
+use crate::CpuPath;
 
 /// Weight rows per tile: one per lane of a 512-bit register of f32.
 pub(crate) const TILE_ROWS: usize = 16;
@@ -35,27 +36,18 @@ fn header_bytes(ty: GgmlType) -> usize {
     }
 }
 
-/// True when a `rows × cols` weight of `ty` can take the tiled layout and this CPU runs its
-/// kernel: the classic 32-element types, whole tiles, AVX-512 with VNNI.
+/// True when a `rows × cols` weight of `ty` can take the tiled layout and the kernel path
+/// has a kernel for it: the classic 32-element types, whole tiles, AVX2 or wider.
 pub(crate) fn available(ty: GgmlType, rows: usize) -> bool {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
         && rows.is_multiple_of(TILE_ROWS)
         && rows > 0
-        && kernel_available()
+        && kernel_available(crate::cpu_path())
 }
 
-#[cfg(target_arch = "x86_64")]
-fn kernel_available() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vnni")
-        && std::is_x86_feature_detected!("f16c")
-        && std::is_x86_feature_detected!("fma")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn kernel_available() -> bool {
-    false
+/// True when `path` has a tile kernel: AVX-512 (with VNNI, else its AVX2 kernel) and AVX2.
+fn kernel_available(path: CpuPath) -> bool {
+    cfg!(target_arch = "x86_64") && path >= CpuPath::Avx2 && path.supported()
 }
 
 /// Rearranges `bytes` (GGUF rows of `row_bytes`, a multiple of 16 of them) into the tiled
@@ -118,9 +110,13 @@ pub(crate) fn dequantize_row(
     }
 }
 
-/// Activation rows the kernel takes at once: per row an i32 block accumulator and an f32
-/// total, 16 of the 32 registers at 8 rows.
+/// Activation rows the AVX-512 kernel takes at once: per row an i32 block accumulator and
+/// an f32 total, 16 of the 32 registers at 8 rows.
 const MAX_ROWS: usize = 8;
+
+/// Activation rows the AVX2 kernel takes at once, against half a tile (8 weight rows, one
+/// ymm register of lanes): 8 of the 16 registers hold the rows' accumulators at 4.
+const MAX_ROWS_AVX2: usize = 4;
 
 /// `y[r·n + row] = weight row · activation row r` for the rows of the tiles in `tiles`
 /// (whole tiles of a weight of `n` rows, the first at row `row0`), every activation row of
@@ -143,18 +139,56 @@ pub(crate) unsafe fn tiles_dot(
     row0: usize,
     accumulate: bool,
 ) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        tiles_dot_on(
+            crate::cpu_path(),
+            ty,
+            tiles,
+            row_bytes,
+            xs,
+            y,
+            n,
+            row0,
+            accumulate,
+        )
+    }
+}
+
+/// [`tiles_dot`] on the kernel of `path`. Every path computes each lane the same way (exact
+/// integer block sums, then the same two FMAs per block), so for the same activation rows
+/// the AVX-512 and AVX2 kernels agree bit for bit.
+///
+/// # Safety
+/// As [`tiles_dot`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles_dot_on(
+    path: CpuPath,
+    ty: GgmlType,
+    tiles: &[u8],
+    row_bytes: usize,
+    xs: &[XRow<'_>],
+    y: SyncPtr,
+    n: usize,
+    row0: usize,
+    accumulate: bool,
+) {
     let rows = tiles.len() / row_bytes;
-    assert!(kernel_available() && rows.is_multiple_of(TILE_ROWS));
+    assert!(kernel_available(path) && rows.is_multiple_of(TILE_ROWS));
     assert!(row0 + rows <= n);
     let nb = row_bytes / ty.block_bytes();
     for xr in xs {
         assert!(xr.q.len() >= nb * QK && xr.d.len() >= nb && xr.sums.len() >= nb);
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU features were probed and the shapes checked just above; the caller
-    // vouches for `y`.
+    // SAFETY: the CPU supports the path (asserted above) and VNNI where it is used; the
+    // shapes were checked just above; the caller vouches for `y`.
     unsafe {
-        x86::tiles_dot(ty, tiles, row_bytes, nb, xs, y.get(), n, row0, accumulate)
+        if path == CpuPath::Avx512 && crate::cpu::has_avx512_vnni() {
+            x86::tiles_dot(ty, tiles, row_bytes, nb, xs, y.get(), n, row0, accumulate)
+        } else {
+            x86_avx2::tiles_dot(ty, tiles, row_bytes, nb, xs, y.get(), n, row0, accumulate)
+        }
     }
 }
 
@@ -287,10 +321,147 @@ mod x86 {
     }
 }
 
+/// The AVX2 kernel: the tile is taken as two halves of 8 weight rows, one ymm lane per row.
+/// The 16 bytes of a chunk that belong to a half widen to 16 i16 (each row's two quants) and
+/// `madd` with the activation pair broadcast gives each row's i32 partial sum; AVX2 has no
+/// `vpdpwssd`, so the `madd` and the add are two instructions.
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{XRow, MAX_ROWS_AVX2, TILE_ROWS};
+    use bora_formats::quant::{GgmlType, QK};
+
+    const T_Q4_0: u8 = 0;
+    const T_Q4_1: u8 = 1;
+    const T_Q8_0: u8 = 2;
+
+    /// Weight rows per half tile: one per lane of a 256-bit register of f32.
+    const HALF: usize = TILE_ROWS / 2;
+
+    /// # Safety
+    /// As [`super::tiles_dot`] checks; the CPU must support AVX2, FMA and F16C.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tiles_dot(
+        ty: GgmlType,
+        tiles: &[u8],
+        row_bytes: usize,
+        nb: usize,
+        xs: &[XRow<'_>],
+        y: *mut f32,
+        n: usize,
+        row0: usize,
+        accumulate: bool,
+    ) {
+        macro_rules! each {
+            ($t:ident) => {{
+                for (t, tile) in tiles.chunks_exact(TILE_ROWS * row_bytes).enumerate() {
+                    for h in 0..2 {
+                        let first = row0 + t * TILE_ROWS + h * HALF;
+                        for (c, xc) in xs.chunks(MAX_ROWS_AVX2).enumerate() {
+                            macro_rules! run {
+                                ($r:literal) => {{
+                                    let acc = half_dot::<$t, $r>(tile.as_ptr(), h, nb, xc);
+                                    for (i, a) in acc.iter().enumerate() {
+                                        let o = y.add((c * MAX_ROWS_AVX2 + i) * n + first);
+                                        let v = if accumulate {
+                                            _mm256_add_ps(_mm256_loadu_ps(o), *a)
+                                        } else {
+                                            *a
+                                        };
+                                        _mm256_storeu_ps(o, v);
+                                    }
+                                }};
+                            }
+                            match xc.len() {
+                                1 => run!(1),
+                                2 => run!(2),
+                                3 => run!(3),
+                                _ => run!(4),
+                            }
+                        }
+                    }
+                }
+            }};
+        }
+        match ty {
+            GgmlType::Q4_0 => each!(T_Q4_0),
+            GgmlType::Q4_1 => each!(T_Q4_1),
+            _ => each!(T_Q8_0),
+        }
+    }
+
+    /// Half `h` of one tile (8 weight rows of `nb` blocks at `w`) against `R` activation
+    /// rows: lane `j` of row `r`'s result is weight row `8h + j`'s dot, accumulated as the
+    /// AVX-512 kernel does.
+    #[inline(always)]
+    unsafe fn half_dot<const T: u8, const R: usize>(
+        w: *const u8,
+        h: usize,
+        nb: usize,
+        xs: &[XRow<'_>],
+    ) -> [__m256; R] {
+        let (hb, bb) = match T {
+            T_Q4_0 => (2, 18),
+            T_Q4_1 => (4, 20),
+            _ => (2, 34),
+        };
+        let q: [*const i32; R] = std::array::from_fn(|r| xs[r].q.as_ptr() as *const i32);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let m4 = _mm256_set1_epi16(0x0F);
+        for b in 0..nb {
+            let blk = w.add(b * TILE_ROWS * bb);
+            let quants = blk.add(TILE_ROWS * hb + 2 * HALF * h);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(2 * HALF * h) as *const __m128i));
+            let mut isum = [_mm256_setzero_si256(); R];
+            // Each activation row's pair of 16-bit values at element `e`, broadcast.
+            let x2 =
+                |r: usize, e: usize| _mm256_set1_epi32(q[r].add((b * QK + e) / 2).read_unaligned());
+            let chunk = |c: usize| _mm_loadu_si128(quants.add(2 * TILE_ROWS * c) as *const __m128i);
+            if T == T_Q8_0 {
+                for c in 0..QK / 2 {
+                    let v = _mm256_cvtepi8_epi16(chunk(c));
+                    for (r, s) in isum.iter_mut().enumerate() {
+                        *s = _mm256_add_epi32(*s, _mm256_madd_epi16(v, x2(r, 2 * c)));
+                    }
+                }
+            } else {
+                for c in 0..QK / 4 {
+                    let v = _mm256_cvtepu8_epi16(chunk(c));
+                    let (lo, hi) = (_mm256_and_si256(v, m4), _mm256_srli_epi16(v, 4));
+                    for (r, s) in isum.iter_mut().enumerate() {
+                        let p = _mm256_add_epi32(
+                            _mm256_madd_epi16(lo, x2(r, 2 * c)),
+                            _mm256_madd_epi16(hi, x2(r, 2 * c + QK / 2)),
+                        );
+                        *s = _mm256_add_epi32(*s, p);
+                    }
+                }
+            }
+            let min = match T {
+                T_Q4_1 => _mm256_cvtph_ps(_mm_loadu_si128(
+                    blk.add(2 * TILE_ROWS + 2 * HALF * h) as *const __m128i
+                )),
+                _ => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+            };
+            for r in 0..R {
+                let s = _mm256_mul_ps(d, _mm256_set1_ps(*xs[r].d.as_ptr().add(b)));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), s, acc[r]);
+                if T != T_Q8_0 {
+                    let sum = _mm256_set1_ps(*xs[r].sums.as_ptr().add(b));
+                    acc[r] = _mm256_fmadd_ps(min, sum, acc[r]);
+                }
+            }
+        }
+        acc
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant_dot::quantize_row;
+    use crate::quant_dot::quantize_row_on;
     use crate::testutil::{quant_bytes, rand_vec};
     use bora_formats::quant::dequantize;
 
@@ -313,16 +484,21 @@ mod tests {
         }
     }
 
-    /// Against dequantize + an f64 dot, within the 16-bit activations' rounding, and each
-    /// row of a many-row product bit-identical to that row alone.
+    /// Every tile kernel this CPU runs: against dequantize + an f64 dot, within the 16-bit
+    /// activations' rounding, each row of a many-row product bit-identical to that row
+    /// alone, and the kernels bit-identical to each other on the same activation rows.
     #[test]
     fn tile_products_match_single_rows_and_the_f64_reference() {
-        if !kernel_available() {
-            return;
-        }
+        let paths: Vec<CpuPath> = CpuPath::supported_paths()
+            .into_iter()
+            .filter(|&p| kernel_available(p))
+            .collect();
         let (n, k) = (32, 800);
         let nb = k / QK;
-        for ty in TYPES {
+        for (ty, path) in TYPES
+            .into_iter()
+            .flat_map(|ty| paths.iter().map(move |&p| (ty, p)))
+        {
             let bytes = quant_bytes(ty, n, k, 7);
             let rb = bytes.len() / n;
             let tiled = tile(ty, &bytes, rb);
@@ -341,7 +517,14 @@ mod tests {
                 let mut d = vec![vec![0f32; nb]; m];
                 let mut sums = vec![vec![0f32; nb]; m];
                 for r in 0..m {
-                    quantize_row(&x[r], &mut q[r], &mut pairs[r], &mut d[r], &mut sums[r]);
+                    quantize_row_on(
+                        path,
+                        &x[r],
+                        &mut q[r],
+                        &mut pairs[r],
+                        &mut d[r],
+                        &mut sums[r],
+                    );
                 }
                 let xs: Vec<XRow<'_>> = (0..m)
                     .map(|r| XRow {
@@ -352,11 +535,12 @@ mod tests {
                         sums: &sums[r],
                     })
                     .collect();
-                let run = |xs: &[XRow<'_>], y: &mut [f32], accumulate: bool| {
+                let run_on = |kernel, xs: &[XRow<'_>], y: &mut [f32], accumulate: bool| {
                     assert_eq!(y.len(), xs.len() * n);
                     // SAFETY: `y` holds the rows' n floats each, on this thread alone.
                     unsafe {
-                        tiles_dot(
+                        tiles_dot_on(
+                            kernel,
                             ty,
                             &tiled,
                             rb,
@@ -368,14 +552,26 @@ mod tests {
                         )
                     }
                 };
+                let run = |xs: &[XRow<'_>], y: &mut [f32], accumulate: bool| {
+                    run_on(path, xs, y, accumulate)
+                };
                 let mut y = vec![0f32; m * n];
                 run(&xs, &mut y, false);
+                for &other in &paths {
+                    let mut o = vec![0f32; m * n];
+                    run_on(other, &xs, &mut o, false);
+                    assert_eq!(o, y, "{ty} m={m}: {other} kernel vs {path}");
+                }
                 let mut acc = y.clone();
                 run(&xs, &mut acc, true);
                 for r in 0..m {
                     let mut alone = vec![0f32; n];
                     run(&xs[r..r + 1], &mut alone, false);
-                    assert_eq!(&y[r * n..(r + 1) * n], &alone[..], "{ty} m={m} row {r}");
+                    assert_eq!(
+                        &y[r * n..(r + 1) * n],
+                        &alone[..],
+                        "{path} {ty} m={m} row {r}"
+                    );
                     for j in 0..n {
                         let exact: f64 = wf[j * k..(j + 1) * k]
                             .iter()
@@ -390,7 +586,7 @@ mod tests {
                         let got = y[r * n + j] as f64;
                         assert!(
                             (got - exact).abs() <= 1e-4 * scale + 1e-6,
-                            "{ty} m={m} row {r} col {j}: {got} vs {exact}"
+                            "{path} {ty} m={m} row {r} col {j}: {got} vs {exact}"
                         );
                         assert_eq!(acc[r * n + j], y[r * n + j] + y[r * n + j]);
                     }

@@ -63,17 +63,11 @@ mod x86 {
     }
 }
 
-/// True when the AVX2+FMA variants may run (std caches the CPUID probe).
+/// True when the AVX2+FMA variants may run: the kernel path ([`crate::cpu_path`]) is AVX2
+/// or wider.
 #[inline]
 pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::cpu_path() >= crate::CpuPath::Avx2
 }
 
 /// `Σ a[i]·b[i]` over the shorter of the two slices.
@@ -81,7 +75,7 @@ pub(crate) fn has_avx2() -> bool {
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        // SAFETY: the kernel path is AVX2 or wider, which the CPU supports (see `cpu`).
         return unsafe { x86::dot(a, b) };
     }
     dot_body::<false>(a, b)

@@ -103,11 +103,14 @@ impl fmt::Debug for WeightBytes {
 #[derive(Debug, Clone)]
 enum Storage {
     F32(Arc<[f32]>),
-    /// `tiled`: in the decode layout ([`Weight::into_decode_layout`]), else GGUF's.
+    /// `decode`: loaded to generate ([`Weight::into_decode_layout`]), so every inference
+    /// product takes the dot kernels; `tiled`: in the decode layout's tiles, else GGUF's
+    /// rows (the kernel path has no tile kernel, or the type or shape no tiles).
     Quant {
         ty: GgmlType,
         bytes: WeightBytes,
         tiled: bool,
+        decode: bool,
     },
 }
 
@@ -183,29 +186,39 @@ impl Weight {
                 ty,
                 bytes,
                 tiled: false,
+                decode: false,
             },
         })
     }
 
-    /// This weight with its rows interleaved 16 at a time for the decode kernels, where
-    /// the type and the CPU allow (Q4_0, Q4_1, Q8_0 with AVX-512 VNNI; see `quant_tiles`),
-    /// else unchanged. The values stay the same and so does the size, but the bytes are
-    /// copied out of the file: for a model loaded to generate, not to be trained (the
-    /// backward and long prompts go through a slower row-by-row decode of this layout).
+    /// This weight loaded to generate: its inference products all take the dot kernels, so
+    /// a row's product does not depend on the rows batched with it, and its rows are
+    /// interleaved 16 at a time for the tile kernels where the type and the kernel path
+    /// allow (Q4_0, Q4_1, Q8_0 on AVX2 or AVX-512; see `quant_tiles`). Other types and the
+    /// portable path keep GGUF's rows. The values stay the same and so does the size, but
+    /// tiled bytes are copied out of the file: for a model loaded to generate, not to be
+    /// trained (the backward goes through a slower row-by-row decode of the tiles).
     pub fn into_decode_layout(self) -> Self {
         match &self.storage {
             Storage::Quant {
                 ty,
                 bytes,
                 tiled: false,
-            } if quant_tiles::available(*ty, self.rows) => {
-                let row_bytes = bytes.len / self.rows;
-                let tiled = quant_tiles::tile(*ty, bytes.as_slice(), row_bytes);
+                decode: false,
+            } if has_dot_kernel(*ty) => {
+                let (ty, tiled) = (*ty, quant_tiles::available(*ty, self.rows));
+                let bytes = if tiled {
+                    let row_bytes = bytes.len / self.rows;
+                    WeightBytes::from_vec(quant_tiles::tile(ty, bytes.as_slice(), row_bytes))
+                } else {
+                    bytes.clone()
+                };
                 Self {
                     storage: Storage::Quant {
-                        ty: *ty,
-                        bytes: WeightBytes::from_vec(tiled),
-                        tiled: true,
+                        ty,
+                        bytes,
+                        tiled,
+                        decode: true,
                     },
                     ..self
                 }
@@ -257,6 +270,7 @@ impl Weight {
                 ty,
                 bytes,
                 tiled: false,
+                ..
             } => {
                 let rb = bytes.len / self.rows.max(1);
                 let src = &bytes.as_slice()[rows.start * rb..rows.end * rb];
@@ -267,6 +281,7 @@ impl Weight {
                 ty,
                 bytes,
                 tiled: true,
+                ..
             } => {
                 let rb = bytes.len / self.rows;
                 for (row, o) in rows.zip(out.chunks_exact_mut(self.cols)) {
@@ -299,20 +314,28 @@ impl Weight {
         let (n, k) = (self.rows, self.cols);
         assert_eq!(x.len(), m * k, "weight forward: x");
         assert_eq!(y.len(), m * n, "weight forward: y");
-        let (ty, bytes, tiled) = match &self.storage {
+        let (ty, bytes, tiled, decode) = match &self.storage {
             Storage::F32(w) => return matmul_xwt(y, x, w, m, k, n, accumulate),
-            Storage::Quant { ty, bytes, tiled } => (*ty, bytes.as_slice(), *tiled),
+            Storage::Quant {
+                ty,
+                bytes,
+                tiled,
+                decode,
+            } => (*ty, bytes.as_slice(), *tiled, *decode),
         };
-        if tiled && scratch.inference {
-            // The tiled kernel costs about what gemm does per row, without the tiles'
-            // dequantization, so every inference product takes it, a bounded number of rows
-            // at a time (their 16-bit copies live in the scratch).
+        if decode && scratch.inference {
+            // Every inference product takes the kernels, a bounded number of rows at a time
+            // (their 16-bit copies live in the scratch), so that a row's product is the same
+            // in a batch of any size as alone: past the bound, gemm's f32 product would
+            // differ in the last bits. The tiled kernel costs about what gemm does per row,
+            // without the tiles' dequantization; the row-major kernels cost more past
+            // INFERENCE_DOT_ROWS rows (the layout of a kernel path without tiles).
             for (y, x) in y
                 .chunks_mut(INFERENCE_DOT_ROWS * n)
                 .zip(x.chunks(INFERENCE_DOT_ROWS * k))
             {
                 let rows = x.len() / k;
-                self.matvec(ty, bytes, true, y, x, rows, accumulate, scratch);
+                self.matvec(ty, bytes, tiled, y, x, rows, accumulate, scratch);
             }
             return;
         }
@@ -609,7 +632,7 @@ mod tests {
     fn decode_layout_products_equal_each_row_alone_and_the_gguf_layout() {
         let (k, n) = (256, 48);
         let mut scratch = Scratch::for_inference();
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in TYPES.into_iter().filter(|&t| has_dot_kernel(t)) {
             let w = weight_of(ty, n, k, 11);
             let t = w.clone().into_decode_layout();
             let (mut a, mut b) = (vec![0f32; n * k], vec![0f32; n * k]);
