@@ -7,6 +7,7 @@ and greedy decoding; each child reports its own timings and this script reads th
 RSS from wait4(). Run from the repo root after `cargo build --release`:
 
     .venv-bench/bin/python bench/decode.py [--model PATH] [--threads 2] [--prompt-tokens 128] [--gen 128]
+        [--cpu avx512|avx2|portable --llama-python .venv-bench-avx2/bin/python]
 
 `.venv-bench` is a venv with `llama-cpp-python` (pip builds llama.cpp from source).
 """
@@ -16,6 +17,8 @@ import os
 import subprocess
 import sys
 import time
+
+import cpu_path
 
 LLAMA_CHILD = r"""
 import json, sys, time
@@ -96,7 +99,16 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="runs per engine, alternating; best is reported")
     ap.add_argument("--torch-python", default=".venv-fixtures/bin/python",
                     help="a Python with torch and transformers, for the PyTorch fp32 row (once, not repeated)")
+    ap.add_argument("--llama-python", default=sys.executable,
+                    help="a Python whose llama_cpp is built for the instruction set measured")
+    cpu_path.add_argument(ap)
     args = ap.parse_args()
+    print(f"bora kernel path: {cpu_path.bora_path(args.bora, args.model, args.cpu)}")
+    print(f"llama.cpp build: {cpu_path.llama_features(args.llama_python)}")
+    if args.cpu:
+        print(f"PyTorch: {cpu_path.torch_env(args.cpu)}")
+    bora_env = [f"{k}={v}" for k, v in cpu_path.bora_env(args.cpu).items()]
+    torch_env = [f"{k}={v}" for k, v in cpu_path.torch_env(args.cpu).items()]
 
     prompt_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".decode_prompt.txt")
     with open(prompt_file, "w") as f:
@@ -104,7 +116,7 @@ def main():
 
     llama_runs, bora_runs = [], []
     for _ in range(args.repeat):
-        out, _, rss, _ = run_with_rss([sys.executable, "-c", LLAMA_CHILD, args.model, str(args.threads),
+        out, _, rss, _ = run_with_rss([args.llama_python, "-c", LLAMA_CHILD, args.model, str(args.threads),
                                        str(args.prompt_tokens), str(args.gen), prompt_file])
         llama = json.loads(out.strip().splitlines()[-1])
         ids = llama["prompt_ids"]
@@ -112,13 +124,13 @@ def main():
 
         cmd = [args.bora, "generate", "--model", args.model, "--prompt-ids", ",".join(map(str, ids)),
                "--max-tokens", str(args.gen), "--temperature", "0", "--ignore-eos", "--stats-json"]
-        _, err, rss, _ = run_with_rss(["env", f"RAYON_NUM_THREADS={args.threads}"] + cmd)
+        _, err, rss, _ = run_with_rss(["env", f"RAYON_NUM_THREADS={args.threads}", *bora_env] + cmd)
         bora = json.loads(err.strip().splitlines()[-1])
         bora_runs.append((len(ids) / bora["prefill_s"], bora["decode_tokens"] / bora["decode_s"], rss))
 
     torch_row = None
     if args.torch_python and os.path.exists(args.torch_python):
-        out, _, rss, _ = run_with_rss([args.torch_python, "-c", TORCH_CHILD, args.model, str(args.threads),
+        out, _, rss, _ = run_with_rss(["env", *torch_env, args.torch_python, "-c", TORCH_CHILD, args.model, str(args.threads),
                                        json.dumps(ids), str(args.gen)])
         t = json.loads(out.strip().splitlines()[-1])
         torch_row = (len(ids) / t["prefill_s"], (args.gen - 1) / t["decode_s"], rss)

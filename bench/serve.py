@@ -9,6 +9,7 @@ end-to-end request latency, and the server process's CPU time per generated toke
 all its threads, so the HTTP side is included). Run from the repo root after `cargo build --release -p bora`:
 
     .venv-bench/bin/python bench/serve.py [--model PATH] [--threads 2] [--max-tokens 64]
+        [--cpu avx512|avx2|portable --llama-python .venv-bench-avx2/bin/python]
         [--requests 2] [--clients 1,4,16] [--only bora|llama] [--rounds N]
         [--bora-bin PATH] [--baseline-bin PATH]
 
@@ -36,6 +37,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+import cpu_path
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = [
@@ -117,8 +120,8 @@ def load(base, model, clients, requests, max_tokens):
     }
 
 
-def start_bora(binary, model, port, threads, max_batch):
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+def start_bora(binary, model, port, threads, max_batch, cpu):
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), **cpu_path.bora_env(cpu))
     cmd = [
         str(binary), "serve", "--model", str(model), "--name", "m", "--port", str(port),
         "--context", "2048", "--max-batch", str(max_batch), "--max-queue", "256",
@@ -126,9 +129,9 @@ def start_bora(binary, model, port, threads, max_batch):
     return subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
 
 
-def start_llama(model, port, threads):
+def start_llama(python, model, port, threads):
     cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "m",
+        python, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "m",
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
         "--n_threads", str(threads), "--n_threads_batch", str(threads),
     ]
@@ -183,15 +186,21 @@ def main():
     ap.add_argument("--bora-bin", default=str(ROOT / "target" / "release" / "bora"))
     ap.add_argument("--baseline-bin", help="a second bora binary, run alternately with --bora-bin")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--llama-python", default=sys.executable,
+                    help="a Python whose llama_cpp (with server extras) is built for the instruction set measured")
+    cpu_path.add_argument(ap)
     args = ap.parse_args()
+    print(f"bora kernel path: {cpu_path.bora_path(args.bora_bin, args.model, args.cpu)}")
+    if args.only != "bora":
+        print(f"llama.cpp build: {cpu_path.llama_features(args.llama_python)}")
     args.clients = [int(c) for c in args.clients.split(",")]
     servers = []
     if args.only != "llama":
-        servers.append(("bora", lambda p: start_bora(args.bora_bin, args.model, p, args.threads, args.max_batch)))
+        servers.append(("bora", lambda p: start_bora(args.bora_bin, args.model, p, args.threads, args.max_batch, args.cpu)))
         if args.baseline_bin:
-            servers.append(("baseline", lambda p: start_bora(args.baseline_bin, args.model, p, args.threads, args.max_batch)))
+            servers.append(("baseline", lambda p: start_bora(args.baseline_bin, args.model, p, args.threads, args.max_batch, args.cpu)))
     if args.only != "bora":
-        servers.append(("llama.cpp", lambda p: start_llama(args.model, p, args.threads)))
+        servers.append(("llama.cpp", lambda p: start_llama(args.llama_python, args.model, p, args.threads)))
     rows = []
     for r in range(args.rounds):
         for name, start in servers if r % 2 == 0 else servers[::-1]:

@@ -13,7 +13,10 @@ step. bora also trains QLoRA on the default Q4_1 GGUF.
 
 Run from the repo root after `cargo build --release -p bora-model --example train_step`:
 
-    .venv-fixtures/bin/python bench/train.py [--steps 5] [--threads 2] [--compile]
+    .venv-fixtures/bin/python bench/train.py [--steps 5] [--threads 2] [--compile] [--cpu avx2]
+
+`--cpu` forces bora's kernel path (BORA_CPU) and PyTorch's (ATEN_CPU_CAPABILITY and oneDNN's
+ONEDNN_MAX_CPU_ISA) to the same instruction set; each child reports the path it ran.
 """
 import argparse
 import json
@@ -23,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import cpu_path
 
 ROOT = Path(__file__).resolve().parent.parent
 BORA = ROOT / "target" / "release" / "examples" / "train_step"
@@ -144,8 +149,8 @@ def minimal_child(path, steps, compile_):
     return timed(step, steps)
 
 
-def run_child(argv, threads):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads))
+def run_child(argv, threads, extra_env):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads), **extra_env)
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, text=True)
     out = proc.stdout.read()
@@ -165,6 +170,7 @@ def main():
     ap.add_argument("--compile", action="store_true", help="also time torch.compile peers")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--make-model", help=argparse.SUPPRESS)
+    cpu_path.add_argument(ap)
     args = ap.parse_args()
     if args.make_model:
         make_model(args.make_model)
@@ -174,12 +180,13 @@ def main():
         torch.set_num_threads(args.threads)
         kind, path, compile_ = args.child
         fn = peft_child if kind == "peft" else minimal_child
-        print(json.dumps({"s_per_step": fn(path, args.steps, compile_ == "1")}))
+        s = fn(path, args.steps, compile_ == "1")
+        print(json.dumps({"s_per_step": s, "cpu": torch.backends.cpu.get_cpu_capability()}))
         return
     tokens = BATCH * SEQ
     print(f"SmolLM2-135M shape, {BATCH}x{SEQ} tokens, LoRA r{RANK} a{ALPHA:g} on 7 projections, "
           f"{args.threads} threads, load average at start {os.getloadavg()[0]:.1f}")
-    print(f"{'peer':32} {'s/step':>8} {'tokens/s':>9} {'peak RSS MiB':>13} {'time / bora fp32':>17}",
+    print(f"{'peer':32} {'s/step':>8} {'tokens/s':>9} {'peak RSS MiB':>13} {'time / bora fp32':>17} {'ISA':>8}",
           flush=True)
     base = None
 
@@ -187,8 +194,8 @@ def main():
         nonlocal base
         s = r["s_per_step"]
         base = base or s
-        print(f"{name:32} {s:8.3f} {tokens / s:9.1f} {r['peak_rss_mib']:13.0f} {s / base:16.2f}x",
-              flush=True)
+        print(f"{name:32} {s:8.3f} {tokens / s:9.1f} {r['peak_rss_mib']:13.0f} {s / base:16.2f}x"
+              f" {r.get('cpu', '?'):>8}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         # In a child: a forked peer's peak RSS starts from its parent's, so the parent must
@@ -197,17 +204,18 @@ def main():
         common = ["--batch", str(BATCH), "--seq", str(SEQ), "--rank", str(RANK),
                   "--alpha", str(ALPHA), "--steps", str(args.steps)]
         bora = [str(BORA), tmp, *common]
-        report("bora fp32", run_child(bora, args.threads))
-        report("bora fp32 --recompute", run_child(bora + ["--recompute"], args.threads))
+        benv = cpu_path.bora_env(args.cpu)
+        report("bora fp32", run_child(bora, args.threads, benv))
+        report("bora fp32 --recompute", run_child(bora + ["--recompute"], args.threads, benv))
         if GGUF.exists():
-            report("bora QLoRA Q4_1 GGUF", run_child([str(BORA), str(GGUF), *common], args.threads))
+            report("bora QLoRA Q4_1 GGUF", run_child([str(BORA), str(GGUF), *common], args.threads, benv))
         me = [sys.executable, __file__, "--steps", str(args.steps), "--threads", str(args.threads), "--child"]
         peers = [("PyTorch+PEFT eager", "peft", "0"), ("PyTorch minimal LoRA eager", "minimal", "0")]
         if args.compile:
             peers += [("PyTorch+PEFT torch.compile", "peft", "1"),
                       ("PyTorch minimal torch.compile", "minimal", "1")]
         for name, kind, comp in peers:
-            report(name, run_child(me + [kind, tmp, comp], args.threads))
+            report(name, run_child(me + [kind, tmp, comp], args.threads, cpu_path.torch_env(args.cpu)))
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 

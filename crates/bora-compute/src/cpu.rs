@@ -141,6 +141,31 @@ pub fn cpu_path() -> CpuPath {
     }
 }
 
+/// One line for `bora info` and benchmark output: the path the kernels run, whether
+/// `BORA_CPU` forced it, and the paths this CPU supports.
+pub fn describe_cpu_path() -> String {
+    let forced = std::env::var(CPU_ENV).is_ok_and(|v| !v.trim().is_empty());
+    let supported: Vec<&str> = CpuPath::supported_paths()
+        .iter()
+        .map(|p| p.name())
+        .collect();
+    let vnni = if cpu_path() == CpuPath::Avx512 && has_avx512_vnni() {
+        " with VNNI"
+    } else {
+        ""
+    };
+    format!(
+        "{}{vnni} ({}; this CPU runs {})",
+        cpu_path().name(),
+        if forced {
+            format!("forced by {CPU_ENV}")
+        } else {
+            format!("the widest this CPU runs; set {CPU_ENV} to force another")
+        },
+        supported.join(", ")
+    )
+}
+
 /// True when the AVX-512 kernels may also use AVX512-VNNI (`vpdpwssd`, a 16-bit `madd`
 /// and an add in one); only asked on the AVX-512 path.
 #[inline]

@@ -47,7 +47,7 @@ mod testutil;
 pub use activation::{softmax_backward, softmax_forward, swiglu_backward, swiglu_forward};
 pub use arena::{Arena, ArenaLayout, Buf, Scratch};
 pub use attention::{attention_backward, attention_decode, attention_forward, AttentionShape};
-pub use cpu::{cpu_path, select_cpu_path, CpuPath, CPU_ENV};
+pub use cpu::{cpu_path, describe_cpu_path, select_cpu_path, CpuPath, CPU_ENV};
 pub use error::ComputeError;
 pub use loss::{cross_entropy_chunked, CrossEntropy};
 pub use matmul::{matmul_dw, matmul_dx, matmul_xwt};

@@ -130,9 +130,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let per_step = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let cpu_per_step = (cpu_seconds() - cpu_start) / times.len().max(1) as f64;
     println!(
-        "{{\"s_per_step\": {per_step:.4}, \"cpu_s_per_step\": {cpu_per_step:.3}, \"tokens_per_s\": {:.1}, \"peak_rss_mib\": {:.1}, \"loss\": {loss:.4}, \"steps\": {steps}, \"recompute\": {recompute}}}",
+        "{{\"s_per_step\": {per_step:.4}, \"cpu_s_per_step\": {cpu_per_step:.3}, \"tokens_per_s\": {:.1}, \"peak_rss_mib\": {:.1}, \"loss\": {loss:.4}, \"steps\": {steps}, \"recompute\": {recompute}, \"cpu\": \"{}\"}}",
         n as f64 / per_step,
-        peak_rss_mib()
+        peak_rss_mib(),
+        bora_compute::cpu_path().name()
     );
     Ok(())
 }

@@ -266,6 +266,7 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
                 "decode_tokens": g.tokens.len().saturating_sub(1),
                 "decode_s": g.decode_time.as_secs_f64(),
                 "generated": g.tokens,
+                "cpu": bora_compute::cpu_path().name(),
             })
         );
     }
@@ -400,6 +401,7 @@ pub fn info(args: &InfoArgs) -> Result<()> {
     };
     println!("tokenizer:    {tokenizer}");
     println!("chat format:  {chat}");
+    println!("kernel path:  {}", bora_compute::describe_cpu_path());
     println!(
         "memory:       weights {}, KV cache {} at a context of {} tokens",
         mib(model.weight_bytes()),

@@ -54,7 +54,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    bora_compute::select_cpu_path()?;
+    match cli.command {
         Command::DefaultModel => println!("{}", bora_formats::cache::default_model().display()),
         Command::Tokenize(args) => tokenize::run(&args)?,
         Command::Generate(args) => generate::generate(&args)?,
