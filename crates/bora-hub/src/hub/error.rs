@@ -43,6 +43,58 @@ pub enum HubError {
         code: i64,
         message: String,
     },
+    #[error("`{text}` is neither a local path that exists nor a Hub model id: {why}")]
+    BadModelRef { text: String, why: String },
+    #[error(
+        "`{repo}` is a gated model and {}: accept its licence on {endpoint}/{repo} while logged in, \
+         then pass a token of that account (set HF_TOKEN, or run `hf auth login`)",
+        if *token_sent { "the token sent has no access to it yet" } else { "no token was sent" }
+    )]
+    Gated {
+        repo: String,
+        endpoint: String,
+        token_sent: bool,
+    },
+    #[error(
+        "model repo `{repo}` does not exist on {endpoint}{}",
+        if *token_sent { " (or the token sent cannot see it)" } else { " (if it is private, pass a token: set HF_TOKEN, or run `hf auth login`)" }
+    )]
+    RepoNotFound {
+        repo: String,
+        endpoint: String,
+        token_sent: bool,
+    },
+    #[error("revision `{revision}` does not exist in `{repo}` (a branch, tag or commit id)")]
+    RevisionNotFound { repo: String, revision: String },
+    #[error("`{file}` does not exist in `{repo}` at revision `{revision}`")]
+    FileNotFound {
+        repo: String,
+        revision: String,
+        file: String,
+    },
+    #[error(
+        "HF_HUB_OFFLINE is set and `{model}` is not (completely) in the Hugging Face cache {}: \
+         download it while online (`bora download {model}`), or unset HF_HUB_OFFLINE",
+        cache.display()
+    )]
+    NotCached { model: String, cache: PathBuf },
+    #[error(
+        "{file}: the downloaded bytes hash to {got} but the Hub says {expected}; the file was \
+         discarded, not cached: run the command again to download it afresh"
+    )]
+    Corrupt {
+        file: String,
+        expected: String,
+        got: String,
+    },
+    #[error("`{repo}` at {revision}: {what}")]
+    NoModel {
+        repo: String,
+        revision: String,
+        what: String,
+    },
+    #[error(transparent)]
+    Format(#[from] bora_formats::FormatError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

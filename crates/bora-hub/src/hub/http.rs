@@ -54,6 +54,11 @@ impl Retry {
         self
     }
 
+    /// Waits out the delay after failed attempt `n`.
+    pub(super) fn wait(&self, n: u32) {
+        (self.sleep)(self.delay(n));
+    }
+
     /// The wait after failed attempt `n` (1-based).
     pub fn delay(&self, n: u32) -> Duration {
         let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
@@ -65,9 +70,12 @@ impl Retry {
 #[derive(Debug)]
 pub struct HubClient {
     pub(super) endpoint: String,
-    token: Token,
+    token: Option<Token>,
     agent: ureq::Agent,
-    retry: Retry,
+    /// For file downloads: follows no redirect by itself (the token must not follow one off
+    /// the Hub) and bounds each read rather than the whole body, which may take hours.
+    pub(super) download_agent: ureq::Agent,
+    pub(super) retry: Retry,
 }
 
 /// What a request sends.
@@ -94,6 +102,8 @@ pub(super) struct Req<'a> {
 pub(super) struct Resp {
     pub status: u16,
     pub etag: Option<String>,
+    /// `X-Error-Code`: how the Hub tells a gated repo from a missing one.
+    pub error_code: Option<String>,
     pub body: String,
 }
 
@@ -113,7 +123,19 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .new_agent()
 }
 
-fn retryable(e: &ureq::Error) -> bool {
+fn download_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent(concat!("bora/", env!("CARGO_PKG_VERSION")))
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_per_read(Some(Duration::from_secs(60)))
+        .build()
+        .new_agent()
+}
+
+pub(super) fn retryable(e: &ureq::Error) -> bool {
     matches!(
         e,
         ureq::Error::Io(_)
@@ -126,12 +148,28 @@ fn retryable(e: &ureq::Error) -> bool {
 impl HubClient {
     /// A client for `endpoint` (no trailing slash, see [`super::resolve_endpoint`]).
     pub fn new(endpoint: &str, token: Token) -> HubClient {
+        HubClient::with_optional_token(endpoint, Some(token))
+    }
+
+    /// A client that reads public repos without a token, and gated or private ones with one.
+    pub fn with_optional_token(endpoint: &str, token: Option<Token>) -> HubClient {
         HubClient {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             token,
             agent: agent(Duration::from_secs(300)),
+            download_agent: download_agent(),
             retry: Retry::default(),
         }
+    }
+
+    /// Whether requests carry a token (errors about gated repos say what to do either way).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The `authorization` header value, for requests built outside [`HubClient::send`].
+    pub(super) fn bearer(&self) -> Option<String> {
+        self.token.as_ref().map(Token::bearer)
     }
 
     /// How long to wait for an answer (and for each part of its body) before the attempt
@@ -226,8 +264,8 @@ impl HubClient {
 
     fn attempt(&self, req: &Req) -> std::result::Result<Resp, AttemptError> {
         let mut builder = Request::builder().method(req.method).uri(&req.url);
-        if req.auth {
-            builder = builder.header("authorization", self.token.bearer());
+        if let Some(bearer) = self.bearer().filter(|_| req.auth) {
+            builder = builder.header("authorization", bearer);
         }
         for (k, v) in &req.headers {
             builder = builder.header(*k, *v);
@@ -260,16 +298,25 @@ impl HubClient {
         }
         .map_err(AttemptError::Http)?;
         let status = response.status().as_u16();
-        let etag = response
-            .headers()
-            .get("etag")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let etag = header("etag");
+        let error_code = header("x-error-code");
         let body = response
             .into_body()
             .read_to_string()
             .map_err(AttemptError::Http)?;
-        Ok(Resp { status, etag, body })
+        Ok(Resp {
+            status,
+            etag,
+            error_code,
+            body,
+        })
     }
 }
 

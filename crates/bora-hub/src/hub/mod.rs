@@ -6,6 +6,7 @@
 //! upload request.
 
 mod auth;
+mod download;
 mod error;
 mod http;
 mod upload;
@@ -14,6 +15,10 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use auth::{AccessCheck, WhoAmI};
+pub use download::{
+    locate_model, DownloadEvent, Downloader, HubCache, LocalModel, Located, ModelRef,
+    DEFAULT_REVISION,
+};
 pub use error::HubError;
 pub use http::{HubClient, Retry};
 pub use upload::{FileOutcome, LocalFile, UploadEvent, UploadMode, UploadReport};

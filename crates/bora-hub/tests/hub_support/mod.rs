@@ -1,5 +1,7 @@
 //! A Hub on loopback for tests: whoami-v2, repos/create, preupload, the LFS batch API
-//! (basic and multipart, with verify), the storage PUT targets and the ndjson commit. It
+//! (basic and multipart, with verify), the storage PUT targets and the ndjson commit; and for
+//! downloads, model repos (`models.rs`) with their revision listing, `resolve` URLs and LFS
+//! storage on a second port (another origin, as a CDN is). It
 //! keeps real state (committed files and their oids, stored LFS objects), so a second push
 //! sees what the first one stored, and it records every request byte for byte so tests can
 //! assert exactly what a client sent. Faults (a 500, a dropped connection) are injected per
@@ -9,6 +11,7 @@
 
 #[path = "../http_wire/mod.rs"]
 mod http_wire;
+mod models;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -34,6 +37,10 @@ pub enum Fault {
     Drop,
     /// Read the request, then hold the connection silent for this many milliseconds.
     Stall(u64),
+    /// Answer as usual but close the connection after this many body bytes.
+    Truncate(usize),
+    /// Answer as usual with one body byte changed.
+    Corrupt,
 }
 
 #[derive(Default)]
@@ -53,11 +60,25 @@ pub struct State {
     parts: HashMap<(String, u64), Vec<u8>>,
     pub repos: Vec<String>,
     pub commits: Vec<Vec<Value>>,
+    /// Model repos to download from, by id.
+    pub models: HashMap<String, models::ModelRepo>,
+    /// The origin of LFS storage (another port).
+    pub storage: String,
 }
+
+pub use models::ModelRepo;
 
 pub struct FakeHub {
     pub url: String,
+    pub storage: String,
     pub state: Arc<Mutex<State>>,
+}
+
+/// An answer before it is written: status, headers, body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 /// Files the fake stores in LFS: what the Hub's default `.gitattributes` routes there.
@@ -103,19 +124,34 @@ impl FakeHub {
     pub fn start() -> FakeHub {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let storage_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let storage = format!("http://{}", storage_listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State {
             whoami: write_token_whoami(),
+            storage: storage.clone(),
             ..State::default()
         }));
-        let shared = Arc::clone(&state);
-        let base = url.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                handle(stream, &shared, &base);
-            }
-        });
-        FakeHub { url, state }
+        for listener in [listener, storage_listener] {
+            let shared = Arc::clone(&state);
+            let base = url.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    handle(stream, &shared, &base);
+                }
+            });
+        }
+        FakeHub {
+            url,
+            storage,
+            state,
+        }
+    }
+
+    /// Serves `repo` for downloads.
+    pub fn add_model(&self, repo: ModelRepo) {
+        let mut s = self.state.lock().unwrap();
+        s.models.insert(repo.id.clone(), repo);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -164,19 +200,46 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, base: &str) {
     let mut s = state.lock().unwrap();
     s.requests.push(req.clone());
     let path = req.path().to_owned();
+    let mut fault = None;
     if let Some(i) = s.faults.iter().position(|f| path.starts_with(&f.0)) {
-        let (_, fault) = s.faults.remove(i);
-        drop(s);
-        match fault {
-            Fault::Status500 => respond(&mut stream, 500, "{\"error\":\"injected\"}", None),
-            Fault::Drop => drop(stream),
-            Fault::Stall(ms) => {
-                std::thread::spawn(move || {
-                    std::thread::sleep(std::time::Duration::from_millis(ms));
-                    drop(stream);
-                });
-            }
+        fault = Some(s.faults.remove(i).1);
+    }
+    match fault {
+        Some(Fault::Status500) => {
+            drop(s);
+            return respond(&mut stream, 500, "{\"error\":\"injected\"}", None);
         }
+        Some(Fault::Drop) => return,
+        Some(Fault::Stall(ms)) => {
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                drop(stream);
+            });
+            return;
+        }
+        _ => {}
+    }
+    if let Some(mut answer) = models::route(&s, &req, &path, base) {
+        drop(s);
+        let mut body_len = answer.body.len();
+        match fault {
+            Some(Fault::Truncate(n)) => body_len = n.min(body_len),
+            Some(Fault::Corrupt) if !answer.body.is_empty() => {
+                let mid = answer.body.len() / 2;
+                answer.body[mid] ^= 0x55;
+            }
+            _ => {}
+        }
+        let mut head = format!("HTTP/1.1 {} X\r\nconnection: close\r\n", answer.status);
+        for (k, v) in &answer.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!("content-length: {}\r\n\r\n", answer.body.len()));
+        let _ = stream.write_all(head.as_bytes());
+        if req.method != "HEAD" {
+            let _ = stream.write_all(&answer.body[..body_len]);
+        }
+        let _ = stream.flush();
         return;
     }
     let (status, body, etag) = route(&mut s, &req, &path, base);
