@@ -17,6 +17,9 @@ mod rng;
 pub use batch::{pack_rows, split, Batch, BatchConfig, DataPosition, Holdout, Loader};
 pub use encode::{fit, load, Dataset, Encoder, FitReport, Overlong, Sample};
 pub use error::{DataError, LineError};
-pub use preflight::{length_stats, preflight, LengthStats, ModelShape, Preflight, StepShape};
+pub use preflight::{
+    available_memory, generation_memory, length_stats, preflight, GenerationMemory, LengthStats,
+    ModelShape, Preflight, StepShape, RUNTIME_BYTES,
+};
 pub use read::{parse_line, read_jsonl, Example, ReadOutcome, Record};
 pub use rng::SplitMix64;

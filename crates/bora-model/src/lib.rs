@@ -29,7 +29,10 @@ pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use generate::{GenerateOptions, Generation, Generator, StopMatcher, StopReason};
 pub use lora::{Lora, LoraGrads, LoraSpec, LoraTarget};
-pub use model::{KvCache, LoadOptions, Logits, Model, Workspace, DEFAULT_CONTEXT};
+pub use model::{
+    CheckpointInfo, KvCache, LoadOptions, Logits, Model, Workspace, DEFAULT_CONTEXT,
+    DEFAULT_Q8_PARAMS,
+};
 pub use sample::{argmax, Rng, Sampler, SamplingParams};
 pub use score::{perplexity, Perplexity};
 pub use sequence::{decode_step, Sequence};

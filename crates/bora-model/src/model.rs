@@ -27,9 +27,12 @@ pub struct LoadOptions {
     /// Longest sequence (prompt + generated) the model will run; RoPE tables and KV caches
     /// are sized for it. `None`: the model's own maximum, capped at [`DEFAULT_CONTEXT`].
     pub context: Option<usize>,
-    /// QLoRA: store the seven decoder projections of an f32/f16/bf16 checkpoint in this
-    /// quant type (Q8_0, Q4_0 or Q4_1) as they load, so a frozen base takes a quarter or an
-    /// eighth of the memory; weights already quantized (GGUF) keep their own type.
+    /// Store the seven decoder projections of an f32/f16/bf16 checkpoint in this type as
+    /// they load: Q8_0, Q4_0 or Q4_1 (QLoRA, or a big model for inference), so a frozen base
+    /// takes a quarter or an eighth of f32's memory; BF16 halves an f32 checkpoint and keeps
+    /// f16/bf16 as stored. Weights already quantized (GGUF) keep their own type. Each
+    /// tensor is converted on its own and its checkpoint pages are then released, so a load
+    /// peaks near the converted size plus one tensor.
     pub quantize: Option<GgmlType>,
     /// Generation only: quantized matrices are rearranged for the decode kernels as they
     /// load ([`Weight::into_decode_layout`](bora_compute::Weight::into_decode_layout)), which
@@ -184,6 +187,93 @@ pub enum Logits {
     All,
 }
 
+/// A checkpoint's config and tensor headers, read without loading a weight: what memory
+/// estimates and the choice of an in-memory type need before a multi-gigabyte load.
+pub struct CheckpointInfo {
+    pub config: ModelConfig,
+    source: TensorSource,
+}
+
+/// Parameters from which an unquantized checkpoint is held in Q8_0 by default for inference
+/// ([`CheckpointInfo::inference_quant`]).
+pub const DEFAULT_Q8_PARAMS: u64 = 1_000_000_000;
+
+impl CheckpointInfo {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let (config, source) = open_checkpoint(path.as_ref())?;
+        Ok(Self { config, source })
+    }
+
+    /// Bytes of the weights once loaded with `quantize` ([`LoadOptions::quantize`]), in the
+    /// types [`Model::load`] holds them in.
+    pub fn weight_bytes(&self, quantize: Option<GgmlType>) -> u64 {
+        self.source.held_bytes(&self.config, quantize)
+    }
+
+    /// True when the decoder's projections are stored as f32, f16 or bf16 (so `quantize`
+    /// applies to them).
+    pub fn unquantized(&self) -> bool {
+        self.source.projections_unquantized()
+    }
+
+    /// The in-memory type for generating, scoring and serving when the user names none: an
+    /// unquantized checkpoint of [`DEFAULT_Q8_PARAMS`] or more is held in Q8_0, half of bf16
+    /// (a 7B model in 7.7 GB instead of 14.5, a 12B in 13 instead of 24.5: what lets it
+    /// fit a 16 or 32 GB laptop at all), with decode kernels that read half the bytes per
+    /// token, and an error (one scale per 32 values, 8-bit) far below sampling noise. A
+    /// smaller model stays as stored, so its logits are exactly the checkpoint's; GGUF
+    /// weights keep their own quantization.
+    pub fn inference_quant(&self) -> Option<GgmlType> {
+        (self.unquantized() && self.config.parameter_count() >= DEFAULT_Q8_PARAMS)
+            .then_some(GgmlType::Q8_0)
+    }
+}
+
+/// The config and tensor index of a `.gguf` file, an HF model directory or a Mistral
+/// consolidated directory; memory-maps the weights without reading them.
+fn open_checkpoint(path: &Path) -> Result<(ModelConfig, TensorSource)> {
+    if !path.exists() {
+        return Err(ModelError::NotAModel {
+            path: path.to_path_buf(),
+            what: "no such file or directory".into(),
+        });
+    }
+    let (config, source) = if path.is_file() {
+        if !is_gguf(path) {
+            return Err(ModelError::NotAModel {
+                path: path.to_path_buf(),
+                what: "a model file must be .gguf; otherwise pass the model directory".into(),
+            });
+        }
+        let gguf = GgufFile::open(path)?;
+        (ModelConfig::from_gguf(&gguf)?, TensorSource::gguf(&gguf)?)
+    } else if path.join("config.json").is_file() {
+        let cfg = ModelConfig::from_hf_config(&path.join("config.json"))?;
+        let files = safetensors_files(path, "model.safetensors", "model.safetensors.index.json")?;
+        (
+            cfg,
+            TensorSource::safetensors(CheckpointKind::HuggingFace, &files)?,
+        )
+    } else if path.join("params.json").is_file() {
+        let cfg = ModelConfig::from_params_json(&path.join("params.json"))?;
+        let files = safetensors_files(
+            path,
+            "consolidated.safetensors",
+            "consolidated.safetensors.index.json",
+        )?;
+        (
+            cfg,
+            TensorSource::safetensors(CheckpointKind::Consolidated, &files)?,
+        )
+    } else {
+        return Err(ModelError::NotAModel {
+            path: path.to_path_buf(),
+            what: "a model directory needs config.json (Hugging Face) or params.json (Mistral consolidated)".into(),
+        });
+    };
+    Ok((config, source))
+}
+
 fn is_gguf(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
@@ -247,46 +337,7 @@ impl Model {
     /// directory (`params.json`).
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
         let path = path.as_ref();
-        if !path.exists() {
-            return Err(ModelError::NotAModel {
-                path: path.to_path_buf(),
-                what: "no such file or directory".into(),
-            });
-        }
-        let (config, source) = if path.is_file() {
-            if !is_gguf(path) {
-                return Err(ModelError::NotAModel {
-                    path: path.to_path_buf(),
-                    what: "a model file must be .gguf; otherwise pass the model directory".into(),
-                });
-            }
-            let gguf = GgufFile::open(path)?;
-            (ModelConfig::from_gguf(&gguf)?, TensorSource::gguf(&gguf)?)
-        } else if path.join("config.json").is_file() {
-            let cfg = ModelConfig::from_hf_config(&path.join("config.json"))?;
-            let files =
-                safetensors_files(path, "model.safetensors", "model.safetensors.index.json")?;
-            (
-                cfg,
-                TensorSource::safetensors(CheckpointKind::HuggingFace, &files)?,
-            )
-        } else if path.join("params.json").is_file() {
-            let cfg = ModelConfig::from_params_json(&path.join("params.json"))?;
-            let files = safetensors_files(
-                path,
-                "consolidated.safetensors",
-                "consolidated.safetensors.index.json",
-            )?;
-            (
-                cfg,
-                TensorSource::safetensors(CheckpointKind::Consolidated, &files)?,
-            )
-        } else {
-            return Err(ModelError::NotAModel {
-                path: path.to_path_buf(),
-                what: "a model directory needs config.json (Hugging Face) or params.json (Mistral consolidated)".into(),
-            });
-        };
+        let (config, source) = open_checkpoint(path)?;
         let weights = source.load(&config, path, options.quantize, options.decode_layout)?;
         Self::from_parts(config, weights, path.to_path_buf(), source.kind(), options)
     }

@@ -23,6 +23,17 @@ use memmap2::Mmap;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
+/// The type a projection stored as `stored` is held in when loaded with `quantize`: block
+/// quants apply to f32, f16 and bf16 weights; BF16 only narrows f32 (f16 keeps its own
+/// 16 bits); weights already quantized keep their type.
+fn held_type(stored: GgmlType, quantize: Option<GgmlType>) -> GgmlType {
+    match quantize {
+        Some(q) if q.is_quantized() && !stored.is_quantized() => q,
+        Some(GgmlType::BF16) if stored == GgmlType::F32 => GgmlType::BF16,
+        _ => stored,
+    }
+}
+
 /// Which layout a checkpoint uses; decides tensor names and whether q/k rows are interleaved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckpointKind {
@@ -262,10 +273,17 @@ impl TensorSource {
     }
 
     /// `w`, the tensor `name`, in the decode layout ([`Weight::into_decode_layout`]); the
-    /// checkpoint pages it was copied from then leave this process's resident set (the page
-    /// cache keeps them), so the model is not held twice, even for a moment.
+    /// checkpoint pages it was copied from then leave this process's resident set.
     fn decode_layout(&self, name: &str, w: Weight) -> Weight {
         let w = w.into_decode_layout();
+        self.release(name);
+        w
+    }
+
+    /// Drops the checkpoint pages of tensor `name` from this process's resident set (the
+    /// page cache keeps them) once it has been copied or converted, so the model is not held
+    /// twice, even for a moment.
+    fn release(&self, name: &str) {
         #[cfg(unix)]
         if let Some(t) = self.tensors.get(name) {
             // SAFETY: the map is read-only and private and nothing was ever written to it,
@@ -280,7 +298,37 @@ impl TensorSource {
                 )
             };
         }
-        w
+    }
+
+    /// Bytes of the weights [`load`](Self::load) makes with `quantize`: vectors in f32,
+    /// embeddings and output head as stored (f32 copied as f32), projections in
+    /// [`held_type`].
+    pub(crate) fn held_bytes(&self, cfg: &ModelConfig, quantize: Option<GgmlType>) -> u64 {
+        let [embed, _, head] = global_names(self.kind);
+        self.tensors
+            .iter()
+            .filter(|(name, _)| !(cfg.tied_embeddings && name.as_str() == head))
+            .map(|(name, t)| {
+                let elems: usize = t.shape.iter().product();
+                let ty = match t.shape.len() {
+                    1 => GgmlType::F32,
+                    _ if name == embed || name == head => t.ty,
+                    _ => held_type(t.ty, quantize),
+                };
+                let cols = t.shape.last().copied().unwrap_or(1);
+                ty.row_bytes(cols)
+                    .map_or(4 * elems, |b| b * (elems / cols.max(1))) as u64
+            })
+            .sum()
+    }
+
+    /// True when no matrix other than the embeddings and output head is quantized.
+    pub(crate) fn projections_unquantized(&self) -> bool {
+        let [embed, _, head] = global_names(self.kind);
+        self.tensors
+            .iter()
+            .filter(|(name, t)| t.shape.len() == 2 && *name != embed && *name != head)
+            .all(|(_, t)| !t.ty.is_quantized())
     }
 
     /// A `[rows, cols]` matrix. `interleaved_heads` reorders q/k rows from the interleaved
@@ -308,13 +356,16 @@ impl TensorSource {
             ),
             None => t.bytes.clone(),
         };
-        if let Some(q) = quantize.filter(|_| !t.ty.is_quantized()) {
+        let held = quantize.map_or(t.ty, |q| held_type(t.ty, Some(q)));
+        if held != t.ty {
             let mut data = vec![0f32; rows * cols];
             dequantize(t.ty, bytes.as_slice(), &mut data).map_err(|e| bad(e.to_string()))?;
-            let packed = quantize_tensor(q, &data).map_err(|e| bad(e.to_string()))?;
+            let packed = quantize_tensor(held, &data).map_err(|e| bad(e.to_string()))?;
+            drop(data);
+            self.release(name);
             return Ok(Weight::from_bytes(
                 name,
-                q,
+                held,
                 rows,
                 cols,
                 WeightBytes::from_vec(packed),
@@ -325,7 +376,11 @@ impl TensorSource {
             let mut data = vec![0f32; rows * cols];
             dequantize(GgmlType::F32, bytes.as_slice(), &mut data)
                 .map_err(|e| bad(e.to_string()))?;
+            self.release(name);
             return Ok(Weight::from_f32(name, rows, cols, data)?);
+        }
+        if interleaved_heads.is_some() {
+            self.release(name);
         }
         Ok(Weight::from_bytes(name, t.ty, rows, cols, bytes)?)
     }
@@ -341,11 +396,14 @@ impl TensorSource {
         decode_layout: bool,
     ) -> Result<ModelWeights> {
         if let Some(q) = quantize {
-            if !matches!(q, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {
+            if !matches!(
+                q,
+                GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::BF16
+            ) {
                 return Err(ModelError::Config {
                     path: hint.to_path_buf(),
                     what: format!(
-                        "quantizing on load supports Q8_0, Q4_0 and Q4_1, not {}",
+                        "quantizing on load supports Q8_0, Q4_0, Q4_1 and BF16, not {}",
                         q.name()
                     ),
                 });

@@ -44,6 +44,18 @@ pub enum TrainError {
     /// Buffers handed to the optimizer or clipping do not line up with its state.
     #[error("{what}")]
     Mismatch { what: String },
+    /// The run's estimated peak memory is more than the machine has available.
+    #[error(
+        "this run needs about {:.2} GiB ({parts}) but {:.2} GiB is available; {advice}",
+        *need as f64 / 1073741824.0,
+        *available as f64 / 1073741824.0
+    )]
+    Memory {
+        need: u64,
+        available: u64,
+        parts: String,
+        advice: String,
+    },
     /// Training diverged: continuing would only write NaN weights into the adapter.
     #[error("step {step}: {what} is {value}; lower optim.lr, set optim.max_grad_norm, or check the data")]
     NonFinite { step: u64, what: String, value: f32 },

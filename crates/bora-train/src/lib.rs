@@ -46,7 +46,10 @@ pub use metrics::{
     crc32c, masked_crc32c, EventWriter, JsonlSink, MetricSink, Metrics, TensorBoardSink,
 };
 pub use optim::{AdamW, AdamWConfig, AdamWState};
-pub use recipe::{run, Event, Start, Summary, Timing, TIMING_FILE};
+pub use recipe::{
+    check_memory, load_base, measure_step, memory_by_use, model_shape, plan_data, run,
+    train_memory, DataPlan, Event, Start, StepTiming, Summary, Timing, TIMING_FILE,
+};
 pub use rng::{init_lora, kaiming_uniform_bound, Rng, RngState, Stream};
 pub use run::{RunDir, ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE};
 pub use schedule::{LrSchedule, ScheduleKind};

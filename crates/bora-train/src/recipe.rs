@@ -9,8 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bora_data::{fit, load, split, Batch, BatchConfig, Encoder, Holdout, Loader, Overlong, Sample};
-use bora_model::{LoadOptions, Lora, LoraSpec, Model, TrainBatch, Trainer};
+use bora_data::{available_memory, generation_memory, preflight, ModelShape, Preflight, StepShape};
+use bora_data::{
+    fit, load, split, Batch, BatchConfig, Encoder, FitReport, Holdout, Loader, Overlong, Sample,
+};
+use bora_formats::quant::GgmlType;
+use bora_model::{CheckpointInfo, LoadOptions, Lora, LoraSpec, Model, TrainBatch, Trainer};
 use bora_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
@@ -102,18 +106,11 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
         }
     };
     let t = &config.train;
-    let quantize = config.qlora.quantize()?;
 
     // ---- Model and tokenizer.
     let model_path = Path::new(&config.model.path);
-    let model = Model::load(
-        model_path,
-        &LoadOptions {
-            context: Some(t.seq_len),
-            quantize,
-            decode_layout: false,
-        },
-    )?;
+    check_memory(&config, &CheckpointInfo::open(model_path)?)?;
+    let model = load_base(&config)?;
     let tokenizer = Tokenizer::from_file(model_path)?;
     if tokenizer.vocab_size() > model.config.vocab_size {
         return Err(TrainError::Mismatch {
@@ -126,15 +123,11 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
         });
     }
 
-    // ---- Data: train and validation samples, fitted to the sequence length.
-    let data = load_data(&config, &tokenizer)?;
-    let batches = BatchConfig {
-        batch_size: t.batch_size,
-        seq_len: t.seq_len,
-        pack: t.packing,
-        seed: t.seed,
-        pad_id: tokenizer.eos_id().unwrap_or(0),
-    };
+    // ---- Data: train and validation samples, fitted to the sequence length, and the step
+    // count.
+    let data = plan_data(&config, &tokenizer)?;
+    let batches = data.batches;
+    let total_steps = data.total_steps;
 
     // ---- The run directory, made only once model and data are known good, so a run refused
     // for bad input leaves nothing behind.
@@ -156,12 +149,6 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
         }
     };
 
-    // Counted on epoch 0's plan, so a resumed run (in any epoch) computes the same total and
-    // so the same LR schedule.
-    let micro_per_epoch = Loader::plan(&data.train, &batches, 0)
-        .len()
-        .div_ceil(t.batch_size) as u64;
-    let total_steps = config.total_steps(micro_per_epoch);
     let schedule = config.lr_schedule(total_steps);
 
     // ---- Adapter, optimizer, RNG and data position: fresh, or from the last checkpoint.
@@ -390,15 +377,242 @@ fn named_tensors(lora: &Lora) -> Vec<NamedTensor> {
         .collect()
 }
 
-struct RunData {
-    train: Vec<Sample>,
-    val: Vec<Sample>,
-    skipped: Vec<String>,
+/// A run's data as its training loop sees it, and the optimizer steps it makes: what
+/// `bora train` runs and what `bora data check` reports, computed by this one function so
+/// the two cannot disagree.
+#[derive(Debug, Clone)]
+pub struct DataPlan {
+    pub train: Vec<Sample>,
+    pub val: Vec<Sample>,
+    /// Bad lines left out under `data.skip_bad_lines`, as `FILE:LINE: field: what`.
+    pub skipped: Vec<String>,
+    /// Token count of every example of the training file, before the split and the fit.
+    pub lengths: Vec<usize>,
+    /// What fitting to `train.seq_len` did to the training and the validation examples.
+    pub train_fit: FitReport,
+    pub val_fit: FitReport,
+    pub batches: BatchConfig,
+    /// Micro-batches of epoch 0's plan (packing depends on each epoch's order; every epoch
+    /// is counted as epoch 0, so a resumed run computes the same total and LR schedule).
+    pub micro_per_epoch: u64,
+    pub total_steps: u64,
+}
+
+impl DataPlan {
+    /// Times the loop computes the validation loss: every `train.eval_every` steps and at the
+    /// last step.
+    pub fn evaluations(&self, config: &RunConfig) -> u64 {
+        if self.val.is_empty() || self.total_steps == 0 {
+            return 0;
+        }
+        let every = config.train.eval_every;
+        // `is_multiple_of(0)` is false for a non-zero count: with eval_every 0, only the last.
+        let periodic = self.total_steps.checked_div(every).unwrap_or(0);
+        periodic + u64::from(!self.total_steps.is_multiple_of(every))
+    }
+
+    /// Training micro-batches of the whole run.
+    pub fn micro_batches(&self, config: &RunConfig) -> u64 {
+        if config.train.max_steps > 0 {
+            config.train.max_steps * u64::from(config.train.grad_accum)
+        } else {
+            config.train.epochs * self.micro_per_epoch
+        }
+    }
+
+    /// Micro-batches of one validation pass.
+    pub fn val_batches(&self) -> u64 {
+        Loader::plan(&self.val, &self.batches, 0)
+            .len()
+            .div_ceil(self.batches.batch_size) as u64
+    }
+}
+
+/// The frozen base as the run trains on it: quantized as `qlora` says, RoPE tables for
+/// `train.seq_len`.
+pub fn load_base(config: &RunConfig) -> Result<Model> {
+    Ok(Model::load(
+        &config.model.path,
+        &LoadOptions {
+            context: Some(config.train.seq_len),
+            quantize: config.qlora.quantize()?,
+            decode_layout: false,
+        },
+    )?)
+}
+
+/// The numbers of `info`'s model that memory and time depend on, its weights as loaded with
+/// `quantize`.
+pub fn model_shape(info: &CheckpointInfo, quantize: Option<GgmlType>) -> ModelShape {
+    let c = &info.config;
+    ModelShape {
+        hidden: c.hidden_size,
+        intermediate: c.intermediate_size,
+        layers: c.n_layers,
+        heads: c.n_heads,
+        kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        vocab: c.vocab_size,
+        parameters: c.parameter_count(),
+        weight_bytes: info.weight_bytes(quantize),
+    }
+}
+
+/// Estimated peak memory of this run's training step (its base loaded as `qlora` says).
+pub fn train_memory(config: &RunConfig, info: &CheckpointInfo) -> Result<Preflight> {
+    let t = &config.train;
+    let step = StepShape {
+        batch_size: t.batch_size,
+        seq_len: t.seq_len,
+        lora_rank: config.lora.rank,
+    };
+    Ok(preflight(
+        &model_shape(info, config.qlora.quantize()?),
+        &step,
+        0,
+        1.0,
+    ))
+}
+
+/// Estimated peak memory of each way to run `info`'s model: generating `context` tokens with
+/// the base held as `generate_quant`, and `config`'s training step as LoRA on the base as
+/// stored and as each QLoRA type (for an unquantized base).
+pub fn memory_by_use(
+    config: &RunConfig,
+    info: &CheckpointInfo,
+    generate_quant: Option<GgmlType>,
+    context: usize,
+) -> Result<Vec<(String, u64)>> {
+    let generate = generation_memory(&model_shape(info, generate_quant), context);
+    let mut rows = vec![(format!("generate, {context} tokens"), generate.peak_bytes)];
+    let mut ways = vec![("LoRA, base as stored", None)];
+    if info.unquantized() {
+        ways.extend(["q8_0", "q4_0", "q4_1"].map(|q| (q, Some(q))));
+    }
+    let mut c = config.clone();
+    for (label, quant) in ways {
+        c.qlora.enabled = quant.is_some();
+        if let Some(q) = quant {
+            c.qlora.quant = q.into();
+        }
+        let label = match quant {
+            Some(q) => format!("train, QLoRA {q}"),
+            None => format!("train, {label}"),
+        };
+        rows.push((label, train_memory(&c, info)?.peak_bytes));
+    }
+    Ok(rows)
+}
+
+/// Refuses, before any weight is read, a run whose estimated peak is more than this
+/// machine's available memory ([`available_memory`]): an out-of-memory kill an hour into a
+/// run is worse than a refusal that names the numbers and the ways out.
+pub fn check_memory(config: &RunConfig, info: &CheckpointInfo) -> Result<()> {
+    let need = train_memory(config, info)?;
+    let Some(available) = available_memory()? else {
+        return Ok(());
+    };
+    if need.peak_bytes <= available {
+        return Ok(());
+    }
+    let smaller = if info.unquantized() {
+        "QLoRA (--qlora q4_0 keeps the base at a quarter of bf16), "
+    } else {
+        ""
+    };
+    Err(TrainError::Memory {
+        need: need.peak_bytes,
+        available,
+        parts: format!(
+            "weights {:.2} GiB, LoRA state {:.2} GiB, activations {:.2} GiB, workspace {:.2} GiB",
+            gib(need.weight_bytes),
+            gib(need.lora_bytes),
+            gib(need.activation_bytes),
+            gib(need.workspace_bytes)
+        ),
+        advice: format!(
+            "use {smaller}a smaller train.batch_size or train.seq_len (with train.grad_accum \
+             for the same tokens per step), or train.recompute; `bora data check` lists the \
+             memory of each choice"
+        ),
+    })
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
+}
+
+/// Seconds of one training micro-batch and of one validation batch, measured on a run's own
+/// model and data.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StepTiming {
+    pub micro_batch_s: f64,
+    pub val_batch_s: f64,
+}
+
+impl StepTiming {
+    /// Wall time of the whole run: every micro-batch the steps consume, and every validation
+    /// pass. The optimizer update on the LoRA parameters is left out (well under a percent
+    /// of a step).
+    pub fn run_seconds(&self, config: &RunConfig, plan: &DataPlan) -> f64 {
+        plan.micro_batches(config) as f64 * self.micro_batch_s
+            + (plan.evaluations(config) * plan.val_batches()) as f64 * self.val_batch_s
+    }
+}
+
+/// Times `micro_batches` training micro-batches (after one untimed warm-up, which faults in
+/// the weights and grows the buffers) and one validation batch of the run's first batches,
+/// exactly as the loop computes them: a preflight measured on the real model, not a FLOP
+/// count.
+pub fn measure_step(
+    config: &RunConfig,
+    plan: &DataPlan,
+    model: &Model,
+    micro_batches: usize,
+) -> Result<StepTiming> {
+    let t = &config.train;
+    let spec = lora_spec(config);
+    let lora = Lora::zeros(&model.config, &spec);
+    let mut grads = Lora::zeros(&model.config, &spec);
+    let mut trainer = Trainer::new(model, &spec, t.batch_size, t.seq_len, t.recompute)?;
+    let mut loader = Loader::new(
+        &plan.train,
+        plan.batches,
+        bora_data::DataPosition::default(),
+    )?;
+    let mut micro = |trainer: &mut Trainer| -> Result<f64> {
+        let batch = loader.next_batch();
+        let targets = masked_targets(&batch);
+        let started = Instant::now();
+        trainer.forward_backward(model, &lora, &train_batch(&batch, &targets), &mut grads, 0)?;
+        Ok(started.elapsed().as_secs_f64())
+    };
+    micro(&mut trainer)?;
+    let micro_batches = micro_batches.max(1);
+    let mut total = 0.0;
+    for _ in 0..micro_batches {
+        total += micro(&mut trainer)?;
+    }
+    let val_batch_s = if plan.val.is_empty() {
+        0.0
+    } else {
+        let mut val = Loader::new(&plan.val, plan.batches, bora_data::DataPosition::default())?;
+        let batch = val.next_batch();
+        let targets = masked_targets(&batch);
+        let started = Instant::now();
+        trainer.loss(model, &lora, &train_batch(&batch, &targets))?;
+        started.elapsed().as_secs_f64()
+    };
+    Ok(StepTiming {
+        micro_batch_s: total / micro_batches as f64,
+        val_batch_s,
+    })
 }
 
 /// Tokenizes the training file (and the validation file, or holds out `data.val_fraction`
-/// of the training examples by a seeded draw) and fits every example to `train.seq_len`.
-fn load_data(config: &RunConfig, tokenizer: &Tokenizer) -> Result<RunData> {
+/// of the training examples by a seeded draw), fits every example to `train.seq_len` and
+/// counts the run's optimizer steps.
+pub fn plan_data(config: &RunConfig, tokenizer: &Tokenizer) -> Result<DataPlan> {
     let encoder = Encoder::new(tokenizer)?;
     let skip = config.data.skip_bad_lines;
     let overlong = if config.data.drop_overlong {
@@ -408,6 +622,7 @@ fn load_data(config: &RunConfig, tokenizer: &Tokenizer) -> Result<RunData> {
     };
     let train_file = load(&config.data.train, &encoder, skip)?;
     let mut skipped: Vec<String> = train_file.skipped.iter().map(ToString::to_string).collect();
+    let lengths = train_file.samples.iter().map(Sample::len).collect();
     let (train, val) = match config.data.eval_path() {
         Some(path) => {
             let val_file = load(path, &encoder, skip)?;
@@ -420,16 +635,32 @@ fn load_data(config: &RunConfig, tokenizer: &Tokenizer) -> Result<RunData> {
             config.train.seed,
         )?,
     };
-    let seq_len = config.train.seq_len;
-    let (train, _) = fit(train, seq_len, overlong);
-    let (val, _) = fit(val, seq_len, overlong);
+    let t = &config.train;
+    let (train, train_fit) = fit(train, t.seq_len, overlong);
+    let (val, val_fit) = fit(val, t.seq_len, overlong);
     if train.is_empty() {
         return Err(bora_data::DataError::Empty(config.data.train.display().to_string()).into());
     }
-    Ok(RunData {
+    let batches = BatchConfig {
+        batch_size: t.batch_size,
+        seq_len: t.seq_len,
+        pack: t.packing,
+        seed: t.seed,
+        pad_id: tokenizer.eos_id().unwrap_or(0),
+    };
+    let micro_per_epoch = Loader::plan(&train, &batches, 0)
+        .len()
+        .div_ceil(t.batch_size) as u64;
+    Ok(DataPlan {
         train,
         val,
         skipped,
+        lengths,
+        train_fit,
+        val_fit,
+        batches,
+        micro_per_epoch,
+        total_steps: config.total_steps(micro_per_epoch),
     })
 }
 

@@ -6,12 +6,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bora_data::{
-    fit, length_stats, load, preflight, split, BatchConfig, DataError, Encoder, Holdout, Loader,
-    ModelShape, Overlong, Sample, StepShape,
+    available_memory, length_stats, preflight, DataError, Encoder, FitReport, LengthStats,
+    Overlong, Sample, StepShape,
 };
-use bora_formats::gguf::GgufFile;
-use bora_model::ModelConfig;
+use bora_model::CheckpointInfo;
 use bora_tokenizer::Tokenizer;
+use bora_train::{
+    load_base, measure_step, memory_by_use, model_shape, plan_data, train_memory, DataPlan,
+    RunConfig, TrainError,
+};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -32,43 +35,65 @@ enum DataCommand {
 struct CheckArgs {
     /// JSONL with one `messages`, `prompt`/`completion` or `text` example per line.
     file: PathBuf,
+    /// Run config TOML, as `bora train --config` reads it; the flags below override its keys.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Model (`.gguf` or model directory) whose tokenizer, chat format and shape to use
-    /// [default: the default model].
+    /// [default: the config's, else the default model].
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
-    /// Validation JSONL; without it --val-fraction or --val-count hold out training examples.
+    /// Validation JSONL (`data.eval`); without it --val-fraction holds out training examples.
     #[arg(long, value_name = "FILE")]
     val: Option<PathBuf>,
-    /// Share of the examples held out for validation (when no --val file).
-    #[arg(long, value_name = "F", conflicts_with_all = ["val", "val_count"])]
+    /// `data.val_fraction`: share of the examples held out for validation (when no --val).
+    #[arg(long, value_name = "F", conflicts_with = "val")]
     val_fraction: Option<f64>,
-    /// Number of examples held out for validation (when no --val file).
-    #[arg(long, value_name = "N", conflicts_with = "val")]
-    val_count: Option<usize>,
-    #[arg(long, default_value_t = 512)]
-    seq_len: usize,
-    /// Drop examples longer than --seq-len instead of truncating them.
+    /// `train.seq_len`
     #[arg(long)]
-    drop_overlong: bool,
-    /// Pack several short examples into one sequence.
+    seq_len: Option<usize>,
+    /// `data.drop_overlong`: drop examples longer than --seq-len instead of truncating them.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    drop_overlong: Option<bool>,
+    /// `train.packing`: several short examples in one sequence (on by default, as in train).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pack: Option<bool>,
+    /// `train.epochs`
     #[arg(long)]
-    pack: bool,
-    #[arg(long, default_value_t = 1)]
-    epochs: u64,
-    #[arg(long, default_value_t = 4)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 1)]
-    grad_accum: usize,
-    #[arg(long, default_value_t = 16)]
-    lora_rank: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Matmul throughput for the time estimate, in GFLOP/s [default: measured here].
+    epochs: Option<u64>,
+    /// `train.max_steps` (0: run the epochs)
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// `train.batch_size`
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// `train.grad_accum`
+    #[arg(long)]
+    grad_accum: Option<u32>,
+    /// `lora.rank`
+    #[arg(long, visible_alias = "rank")]
+    lora_rank: Option<usize>,
+    /// `train.seed`
+    #[arg(long)]
+    seed: Option<u64>,
+    /// QLoRA type of the base (`qlora.quant`): q8_0, q4_0 or q4_1.
+    #[arg(long, value_name = "TYPE")]
+    qlora: Option<String>,
+    /// `train.eval_every`
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// `train.recompute`
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    recompute: Option<bool>,
+    /// Time the run from a matmul rate in GFLOP/s instead of measuring real steps.
     #[arg(long, value_name = "G")]
     gflops: Option<f64>,
-    /// Leave bad lines out (and count them) instead of refusing the file.
-    #[arg(long)]
-    skip_bad_lines: bool,
+    /// Training micro-batches timed on the real model for the time estimate (after one
+    /// warm-up).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    measure_steps: usize,
+    /// `data.skip_bad_lines`: leave bad lines out (and count them) instead of refusing the file.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    skip_bad_lines: Option<bool>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -80,187 +105,70 @@ pub fn run(args: &DataArgs, default_model: &Path) -> Result<()> {
     }
 }
 
-fn check(args: &CheckArgs, default_model: &Path) -> Result<()> {
-    anyhow::ensure!(
-        args.epochs > 0 && args.grad_accum > 0,
-        "--epochs and --grad-accum must be at least 1"
-    );
-    let model = args.model.as_deref().unwrap_or(default_model);
-    let tok = Tokenizer::from_file(model)
-        .with_context(|| format!("loading the tokenizer of {}", model.display()))?;
-    let encoder =
-        Encoder::new(&tok).with_context(|| format!("the chat format of {}", model.display()))?;
-    let shape = model_shape(model)?;
-
-    let train_file = load_reporting(&args.file, &encoder, args.skip_bad_lines)?;
-    let val_file = match &args.val {
-        Some(path) => Some(load_reporting(path, &encoder, args.skip_bad_lines)?),
-        None => None,
+/// The run config `bora train` would resolve from the same file and flags.
+fn run_config(args: &CheckArgs, default_model: &Path) -> Result<RunConfig> {
+    let mut config = match &args.config {
+        Some(path) => RunConfig::load_unchecked(path)?,
+        None => RunConfig::default(),
     };
-    let skipped = train_file.skipped.len() + val_file.as_ref().map_or(0, |d| d.skipped.len());
-    let examples = train_file.samples.len();
-    let lengths: Vec<usize> = train_file.samples.iter().map(Sample::len).collect();
-    let stats =
-        length_stats(&lengths).ok_or_else(|| DataError::Empty(args.file.display().to_string()))?;
-    let overlong = if args.drop_overlong {
-        Overlong::Drop
-    } else {
-        Overlong::Truncate
-    };
-    let (samples, fitted) = fit(train_file.samples, args.seq_len, overlong);
-    let trained: usize = samples.iter().map(Sample::trained).sum();
-    let tokens: usize = samples.iter().map(Sample::len).sum();
-
-    let holdout = match (args.val_fraction, args.val_count) {
-        (Some(f), _) => Holdout::Fraction(f),
-        (None, Some(n)) => Holdout::Count(n),
-        (None, None) => Holdout::Count(0),
-    };
-    let (train, val) = match &val_file {
-        Some(v) => (samples, fit(v.samples.clone(), args.seq_len, overlong).0),
-        None => split(samples, holdout, args.seed)?,
-    };
-    let config = BatchConfig {
-        batch_size: args.batch_size,
-        seq_len: args.seq_len,
-        pack: args.pack,
-        seed: args.seed,
-        pad_id: tok.eos_id().unwrap_or(0),
-    };
-    // Packing depends on each epoch's order, so each epoch is planned, not extrapolated.
-    let batches: u64 = (0..args.epochs)
-        .map(|epoch| {
-            Loader::plan(&train, &config, epoch)
-                .len()
-                .div_ceil(args.batch_size) as u64
-        })
-        .sum();
-    anyhow::ensure!(
-        !train.is_empty(),
-        "no training examples are left after fitting to --seq-len {} and the validation split",
-        args.seq_len
-    );
-    let steps = batches.div_ceil(args.grad_accum as u64);
-    let batches_per_epoch = batches / args.epochs;
-    let tokens_per_epoch = batches_per_epoch * (args.batch_size * args.seq_len) as u64;
-    let (gflops, measured) = match args.gflops {
-        Some(g) => (g, false),
-        None => (measure_matmul_gflops(), true),
-    };
-    let step = StepShape {
-        batch_size: args.batch_size,
-        seq_len: args.seq_len,
-        lora_rank: args.lora_rank,
-    };
-    let pre = preflight(&shape, &step, tokens_per_epoch, gflops);
-    let method =
-        format!(
-        "estimate, not a measurement: frozen weights at their stored size; f32 activations each \
-         layer saves for its explicit backward (attention keeps one log-sum-exp per head); LoRA \
-         r{} on all 7 projections with gradients and AdamW moments; time = 4 × parameters × \
-         token slots (padding included) / {gflops:.0} GFLOP/s ({}); a LoRA step skips the frozen \
-         weight gradients that make a full fine-tune 6 × parameters × tokens",
-        args.lora_rank,
-        if measured { "f32 matmul measured on this machine" } else { "stated with --gflops" },
-    );
-
-    if args.json {
-        let object = json!({
-            "file": args.file,
-            "model": model,
-            "examples": examples,
-            "skipped_lines": skipped,
-            "tokens": {"min": stats.min, "median": stats.median, "p95": stats.p95, "max": stats.max},
-            "seq_len": args.seq_len,
-            "overlong": {"count": fitted.overlong, "policy": overlong, "truncated": fitted.truncated, "dropped": fitted.dropped},
-            "trained_tokens": trained,
-            "total_tokens": tokens,
-            "trained_share": trained as f64 / tokens.max(1) as f64,
-            "train_examples": train.len(),
-            "val_examples": val.len(),
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "grad_accum": args.grad_accum,
-            "pack": args.pack,
-            "batches": batches,
-            "steps": steps,
-            "preflight": pre,
-            "preflight_method": method,
-        });
-        println!("{object}");
-        return Ok(());
+    if let Some(model) = &args.model {
+        config.model.path = model.display().to_string();
+    } else if config.model.path.is_empty() {
+        config.model.path = default_model.display().to_string();
     }
-    println!("{}: {examples} examples", args.file.display());
-    if skipped > 0 {
-        println!("skipped:    {skipped} bad line(s) (--skip-bad-lines)");
+    config.data.train = args.file.clone();
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    let mut set = |key, value: Option<String>| overrides.extend(value.map(|v| (key, v)));
+    set(
+        "data.eval",
+        args.val
+            .as_ref()
+            .map(|p| format!("{:?}", p.display().to_string())),
+    );
+    set(
+        "data.val_fraction",
+        args.val_fraction.map(|v| format!("{v:?}")),
+    );
+    set("train.seq_len", args.seq_len.map(|v| v.to_string()));
+    set(
+        "data.drop_overlong",
+        args.drop_overlong.map(|v| v.to_string()),
+    );
+    set("train.packing", args.pack.map(|v| v.to_string()));
+    set("train.epochs", args.epochs.map(|v| v.to_string()));
+    set("train.max_steps", args.max_steps.map(|v| v.to_string()));
+    set("train.batch_size", args.batch_size.map(|v| v.to_string()));
+    set("train.grad_accum", args.grad_accum.map(|v| v.to_string()));
+    set("lora.rank", args.lora_rank.map(|v| v.to_string()));
+    set("train.seed", args.seed.map(|v| v.to_string()));
+    set("train.eval_every", args.eval_every.map(|v| v.to_string()));
+    set("train.recompute", args.recompute.map(|v| v.to_string()));
+    set(
+        "data.skip_bad_lines",
+        args.skip_bad_lines.map(|v| v.to_string()),
+    );
+    if let Some(quant) = &args.qlora {
+        set("qlora.enabled", Some("true".into()));
+        set("qlora.quant", Some(format!("{:?}", quant.to_lowercase())));
     }
-    println!(
-        "tokens:     min {}, median {}, p95 {}, max {} per example",
-        stats.min, stats.median, stats.p95, stats.max
-    );
-    let action = match overlong {
-        Overlong::Drop => "dropped".to_string(),
-        Overlong::Truncate if fitted.dropped > 0 => format!(
-            "truncated; {} of them dropped, no trained token left",
-            fitted.dropped
-        ),
-        Overlong::Truncate => "truncated".into(),
-    };
-    println!(
-        "over {}:   {} example(s), {action}",
-        args.seq_len, fitted.overlong
-    );
-    println!(
-        "trained:    {trained} of {tokens} tokens ({:.1}%)",
-        100.0 * trained as f64 / tokens.max(1) as f64
-    );
-    let val_from = match &args.val {
-        Some(path) => format!("from {}", path.display()),
-        None => format!("held out with seed {}", args.seed),
-    };
-    println!(
-        "split:      {} train, {} validation ({val_from})",
-        train.len(),
-        val.len()
-    );
-    println!(
-        "steps:      {steps} = {} epoch(s), {batches} batches of {} × {} tokens{}, {} per step",
-        args.epochs,
-        args.batch_size,
-        args.seq_len,
-        if args.pack { " (packed)" } else { "" },
-        args.grad_accum
-    );
-    println!("preflight ({method}):");
-    println!(
-        "  peak memory ≈ {} = weights {} + LoRA state {} ({} parameters) + activations {} ({} per token) + workspace {}",
-        gib(pre.peak_bytes),
-        gib(pre.weight_bytes),
-        gib(pre.lora_bytes),
-        pre.lora_parameters,
-        gib(pre.activation_bytes),
-        kib(pre.activation_bytes_per_token),
-        gib(pre.workspace_bytes)
-    );
-    println!(
-        "  time ≈ {} per epoch ({} token slots × {:.2} GFLOP per token at {gflops:.0} GFLOP/s)",
-        duration(pre.seconds_per_epoch),
-        pre.tokens_per_epoch,
-        pre.flops_per_token as f64 / 1e9
-    );
-    Ok(())
+    for (key, value) in &overrides {
+        config.apply_override(key, value)?;
+    }
+    config.validate()?;
+    Ok(config)
 }
 
-/// Loads a dataset; bad lines go to stderr one per line, so editors can jump to them.
-fn load_reporting(path: &Path, encoder: &Encoder, skip: bool) -> Result<bora_data::Dataset> {
-    match load(path, encoder, skip) {
-        Ok(data) => {
-            for e in &data.skipped {
-                eprintln!("skipped {e}");
-            }
-            Ok(data)
-        }
-        Err(DataError::BadLines { path, errors }) => {
+fn check(args: &CheckArgs, default_model: &Path) -> Result<()> {
+    let config = run_config(args, default_model)?;
+    let model = PathBuf::from(&config.model.path);
+    let tok = Tokenizer::from_file(&model)
+        .with_context(|| format!("loading the tokenizer of {}", model.display()))?;
+    Encoder::new(&tok).with_context(|| format!("the chat format of {}", model.display()))?;
+    let info = CheckpointInfo::open(&model)
+        .with_context(|| format!("reading model {}", model.display()))?;
+
+    let plan = match plan_data(&config, &tok) {
+        Err(TrainError::Data(DataError::BadLines { path, errors })) => {
             for e in &errors {
                 eprintln!("{e}");
             }
@@ -270,45 +178,222 @@ fn load_reporting(path: &Path, encoder: &Encoder, skip: bool) -> Result<bora_dat
                 errors.len()
             )
         }
-        Err(e) => Err(e.into()),
+        other => other?,
+    };
+    for line in &plan.skipped {
+        eprintln!("skipped {line}");
     }
+    let t = &config.train;
+    let skipped = plan.skipped.len();
+    let examples = plan.lengths.len();
+    let stats = length_stats(&plan.lengths)
+        .ok_or_else(|| DataError::Empty(args.file.display().to_string()))?;
+    let overlong = if config.data.drop_overlong {
+        Overlong::Drop
+    } else {
+        Overlong::Truncate
+    };
+    let fitted = FitReport {
+        overlong: plan.train_fit.overlong + plan.val_fit.overlong,
+        truncated: plan.train_fit.truncated + plan.val_fit.truncated,
+        dropped: plan.train_fit.dropped + plan.val_fit.dropped,
+    };
+    let trained: usize = plan.train.iter().map(Sample::trained).sum();
+    let tokens: usize = plan.train.iter().map(Sample::len).sum();
+    let steps = plan.total_steps;
+    let batches = plan.micro_per_epoch;
+    let tokens_per_epoch = batches * (t.batch_size * t.seq_len) as u64;
+
+    let pre_shape = model_shape(&info, config.qlora.quantize()?);
+    let step = StepShape {
+        batch_size: t.batch_size,
+        seq_len: t.seq_len,
+        lora_rank: config.lora.rank,
+    };
+    let memory = memory_by_use(&config, &info, info.inference_quant(), t.seq_len)?;
+    let available = available_memory()?;
+    let this_run = train_memory(&config, &info)?;
+    let fits = available.is_none_or(|a| this_run.peak_bytes <= a);
+
+    // Time: a few real micro-batches on the model (when it fits), else the FLOP count.
+    let (gflops, timing) = match args.gflops {
+        Some(g) => (g, None),
+        None if fits => {
+            let base =
+                load_base(&config).with_context(|| format!("loading model {}", model.display()))?;
+            let timing = measure_step(&config, &plan, &base, args.measure_steps)?;
+            (measure_matmul_gflops(), Some(timing))
+        }
+        None => (measure_matmul_gflops(), None),
+    };
+    let pre = preflight(&pre_shape, &step, tokens_per_epoch, gflops);
+    let run_seconds = match &timing {
+        Some(timing) => timing.run_seconds(&config, &plan),
+        None => {
+            let slots = plan.micro_batches(&config) * (t.batch_size * t.seq_len) as u64;
+            (pre.flops_per_token * slots) as f64 / (gflops * 1e9)
+        }
+    };
+    let time_method = match &timing {
+        Some(tm) => format!(
+            "measured: {} training micro-batch(es) of {} × {} on this model, {:.2} s each, \
+             {:.2} s per validation batch",
+            args.measure_steps.max(1),
+            t.batch_size,
+            t.seq_len,
+            tm.micro_batch_s,
+            tm.val_batch_s
+        ),
+        None => format!(
+            "4 × parameters × token slots (padding included) / {gflops:.0} GFLOP/s ({})",
+            if args.gflops.is_some() {
+                "stated with --gflops"
+            } else {
+                "f32 matmul measured on this machine"
+            }
+        ),
+    };
+    let method = format!(
+        "estimate, not a measurement: frozen weights at their in-memory size; f32 activations \
+         each layer saves for its explicit backward (attention keeps one log-sum-exp per head); \
+         LoRA r{} on all 7 projections with gradients and AdamW moments; time {time_method}",
+        config.lora.rank,
+    );
+    let available_text = available.map_or("unknown".to_string(), gib);
+    let verdict = if fits {
+        String::new()
+    } else {
+        format!(
+            "this run will not fit: it needs about {} and {available_text} is available",
+            gib(this_run.peak_bytes)
+        )
+    };
+
+    if args.json {
+        let object = json!({
+            "file": args.file,
+            "model": model,
+            "examples": examples,
+            "skipped_lines": skipped,
+            "tokens": {"min": stats.min, "median": stats.median, "p95": stats.p95, "max": stats.max},
+            "seq_len": t.seq_len,
+            "overlong": {"count": fitted.overlong, "policy": overlong, "truncated": fitted.truncated, "dropped": fitted.dropped},
+            "trained_tokens": trained,
+            "total_tokens": tokens,
+            "trained_share": trained as f64 / tokens.max(1) as f64,
+            "train_examples": plan.train.len(),
+            "val_examples": plan.val.len(),
+            "epochs": t.epochs,
+            "max_steps": t.max_steps,
+            "batch_size": t.batch_size,
+            "grad_accum": t.grad_accum,
+            "pack": t.packing,
+            "batches": batches,
+            "steps": steps,
+            "preflight": pre,
+            "preflight_method": method,
+            "timing": timing,
+            "run_seconds": run_seconds,
+            "memory": memory.iter().map(|(k, v)| json!({"use": k, "peak_bytes": v})).collect::<Vec<_>>(),
+            "available_bytes": available,
+            "fits": fits,
+        });
+        println!("{object}");
+    } else {
+        print_check(&args.file, &config, &plan, &stats, fitted);
+        println!(
+            "steps:      {steps} = {}, {batches} batches of {} × {} tokens per epoch{}, {} per step",
+            if t.max_steps > 0 { format!("max_steps {}", t.max_steps) } else { format!("{} epoch(s)", t.epochs) },
+            t.batch_size,
+            t.seq_len,
+            if t.packing { " (packed)" } else { "" },
+            t.grad_accum
+        );
+        println!("preflight ({method}):");
+        println!(
+            "  peak memory ≈ {} = weights {} + LoRA state {} ({} parameters) + activations {} ({} per token) + workspace {} + runtime {}",
+            gib(pre.peak_bytes),
+            gib(pre.weight_bytes),
+            gib(pre.lora_bytes),
+            pre.lora_parameters,
+            gib(pre.activation_bytes),
+            kib(pre.activation_bytes_per_token),
+            gib(pre.workspace_bytes),
+            gib(pre.runtime_bytes)
+        );
+        println!("  memory by use (available here: {available_text}):");
+        for (label, bytes) in &memory {
+            let mark = if available.is_some_and(|a| *bytes > a) {
+                "  (does not fit)"
+            } else {
+                ""
+            };
+            println!("    {label:<32} {}{mark}", gib(*bytes));
+        }
+        let per_epoch =
+            run_seconds * plan.micro_per_epoch as f64 / plan.micro_batches(&config).max(1) as f64;
+        println!(
+            "  time ≈ {} for the run ({steps} steps), {} per epoch",
+            duration(run_seconds),
+            duration(per_epoch)
+        );
+    }
+    if !fits {
+        anyhow::bail!(
+            "{verdict}; see `memory by use` for QLoRA, or lower train.batch_size or train.seq_len"
+        );
+    }
+    Ok(())
 }
 
-/// The architecture numbers of a `.gguf` file or a model directory, without loading weights.
-fn model_shape(path: &Path) -> Result<ModelShape> {
-    let (config, weight_bytes) = if path.is_file() {
-        let gguf = GgufFile::open(path)?;
-        let size = std::fs::metadata(path)?.len();
-        (
-            ModelConfig::from_gguf(&gguf)?,
-            size.saturating_sub(gguf.data_offset()),
+fn print_check(
+    file: &Path,
+    config: &RunConfig,
+    plan: &DataPlan,
+    stats: &LengthStats,
+    fitted: FitReport,
+) {
+    let t = &config.train;
+    let trained: usize = plan.train.iter().map(Sample::trained).sum();
+    let tokens: usize = plan.train.iter().map(Sample::len).sum();
+    println!("{}: {} examples", file.display(), plan.lengths.len());
+    if !plan.skipped.is_empty() {
+        println!(
+            "skipped:    {} bad line(s) (--skip-bad-lines)",
+            plan.skipped.len()
+        );
+    }
+    println!(
+        "tokens:     min {}, median {}, p95 {}, max {} per example",
+        stats.min, stats.median, stats.p95, stats.max
+    );
+    let action = if config.data.drop_overlong {
+        "dropped".to_string()
+    } else if fitted.dropped > 0 {
+        format!(
+            "truncated; {} of them dropped, no trained token left",
+            fitted.dropped
         )
     } else {
-        let config = if path.join("config.json").is_file() {
-            ModelConfig::from_hf_config(&path.join("config.json"))?
-        } else {
-            ModelConfig::from_params_json(&path.join("params.json"))?
-        };
-        let mut bytes = 0;
-        for entry in std::fs::read_dir(path).with_context(|| format!("{}", path.display()))? {
-            let entry = entry?;
-            if entry.path().extension().is_some_and(|e| e == "safetensors") {
-                bytes += entry.metadata()?.len();
-            }
-        }
-        (config, bytes)
+        "truncated".into()
     };
-    Ok(ModelShape {
-        hidden: config.hidden_size,
-        intermediate: config.intermediate_size,
-        layers: config.n_layers,
-        heads: config.n_heads,
-        kv_heads: config.n_kv_heads,
-        head_dim: config.head_dim,
-        vocab: config.vocab_size,
-        parameters: config.parameter_count(),
-        weight_bytes,
-    })
+    println!(
+        "over {}:   {} example(s), {action}",
+        t.seq_len, fitted.overlong
+    );
+    println!(
+        "trained:    {trained} of {tokens} tokens ({:.1}%)",
+        100.0 * trained as f64 / tokens.max(1) as f64
+    );
+    let val_from = match config.data.eval_path() {
+        Some(path) => format!("from {}", path.display()),
+        None => format!("held out with seed {}", t.seed),
+    };
+    println!(
+        "split:      {} train, {} validation ({val_from})",
+        plan.train.len(),
+        plan.val.len()
+    );
 }
 
 /// Best of a few 512³ f32 matmuls through bora's own kernel: the rate the training step's

@@ -122,6 +122,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     );
     let (results, report) = crate::eval::eval_run(
         &summary.run_dir,
+        &crate::generate::QuantArg::default(),
         &data_dir.join("test.jsonl"),
         Metric::Json,
         None,

@@ -28,6 +28,10 @@ pub struct EvalArgs {
     /// A PEFT adapter directory to compare with the base model (with --model).
     #[arg(long, value_name = "DIR", requires = "model")]
     adapter: Option<PathBuf>,
+    /// With --run, the default is the run's own QLoRA type, the base the adapter was trained
+    /// on.
+    #[command(flatten)]
+    quant: crate::generate::QuantArg,
     /// Test JSONL; each example's last assistant message is the expected answer.
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
@@ -92,6 +96,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         Some(run) => {
             let evaluated = eval_run(
                 run,
+                &args.quant,
                 &args.data,
                 metric,
                 args.limit,
@@ -104,14 +109,15 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             evaluated
         }
         None => {
+            let model = args.model.clone().context("--model or --run is required")?;
             let config = EvalConfig {
-                model: args.model.clone().context("--model or --run is required")?,
+                quantize: args.quant.resolve(&model, None)?,
+                model,
                 adapter: args.adapter.clone(),
                 data: args.data.clone(),
                 metric,
                 limit: args.limit,
                 max_tokens: args.max_tokens,
-                quantize: None,
             };
             let (results, samples) = evaluate_with(&config, &args.decoding(), &mut progress())?;
             let out = args.out.clone().unwrap_or_else(|| PathBuf::from("eval"));
@@ -132,6 +138,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
 /// scores to the run; returns the results and the HTML report's path.
 pub fn eval_run(
     run: &Path,
+    quant: &crate::generate::QuantArg,
     data: &Path,
     metric: Metric,
     limit: Option<usize>,
@@ -148,14 +155,15 @@ pub fn eval_run(
         );
     }
     let info = RunInfo::load(run)?;
+    let model = PathBuf::from(&config.model.path);
     let eval_config = EvalConfig {
-        model: PathBuf::from(&config.model.path),
+        quantize: quant.resolve(&model, config.qlora.quantize()?)?,
+        model,
         adapter: Some(adapter),
         data: data.to_path_buf(),
         metric,
         limit,
         max_tokens,
-        quantize: config.qlora.quantize()?,
     };
     let (results, samples) = evaluate_with(&eval_config, decoding, &mut progress())?;
     let report = write_eval_dir(&eval_dir(run), &results, &samples, Some(&info))?;

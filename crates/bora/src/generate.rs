@@ -5,8 +5,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use bora_formats::quant::GgmlType;
 use bora_model::{
-    GenerateOptions, Generation, Generator, LoadOptions, Model, SamplingParams, Workspace,
+    CheckpointInfo, GenerateOptions, Generation, Generator, LoadOptions, Model, SamplingParams,
+    Workspace,
 };
 use bora_tokenizer::chat::{ChatFormat, Content, Conversation, Message, Role};
 use bora_tokenizer::Tokenizer;
@@ -22,6 +24,36 @@ pub struct ModelArgs {
     /// Longest sequence (prompt + reply) to run [default: the model's, at most 8192].
     #[arg(long, value_name = "N")]
     context: Option<usize>,
+    #[command(flatten)]
+    quant: QuantArg,
+}
+
+/// How an f32/f16/bf16 checkpoint's projections are held in memory.
+#[derive(Args, Debug, Clone, Default)]
+pub struct QuantArg {
+    /// In-memory type of an f32/f16/bf16 checkpoint's projections: q8_0, q4_0, q4_1 or bf16
+    /// (f16/bf16 as stored, f32 halved) [default: q8_0 from 1B parameters, else as stored;
+    /// a GGUF keeps its own].
+    #[arg(long, value_name = "TYPE", value_parser = ["q8_0", "q4_0", "q4_1", "bf16"])]
+    quant: Option<String>,
+}
+
+impl QuantArg {
+    /// The type to load `path` with: the one asked for, else
+    /// [`CheckpointInfo::inference_quant`]; `fallback` (a run's QLoRA type) comes before the
+    /// default.
+    pub fn resolve(&self, path: &Path, fallback: Option<GgmlType>) -> Result<Option<GgmlType>> {
+        Ok(match self.quant.as_deref() {
+            Some("q8_0") => Some(GgmlType::Q8_0),
+            Some("q4_0") => Some(GgmlType::Q4_0),
+            Some("q4_1") => Some(GgmlType::Q4_1),
+            Some(_) => Some(GgmlType::BF16),
+            None if fallback.is_some() => fallback,
+            None => CheckpointInfo::open(path)
+                .with_context(|| format!("reading model {}", path.display()))?
+                .inference_quant(),
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -120,8 +152,8 @@ fn load_model(args: &ModelArgs, decode_layout: bool) -> Result<Model> {
         .unwrap_or_else(bora_formats::cache::default_model);
     let options = LoadOptions {
         context: args.context,
+        quantize: args.quant.resolve(&path, None)?,
         decode_layout,
-        ..LoadOptions::default()
     };
     Model::load(&path, &options).with_context(|| format!("loading model {}", path.display()))
 }
@@ -408,5 +440,38 @@ pub fn info(args: &InfoArgs) -> Result<()> {
         mib(model.kv_cache_bytes()),
         model.context()
     );
+    print_memory_needs(&model, args.model.quant.resolve(model.source(), None)?)?;
+    Ok(())
+}
+
+/// Estimated peak memory to generate at the model's context, and to train at `bora train`'s
+/// default batch, sequence length and rank, each way the base can be held; marks what does
+/// not fit the memory available now.
+fn print_memory_needs(model: &Model, quant: Option<GgmlType>) -> Result<()> {
+    let info = CheckpointInfo::open(model.source())?;
+    let available = bora_data::available_memory()?;
+    let mark = |bytes: u64| {
+        let gib = bytes as f64 / f64::from(1u32 << 30);
+        match available {
+            Some(a) if bytes > a => format!("{gib:.2} GiB (does not fit)"),
+            _ => format!("{gib:.2} GiB"),
+        }
+    };
+    println!(
+        "memory needed (estimates; available here: {}):",
+        available.map_or("unknown".into(), |a| format!(
+            "{:.2} GiB",
+            a as f64 / f64::from(1u32 << 30)
+        ))
+    );
+    let config = bora_train::RunConfig::default();
+    let t = &config.train;
+    println!(
+        "  (training at bora train's defaults: batch {}, {} tokens, LoRA r{})",
+        t.batch_size, t.seq_len, config.lora.rank
+    );
+    for (label, bytes) in bora_train::memory_by_use(&config, &info, quant, model.context())? {
+        println!("  {label:<28}{}", mark(bytes));
+    }
     Ok(())
 }

@@ -24,6 +24,8 @@ pub struct ServeArgs {
     /// Longest sequence (prompt + reply) a request may use [default: the model's, at most 8192].
     #[arg(long, value_name = "N")]
     context: Option<usize>,
+    #[command(flatten)]
+    quant: crate::generate::QuantArg,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 8080)]
@@ -63,8 +65,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     };
     let load = LoadOptions {
         context: args.context,
+        quantize: args.quant.resolve(&path, None)?,
         decode_layout: true,
-        ..LoadOptions::default()
     };
     let server = Server::load(&path, &load, &args.adapters, options)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

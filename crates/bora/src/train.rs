@@ -1,6 +1,7 @@
 //! `bora train`: resolve the run config (TOML file, then flags), hand it to
 //! `bora_train::run`, and show its progress.
 
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -144,7 +145,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
     };
     let mut tracking = WandbTracking::new(&config.tracking)?;
-    let mut progress = Progress::new();
+    let mut progress = Progress::new(&config);
     let result = run(start, &mut |event| {
         if let Some(t) = tracking.as_mut() {
             t.event(&event, &config, &run_dir);
@@ -419,18 +420,36 @@ impl WandbTracking {
 /// pipes, files).
 struct Progress {
     terminal: bool,
-    started: Instant,
-    first_step: u64,
     total_steps: u64,
+    /// Token slots one optimizer step computes (batch × sequence × accumulation, padding
+    /// included): what other trainers count as tokens processed.
+    step_tokens: u64,
+    /// When the latest steps ended (at most [`RECENT_STEPS`] + 1), the set-up's end first.
+    recent: VecDeque<Instant>,
 }
 
+/// Steps the rates and the ETA are averaged over: enough to smooth a validation or
+/// checkpoint step, few enough to follow a machine that gets busier.
+const RECENT_STEPS: usize = 20;
+
 impl Progress {
-    fn new() -> Self {
+    fn new(config: &RunConfig) -> Self {
+        let t = &config.train;
         Self {
             terminal: std::io::stderr().is_terminal(),
-            started: Instant::now(),
-            first_step: 0,
             total_steps: 0,
+            step_tokens: (t.batch_size * t.seq_len) as u64 * u64::from(t.grad_accum),
+            recent: VecDeque::from([Instant::now()]),
+        }
+    }
+
+    /// Seconds per step over the recent steps.
+    fn step_seconds(&self) -> f64 {
+        match (self.recent.front(), self.recent.back()) {
+            (Some(first), Some(last)) if self.recent.len() > 1 => {
+                last.duration_since(*first).as_secs_f64() / (self.recent.len() - 1) as f64
+            }
+            _ => 0.0,
         }
     }
 
@@ -451,14 +470,21 @@ impl Progress {
                      steps {}..={total_steps}",
                     first_step + 1
                 );
-                self.first_step = first_step;
                 self.total_steps = total_steps;
-                self.started = Instant::now();
+                self.recent = VecDeque::from([Instant::now()]);
             }
             Event::Step(m) => {
-                let done = (m.step - self.first_step) as f64;
-                let per_step = self.started.elapsed().as_secs_f64() / done.max(1.0);
+                self.recent.push_back(Instant::now());
+                if self.recent.len() > RECENT_STEPS + 1 {
+                    self.recent.pop_front();
+                }
+                let per_step = self.step_seconds();
                 let eta = per_step * self.total_steps.saturating_sub(m.step) as f64;
+                let rates = format!(
+                    "tok/s {:.0} processed, {:.0} trained",
+                    self.step_tokens as f64 / per_step.max(1e-9),
+                    m.tokens_per_s
+                );
                 let val = m
                     .val_loss
                     .map(|v| format!(" val_loss {v:.4}"))
@@ -467,24 +493,22 @@ impl Progress {
                     const WIDTH: u64 = 30;
                     let filled = (m.step * WIDTH / self.total_steps.max(1)).min(WIDTH) as usize;
                     eprint!(
-                        "\r\x1b[2K[{}{}] {}/{} loss {:.4}{val} {:.0} tok/s ETA {}",
+                        "\r\x1b[2K[{}{}] {}/{} loss {:.4}{val} {rates} ETA {}",
                         "#".repeat(filled),
                         ".".repeat(WIDTH as usize - filled),
                         m.step,
                         self.total_steps,
                         m.loss,
-                        m.tokens_per_s,
                         clock(eta)
                     );
                 } else {
                     eprintln!(
-                        "step {}/{} loss {:.4}{val} lr {:.3e} grad_norm {:.3} {:.0} tok/s ETA {}",
+                        "step {}/{} loss {:.4}{val} lr {:.3e} grad_norm {:.3} {rates} ETA {}",
                         m.step,
                         self.total_steps,
                         m.loss,
                         m.lr,
                         m.grad_norm,
-                        m.tokens_per_s,
                         clock(eta)
                     );
                 }

@@ -71,7 +71,16 @@ fn json_figures_are_consistent() {
     let file = write_jsonl(dir.path(), &examples());
     let v = check_json(
         &file,
-        &["--batch-size", "4", "--grad-accum", "2", "--seq-len", "512"],
+        &[
+            "--batch-size",
+            "4",
+            "--grad-accum",
+            "2",
+            "--seq-len",
+            "512",
+            "--pack",
+            "false",
+        ],
     );
     assert_eq!(v["examples"], 10);
     assert_eq!(v["skipped_lines"], 0);
@@ -100,6 +109,7 @@ fn json_figures_are_consistent() {
             + part("lora_bytes")
             + part("activation_bytes")
             + part("workspace_bytes")
+            + part("runtime_bytes")
     );
     // transformers' `num_parameters()` of SmolLM2-135M-Instruct is 134,515,008; peft with r16 on
     // the 7 projections adds 4,884,480.
@@ -129,15 +139,15 @@ fn json_figures_are_consistent() {
         d["train_examples"].as_u64().unwrap(),
         10 - t["overlong"]["count"].as_u64().unwrap()
     );
-    let s = check_json(&file, &["--val-count", "3"]);
+    let s = check_json(&file, &["--val-fraction", "0.3"]);
     assert_eq!(
         (s["train_examples"].as_u64(), s["val_examples"].as_u64()),
         (Some(7), Some(3))
     );
-    let p = check_json(&file, &["--pack", "--seq-len", "2048"]);
+    let p = check_json(&file, &["--seq-len", "2048"]);
     assert_eq!(
         p["batches"], 1,
-        "ten short examples pack into fewer than 4 rows"
+        "packing is on by default, as in train: ten short examples fill fewer than 4 rows"
     );
 }
 
