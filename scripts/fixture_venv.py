@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-fixtures"
 PACKAGES = [
     "mistral-common==1.13.1", "gguf==0.19.0", "transformers==5.24.0", "peft==0.21.2", "torch",
-    "safetensors", "numpy", "tokenizers", "sentencepiece", "tiktoken", "accelerate", "tensorboard",
+    "safetensors", "numpy", "tokenizers", "sentencepiece", "tiktoken", "accelerate", "tensorboard", "mistralai==3.8.0",
 ]
 MARKER = VENV / "bora-packages.txt"
 

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 
 pub use auth::{AccessCheck, WhoAmI};
 pub use error::HubError;
-pub use http::{HubClient, Retry};
+pub(crate) use http::{shown, Body, Req};
+pub use http::{HubClient, Retry, RETRY_AFTER_CAP};
 pub use upload::{FileOutcome, LocalFile, UploadEvent, UploadMode, UploadReport};
 
 pub type Result<T, E = HubError> = std::result::Result<T, E>;
