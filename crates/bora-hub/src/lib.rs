@@ -1,8 +1,10 @@
 //! Clients for the remote services a fine-tune ends at: the Hugging Face Hub (create a repo,
-//! upload through the LFS batch API, commit, model card) and Weights & Biases (a metric sink).
-//! Both are plain blocking HTTP clients: a CLI command makes a handful of requests, so an
+//! upload through the LFS batch API, commit, model card), Weights & Biases (a metric sink) and
+//! OpenAI-compatible chat completions (Mistral's API as a teacher and a judge).
+//! All are plain blocking HTTP clients: a CLI command makes a handful of requests, so an
 //! async runtime would buy nothing. Tests run them against local servers that check the exact
 //! requests; nothing here is reached from tests over the network.
 pub mod card;
+pub mod chat;
 pub mod hub;
 pub mod wandb;

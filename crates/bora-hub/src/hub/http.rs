@@ -64,6 +64,31 @@ impl Retry {
         let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
         self.first_delay.saturating_mul(factor).min(self.max_delay)
     }
+
+    /// Waits `delay` (or records it, in tests).
+    pub(crate) fn wait(&self, delay: Duration) {
+        (self.sleep)(delay)
+    }
+}
+
+/// The longest `Retry-After` honoured: a server asking for more is waited this long, so a
+/// bad header cannot stall a batch job for hours.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(120);
+
+/// The wait a 429 or 503 asks for, as the official Mistral client reads it: `retry-after-ms`
+/// (milliseconds) or `Retry-After` in seconds (a fraction allowed). The HTTP-date form is
+/// not read; the backoff applies then.
+fn retry_after(headers: &ureq::http::HeaderMap) -> Option<Duration> {
+    let number = |name: &str| -> Option<f64> {
+        let v: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+        (v.is_finite() && v >= 0.0).then_some(v)
+    };
+    let secs = number("retry-after-ms")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| number("retry-after"))?;
+    Some(Duration::from_secs_f64(
+        secs.min(RETRY_AFTER_CAP.as_secs_f64()),
+    ))
 }
 
 /// A blocking client for one Hub endpoint with one token.
@@ -79,7 +104,7 @@ pub struct HubClient {
 }
 
 /// What a request sends.
-pub(super) enum Body<'a> {
+pub(crate) enum Body<'a> {
     Empty,
     Bytes(&'a [u8]),
     /// `len` bytes of a file from `offset`, streamed with a `content-length` (object stores
@@ -91,7 +116,7 @@ pub(super) enum Body<'a> {
     },
 }
 
-pub(super) struct Req<'a> {
+pub(crate) struct Req<'a> {
     pub method: &'static str,
     pub url: String,
     pub auth: bool,
@@ -99,16 +124,18 @@ pub(super) struct Req<'a> {
     pub body: Body<'a>,
 }
 
-pub(super) struct Resp {
+pub(crate) struct Resp {
     pub status: u16,
     pub etag: Option<String>,
     /// `X-Error-Code`: how the Hub tells a gated repo from a missing one.
     pub error_code: Option<String>,
+    /// What `Retry-After` (or `retry-after-ms`) asked for.
+    pub retry_after: Option<Duration>,
     pub body: String,
 }
 
 /// A URL without its query: presigned storage URLs carry signatures there.
-pub(super) fn shown(url: &str) -> String {
+pub(crate) fn shown(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_owned()
 }
 
@@ -162,6 +189,11 @@ impl HubClient {
         }
     }
 
+    /// A client that sends no `authorization` header (a local server without keys).
+    pub(crate) fn without_token(endpoint: &str) -> HubClient {
+        HubClient::with_optional_token(endpoint, None)
+    }
+
     /// Whether requests carry a token (errors about gated repos say what to do either way).
     pub fn has_token(&self) -> bool {
         self.token.is_some()
@@ -189,10 +221,14 @@ impl HubClient {
         &self.endpoint
     }
 
-    /// Sends `req`, retrying transport errors, 429 and 5xx; any other status is the
-    /// caller's to judge. The body is read inside the attempt, so a connection that drops
-    /// mid-answer is retried too.
-    pub(super) fn send(&self, req: &Req) -> Result<Resp> {
+    pub(crate) fn retry(&self) -> &Retry {
+        &self.retry
+    }
+
+    /// Sends `req`, retrying transport errors, 429 and 5xx (after the wait a `Retry-After`
+    /// asks for, else the backoff); any other status is the caller's to judge. The body is
+    /// read inside the attempt, so a connection that drops mid-answer is retried too.
+    pub(crate) fn send(&self, req: &Req) -> Result<Resp> {
         let mut attempt = 1;
         loop {
             let outcome = self.attempt(req);
@@ -214,7 +250,13 @@ impl HubClient {
                     Err(AttemptError::Local(e)) => Err(e),
                 };
             }
-            let delay = self.retry.delay(attempt);
+            let delay = match &outcome {
+                Ok(Resp {
+                    retry_after: Some(d),
+                    ..
+                }) => *d,
+                _ => self.retry.delay(attempt),
+            };
             match &outcome {
                 Ok(r) => tracing::warn!(
                     "{} {} answered {}; retrying in {:?}",
@@ -249,7 +291,7 @@ impl HubClient {
     }
 
     /// An error for an answer the caller does not accept.
-    pub(super) fn status_error(&self, req: &Req, r: Resp) -> HubError {
+    pub(crate) fn status_error(&self, req: &Req, r: Resp) -> HubError {
         let mut body: String = r.body.chars().take(500).collect();
         if body.len() < r.body.len() {
             body.push('…');
@@ -307,6 +349,7 @@ impl HubClient {
         };
         let etag = header("etag");
         let error_code = header("x-error-code");
+        let retry_after = retry_after(response.headers());
         let body = response
             .into_body()
             .read_to_string()
@@ -315,6 +358,7 @@ impl HubClient {
             status,
             etag,
             error_code,
+            retry_after,
             body,
         })
     }
@@ -344,6 +388,33 @@ mod tests {
         let secs: Vec<u64> = (1..=6).map(|n| r.delay(n).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 8, 8]);
         assert_eq!(r.delay(40).as_secs(), 8);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_milliseconds_and_caps_them() {
+        let read = |pairs: &[(&'static str, &str)]| {
+            let mut h = ureq::http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            retry_after(&h)
+        };
+        assert_eq!(read(&[("retry-after", "3")]), Some(Duration::from_secs(3)));
+        assert_eq!(
+            read(&[("retry-after", "0.5")]),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            read(&[("retry-after", "9"), ("retry-after-ms", "250")]),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(read(&[("retry-after", "86400")]), Some(RETRY_AFTER_CAP));
+        assert_eq!(
+            read(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+            None
+        );
+        assert_eq!(read(&[("retry-after", "-1")]), None);
+        assert_eq!(read(&[]), None);
     }
 
     #[test]

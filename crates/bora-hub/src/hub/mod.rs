@@ -20,7 +20,8 @@ pub use download::{
     DEFAULT_REVISION,
 };
 pub use error::HubError;
-pub use http::{HubClient, Retry};
+pub(crate) use http::{shown, Body, Req};
+pub use http::{HubClient, Retry, RETRY_AFTER_CAP};
 pub use upload::{FileOutcome, LocalFile, UploadEvent, UploadMode, UploadReport};
 
 pub type Result<T, E = HubError> = std::result::Result<T, E>;
