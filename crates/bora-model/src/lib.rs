@@ -13,6 +13,7 @@
 //! it may stay quantized ([`LoadOptions::quantize`] for QLoRA on an HF checkpoint).
 
 mod config;
+mod constrain;
 mod error;
 pub mod export;
 mod generate;
@@ -26,6 +27,7 @@ mod train;
 mod weights;
 
 pub use config::ModelConfig;
+pub use constrain::{JsonConstraint, JsonSchema, Recognizer, SchemaError, VocabIndex};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateOptions, Generation, Generator, StopMatcher, StopReason};
 pub use lora::{Lora, LoraGrads, LoraSpec, LoraTarget};
@@ -35,6 +37,6 @@ pub use model::{
 };
 pub use sample::{argmax, Rng, Sampler, SamplingParams};
 pub use score::{perplexity, Perplexity};
-pub use sequence::{decode_step, Sequence};
+pub use sequence::{decode_step, SampledToken, Sequence};
 pub use train::{TrainBatch, Trainer};
 pub use weights::{CheckpointKind, LayerWeights, ModelWeights};

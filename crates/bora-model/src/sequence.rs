@@ -9,6 +9,7 @@
 
 use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
 
+use crate::constrain::JsonConstraint;
 use crate::error::Result;
 use crate::generate::{StopMatcher, StopReason};
 use crate::lora::Lora;
@@ -30,6 +31,23 @@ pub struct Sequence<'t> {
     max_tokens: usize,
     decoder: StreamDecoder<'t>,
     stops: StopMatcher,
+    constraint: Option<JsonConstraint>,
+    /// Ids never sampled (a tool-call token when tools are switched off).
+    suppressed: Vec<u32>,
+    /// How many alternatives to report with each token's log-probability, when asked.
+    top_logprobs: Option<usize>,
+    /// The token [`Sequence::advance`] produced last, with its log-probabilities if asked.
+    last: Option<SampledToken>,
+}
+
+/// One generated token and, when asked for, the model's log-probabilities for it and its
+/// most likely alternatives (from the raw logits: before temperature, penalty or constraint).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledToken {
+    pub id: u32,
+    pub logprob: Option<f32>,
+    /// The most likely tokens and their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
 }
 
 impl<'t> Sequence<'t> {
@@ -53,7 +71,34 @@ impl<'t> Sequence<'t> {
             max_tokens,
             decoder: StreamDecoder::new(tokenizer, SpecialTokenPolicy::Skip),
             stops: StopMatcher::new(stop_strings),
+            constraint: None,
+            suppressed: Vec::new(),
+            top_logprobs: None,
+            last: None,
         }
+    }
+
+    /// Samples only what `constraint` allows.
+    pub fn with_constraint(mut self, constraint: JsonConstraint) -> Self {
+        self.constraint = Some(constraint);
+        self
+    }
+
+    /// Never samples `ids`.
+    pub fn with_suppressed(mut self, ids: Vec<u32>) -> Self {
+        self.suppressed = ids;
+        self
+    }
+
+    /// Records each token's log-probability and the `top` most likely alternatives.
+    pub fn with_logprobs(mut self, top: usize) -> Self {
+        self.top_logprobs = Some(top);
+        self
+    }
+
+    /// The token the last [`Sequence::advance`] produced (not a stop token).
+    pub fn last_token(&self) -> Option<&SampledToken> {
+        self.last.as_ref()
     }
 
     /// The cache, to prefill the prompt into.
@@ -75,13 +120,41 @@ impl<'t> Sequence<'t> {
     /// empty: text that may begin a stop string is held back) and, when the sequence has
     /// ended, why; otherwise the token waits for the next [`decode_step`].
     pub fn advance(&mut self, stop_tokens: &[u32]) -> (&str, Option<StopReason>) {
+        self.last = None;
         if self.generated >= self.max_tokens {
             return ("", Some(StopReason::MaxTokens));
+        }
+        let stats = self.top_logprobs.map(|k| LogSoftmax::of(&self.logits, k));
+        for &id in &self.suppressed {
+            if let Some(l) = self.logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        let raw = stats.as_ref().map(|_| self.logits.clone());
+        if let Some(c) = &mut self.constraint {
+            if !c.mask_logits(&mut self.logits, stop_tokens) {
+                return ("", Some(StopReason::EndToken));
+            }
         }
         let next = self.sampler.sample(&mut self.logits, &self.history);
         if stop_tokens.contains(&next) {
             return ("", Some(StopReason::EndToken));
         }
+        if let Some(c) = &mut self.constraint {
+            c.accept(next);
+        }
+        self.last = Some(match (stats, raw) {
+            (Some(s), Some(raw)) => SampledToken {
+                id: next,
+                logprob: Some(raw[next as usize] - s.log_sum),
+                top: s.top,
+            },
+            _ => SampledToken {
+                id: next,
+                logprob: None,
+                top: Vec::new(),
+            },
+        });
         self.generated += 1;
         let piece = self.decoder.push(next);
         let (shown, hit) = self.stops.push(&piece);
@@ -118,6 +191,32 @@ impl<'t> Sequence<'t> {
             tail.push_str(stops.flush());
         }
         (tail, stops.into_text(), cache)
+    }
+}
+
+/// The normalizer of a row of logits and its most likely tokens, as log-probabilities.
+struct LogSoftmax {
+    log_sum: f32,
+    top: Vec<(u32, f32)>,
+}
+
+impl LogSoftmax {
+    fn of(logits: &[f32], k: usize) -> LogSoftmax {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let log_sum = max + sum.ln() as f32;
+        let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        for (i, &l) in logits.iter().enumerate() {
+            if top.len() < k || top.last().is_some_and(|t| l > t.1) {
+                let at = top.partition_point(|t| t.1 >= l);
+                top.insert(at, (i as u32, l));
+                top.truncate(k);
+            }
+        }
+        for t in &mut top {
+            t.1 -= log_sum;
+        }
+        LogSoftmax { log_sum, top }
     }
 }
 

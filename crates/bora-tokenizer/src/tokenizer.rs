@@ -323,6 +323,16 @@ impl Tokenizer {
         to_text(bytes, how)
     }
 
+    /// The bytes `id` adds to a text it continues (SentencePiece's '▁' as a space, byte
+    /// pieces as their byte; empty for control tokens): what constrained decoding checks a
+    /// token against. `tokenizer.json` vocabularies give the token's decoded text.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut mid_text = DecodeState { at_start: false };
+        self.decode_into(&[id], SpecialTokenPolicy::Skip, &mut mid_text, &mut out);
+        out
+    }
+
     /// The vocabulary's text for `id` (SentencePiece pieces keep their '▁').
     pub fn id_to_piece(&self, id: u32) -> Option<String> {
         match &self.model {

@@ -78,6 +78,14 @@ impl JinjaFormat {
         })
     }
 
+    /// Whether the template reads the `tools` variable: one that never does would drop the
+    /// tool definitions from the prompt without a word.
+    pub fn supports_tools(&self) -> bool {
+        self.env
+            .get_template("chat")
+            .is_ok_and(|t| t.undeclared_variables(false).contains("tools"))
+    }
+
     fn render(
         &self,
         messages: &[Message],
