@@ -804,7 +804,7 @@ impl Downloader {
                     .collect();
                 return Ok((response.status().as_u16(), headers));
             }
-            self.client.retry.wait(attempt);
+            self.client.retry.wait(self.client.retry.delay(attempt));
             attempt += 1;
         }
     }
@@ -930,7 +930,7 @@ impl Downloader {
                                     body: String::new(),
                                 });
                             }
-                            self.client.retry.wait(failures);
+                            self.client.retry.wait(self.client.retry.delay(failures));
                             continue;
                         }
                         _ => {
@@ -989,7 +989,7 @@ impl Downloader {
                 at: done,
                 why: failure.to_string(),
             });
-            self.client.retry.wait(failures);
+            self.client.retry.wait(self.client.retry.delay(failures));
         }
         file.sync_all().map_err(io(&part))?;
         drop(file);

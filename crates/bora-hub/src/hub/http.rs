@@ -54,11 +54,6 @@ impl Retry {
         self
     }
 
-    /// Waits out the delay after failed attempt `n`.
-    pub(super) fn wait(&self, n: u32) {
-        (self.sleep)(self.delay(n));
-    }
-
     /// The wait after failed attempt `n` (1-based).
     pub fn delay(&self, n: u32) -> Duration {
         let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
