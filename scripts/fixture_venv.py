@@ -3,7 +3,7 @@ with the reference libraries whose outputs bora's tests are checked against.
 
 Each `make_*_fixtures.py` calls `ensure_venv(__file__)` before importing them: outside the venv
 it creates or completes the venv and re-runs the script inside it. Versions are pinned where a
-fixture's bytes depend on them (the versions FORMATS.md's facts were checked with).
+fixture's bytes depend on them.
 """
 import os
 import subprocess

@@ -2,7 +2,7 @@
 //!
 //! Every kernel here exists as a pair, a forward and the backward that undoes it, side by
 //! side in one file: bora trains LoRA adapters with a hand-written backward (see
-//! `DESIGN.md`, "Why an explicit backward, not autograd"), so each forward saves exactly
+//! `docs/architecture.md`, "Why an explicit backward"), so each forward saves exactly
 //! what its backward needs and nothing is kept for frozen weights.
 //!
 //! Conventions the model relies on:

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::encode::Sample;
 use crate::error::DataError;
-use crate::rng::SplitMix64;
+use bora_rng::SplitMix64;
 
 /// Where the data stream stands: the epoch and the next row (sequence) of that epoch's plan.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,15 +6,16 @@
 //! over-long examples, [`split`] holds out a validation set, and a [`Loader`] shuffles, packs
 //! and pads them into batches from a resumable [`DataPosition`]. [`preflight`] turns the same
 //! plan into token counts, memory and time estimates for `bora data check`.
+#![forbid(unsafe_code)]
 
 mod batch;
 mod encode;
 mod error;
 mod preflight;
 mod read;
-mod rng;
 
 pub use batch::{pack_rows, split, Batch, BatchConfig, DataPosition, Holdout, Loader};
+pub use bora_rng::SplitMix64;
 pub use encode::{fit, load, Dataset, Encoder, FitReport, Overlong, Sample};
 pub use error::{DataError, LineError};
 pub use preflight::{
@@ -22,4 +23,3 @@ pub use preflight::{
     ModelShape, Preflight, StepShape, RUNTIME_BYTES,
 };
 pub use read::{parse_line, read_jsonl, Example, ReadOutcome, Record};
-pub use rng::SplitMix64;

@@ -34,7 +34,7 @@ pub enum EvalError {
     #[error(transparent)]
     Model(#[from] bora_model::ModelError),
     #[error(transparent)]
-    Train(#[from] bora_train::TrainError),
+    Run(#[from] bora_run::RunError),
     #[error("chat format: {0}")]
     Chat(#[from] bora_tokenizer::chat::ChatError),
 }

@@ -1,7 +1,7 @@
 //! One evaluation, top to bottom: check every input (metric, test file, model, adapter), then
 //! generate with the base model and with the adapter on the same prompts, score, and summarize.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use bora_formats::quant::GgmlType;
@@ -335,9 +335,4 @@ pub fn summary_json(results: &EvalResults) -> serde_json::Value {
         out["tuned"] = serde_json::json!({"score": t.score});
     }
     out
-}
-
-/// The directory of a run's evaluation.
-pub fn eval_dir(run: &Path) -> PathBuf {
-    run.join("eval")
 }

@@ -7,6 +7,7 @@
 //! `results.json`, `samples.jsonl`, `report.md` and `report.html`; [`log_to_run`] adds the
 //! scores to the run's TensorBoard events and `metrics.jsonl`. [`demo_splits`] generates the
 //! bundled demo task.
+#![forbid(unsafe_code)]
 
 mod demo;
 mod error;
@@ -20,12 +21,13 @@ mod task;
 pub use demo::{demo_example, demo_splits};
 pub use error::{EvalError, Result};
 pub use eval::{
-    eval_dir, evaluate, evaluate_with, summary_json, Decoding, EvalConfig, EvalResults, Progress,
-    SampleRow, SamplingRecord, Side, SideScore,
+    evaluate, evaluate_with, summary_json, Decoding, EvalConfig, EvalResults, Progress, SampleRow,
+    SamplingRecord, Side, SideScore,
 };
 pub use metric::{wilson, Metric, Z95};
 pub use output::{
-    eval_scalars, log_to_run, write_eval_dir, REPORT_HTML, REPORT_MD, RESULTS_FILE, SAMPLES_FILE,
+    eval_scalars, log_to_run, sample_rows, tracking_summary, write_eval_dir, REPORT_HTML,
+    REPORT_MD, RESULTS_FILE, SAMPLES_FILE, SAMPLE_COLUMNS,
 };
 pub use report::{
     card_section, loss_chart_svg, render_html, render_markdown, score_table, RunInfo,

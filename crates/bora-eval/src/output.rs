@@ -3,9 +3,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use bora_train::{EventWriter, Timing, CONFIG_FILE, METRICS_FILE, TIMING_FILE};
+use bora_run::{wall_time, EventWriter, RunDir, Timing, EVENTS_PREFIX};
+use serde_json::{Map, Value};
 
 use crate::error::{io_err, EvalError, Result};
 use crate::eval::{EvalResults, SampleRow};
@@ -74,17 +74,67 @@ pub fn eval_scalars(results: &EvalResults) -> Vec<(String, f64)> {
     out
 }
 
+/// The columns of `samples.jsonl` a tracker's table shows, in order.
+pub const SAMPLE_COLUMNS: [&str; 7] = [
+    "line",
+    "prompt",
+    "expected",
+    "base",
+    "tuned",
+    "base_score",
+    "tuned_score",
+];
+
+/// Every result field as one summary value under `eval/`, the sides' fields as
+/// `eval/base/score` (the names TensorBoard shows).
+pub fn tracking_summary(results: &EvalResults) -> Map<String, Value> {
+    let mut summary = Map::new();
+    if let Ok(Value::Object(fields)) = serde_json::to_value(results) {
+        for (key, value) in fields {
+            match value {
+                Value::Object(side) => {
+                    for (k, v) in side {
+                        summary.insert(format!("eval/{key}/{k}"), v);
+                    }
+                }
+                v => {
+                    summary.insert(format!("eval/{key}"), v);
+                }
+            }
+        }
+    }
+    summary
+}
+
+/// The rows of `dir`'s `samples.jsonl`, each in [`SAMPLE_COLUMNS`] order.
+pub fn sample_rows(dir: &Path) -> Result<Vec<Vec<Value>>> {
+    let path = dir.join(SAMPLES_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let sample: Value = serde_json::from_str(line).map_err(|e| EvalError::Example {
+            path: path.clone(),
+            line: i + 1,
+            what: e.to_string(),
+        })?;
+        rows.push(
+            SAMPLE_COLUMNS
+                .iter()
+                .map(|c| sample.get(*c).cloned().unwrap_or(Value::Null))
+                .collect(),
+        );
+    }
+    Ok(rows)
+}
+
 /// Adds the eval scalars to the run at its last step: a new TensorBoard event file beside
 /// training's (TensorBoard merges every file in the directory) and one line in
 /// `metrics.jsonl` carrying `step` like every other line, so a resume still reads it.
 pub fn log_to_run(run: &Path, results: &EvalResults, step: u64) -> Result<()> {
     let scalars = eval_scalars(results);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now = wall_time();
     let path = run.join(format!(
-        "events.out.tfevents.{}.bora-eval.{}",
+        "{EVENTS_PREFIX}{}.bora-eval.{}",
         now as u64,
         std::process::id()
     ));
@@ -102,7 +152,7 @@ pub fn log_to_run(run: &Path, results: &EvalResults, step: u64) -> Result<()> {
     for (tag, value) in scalars {
         line.insert(tag, serde_json::json!(value));
     }
-    let metrics = run.join(METRICS_FILE);
+    let metrics = RunDir::at(run).metrics_path();
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(&metrics)
@@ -116,20 +166,18 @@ impl RunInfo {
     /// Reads what a report shows about a run: its config, loss curves and timing. Lines of
     /// `metrics.jsonl` without a training loss (eval lines) are not part of the curves.
     pub fn load(run: &Path) -> Result<RunInfo> {
-        let read = |name: &str| {
-            let path = run.join(name);
-            std::fs::read_to_string(&path).map_err(io_err(&path))
-        };
-        let config_toml = read(CONFIG_FILE)?;
+        let dir = RunDir::at(run);
+        let read = |path: PathBuf| std::fs::read_to_string(&path).map_err(io_err(&path));
+        let config_toml = read(dir.config_path())?;
         let mut train = Vec::new();
         let mut val = Vec::new();
-        for (i, line) in read(METRICS_FILE)?.lines().enumerate() {
+        for (i, line) in read(dir.metrics_path())?.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
             let v: serde_json::Value =
                 serde_json::from_str(line).map_err(|e| EvalError::Invalid {
-                    path: run.join(METRICS_FILE),
+                    path: dir.metrics_path(),
                     what: format!("line {}: {e}", i + 1),
                 })?;
             let step = v.get("step").and_then(|s| s.as_u64());
@@ -141,17 +189,7 @@ impl RunInfo {
                 }
             }
         }
-        let timing = match std::fs::read_to_string(run.join(TIMING_FILE)) {
-            Ok(text) => {
-                Some(
-                    serde_json::from_str::<Timing>(&text).map_err(|e| EvalError::Invalid {
-                        path: run.join(TIMING_FILE),
-                        what: e.to_string(),
-                    })?,
-                )
-            }
-            Err(_) => None,
-        };
+        let timing = Timing::read(&dir)?;
         Ok(RunInfo {
             name: run
                 .file_name()

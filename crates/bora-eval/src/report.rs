@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use bora_train::Timing;
+use bora_run::Timing;
 
 use crate::eval::{EvalResults, SampleRow, SideScore};
 

@@ -33,7 +33,7 @@ pub struct SideOutput {
 /// examples decoded beside it; mixing the two through SplitMix64 keeps neighbouring lines'
 /// streams unrelated.
 pub fn example_seed(seed: u64, line: usize) -> u64 {
-    Rng::new(seed ^ (line as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+    Rng::new(seed ^ (line as u64).wrapping_mul(bora_rng::GAMMA)).next_u64()
 }
 
 /// Generates an answer for every item, `batch_size` at a time (see the module doc), and

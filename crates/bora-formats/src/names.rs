@@ -55,7 +55,8 @@ const LAYER_TENSORS: [LayerTensor; 9] = {
     [AttnNorm, FfnNorm, Q, K, V, O, Gate, Up, Down]
 };
 
-/// The module path inside a layer, per scheme (the tables of FORMATS.md §2 and §4).
+/// The module path inside a layer, per scheme (transformers' module names, mistral-inference's
+/// consolidated names, gguf-py's `TENSOR_NAMES`).
 fn layer_stem(t: LayerTensor, scheme: Scheme) -> &'static str {
     use LayerTensor::*;
     let (hf, consolidated, gguf) = match t {
@@ -363,7 +364,8 @@ mod tests {
         let rows: Vec<u8> = (0..48u8).collect(); // 24 rows of 2 bytes: 3 heads of 8
         let half = permute_rows_interleaved_to_half(&rows, 2, 3).unwrap();
         assert_eq!(permute_rows_half_to_interleaved(&half, 2, 3).unwrap(), rows);
-        // Head 0, hd 8: HF rows are interleaved rows [0,2,4,6,1,3,5,7] (FORMATS.md §2).
+        // Head 0, hd 8: HF rows are interleaved rows [0,2,4,6,1,3,5,7] (the permutation of
+        // transformers' `convert_mistral_weights_to_hf.py`).
         let first: Vec<u8> = half[..16].chunks(2).map(|r| r[0] / 2).collect();
         assert_eq!(first, [0, 2, 4, 6, 1, 3, 5, 7]);
         assert!(permute_rows_interleaved_to_half(&rows, 5, 3).is_err());

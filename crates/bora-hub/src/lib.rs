@@ -4,6 +4,7 @@
 //! All are plain blocking HTTP clients: a CLI command makes a handful of requests, so an
 //! async runtime would buy nothing. Tests run them against local servers that check the exact
 //! requests; nothing here is reached from tests over the network.
+#![forbid(unsafe_code)]
 pub mod card;
 pub mod chat;
 pub mod hub;

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use bora_train::{MetricSink, Metrics};
+use bora_rng::SplitMix64;
+use bora_run::{MetricSink, Metrics, RunDir};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -349,18 +350,13 @@ pub fn generate_run_id(seed: u64) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mut x = seed ^ nanos.rotate_left(17) ^ u64::from(std::process::id()).rotate_left(41);
+    // SplitMix64: each output well mixed even from nearby inputs.
+    let mut rng = SplitMix64::new(
+        seed ^ nanos.rotate_left(17) ^ u64::from(std::process::id()).rotate_left(41),
+    );
     const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     (0..8)
-        .map(|_| {
-            // splitmix64: each output well mixed even from nearby inputs.
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ALPHABET[(z % 36) as usize] as char
-        })
+        .map(|_| ALPHABET[(rng.next_u64() % 36) as usize] as char)
         .collect()
 }
 
@@ -1060,14 +1056,174 @@ impl WandbSink {
 }
 
 impl MetricSink for WandbSink {
-    fn log(&mut self, metrics: &Metrics) -> bora_train::Result<()> {
+    fn log(&mut self, metrics: &Metrics) -> bora_run::Result<()> {
         let row = metrics_row(metrics);
         self.guard(|run| run.log(metrics.step, &row));
         Ok(())
     }
 
-    fn flush(&mut self) -> bora_train::Result<()> {
+    fn flush(&mut self) -> bora_run::Result<()> {
         self.guard(WandbRun::flush);
+        Ok(())
+    }
+}
+
+/// What W&B is told about the bora run it tracks.
+#[derive(Debug, Clone)]
+pub struct TrackedRun {
+    /// bora's run name, shown as the W&B run's name.
+    pub name: String,
+    /// The resolved run config.
+    pub config: Value,
+    /// Seeds the id of a new W&B run when `WANDB_RUN_ID` does not set one.
+    pub seed: u64,
+}
+
+/// Weights & Biases for one command, live or offline (nothing sent; the run's TensorBoard
+/// files are synced later), with the whole run lifecycle: start or continue the W&B run the
+/// run directory records, backfill what a resumed run logged only locally, finish with the
+/// command's outcome. As a [`MetricSink`] it never fails the run: a W&B failure is one
+/// message to `notify`, and `metrics.jsonl` and TensorBoard carry on.
+pub struct WandbTracking {
+    target: Target,
+    offline: bool,
+    run: TrackedRun,
+    /// Taken by `start`; `None` offline.
+    client: Option<Client>,
+    /// The live run, once started.
+    sink: Option<WandbSink>,
+    /// The run directory, once started.
+    run_dir: Option<PathBuf>,
+    notify: Box<dyn FnMut(&str)>,
+}
+
+impl WandbTracking {
+    /// Reads the API key now (unless offline), so a command that asks for W&B without a
+    /// key stops before any work rather than running untracked. `notify` gets each line
+    /// meant for the user: the run's URL, warnings, the offline sync command.
+    pub fn new(
+        target: Target,
+        offline: bool,
+        run: TrackedRun,
+        notify: Box<dyn FnMut(&str)>,
+    ) -> Result<Self> {
+        let client = if offline {
+            None
+        } else {
+            Some(Client::from_env()?)
+        };
+        Ok(Self {
+            target,
+            offline,
+            run,
+            client,
+            sink: None,
+            run_dir: None,
+            notify,
+        })
+    }
+
+    /// Creates the W&B run, or continues the one `run_dir` records.
+    fn start_run(&mut self, run_dir: &Path) {
+        self.run_dir = Some(run_dir.to_path_buf());
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let new_id = std::env::var("WANDB_RUN_ID")
+            .ok()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| generate_run_id(self.run.seed));
+        let spec = RunSpec {
+            target: &self.target,
+            display_name: &self.run.name,
+            config: &self.run.config,
+            new_id,
+            run_dir,
+        };
+        match WandbRun::start(client, &spec) {
+            Ok(run) => {
+                (self.notify)(&format!("W&B run: {}", run.url()));
+                self.sink = Some(WandbSink::new(run));
+            }
+            Err(e) => (self.notify)(&format!(
+                "warning: W&B tracking off: {e}; metrics are still written to metrics.jsonl \
+                 and TensorBoard"
+            )),
+        }
+    }
+
+    /// The live sink, if any; `f` may fail it, which is reported here, once.
+    fn with_sink(&mut self, f: impl FnOnce(&mut WandbSink)) {
+        if let Some(sink) = self.sink.as_mut() {
+            f(sink);
+            if let Some(warning) = sink.take_warning() {
+                (self.notify)(&format!("warning: {warning}"));
+            }
+        }
+    }
+
+    /// Sends the steps up to the checkpoint a resumed run starts from, as `metrics.jsonl`
+    /// holds them: a session killed between two sends logged them only locally. The sink
+    /// skips the steps W&B already has; the eval lines `bora eval` adds are not `Metrics`.
+    fn backfill(&mut self, run: &RunDir, up_to: u64) {
+        let Ok(text) = fs::read_to_string(run.metrics_path()) else {
+            return;
+        };
+        self.with_sink(|sink| {
+            for line in text.lines() {
+                if let Ok(m) = serde_json::from_str::<Metrics>(line) {
+                    if m.step <= up_to {
+                        let _ = sink.log(&m);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Adds summary values and a table (eval results) to the started run.
+    pub fn log_results(&mut self, summary: &Map<String, Value>, table: Option<&Table<'_>>) {
+        self.with_sink(|sink| sink.log_results(summary, table));
+    }
+}
+
+/// The W&B sink reports its failures through `notify`, never as an error, so its results
+/// carry nothing.
+impl MetricSink for WandbTracking {
+    fn start(&mut self, run: &RunDir, first_step: u64) -> bora_run::Result<()> {
+        self.start_run(run.path());
+        if first_step > 0 {
+            self.backfill(run, first_step);
+        }
+        Ok(())
+    }
+
+    fn log(&mut self, metrics: &Metrics) -> bora_run::Result<()> {
+        self.with_sink(|s| {
+            let _ = s.log(metrics);
+        });
+        Ok(())
+    }
+
+    fn flush(&mut self) -> bora_run::Result<()> {
+        self.with_sink(|s| {
+            let _ = s.flush();
+        });
+        Ok(())
+    }
+
+    /// Ends the W&B run with the command's exit code, or prints how to sync it later.
+    fn close(&mut self, ok: bool) -> bora_run::Result<()> {
+        if let Some(sink) = self.sink.take() {
+            if let Some(warning) = sink.finish(i32::from(!ok)) {
+                (self.notify)(&format!("warning: {warning}"));
+            }
+        } else if let (true, Some(run_dir)) = (self.offline, &self.run_dir) {
+            let command = self.target.sync_command(run_dir);
+            (self.notify)(&format!(
+                "W&B offline: nothing was sent; upload the run's TensorBoard files with\n  \
+                 {command}"
+            ));
+        }
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use base64::Engine;
 use bora_hub::wandb::{
     read_state, ApiKey, Client, RunSpec, Table, Target, WandbError, WandbRun, WandbSink, STATE_FILE,
 };
-use bora_train::{MetricSink, Metrics};
+use bora_run::{MetricSink, Metrics};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use wandb_server::{Failure, FakeWandb, Request};

@@ -1,5 +1,5 @@
 //! LoRA adapters on the decoder's linear projections, in PEFT's math and layout
-//! (FORMATS.md §1): `y = W·x + s·B·(A·dropout(x))`, A `[r, in]`, B `[out, r]`, `s = α/r`
+//! (peft's `LoraLayer`): `y = W·x + s·B·(A·dropout(x))`, A `[r, in]`, B `[out, r]`, `s = α/r`
 //! (or `α/√r` with rsLoRA).
 //!
 //! The adapter's forward and backward sit side by side here; the decoder layers call them
@@ -454,12 +454,9 @@ impl Dropout {
     }
 }
 
-/// splitmix64's finalizer: a well-mixed 64-bit hash of a counter.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// A well-mixed 64-bit hash of a counter: SplitMix64's first output from it.
+fn mix(z: u64) -> u64 {
+    bora_rng::SplitMix64::new(z).next_u64()
 }
 
 /// Forward of the adapter branch: `y += s·B·(A·x̃)`, `x̃ = dropout(x)` (written into `xd`

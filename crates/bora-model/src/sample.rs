@@ -55,29 +55,9 @@ impl SamplingParams {
     }
 }
 
-/// SplitMix64: tiny, fast and fully specified, so a seed reproduces across platforms and
-/// versions (unlike `rand`'s unspecified `StdRng`).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 53 bits of precision.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
+/// The sampler's generator: the workspace's SplitMix64, so a seed reproduces across
+/// platforms and versions.
+pub use bora_rng::SplitMix64 as Rng;
 
 /// Picks tokens one at a time; holds the PRNG state and a reusable candidate buffer.
 #[derive(Debug, Clone)]

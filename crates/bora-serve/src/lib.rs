@@ -16,6 +16,7 @@
 //! server.serve(listener, bora_serve::shutdown_signal()).await
 //! # }
 //! ```
+#![forbid(unsafe_code)]
 
 mod engine;
 mod error;

@@ -17,6 +17,7 @@
 //! let text: String = chat.iter().map(|&id| stream.push(id)).collect();
 //! # Ok::<(), bora_tokenizer::TokenizerError>(())
 //! ```
+#![forbid(unsafe_code)]
 
 mod bpe;
 mod bytelevel;

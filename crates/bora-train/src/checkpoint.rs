@@ -12,18 +12,16 @@ use bora_data::DataPosition;
 use bora_formats::safetensors::{write_safetensors, Dtype, Safetensors, TensorData};
 use serde::{Deserialize, Serialize};
 
+use bora_run::{
+    checkpoint_dir_name, parse_checkpoint_dir_name as parse_step_dir, ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE, LATEST_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE,
+};
+
 use crate::adapter::AdapterConfig;
 use crate::error::{io_err, Result, TrainError};
 use crate::fsutil::{before_file_write, is_leftover, publish_dir, remove_any, write_atomic};
 use crate::optim::AdamWState;
 use crate::rng::RngState;
-
-pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
-pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
-/// The pointer file in `checkpoints/` naming the newest complete checkpoint.
-pub const LATEST_FILE: &str = "latest";
 
 /// A trainable tensor's name (PEFT naming) and shape, as the model declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,19 +63,6 @@ pub struct Checkpoint {
     pub data: DataPosition,
     /// Wall-clock seconds of training up to this step, over every session of the run.
     pub elapsed_s: f64,
-}
-
-/// The directory name of the checkpoint after `step` optimizer steps.
-pub fn checkpoint_dir_name(step: u64) -> String {
-    format!("step-{step}")
-}
-
-fn parse_step_dir(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("step-")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
 }
 
 /// The adapter files PEFT loads: `adapter_config.json` and `adapter_model.safetensors`

@@ -15,6 +15,8 @@ pub enum TrainError {
     #[error(transparent)]
     Format(#[from] FormatError),
     #[error(transparent)]
+    Run(#[from] bora_run::RunError),
+    #[error(transparent)]
     Model(#[from] bora_model::ModelError),
     #[error(transparent)]
     Data(#[from] bora_data::DataError),
@@ -26,6 +28,9 @@ pub enum TrainError {
     /// parser's, which names the key and line.
     #[error("{path}: {message}")]
     ConfigSyntax { path: PathBuf, message: String },
+    /// A command-line flag that cannot be read as config.
+    #[error("{flag}: {what}")]
+    Flag { flag: String, what: String },
     /// A config value is out of range or inconsistent with another.
     #[error("config key `{key}`: {reason}")]
     Config { key: String, reason: String },

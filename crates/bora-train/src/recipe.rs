@@ -15,23 +15,19 @@ use bora_data::{
 };
 use bora_formats::quant::GgmlType;
 use bora_model::{CheckpointInfo, LoadOptions, Lora, LoraSpec, Model, TrainBatch, Trainer};
+use bora_run::{MetricSink, Metrics, RunDir, Timing};
+use serde::Serialize;
 use bora_tokenizer::Tokenizer;
-use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{save_adapter, Checkpoint, NamedTensor, ParamSpec};
 use crate::config::RunConfig;
 use crate::error::{Result, TrainError};
-use crate::fsutil::write_atomic;
 use crate::grad::{
     check_grads, check_loss, clip_grad_norm, global_grad_norm, scale_grads, GradAccumulation,
 };
-use crate::metrics::{JsonlSink, MetricSink, Metrics, TensorBoardSink};
 use crate::optim::AdamW;
 use crate::rng::{init_lora, Rng, Stream};
-use crate::run::RunDir;
-
-/// Written at the end of a run: how long training took, for eval reports.
-pub const TIMING_FILE: &str = "timing.json";
+use crate::run::{create_run_dir, open_run_dir};
 
 /// How a run starts.
 #[derive(Debug, Clone)]
@@ -72,15 +68,6 @@ enum Place {
     Existing(RunDir),
 }
 
-/// `timing.json`: wall time spent training, summed over every session of a resumed run up
-/// to its last checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Timing {
-    pub steps: u64,
-    pub train_seconds: f64,
-    pub seconds_per_step: f64,
-}
-
 /// The end of a run.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -93,7 +80,29 @@ pub struct Summary {
 }
 
 /// Runs (or resumes) a training run to its last step and writes `runs/NAME/adapter/`.
-pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
+/// Every step's [`Metrics`] go to each of `sinks` (built by the caller: the run's own files,
+/// W&B, ...), which are started once the run directory exists and closed at the end, with
+/// whether the run succeeded.
+pub fn run(
+    start: Start,
+    mut sinks: Vec<Box<dyn MetricSink>>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Summary> {
+    let result = train(start, &mut sinks, on_event);
+    for sink in &mut sinks {
+        let closed = sink.close(result.is_ok());
+        if result.is_ok() {
+            closed?;
+        }
+    }
+    result
+}
+
+fn train(
+    start: Start,
+    sinks: &mut [Box<dyn MetricSink>],
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Summary> {
     // ---- Set up: the config, validated whole before any work.
     let (config, place) = match start {
         Start::New { runs_root, config } => {
@@ -101,7 +110,7 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
             (*config, Place::New(runs_root))
         }
         Start::Resume { dir } => {
-            let (run_dir, config) = RunDir::open(dir)?;
+            let (run_dir, config) = open_run_dir(dir)?;
             (config, Place::Existing(run_dir))
         }
     };
@@ -134,7 +143,7 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
     let (run_dir, resuming) = match place {
         Place::Existing(run_dir) => (run_dir, true),
         Place::New(runs_root) => {
-            let run_dir = RunDir::create(&runs_root, &config)?;
+            let run_dir = create_run_dir(&runs_root, &config)?;
             if crate::latest_checkpoint(&run_dir.checkpoints_dir())?.is_some() {
                 return Err(TrainError::Config {
                     key: "name".into(),
@@ -209,15 +218,10 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
     let mut trainer = Trainer::new(&model, &spec, t.batch_size, t.seq_len, t.recompute)?;
     let mut grads = Lora::zeros(&model.config, &spec);
 
-    // ---- Metric sinks: a resumed run drops the lines of steps after its checkpoint.
-    let mut sinks: Vec<Box<dyn MetricSink>> = vec![
-        Box::new(if resuming {
-            JsonlSink::resume(run_dir.metrics_path(), first_step)?
-        } else {
-            JsonlSink::create(run_dir.metrics_path())?
-        }),
-        Box::new(TensorBoardSink::create(run_dir.path())?),
-    ];
+    // ---- Metric sinks: a resumed run continues them after its checkpoint's step.
+    for sink in sinks.iter_mut() {
+        sink.start(&run_dir, first_step)?;
+    }
 
     on_event(Event::Begin {
         first_step,
@@ -301,7 +305,7 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
             tokens_per_s: done.tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
             val_loss,
         };
-        for sink in &mut sinks {
+        for sink in sinks.iter_mut() {
             sink.log(&metrics)?;
         }
         on_event(Event::Step(&metrics));
@@ -311,7 +315,7 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
         let save_now =
             (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || step == total_steps;
         if save_now {
-            for sink in &mut sinks {
+            for sink in sinks.iter_mut() {
                 sink.flush()?;
             }
             elapsed = elapsed_before + session.elapsed().as_secs_f64();
@@ -340,12 +344,7 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
         train_seconds: elapsed,
         seconds_per_step: elapsed / step.max(1) as f64,
     };
-    let timing_path = run_dir.path().join(TIMING_FILE);
-    let json = serde_json::to_string_pretty(&timing).map_err(|e| TrainError::Invalid {
-        path: timing_path.clone(),
-        what: e.to_string(),
-    })?;
-    write_atomic(&timing_path, json.as_bytes())?;
+    timing.write(&run_dir)?;
     Ok(Summary {
         run_dir: run_dir.path().to_path_buf(),
         adapter_dir: run_dir.adapter_dir(),

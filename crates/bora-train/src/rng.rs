@@ -35,9 +35,9 @@ impl Rng {
     /// A generator from the run seed and a stream. The seed is spread over the 128-bit
     /// state with SplitMix64 so nearby seeds give unrelated sequences.
     pub fn new(seed: u64, stream: Stream) -> Self {
-        let mut sm = seed;
-        let hi = splitmix64(&mut sm);
-        let lo = splitmix64(&mut sm);
+        let mut sm = bora_rng::SplitMix64::new(seed);
+        let hi = sm.next_u64();
+        let lo = sm.next_u64();
         let mut rng = Self {
             state: 0,
             inc: ((stream as u128) << 1) | 1,
@@ -124,14 +124,6 @@ impl Rng {
             *m = if self.uniform() < p { 0.0 } else { keep_scale };
         }
     }
-}
-
-fn splitmix64(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The bound of PEFT's LoRA A init, `kaiming_uniform_(a=sqrt(5))`: gain √(2/(1+a²)) times

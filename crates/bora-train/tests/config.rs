@@ -2,7 +2,8 @@
 //! resolved file saved with the run.
 
 use bora_train::{
-    JsonlSink, LoraTarget, MetricSink, Metrics, RunConfig, RunDir, ScheduleKind, TrainError,
+    create_run_dir, open_run_dir, JsonlSink, LoraTarget, MetricSink, Metrics, RunConfig,
+    ScheduleKind, TrainError,
 };
 
 const MINIMAL: &str = "[model]\npath = \"m.gguf\"\n[data]\ntrain = \"train.jsonl\"\n";
@@ -180,14 +181,14 @@ fn load_names_the_file() {
 fn run_dir_saves_resolved_config_and_refuses_a_different_one() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = minimal();
-    let run = RunDir::create(tmp.path(), &cfg).unwrap();
+    let run = create_run_dir(tmp.path(), &cfg).unwrap();
     assert_eq!(run.path(), tmp.path().join("run"));
     assert!(run.checkpoints_dir().is_dir());
-    let (reopened, read_back) = RunDir::open(run.path()).unwrap();
+    let (reopened, read_back) = open_run_dir(run.path()).unwrap();
     assert_eq!(read_back, cfg);
     assert_eq!(reopened.metrics_path(), run.path().join("metrics.jsonl"));
     // Same config again: a resume.
-    RunDir::create(tmp.path(), &cfg).unwrap();
+    create_run_dir(tmp.path(), &cfg).unwrap();
     // A config file from before `[tracking]` existed, and tracking switched on for the
     // resume: the same run, and the file is brought up to date.
     let saved = std::fs::read_to_string(run.config_path()).unwrap();
@@ -195,12 +196,12 @@ fn run_dir_saves_resolved_config_and_refuses_a_different_one() {
     std::fs::write(run.config_path(), &saved[..cut]).unwrap();
     let mut tracked = cfg.clone();
     tracked.tracking.wandb = "proj".into();
-    RunDir::create(tmp.path(), &tracked).unwrap();
-    let (_, read_back) = RunDir::open(run.path()).unwrap();
+    create_run_dir(tmp.path(), &tracked).unwrap();
+    let (_, read_back) = open_run_dir(run.path()).unwrap();
     assert_eq!(read_back, tracked);
     let mut other = cfg.clone();
     other.lora.rank = 4;
-    let err = RunDir::create(tmp.path(), &other).unwrap_err().to_string();
+    let err = create_run_dir(tmp.path(), &other).unwrap_err().to_string();
     assert!(err.contains("different config"), "{err}");
 }
 

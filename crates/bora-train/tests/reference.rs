@@ -255,7 +255,8 @@ fn record_span(bytes: &[u8], n: usize) -> usize {
 
 #[test]
 fn event_record_matches_formats_verified_bytes() {
-    // FORMATS.md §6(a): tag "train/loss", value 1.5, step 7, wall_time 1700000000.25.
+    // The record torch's SummaryWriter writes for tag "train/loss", value 1.5, step 7,
+    // wall_time 1700000000.25.
     let expected_payload = "0900001040fc54d94110072a130a110a0a747261696e2f6c6f7373150000c03f";
     let header_len = EventWriter::new(Vec::new(), 1.0)
         .unwrap()

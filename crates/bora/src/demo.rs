@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bora_data::read_jsonl;
 use bora_eval::Metric;
+use bora_run::RunFiles;
 use bora_train::{
     run, DataSection, Event, LoraSection, ModelSection, OptimSection, RunConfig, Start,
     TrainSection,
@@ -101,6 +102,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
             runs_root,
             config: Box::new(config),
         },
+        vec![Box::new(RunFiles::default())],
         &mut |event| {
             match event {
             Event::Begin { train_examples, val_examples, total_steps, .. } => println!(

@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bora_eval::{
-    eval_dir, evaluate_with, log_to_run, summary_json, write_eval_dir, Decoding, EvalConfig,
-    EvalResults, Metric, Progress, RunInfo, SAMPLES_FILE,
+    evaluate_with, log_to_run, sample_rows, summary_json, tracking_summary, write_eval_dir,
+    Decoding, EvalConfig, EvalResults, Metric, Progress, RunInfo, SAMPLE_COLUMNS,
 };
-use bora_hub::wandb::Table;
+use bora_hub::wandb::{Table, WandbTracking};
 use bora_model::SamplingParams;
-use bora_train::{RunDir, TrackingSection};
+use bora_run::{MetricSink, RunDir};
+use bora_train::{open_run_dir, TrackingSection};
 use clap::Args;
-use serde_json::{Map, Value};
 
-use crate::train::WandbTracking;
+use crate::train::wandb_tracking;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -88,10 +88,17 @@ impl EvalArgs {
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let metric: Metric = args.metric.parse()?;
-    let tracking = WandbTracking::new(&TrackingSection {
-        wandb: args.wandb.clone().unwrap_or_default(),
-        wandb_offline: args.wandb_offline,
-    })?;
+    let tracking = match (&args.run, &args.wandb) {
+        (Some(run), Some(wandb)) => {
+            let (_, config) = open_run_dir(run)?;
+            let section = TrackingSection {
+                wandb: wandb.clone(),
+                wandb_offline: args.wandb_offline,
+            };
+            wandb_tracking(&section, &config)?
+        }
+        _ => None,
+    };
     let (results, report) = match &args.run {
         Some(run) => {
             let evaluated = eval_run(
@@ -145,9 +152,9 @@ pub fn eval_run(
     max_tokens: usize,
     decoding: &Decoding,
 ) -> Result<(EvalResults, PathBuf)> {
-    let (dir, config) = RunDir::open(run)?;
+    let (dir, config) = open_run_dir(run)?;
     let adapter = dir.adapter_dir();
-    if !adapter.join(bora_train::ADAPTER_CONFIG_FILE).is_file() {
+    if !dir.has_adapter() {
         bail!(
             "{}: the run has no final adapter yet; finish it with `bora train --resume {}`",
             adapter.display(),
@@ -166,66 +173,27 @@ pub fn eval_run(
         max_tokens,
     };
     let (results, samples) = evaluate_with(&eval_config, decoding, &mut progress())?;
-    let report = write_eval_dir(&eval_dir(run), &results, &samples, Some(&info))?;
+    let report = write_eval_dir(&dir.eval_dir(), &results, &samples, Some(&info))?;
     log_to_run(run, &results, info.last_step())?;
     Ok((results, report))
 }
 
-/// Sends the results to W&B: every result field as a summary value under `eval/` (the
-/// sides' fields as `eval/base/score`, the names TensorBoard shows), and the samples as the
-/// table `eval/samples` at the run's last step.
+/// Sends the results to W&B: the summary values and the samples as the table
+/// `eval/samples` at the run's last step.
 fn track(mut tracking: WandbTracking, run: &Path, results: &EvalResults) -> Result<()> {
-    let (_, config) = RunDir::open(run)?;
+    let dir = RunDir::at(run);
     let step = RunInfo::load(run)?.last_step();
-    let mut summary = Map::new();
-    if let Value::Object(fields) = serde_json::to_value(results)? {
-        for (key, value) in fields {
-            match value {
-                Value::Object(side) => {
-                    for (k, v) in side {
-                        summary.insert(format!("eval/{key}/{k}"), v);
-                    }
-                }
-                v => {
-                    summary.insert(format!("eval/{key}"), v);
-                }
-            }
-        }
-    }
-    let samples_path = eval_dir(run).join(SAMPLES_FILE);
-    let text = std::fs::read_to_string(&samples_path)
-        .with_context(|| format!("reading {}", samples_path.display()))?;
-    const COLUMNS: [&str; 7] = [
-        "line",
-        "prompt",
-        "expected",
-        "base",
-        "tuned",
-        "base_score",
-        "tuned_score",
-    ];
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let sample: Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}", samples_path.display(), i + 1))?;
-        rows.push(
-            COLUMNS
-                .iter()
-                .map(|c| sample.get(*c).cloned().unwrap_or(Value::Null))
-                .collect::<Vec<Value>>(),
-        );
-    }
-    tracking.start(&config, run);
-    tracking.with_sink(|sink| {
-        let table = Table {
-            key: "eval/samples",
-            step,
-            columns: &COLUMNS,
-            rows: &rows,
-        };
-        sink.log_results(&summary, Some(&table));
-    });
-    tracking.finish(0, run);
+    let summary = tracking_summary(results);
+    let rows = sample_rows(&dir.eval_dir())?;
+    tracking.start(&dir, 0)?;
+    let table = Table {
+        key: "eval/samples",
+        step,
+        columns: &SAMPLE_COLUMNS,
+        rows: &rows,
+    };
+    tracking.log_results(&summary, Some(&table));
+    tracking.close(true)?;
     Ok(())
 }
 

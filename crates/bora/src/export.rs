@@ -9,7 +9,8 @@ use bora_model::export::hf::{write_merged, MergedOptions, DEFAULT_SHARD_BYTES};
 use bora_model::export::verify::Verification;
 use bora_model::export::{gguf, mistral, peft, FloatType};
 use bora_model::{LoadOptions, Lora, Model};
-use bora_train::RunDir;
+use bora_run::ADAPTER_CONFIG_FILE;
+use bora_train::open_run_dir;
 use clap::{Args, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,9 +84,9 @@ struct Source {
 
 fn source(args: &ExportArgs) -> Result<Source> {
     if let Some(run) = &args.run {
-        let (dir, config) = RunDir::open(run)?;
+        let (dir, config) = open_run_dir(run)?;
         let adapter = dir.adapter_dir();
-        if !adapter.join(bora_train::ADAPTER_CONFIG_FILE).is_file() {
+        if !dir.has_adapter() {
             bail!(
                 "{}: the run has no final adapter yet; finish it with `bora train --resume {}`",
                 adapter.display(),
@@ -125,7 +126,7 @@ fn source(args: &ExportArgs) -> Result<Source> {
 /// The base model name the trained adapter records, kept so the exported PEFT config
 /// points at the same base (a Hub id where training was given one).
 fn base_name(adapter: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(adapter.join(bora_train::ADAPTER_CONFIG_FILE)).ok()?;
+    let text = std::fs::read_to_string(adapter.join(ADAPTER_CONFIG_FILE)).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json.get("base_model_name_or_path")?
         .as_str()

@@ -1,4 +1,6 @@
 //! The bora command line: parse, load config, wire crates, show progress. No logic of its own.
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 
 mod data;

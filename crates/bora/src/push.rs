@@ -18,7 +18,8 @@ use bora_hub::card::{model_card, CardInput, RepoContents, MODEL_CARD};
 use bora_hub::hub::{
     resolve_endpoint, FileOutcome, HubClient, LocalFile, RepoId, Token, UploadEvent, UploadMode,
 };
-use bora_train::{RunConfig, ADAPTER_CONFIG_FILE, ADAPTER_DIR, CONFIG_FILE};
+use bora_run::{RunDir, ADAPTER_CONFIG_FILE};
+use bora_train::RunConfig;
 use clap::{Args, ValueEnum};
 
 /// The Hub id of the default model's weights: its GGUF file does not record where it came
@@ -81,7 +82,7 @@ impl What {
 pub fn run(args: &PushArgs) -> Result<()> {
     let repo = RepoId::parse(&args.repo)?;
     let run = &args.run;
-    let config = RunConfig::load_unchecked(run.join(CONFIG_FILE))
+    let config = RunConfig::load_unchecked(RunDir::at(run).config_path())
         .with_context(|| format!("{} is not a bora run directory", run.display()))?;
     let mut what = args.what.clone();
     what.sort_by_key(|w| *w as u8);
@@ -254,7 +255,7 @@ fn gguf_license(model: &str) -> Option<String> {
 /// `base_model_name_or_path`, since the local path training recorded means nothing to
 /// whoever loads the adapter from the Hub.
 fn adapter_files(run: &Path, base_model: Option<&str>) -> Result<Vec<LocalFile>> {
-    let dir = run.join(ADAPTER_DIR);
+    let dir = RunDir::at(run).adapter_dir();
     let config_path = dir.join(ADAPTER_CONFIG_FILE);
     if !config_path.is_file() {
         bail!(
@@ -330,7 +331,7 @@ fn shareable_config(config: &RunConfig) -> Result<String> {
 
 /// The card's Evaluation section from `RUN/eval/results.json`, when the run was evaluated.
 fn eval_section(run: &Path) -> Result<Option<String>> {
-    let path = bora_eval::eval_dir(run).join(RESULTS_FILE);
+    let path = RunDir::at(run).eval_dir().join(RESULTS_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

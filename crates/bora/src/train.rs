@@ -1,16 +1,15 @@
-//! `bora train`: resolve the run config (TOML file, then flags), hand it to
-//! `bora_train::run`, and show its progress.
+//! `bora train`: resolve the run config (TOML file, then flags), build the metric sinks it
+//! asks for, hand both to `bora_train::run`, and show its progress.
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bora_hub::wandb::{generate_run_id, Client, RunSpec, Target, WandbRun, WandbSink};
-use bora_train::{
-    run, Event, MetricSink, Metrics, RunConfig, Start, TrackingSection, CONFIG_FILE, METRICS_FILE,
-};
+use bora_hub::wandb::{Target, TrackedRun, WandbTracking};
+use bora_run::{MetricSink, RunDir, RunFiles};
+use bora_train::{run, Event, NewRun, RunConfig, Start, TrackingSection};
 use clap::Args;
 
 #[derive(Args)]
@@ -129,33 +128,26 @@ pub struct TrainArgs {
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
-    let (start, config, run_dir) = match &args.resume {
+    let (start, config) = match &args.resume {
         Some(dir) => {
-            let config = RunConfig::load(dir.join(CONFIG_FILE))?;
-            (Start::Resume { dir: dir.clone() }, config, dir.clone())
+            let config = RunConfig::load(RunDir::at(dir).config_path())?;
+            (Start::Resume { dir: dir.clone() }, config)
         }
         None => {
             let (runs_root, config) = resolve_config(args)?;
-            let run_dir = runs_root.join(&config.name);
             let start = Start::New {
                 runs_root,
                 config: Box::new(config.clone()),
             };
-            (start, config, run_dir)
+            (start, config)
         }
     };
-    let mut tracking = WandbTracking::new(&config.tracking)?;
-    let mut progress = Progress::new(&config);
-    let result = run(start, &mut |event| {
-        if let Some(t) = tracking.as_mut() {
-            t.event(&event, &config, &run_dir);
-        }
-        progress.event(event);
-    });
-    if let Some(t) = tracking {
-        t.finish(i32::from(result.is_err()), &run_dir);
+    let mut sinks: Vec<Box<dyn MetricSink>> = vec![Box::new(RunFiles::default())];
+    if let Some(tracking) = wandb_tracking(&config.tracking, &config)? {
+        sinks.push(Box::new(tracking));
     }
-    let summary = result?;
+    let mut progress = Progress::new(&config);
+    let summary = run(start, sinks, &mut |event| progress.event(event))?;
     println!(
         "trained {} steps in {:.1}s; adapter: {}",
         summary.steps,
@@ -165,255 +157,74 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The config file (or defaults), then every flag given, validated once complete.
+/// The config file (or defaults), then every flag given, by the key it sets.
 fn resolve_config(args: &TrainArgs) -> Result<(PathBuf, RunConfig)> {
-    let mut config = match &args.config {
-        Some(path) => RunConfig::load_unchecked(path)?,
-        None => RunConfig::default(),
-    };
-    // Paths are stored absolute so `--resume` works from any directory.
-    if let Some(model) = &args.model {
-        config.model.path = absolute_if_local(model).display().to_string();
-    }
-    if let Some(data) = &args.data {
-        config.data.train = absolute_if_local(data);
-    }
-    if let Some(val) = &args.val {
-        config.data.eval = absolute_if_local(val);
-    }
     let Some(out) = &args.out else {
         bail!("--out runs/NAME is required for a new run (or --resume runs/NAME)");
     };
-    let name = out
-        .file_name()
-        .with_context(|| format!("--out {}: needs a directory name", out.display()))?;
-    config.name = name.to_string_lossy().into_owned();
-    let runs_root = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-
-    let mut overrides: Vec<(String, String)> = Vec::new();
-    let mut set = |key: &str, value: Option<String>| {
-        if let Some(v) = value {
-            overrides.push((key.to_owned(), v));
-        }
-    };
-    let text = |v: &Option<String>| v.as_ref().map(|s| format!("{s:?}"));
-    set("train.epochs", args.epochs.map(|v| v.to_string()));
-    set("train.max_steps", args.max_steps.map(|v| v.to_string()));
-    set("optim.lr", args.lr.map(toml_float));
-    set("train.batch_size", args.batch_size.map(|v| v.to_string()));
-    set("train.grad_accum", args.grad_accum.map(|v| v.to_string()));
-    set("train.seq_len", args.seq_len.map(|v| v.to_string()));
-    set("lora.rank", args.rank.map(|v| v.to_string()));
-    set("lora.alpha", args.alpha.map(toml_float));
-    set("lora.dropout", args.dropout.map(toml_float));
-    set(
-        "lora.targets",
-        args.targets.as_ref().map(|list| {
-            let items: Vec<String> = list
-                .split(',')
-                .map(|t| format!("{:?}", t.trim().to_lowercase()))
-                .collect();
-            format!("[{}]", items.join(", "))
-        }),
-    );
-    set("lora.rslora", args.rslora.map(|v| v.to_string()));
-    set("train.seed", args.seed.map(|v| v.to_string()));
+    let mut r = NewRun::new(out);
+    r.config_file = args.config.clone();
+    r.model = args.model.clone();
+    r.data = args.data.clone();
+    r.val = args.val.clone();
+    r.value("train.epochs", args.epochs);
+    r.value("train.max_steps", args.max_steps);
+    r.float("optim.lr", args.lr);
+    r.value("train.batch_size", args.batch_size);
+    r.value("train.grad_accum", args.grad_accum);
+    r.value("train.seq_len", args.seq_len);
+    r.value("lora.rank", args.rank);
+    r.float("lora.alpha", args.alpha);
+    r.float("lora.dropout", args.dropout);
+    r.names("lora.targets", args.targets.as_deref());
+    r.value("lora.rslora", args.rslora);
+    r.value("train.seed", args.seed);
     if let Some(quant) = &args.qlora {
-        set("qlora.enabled", Some("true".into()));
-        set("qlora.quant", Some(format!("{:?}", quant.to_lowercase())));
+        r.value("qlora.enabled", Some(true));
+        r.string("qlora.quant", Some(&quant.to_lowercase()));
     }
-    set("train.packing", args.pack.map(|v| v.to_string()));
-    set(
-        "optim.warmup_steps",
-        args.warmup_steps.map(|v| v.to_string()),
-    );
-    set("optim.schedule", text(&args.schedule));
-    set("optim.weight_decay", args.weight_decay.map(toml_float));
-    set("optim.max_grad_norm", args.max_grad_norm.map(toml_float));
-    set(
-        "train.checkpoint_every",
-        args.checkpoint_every.map(|v| v.to_string()),
-    );
-    set(
-        "train.keep_checkpoints",
-        args.keep_checkpoints.map(|v| v.to_string()),
-    );
-    set("train.eval_every", args.eval_every.map(|v| v.to_string()));
-    set("train.recompute", args.recompute.map(|v| v.to_string()));
-    set(
-        "data.skip_bad_lines",
-        args.skip_bad_lines.map(|v| v.to_string()),
-    );
-    set("data.val_fraction", args.val_fraction.map(toml_float));
-    set(
-        "data.drop_overlong",
-        args.drop_overlong.map(|v| v.to_string()),
-    );
-    set("tracking.wandb", text(&args.wandb));
-    set(
-        "tracking.wandb_offline",
-        args.wandb_offline.map(|v| v.to_string()),
-    );
+    r.value("train.packing", args.pack);
+    r.value("optim.warmup_steps", args.warmup_steps);
+    r.string("optim.schedule", args.schedule.as_deref());
+    r.float("optim.weight_decay", args.weight_decay);
+    r.float("optim.max_grad_norm", args.max_grad_norm);
+    r.value("train.checkpoint_every", args.checkpoint_every);
+    r.value("train.keep_checkpoints", args.keep_checkpoints);
+    r.value("train.eval_every", args.eval_every);
+    r.value("train.recompute", args.recompute);
+    r.value("data.skip_bad_lines", args.skip_bad_lines);
+    r.float("data.val_fraction", args.val_fraction);
+    r.value("data.drop_overlong", args.drop_overlong);
+    r.string("tracking.wandb", args.wandb.as_deref());
+    r.value("tracking.wandb_offline", args.wandb_offline);
     for item in &args.set {
-        let (key, value) = item
-            .split_once('=')
-            .with_context(|| format!("--set {item}: expected KEY=VALUE"))?;
-        overrides.push((key.trim().to_owned(), value.trim().to_owned()));
+        r.set(item)?;
     }
-    for (key, value) in &overrides {
-        config.apply_override(key, value)?;
-    }
-    config.validate()?;
-    Ok((runs_root, config))
+    Ok(r.resolve()?)
 }
 
-/// A float as TOML reads it back as a float (`1` would be an integer).
-fn toml_float(x: f64) -> String {
-    let s = x.to_string();
-    if s.contains(['.', 'e', 'E']) || !x.is_finite() {
-        s
-    } else {
-        format!("{s}.0")
-    }
-}
-
-fn absolute_if_local(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// Weights & Biases for one command, as `[tracking]` asks: live through bora-hub's client, or
-/// offline (the TensorBoard files, synced later). Tracking never stops the command: a W&B
-/// failure is one warning, and `metrics.jsonl` and TensorBoard carry on.
-pub(crate) struct WandbTracking {
-    target: Target,
-    offline: bool,
-    /// Taken by `start`; `None` offline.
-    client: Option<Client>,
-    /// The live run, once started.
-    sink: Option<WandbSink>,
-    started: bool,
-}
-
-impl WandbTracking {
-    /// Reads the API key now, so a run that asks for W&B without a key stops before any
-    /// work rather than training untracked. `None` when W&B is off.
-    pub(crate) fn new(tracking: &TrackingSection) -> Result<Option<Self>> {
-        let Some((project, entity)) = tracking.wandb_target()? else {
-            return Ok(None);
-        };
-        let client = if tracking.wandb_offline {
-            None
-        } else {
-            Some(Client::from_env().context("--wandb asks for W&B tracking")?)
-        };
-        Ok(Some(Self {
-            target: Target { project, entity },
-            offline: tracking.wandb_offline,
-            client,
-            sink: None,
-            started: false,
-        }))
-    }
-
-    /// Creates the W&B run, or continues the one `run_dir` records.
-    pub(crate) fn start(&mut self, config: &RunConfig, run_dir: &Path) {
-        self.started = true;
-        let Some(client) = self.client.take() else {
-            return;
-        };
-        let config_json = match serde_json::to_value(config) {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!("warning: W&B tracking off: cannot encode the run config: {e}");
-                return;
-            }
-        };
-        let new_id = std::env::var("WANDB_RUN_ID")
-            .ok()
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| generate_run_id(config.train.seed));
-        let spec = RunSpec {
-            target: &self.target,
-            display_name: &config.name,
-            config: &config_json,
-            new_id,
-            run_dir,
-        };
-        match WandbRun::start(client, &spec) {
-            Ok(run) => {
-                eprintln!("W&B run: {}", run.url());
-                self.sink = Some(WandbSink::new(run));
-            }
-            Err(e) => eprintln!(
-                "warning: W&B tracking off: {e}; metrics are still written to metrics.jsonl \
-                 and TensorBoard"
-            ),
-        }
-    }
-
-    /// The live sink, if any; `f` may fail it, which is reported here, once.
-    pub(crate) fn with_sink(&mut self, f: impl FnOnce(&mut WandbSink)) {
-        if let Some(sink) = self.sink.as_mut() {
-            f(sink);
-            if let Some(warning) = sink.take_warning() {
-                eprintln!("warning: {warning}");
-            }
-        }
-    }
-
-    /// The W&B sink reports its failures through its warning, never as an error, so its
-    /// `MetricSink` results carry nothing.
-    fn event(&mut self, event: &Event<'_>, config: &RunConfig, run_dir: &Path) {
-        match event {
-            Event::Begin { first_step, .. } => {
-                self.start(config, run_dir);
-                if *first_step > 0 {
-                    self.backfill(run_dir, *first_step);
-                }
-            }
-            Event::Step(m) => self.with_sink(|s| {
-                let _ = s.log(m);
-            }),
-            Event::Checkpoint { .. } => self.with_sink(|s| {
-                let _ = s.flush();
-            }),
-        }
-    }
-
-    /// Sends the steps up to the checkpoint a resumed run starts from, as `metrics.jsonl`
-    /// holds them: a session killed between two sends logged them only locally. The sink
-    /// skips the steps W&B already has; the eval lines `bora eval` adds are not `Metrics`.
-    fn backfill(&mut self, run_dir: &Path, up_to: u64) {
-        let Ok(text) = std::fs::read_to_string(run_dir.join(METRICS_FILE)) else {
-            return;
-        };
-        self.with_sink(|sink| {
-            for line in text.lines() {
-                if let Ok(m) = serde_json::from_str::<Metrics>(line) {
-                    if m.step <= up_to {
-                        let _ = sink.log(&m);
-                    }
-                }
-            }
-        });
-    }
-
-    /// Ends the W&B run with the command's exit code, or prints how to sync it later.
-    pub(crate) fn finish(self, exit_code: i32, run_dir: &Path) {
-        if let Some(sink) = self.sink {
-            if let Some(warning) = sink.finish(exit_code) {
-                eprintln!("warning: {warning}");
-            }
-        } else if self.started && self.offline {
-            eprintln!(
-                "W&B offline: nothing was sent; upload the run's TensorBoard files with\n  {}",
-                self.target.sync_command(run_dir)
-            );
-        }
-    }
+/// The W&B sink `tracking` asks for, if any, for the run `config`; its messages go to
+/// stderr. A missing API key is an error here, before any work.
+pub(crate) fn wandb_tracking(
+    tracking: &TrackingSection,
+    config: &RunConfig,
+) -> Result<Option<WandbTracking>> {
+    let Some((project, entity)) = tracking.wandb_target()? else {
+        return Ok(None);
+    };
+    let run = TrackedRun {
+        name: config.name.clone(),
+        config: serde_json::to_value(config)?,
+        seed: config.train.seed,
+    };
+    let tracking = WandbTracking::new(
+        Target { project, entity },
+        tracking.wandb_offline,
+        run,
+        Box::new(|line| eprintln!("{line}")),
+    )
+    .context("--wandb asks for W&B tracking")?;
+    Ok(Some(tracking))
 }
 
 /// A progress bar redrawn in place on a terminal, one log line per step otherwise (CI,

@@ -3,8 +3,8 @@
 //! plus the reader for such adapters ([`Lora::load_gguf_lora`]) that the check needs.
 //!
 //! bora keeps q/k rows in HF's rotate-half order in memory, while llama-architecture GGUFs
-//! store them interleaved (FORMATS.md §4), so every q/k row that leaves bora for a GGUF is
-//! permuted back: merged q/k weights, and the B factor of q/k adapters (A mixes input
+//! store them interleaved (llama.cpp's `convert_hf_to_gguf.py` permutes them), so every
+//! q/k row that leaves bora for a GGUF is permuted back: merged q/k weights, and the B factor of q/k adapters (A mixes input
 //! features, which the permutation does not touch).
 //!
 //! Each export is proven before it is reported: the written file is loaded back through the

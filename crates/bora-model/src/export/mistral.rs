@@ -1,5 +1,5 @@
-//! The `mistral` export: the adapter as mistral-finetune saves it (FORMATS.md §2), for
-//! Mistral's own inference stack: `lora.safetensors` with consolidated names
+//! The `mistral` export: the adapter as mistral-finetune saves it
+//! (`finetune/checkpointing.py`), for Mistral's own inference stack: `lora.safetensors` with consolidated names
 //! (`layers.N.attention.wq.lora_A.weight`, …) and `params.json` with a `lora` section.
 //!
 //! mistral-finetune applies its adapter to consolidated weights, whose q/k rows interleave

@@ -26,7 +26,7 @@ pub struct AdapterConfig {
 }
 
 impl AdapterConfig {
-    /// The JSON peft 0.21 writes for a plain LoRA on a causal LM (FORMATS.md §1), without
+    /// The JSON peft 0.21 writes for a plain LoRA on a causal LM (`save_pretrained`), without
     /// the keys of other adapter variants (loftq, eva, corda, …), which default on load, and
     /// without `peft_version`, since bora is not peft.
     pub fn to_json(&self) -> Value {
@@ -145,7 +145,7 @@ fn json_number(x: f64) -> Value {
 
 /// Writes `lora` into `dir` as PEFT saves it: the config and every factor as F32 under its
 /// PEFT name with safetensors metadata `{"format": "pt"}` (peft keeps LoRA weights in f32
-/// even on a half-precision base, FORMATS.md §1).
+/// even on a half-precision base).
 pub fn write_peft_files(dir: &Path, lora: &Lora, base_model: Option<String>) -> Result<()> {
     let config = AdapterConfig::from_spec(lora.spec(), base_model);
     write_json(&dir.join("adapter_config.json"), &config.to_json())?;

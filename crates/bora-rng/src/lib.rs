@@ -1,6 +1,8 @@
-//! SplitMix64: a tiny, fully specified PRNG, so a seed gives the same data order on every
-//! machine and after every dependency upgrade (a crate's "StdRng" may change between
-//! versions; these ten lines cannot).
+//! bora-rng: the workspace's one seeded generator, SplitMix64. Tiny and fully specified, so
+//! a seed gives the same data order, sampled tokens and test weights on every machine and
+//! after every dependency upgrade (a crate's "StdRng" may change between versions; these
+//! ten lines cannot), and the fixture scripts reproduce its numbers in Python.
+#![forbid(unsafe_code)]
 
 /// Steele, Lea and Flood's SplitMix64 (the seeder of xoshiro).
 #[derive(Clone, Debug)]
@@ -8,9 +10,11 @@ pub struct SplitMix64 {
     state: u64,
 }
 
-const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+/// The golden-ratio increment of the state.
+pub const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
-fn mix(mut z: u64) -> u64 {
+/// SplitMix64's finalizer: a well-mixed 64-bit hash of `z`.
+pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -31,6 +35,11 @@ impl SplitMix64 {
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(GAMMA);
         mix(self.state)
+    }
+
+    /// Uniform in [0, 1) with 53 bits of precision.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// Uniform in `0..n` (`n > 0`), without modulo bias: Lemire's multiply-shift with
