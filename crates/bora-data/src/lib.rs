@@ -18,5 +18,7 @@ pub use batch::{pack_rows, split, Batch, BatchConfig, DataPosition, Holdout, Loa
 pub use encode::{fit, load, Dataset, Encoder, FitReport, Overlong, Sample};
 pub use error::{DataError, LineError};
 pub use preflight::{length_stats, preflight, LengthStats, ModelShape, Preflight, StepShape};
-pub use read::{parse_line, read_jsonl, Example, ReadOutcome, Record};
+pub use read::{
+    line_byte_limit, parse_line, read_jsonl, read_jsonl_limited, Example, ReadOutcome, Record,
+};
 pub use rng::SplitMix64;

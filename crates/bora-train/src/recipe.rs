@@ -399,7 +399,7 @@ struct RunData {
 /// Tokenizes the training file (and the validation file, or holds out `data.val_fraction`
 /// of the training examples by a seeded draw) and fits every example to `train.seq_len`.
 fn load_data(config: &RunConfig, tokenizer: &Tokenizer) -> Result<RunData> {
-    let encoder = Encoder::new(tokenizer)?;
+    let encoder = Encoder::new(tokenizer)?.for_seq_len(config.train.seq_len);
     let skip = config.data.skip_bad_lines;
     let overlong = if config.data.drop_overlong {
         Overlong::Drop

@@ -88,8 +88,9 @@ fn check(args: &CheckArgs, default_model: &Path) -> Result<()> {
     let model = args.model.as_deref().unwrap_or(default_model);
     let tok = Tokenizer::from_file(model)
         .with_context(|| format!("loading the tokenizer of {}", model.display()))?;
-    let encoder =
-        Encoder::new(&tok).with_context(|| format!("the chat format of {}", model.display()))?;
+    let encoder = Encoder::new(&tok)
+        .with_context(|| format!("the chat format of {}", model.display()))?
+        .for_seq_len(args.seq_len);
     let shape = model_shape(model)?;
 
     let train_file = load_reporting(&args.file, &encoder, args.skip_bad_lines)?;
