@@ -17,10 +17,12 @@
 //! # }
 //! ```
 
+mod conn;
 mod engine;
 mod error;
 mod request;
 mod server;
 
+pub use conn::Limits;
 pub use error::{ApiError, ServeError};
 pub use server::{shutdown_signal, ServeOptions, Server};
