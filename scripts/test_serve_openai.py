@@ -8,7 +8,8 @@ the default model and two small PEFT adapters it writes itself, and checks:
 - /v1/models, chat and text completions, streamed and not (streamed deltas joined equal the
   non-streamed greedy answer);
 - OpenAI error objects and statuses for malformed JSON (400), an unknown model (404), an
-  oversized prompt (400 context_length_exceeded) and a wrong API key (401);
+  oversized prompt (400 context_length_exceeded), a wrong API key (401) and a 20 MB body
+  sent whole by `http.client` (413, received rather than a broken pipe);
 - two adapters on one base answer differently;
 - SIGTERM while a response is streaming: the stream still finishes and the server exits 0.
 
@@ -17,6 +18,7 @@ The binary is `$BORA_BIN`, else `target/release/bora`, else `target/debug/bora`;
 Exit status 0 when every check passes.
 """
 
+import http.client
 import json
 import os
 import random
@@ -211,6 +213,16 @@ def run_checks(openai, base_url, server):
 
     status, body = raw_post(base_url, "/v1/chat/completions", b'{"model": "smollm2", "messages": [')
     check("malformed JSON: 400 with an error object", status == 400 and error_object(body), (status, body))
+    # http.client sends the whole body before it reads: it must get the 413, not a reset.
+    host, port = base_url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("POST", "/v1/chat/completions", b" " * (20 << 20), {"Authorization": f"Bearer {KEY}"})
+        r = conn.getresponse()
+        big = (r.status, error_object(json.load(r)))
+    except OSError as e:
+        big = e
+    check("20 MB body: http.client reads the 413 with an error object", big == (413, True), big)
     try:
         client.chat.completions.create(model="no-such-model", messages=messages)
         check("unknown model: 404", False, "no error")

@@ -11,12 +11,14 @@ use bora_tokenizer::chat::{
 use bora_tokenizer::Tokenizer;
 
 use crate::error::{DataError, LineError};
-use crate::read::{chat_field, read_jsonl, Example};
+use crate::read::{chat_field, line_byte_limit, read_jsonl_limited, Example};
 
 /// A tokenizer and its chat format, built once per run.
 pub struct Encoder<'a> {
     tok: &'a Tokenizer,
     format: ChatFormat,
+    /// Lines [`load`] refuses before tokenizing: see [`line_byte_limit`].
+    max_line_bytes: usize,
 }
 
 impl<'a> Encoder<'a> {
@@ -24,7 +26,18 @@ impl<'a> Encoder<'a> {
         Ok(Encoder {
             tok,
             format: ChatFormat::from_tokenizer(tok)?,
+            max_line_bytes: usize::MAX,
         })
+    }
+
+    /// For examples that will be fitted to `seq_len` tokens: [`load`] then refuses lines far
+    /// too long for that ([`line_byte_limit`]) early and cheaply, naming them, instead of
+    /// tokenizing them for minutes only to cut them.
+    pub fn for_seq_len(self, seq_len: usize) -> Self {
+        Encoder {
+            max_line_bytes: line_byte_limit(seq_len),
+            ..self
+        }
     }
 
     /// Ids and mask of one example. `mask[i]` says whether token `i` is a training target.
@@ -108,7 +121,7 @@ pub struct Dataset {
 /// the Mistral format does not accept) is a bad line like a parse error. With bad lines the
 /// result is [`DataError::BadLines`] unless `skip_bad_lines`.
 pub fn load(path: &Path, encoder: &Encoder, skip_bad_lines: bool) -> Result<Dataset, DataError> {
-    let read = read_jsonl(path)?;
+    let read = read_jsonl_limited(path, encoder.max_line_bytes)?;
     let mut errors = read.errors;
     let mut samples = Vec::with_capacity(read.records.len());
     for record in &read.records {

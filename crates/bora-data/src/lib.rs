@@ -22,4 +22,6 @@ pub use preflight::{
     available_memory, generation_memory, length_stats, preflight, GenerationMemory, LengthStats,
     ModelShape, Preflight, StepShape, RUNTIME_BYTES,
 };
-pub use read::{parse_line, read_jsonl, Example, ReadOutcome, Record};
+pub use read::{
+    line_byte_limit, parse_line, read_jsonl, read_jsonl_limited, Example, ReadOutcome, Record,
+};

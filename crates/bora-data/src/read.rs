@@ -39,6 +39,20 @@ pub struct ReadOutcome {
 /// Reads and validates every line of `path`; blank lines are skipped. Only a failure to read
 /// the file is an `Err`: bad lines are collected in [`ReadOutcome::errors`].
 pub fn read_jsonl(path: &Path) -> Result<ReadOutcome, DataError> {
+    read_jsonl_limited(path, usize::MAX)
+}
+
+/// The longest line [`read_jsonl_limited`] takes for examples of at most `seq_len` tokens:
+/// 256 bytes a token (the longest vocabulary pieces, JSON-escaped, stay below that), and at
+/// least 1 MiB. A longer line can only be an example far beyond the sequence length, which
+/// would take minutes and gigabytes to tokenize only to be cut.
+pub fn line_byte_limit(seq_len: usize) -> usize {
+    seq_len.saturating_mul(256).max(1 << 20)
+}
+
+/// [`read_jsonl`], refusing every line longer than `max_line_bytes` as a bad line without
+/// parsing it or holding more than `max_line_bytes` of it in memory.
+pub fn read_jsonl_limited(path: &Path, max_line_bytes: usize) -> Result<ReadOutcome, DataError> {
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -48,13 +62,22 @@ pub fn read_jsonl(path: &Path) -> Result<ReadOutcome, DataError> {
     let mut bytes = Vec::new();
     for line in 1.. {
         bytes.clear();
-        if reader.read_until(b'\n', &mut bytes).map_err(io)? == 0 {
+        let Some(length) = read_line(&mut reader, &mut bytes, max_line_bytes).map_err(io)? else {
             break;
-        }
-        let parsed = match std::str::from_utf8(&bytes) {
-            Ok(text) if text.trim().is_empty() => continue,
-            Ok(text) => parse_line(text.trim_end_matches(['\n', '\r'])),
-            Err(e) => Err(("json".into(), format!("not UTF-8 text ({e})"))),
+        };
+        let parsed = if length > max_line_bytes {
+            Err((
+                "json".into(),
+                format!(
+                    "the line is {length} bytes, far more than the sequence length can hold (at most {max_line_bytes} bytes); split the example or raise seq_len"
+                ),
+            ))
+        } else {
+            match std::str::from_utf8(&bytes) {
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => parse_line(text.trim_end_matches(['\n', '\r'])),
+                Err(e) => Err(("json".into(), format!("not UTF-8 text ({e})"))),
+            }
         };
         match parsed {
             Ok(example) => out.records.push(Record { line, example }),
@@ -67,6 +90,37 @@ pub fn read_jsonl(path: &Path) -> Result<ReadOutcome, DataError> {
         }
     }
     Ok(out)
+}
+
+/// Appends the next line (with its newline) to `buf`, keeping at most `limit` bytes of it
+/// and skipping the rest. Returns the line's whole length, `None` at the end of the file.
+fn read_line(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Option<usize>> {
+    let mut length = 0usize;
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok((length > 0).then_some(length));
+        }
+        let (take, end) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = limit.saturating_sub(buf.len()).min(take);
+        buf.extend_from_slice(&chunk[..room]);
+        length = length.saturating_add(take);
+        reader.consume(take);
+        if end {
+            return Ok(Some(length));
+        }
+    }
 }
 
 /// Parses one JSONL line into an example, or `(field, what is wrong)`.

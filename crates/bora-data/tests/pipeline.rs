@@ -365,3 +365,37 @@ fn fit_then_load_respects_the_sequence_length() {
     assert!(Loader::new(&kept, config(false, 0), DataPosition::default()).is_ok());
     assert!(Loader::new(&samples(&[17]), config(false, 0), DataPosition::default()).is_err());
 }
+
+/// A line far longer than the sequence length could hold (the 50 MB line that took minutes
+/// and gigabytes to tokenize) is refused as a bad line naming file, line and size, without
+/// being tokenized; lines around it load, and with `skip_bad_lines` it is only skipped.
+#[test]
+fn a_line_far_beyond_the_sequence_length_is_refused_before_tokenizing() {
+    let tok = smollm2();
+    let seq_len = 512;
+    let limit = bora_data::line_byte_limit(seq_len);
+    let huge = format!(r#"{{"text": "{}"}}"#, "word ".repeat(limit / 5 + 1));
+    // Within the bound, though over seq_len tokens: tokenized, left for `fit` to cut.
+    let long = format!(r#"{{"text": "{}"}}"#, "word ".repeat(seq_len * 2));
+    let dir = tempfile::tempdir().unwrap();
+    let path = jsonl(dir.path(), &[GOOD, &huge, &long]);
+    let encoder = Encoder::new(&tok).unwrap().for_seq_len(seq_len);
+    let Err(DataError::BadLines { errors, .. }) = load(&path, &encoder, false) else {
+        panic!("the huge line was not refused");
+    };
+    assert_eq!(errors.len(), 1);
+    let e = errors[0].to_string();
+    let want = format!(
+        "{}:2: json: the line is {} bytes, far more than the sequence length can hold (at most {limit} bytes); split the example or raise seq_len",
+        path.display(),
+        huge.len() + 1
+    );
+    assert_eq!(e, want);
+    let loaded = load(&path, &encoder, true).unwrap();
+    let lines: Vec<usize> = loaded.samples.iter().map(|s| s.line).collect();
+    assert_eq!(lines, [1, 3]);
+    assert!(loaded.samples[1].len() > seq_len);
+    // Without a sequence length nothing is refused.
+    let unbounded = load(&path, &Encoder::new(&tok).unwrap(), false).unwrap();
+    assert_eq!(unbounded.samples.len(), 3);
+}

@@ -21,6 +21,7 @@ pub(crate) struct AtomicFile {
 
 impl AtomicFile {
     pub(crate) fn create(dest: &Path) -> Result<Self> {
+        sweep_leftovers(dest);
         let name = dest.file_name().ok_or_else(|| FormatError::Invalid {
             path: dest.to_path_buf(),
             what: "destination has no file name".into(),
@@ -69,7 +70,18 @@ impl AtomicFile {
 
     /// Flushes, fsyncs, renames over the destination and fsyncs the directory so the rename
     /// itself survives a power loss.
-    pub(crate) fn commit(mut self) -> Result<()> {
+    pub(crate) fn commit(self) -> Result<()> {
+        self.commit_checked(|_| Ok(()))
+    }
+
+    /// [`AtomicFile::commit`], but `check` first reads the complete, synced file under its
+    /// temporary name, and the rename happens only when it passes: the destination never
+    /// holds a file that failed its check or whose check was cut short by a kill. On error the
+    /// temporary file is removed (unless `check` moved it away).
+    pub(crate) fn commit_checked<T, E: From<FormatError>>(
+        mut self,
+        check: impl FnOnce(&Path) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| FormatError::Io { path, source }
@@ -83,12 +95,13 @@ impl AtomicFile {
         };
         file.sync_all().map_err(io(&self.tmp))?;
         drop(file);
+        let value = check(&self.tmp)?;
         fs::rename(&self.tmp, &self.dest).map_err(io(&self.dest))?;
         self.renamed = true;
         if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {
             sync_dir(dir)?;
         }
-        Ok(())
+        Ok(value)
     }
 }
 
@@ -144,6 +157,7 @@ pub fn publish_dir<T, E: From<FormatError>>(
         })?
         .to_string_lossy()
         .into_owned();
+    sweep_leftovers(dest);
     let pid = std::process::id();
     let tmp = parent.join(format!(".{name}.partial-{pid}"));
     let old = parent.join(format!(".{name}.old-{pid}"));
@@ -171,4 +185,145 @@ pub fn publish_dir<T, E: From<FormatError>>(
         let _ = fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// What a killed writer of `dest` can leave beside it: an [`AtomicFile`] temporary
+/// (`.NAME.PID.partial`), a [`publish_dir`] temporary (`.NAME.partial-PID`) or the previous
+/// version moved aside (`.NAME.old-PID`).
+#[derive(Debug, PartialEq)]
+enum Leftover {
+    Temporary(u32),
+    Aside(u32),
+}
+
+fn leftover_of(name: &str, entry: &str) -> Option<Leftover> {
+    let rest = entry.strip_prefix('.')?.strip_prefix(name)?;
+    let pid = |s: &str| {
+        s.parse::<u32>()
+            .ok()
+            .filter(|_| s.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if let Some(p) = rest
+        .strip_prefix('.')
+        .and_then(|r| r.strip_suffix(".partial"))
+    {
+        return pid(p).map(Leftover::Temporary);
+    }
+    if let Some(p) = rest.strip_prefix(".partial-") {
+        return pid(p).map(Leftover::Temporary);
+    }
+    rest.strip_prefix(".old-")
+        .and_then(pid)
+        .map(Leftover::Aside)
+}
+
+/// Whether process `pid` is known to have exited. Only where `/proc` shows processes
+/// (Linux); elsewhere every process counts as running, so nothing is ever removed there.
+fn exited(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    pid != std::process::id() && proc.join("self").exists() && !proc.join(pid.to_string()).exists()
+}
+
+/// Removes the leftovers of processes that died while writing `dest` (killed mid-write or
+/// mid-check), before a new write of it begins: without this, each kill would leave a hidden
+/// copy of the output, as large as the output, forever. A process that is still running
+/// keeps its temporaries. An aside copy is the only complete version when its writer died
+/// between its two renames, so it is put back when `dest` is missing, and removed otherwise.
+/// Best effort: what cannot be removed is garbage, never a reason to refuse the write.
+fn sweep_leftovers(dest: &Path) {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name().and_then(|n| n.to_str()))
+    else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(kind) = file_name.to_str().and_then(|e| leftover_of(name, e)) else {
+            continue;
+        };
+        let path = entry.path();
+        match kind {
+            Leftover::Temporary(pid) | Leftover::Aside(pid) if !exited(pid) => {}
+            Leftover::Aside(_) if !dest.exists() => {
+                let _ = fs::rename(&path, dest);
+            }
+            _ => {
+                let _ = match entry.file_type() {
+                    Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+                    _ => fs::remove_file(&path),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_names_are_recognised_exactly() {
+        assert_eq!(
+            leftover_of("m.gguf", ".m.gguf.123.partial"),
+            Some(Leftover::Temporary(123))
+        );
+        assert_eq!(
+            leftover_of("out", ".out.partial-77"),
+            Some(Leftover::Temporary(77))
+        );
+        assert_eq!(leftover_of("out", ".out.old-9"), Some(Leftover::Aside(9)));
+        for other in [
+            "m.gguf",
+            ".m.gguf.12x.partial",
+            ".m.gguf.partial",
+            ".m.gguf.+1.partial",
+            ".xm.gguf.1.partial",
+            ".m.gguf.1.partial.2.partial",
+            ".m.gguf.old-",
+        ] {
+            assert_eq!(leftover_of("m.gguf", other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn leftovers_of_dead_processes_go_and_a_live_ones_stay() {
+        let dir = std::env::temp_dir().join(format!("bora-sweep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // No process has this id: Linux's pid_max is at most 2^22.
+        let dead = 1u32 << 30;
+        let live = std::process::id();
+        let dest = dir.join("m.gguf");
+        fs::write(dir.join(format!(".m.gguf.{dead}.partial")), b"torn").unwrap();
+        fs::create_dir(dir.join(format!(".m.gguf.partial-{dead}"))).unwrap();
+        fs::write(dir.join(format!(".m.gguf.{live}.partial")), b"mine").unwrap();
+        fs::write(dir.join(format!(".other.{dead}.partial")), b"not ours").unwrap();
+        fs::write(dir.join(format!(".m.gguf.old-{dead}")), b"previous").unwrap();
+        sweep_leftovers(&dest);
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        if Path::new("/proc/self").exists() {
+            // The aside copy was the only complete version, so it is back under its name.
+            let want = [
+                format!(".m.gguf.{live}.partial"),
+                format!(".other.{dead}.partial"),
+                "m.gguf".to_string(),
+            ];
+            assert_eq!(left, want);
+            assert_eq!(fs::read(&dest).unwrap(), b"previous");
+        } else {
+            assert_eq!(left.len(), 5);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -973,13 +973,25 @@ impl GgufTensorWriter {
 
     /// Checks every tensor was written, then syncs and renames the file into place.
     pub fn finish(self) -> Result<()> {
+        self.finish_checked(|_| Ok(()))
+    }
+
+    /// [`GgufTensorWriter::finish`], with `check` run on the complete file under its
+    /// temporary name first (a reload test): the file gets its final name only when `check`
+    /// passes, so a failed or interrupted check never leaves an unproven file there.
+    pub fn finish_checked<T, E: From<FormatError>>(
+        self,
+        check: impl FnOnce(&Path) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         if let Some(t) = self.tensors.get(self.next) {
-            return Err(self.err(format!(
-                "tensor `{}` was declared but never written",
-                t.name
-            )));
+            return Err(self
+                .err(format!(
+                    "tensor `{}` was declared but never written",
+                    t.name
+                ))
+                .into());
         }
-        self.file.commit()
+        self.file.commit_checked(check)
     }
 }
 

@@ -274,9 +274,15 @@ fn open_checkpoint(path: &Path) -> Result<(ModelConfig, TensorSource)> {
     Ok((config, source))
 }
 
+/// By its name, or by its magic for a file that has none yet (an export being checked
+/// under its temporary name).
 fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        || std::fs::File::open(path).is_ok_and(|mut f| f.read_exact(&mut magic).is_ok())
+            && &magic == b"GGUF"
 }
 
 fn safetensors_files(dir: &Path, single: &str, index: &str) -> Result<Vec<PathBuf>> {

@@ -144,6 +144,15 @@ impl ApiError {
         )
     }
 
+    /// Every connection slot is taken.
+    pub fn overloaded() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the server has as many open connections as it takes; retry later",
+        )
+    }
+
     pub fn not_found(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -182,7 +191,19 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// A full queue or server (429, 503) says when to come back, as clients' retry logic
+    /// (OpenAI's included) reads `Retry-After`.
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut r = (self.status, axum::Json(self.body())).into_response();
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        r
     }
 }

@@ -18,10 +18,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod conn;
 mod engine;
 mod error;
 mod request;
 mod server;
 
+pub use conn::Limits;
 pub use error::{ApiError, ServeError};
 pub use server::{shutdown_signal, ServeOptions, Server};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,7 @@ use bora_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use crate::conn::{self, Limits};
 use crate::engine::{Event, Job, Rejected, Scheduler};
 use crate::error::{ApiError, ServeError};
 use crate::request::{completion_prompt, parse_body, Params};
@@ -42,6 +43,8 @@ pub struct ServeOptions {
     /// Longest a request may take, waiting included; then it is answered 504 (or, once
     /// streaming, ends with an error event).
     pub request_timeout: Duration,
+    /// Connections, heads, bodies and stalled writes.
+    pub limits: Limits,
 }
 
 impl ServeOptions {
@@ -53,6 +56,7 @@ impl ServeOptions {
             max_batch: 16,
             max_queue: 64,
             request_timeout: Duration::from_secs(600),
+            limits: Limits::default(),
         }
     }
 }
@@ -66,6 +70,7 @@ struct Served {
 /// A loaded model behind its scheduler, ready to be served.
 pub struct Server {
     state: Arc<AppState>,
+    limits: Limits,
 }
 
 struct AppState {
@@ -132,6 +137,11 @@ impl Server {
                 model: model.config.vocab_size,
             });
         }
+        if options.limits.max_connections == 0 || options.limits.max_body_bytes == 0 {
+            return Err(ServeError::Option(
+                "--max-connections and --max-body-mib must be at least 1".into(),
+            ));
+        }
         if options.max_batch == 0 || options.max_queue == 0 {
             return Err(ServeError::Option(
                 "--max-batch and --max-queue must be at least 1".into(),
@@ -190,6 +200,7 @@ impl Server {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Ok(Server {
+            limits: options.limits,
             state: Arc::new(AppState {
                 scheduler,
                 tokenizer,
@@ -221,6 +232,11 @@ impl Server {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(self.state.clone())
+            .layer(middleware::from_fn_with_state(
+                self.limits,
+                conn::limit_body,
+            ))
+            .layer(DefaultBodyLimit::disable())
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections and lets every
@@ -230,14 +246,7 @@ impl Server {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let router = self.router();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|source| ServeError::Io {
-                what: "serving HTTP".into(),
-                source,
-            })?;
+        conn::serve(listener, self.router(), self.limits, shutdown).await;
         // Dropping the last handle joins the scheduler thread; keep that off the I/O threads.
         let state = self.state;
         tokio::task::spawn_blocking(move || drop(state))

@@ -612,7 +612,7 @@ pub fn measure_step(
 /// of the training examples by a seeded draw), fits every example to `train.seq_len` and
 /// counts the run's optimizer steps.
 pub fn plan_data(config: &RunConfig, tokenizer: &Tokenizer) -> Result<DataPlan> {
-    let encoder = Encoder::new(tokenizer)?;
+    let encoder = Encoder::new(tokenizer)?.for_seq_len(config.train.seq_len);
     let skip = config.data.skip_bad_lines;
     let overlong = if config.data.drop_overlong {
         Overlong::Drop

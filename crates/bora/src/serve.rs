@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bora_model::LoadOptions;
-use bora_serve::{ServeOptions, Server};
+use bora_serve::{Limits, ServeOptions, Server};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -42,6 +42,22 @@ pub struct ServeArgs {
     /// Seconds a request may take, waiting included.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     timeout: u64,
+    /// Most open connections; one more is answered 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers (also the keep-alive idle time).
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().header_timeout.as_secs())]
+    header_timeout: u64,
+    /// Largest request body in MiB; larger ones are answered 413.
+    #[arg(long, value_name = "MIB", default_value_t = Limits::default().max_body_bytes >> 20)]
+    max_body_mib: usize,
+    /// Seconds a client may take to send a request body; then it is answered 408.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().body_timeout.as_secs())]
+    body_timeout: u64,
+    /// Seconds a response may wait for a client that stopped reading; then the connection
+    /// is closed and its request cancelled.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().stall_timeout.as_secs())]
+    stall_timeout: u64,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -62,6 +78,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_batch: args.max_batch,
         max_queue: args.max_queue,
         request_timeout: Duration::from_secs(args.timeout),
+        limits: Limits {
+            max_connections: args.max_connections,
+            header_timeout: Duration::from_secs(args.header_timeout),
+            max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
+            body_timeout: Duration::from_secs(args.body_timeout),
+            stall_timeout: Duration::from_secs(args.stall_timeout),
+        },
     };
     let load = LoadOptions {
         context: args.context,

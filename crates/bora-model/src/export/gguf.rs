@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use bora_compute::RopeScaling;
-use bora_formats::gguf::{GgufFile, GgufValue, GgufWriter};
+use bora_formats::gguf::{GgufFile, GgufTensorWriter, GgufValue, GgufWriter};
 use bora_formats::names::{
     permute_rows_half_to_interleaved, permute_rows_interleaved_to_half, LoraName, LoraPart, Scheme,
     TensorKind, TensorName,
@@ -205,33 +205,33 @@ pub fn write_gguf(
     if let Some(l) = lora {
         check_adapter(model, l)?;
     }
-    let tensors = match model.checkpoint_kind() {
+    let (tw, tensors) = match model.checkpoint_kind() {
         CheckpointKind::Gguf => write_from_gguf(model, lora, dtype, out)?,
         _ => write_converted(model, lora, dtype, out)?,
     };
-    let (verification, greedy) = if verify {
-        let written = Model::load(out, &check_options(model)).map_err(|e| reject_err(out, e))?;
-        let v = verify::verify(out, model, lora, &written, None, model_tolerance(dtype))
-            .map_err(|e| reject_err(out, e))?;
-        (
+    let (verification, greedy) = finish_checked(tw, out, |tmp| {
+        if !verify {
+            return Ok((None, None));
+        }
+        let written = Model::load(tmp, &check_options(model))?;
+        let v = verify::verify(out, model, lora, &written, None, model_tolerance(dtype))?;
+        Ok((
             Some(v),
             Some(greedy_agreement(model, lora, &written, None)?),
-        )
-    } else {
-        (None, None)
-    };
+        ))
+    })?;
     report(out, tensors, verification, greedy)
 }
 
 /// The merged model from a GGUF base: every metadata key carried over (but the file type),
 /// tensors in the base's names and order, unchanged matrices copied byte for byte. Returns
-/// the number of tensors.
+/// the file, not yet under its final name, and the number of tensors.
 fn write_from_gguf(
     model: &Model,
     lora: Option<&Lora>,
     dtype: GgmlType,
     out: &Path,
-) -> Result<usize> {
+) -> Result<(GgufTensorWriter, usize)> {
     let src = GgufFile::open(model.source())?;
     let mut w = GgufWriter::new();
     for (k, v) in src.metadata() {
@@ -287,8 +287,7 @@ fn write_from_gguf(
         })?;
         tw.write_tensor(&info.name, &encoded)?;
     }
-    tw.finish()?;
-    Ok(plan.len())
+    Ok((tw, plan.len()))
 }
 
 /// The merged model from an HF or Mistral consolidated base, written as llama.cpp's
@@ -307,7 +306,7 @@ fn write_converted(
     lora: Option<&Lora>,
     dtype: GgmlType,
     out: &Path,
-) -> Result<usize> {
+) -> Result<(GgufTensorWriter, usize)> {
     let c = &model.config;
     let dir = model.source();
     let refuse = |what: &str| ExportError::Unsupported {
@@ -401,8 +400,7 @@ fn write_converted(
         })?;
         tw.write_tensor(gguf_name, &encoded)?;
     }
-    tw.finish()?;
-    Ok(plan.len())
+    Ok((tw, plan.len()))
 }
 
 /// The vocabulary file of a checkpoint directory.
@@ -818,9 +816,11 @@ pub fn write_gguf_lora(
     for (name, bytes) in &data {
         tw.write_tensor(name, bytes)?;
     }
-    tw.finish()?;
-    let (verification, greedy) = if verify {
-        let reloaded = Lora::load_gguf_lora(out, c).map_err(|e| reject_err(out, e))?;
+    let (verification, greedy) = finish_checked(tw, out, |tmp| {
+        if !verify {
+            return Ok((None, None));
+        }
+        let reloaded = Lora::load_gguf_lora(tmp, c)?;
         check_factors(lora, &reloaded, dtype, out)?;
         let v = verify::verify(
             out,
@@ -829,13 +829,10 @@ pub fn write_gguf_lora(
             model,
             Some(&reloaded),
             lora_tolerance(dtype),
-        )
-        .map_err(|e| reject_err(out, e))?;
+        )?;
         let g = greedy_agreement(model, Some(lora), model, Some(&reloaded))?;
-        (Some(v), Some(g))
-    } else {
-        (None, None)
-    };
+        Ok((Some(v), Some(g)))
+    })?;
     report(out, data.len(), verification, greedy)
 }
 
@@ -888,27 +885,40 @@ fn report(
     })
 }
 
-/// [`reject`] for an error of the check itself (a reload or [`verify::verify`] failure).
-fn reject_err(out: &Path, e: impl Into<ExportError>) -> ExportError {
-    match e.into() {
-        ExportError::Verify { what, .. } => reject(out, what),
-        other => reject(out, other.to_string()),
-    }
+/// Finishes `tw` once `check` passed on the written file under its temporary name, so that
+/// `out` never holds an export that was not proven, even when the process is killed during
+/// the check (the next export of `out` removes the dead process's temporary). A file that
+/// fails is moved to `<out>.unverified` for inspection, and the error names both.
+fn finish_checked<T>(
+    tw: GgufTensorWriter,
+    out: &Path,
+    check: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    tw.finish_checked(|tmp| check(tmp).map_err(|e| reject(out, tmp, e)))
 }
 
-/// Moves a file that failed its check aside to `<out>.unverified`, so that `out` never holds
-/// an export that was not proven, and builds the error naming both.
-fn reject(out: &Path, what: String) -> ExportError {
+fn reject(out: &Path, tmp: &Path, e: ExportError) -> ExportError {
+    let what = match e {
+        ExportError::Verify { what, .. } => what,
+        other => other.to_string(),
+    };
     let mut kept = out.as_os_str().to_owned();
     kept.push(".unverified");
     let kept = PathBuf::from(kept);
-    let what = match std::fs::rename(out, &kept) {
+    let what = match std::fs::rename(tmp, &kept) {
         Ok(()) => format!(
             "{what}; the file was moved to {} for inspection",
             kept.display()
         ),
         Err(e) => format!("{what}; moving it aside failed: {e}"),
     };
+    ExportError::Verify {
+        path: out.to_path_buf(),
+        what,
+    }
+}
+
+fn verify_err(out: &Path, what: String) -> ExportError {
     ExportError::Verify {
         path: out.to_path_buf(),
         what,
@@ -925,7 +935,7 @@ fn check_factors(want: &Lora, got: &Lora, dtype: GgmlType, out: &Path) -> Result
     };
     let (ws, gs) = (want.spec(), got.spec());
     if ws.rank != gs.rank || (ws.scale() - gs.scale()).abs() > 1e-6 * ws.scale().abs() {
-        return Err(reject(
+        return Err(verify_err(
             out,
             format!(
                 "reloaded rank {} and scale {} differ from the written rank {} and scale {}",
@@ -938,7 +948,7 @@ fn check_factors(want: &Lora, got: &Lora, dtype: GgmlType, out: &Path) -> Result
     }
     let (wt, gt) = (want.tensors(), got.tensors());
     if wt.len() != gt.len() {
-        return Err(reject(
+        return Err(verify_err(
             out,
             format!("{} factors reloaded, {} written", gt.len(), wt.len()),
         ));
@@ -950,7 +960,7 @@ fn check_factors(want: &Lora, got: &Lora, dtype: GgmlType, out: &Path) -> Result
             .zip(g.iter())
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         if diff > rel * max || w.len() != g.len() || diff.is_nan() {
-            return Err(reject(
+            return Err(verify_err(
                 out,
                 format!("factor `{name}` reloaded with max |diff| {diff} (largest value {max})"),
             ));
