@@ -35,6 +35,8 @@ pub enum EvalError {
     Model(#[from] bora_model::ModelError),
     #[error(transparent)]
     Train(#[from] bora_train::TrainError),
+    #[error("judge {judge}: {what}")]
+    Judge { judge: String, what: String },
     #[error("chat format: {0}")]
     Chat(#[from] bora_tokenizer::chat::ChatError),
 }
