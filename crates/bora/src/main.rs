@@ -6,8 +6,10 @@ mod demo;
 mod eval;
 mod export;
 mod generate;
+mod judge;
 mod push;
 mod serve;
+mod synth;
 mod tokenize;
 mod train;
 
