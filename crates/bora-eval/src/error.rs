@@ -35,6 +35,8 @@ pub enum EvalError {
     Model(#[from] bora_model::ModelError),
     #[error(transparent)]
     Run(#[from] bora_run::RunError),
+    #[error("judge {judge}: {what}")]
+    Judge { judge: String, what: String },
     #[error("chat format: {0}")]
     Chat(#[from] bora_tokenizer::chat::ChatError),
 }

@@ -88,6 +88,9 @@ pub struct EvalResults {
     /// reproduced and is not mistaken for a greedy one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<SamplingRecord>,
+    /// The judge's verdicts (`--metric judge`), beside the text metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<crate::judge::JudgeResults>,
 }
 
 /// [`SamplingParams`] as `results.json` records them.
@@ -285,6 +288,7 @@ pub fn evaluate_with(
         data: config.data.display().to_string(),
         eval_seconds: start.elapsed().as_secs_f64(),
         sampling: SamplingRecord::of(&decoding.sampling),
+        judge: None,
     };
     Ok((results, samples))
 }

@@ -5,13 +5,15 @@
 //! with the base model and with the adapter on the same prompts ([`run_side`]), scores each
 //! answer against the last assistant message, and computes Wilson intervals ([`wilson`]) and answer NLL ([`masked_nll`]). [`write_eval_dir`] writes
 //! `results.json`, `samples.jsonl`, `report.md` and `report.html`; [`log_to_run`] adds the
-//! scores to the run's TensorBoard events and `metrics.jsonl`. [`demo_splits`] generates the
+//! scores to the run's TensorBoard events and `metrics.jsonl`. [`judge`] grades base against
+//! tuned answers with a judge model (`--metric judge`). [`demo_splits`] generates the
 //! bundled demo task.
 #![forbid(unsafe_code)]
 
 mod demo;
 mod error;
 mod eval;
+mod judge;
 mod metric;
 mod output;
 mod report;
@@ -23,6 +25,10 @@ pub use error::{EvalError, Result};
 pub use eval::{
     evaluate, evaluate_with, summary_json, Decoding, EvalConfig, EvalResults, Progress, SampleRow,
     SamplingRecord, Side, SideScore,
+};
+pub use judge::{
+    judge, judge_markdown, parse_score, parse_verdict, JudgeConfig, JudgeMode, JudgeModel,
+    JudgeResults, JudgedExample, MeanScore, Rate, Verdict,
 };
 pub use metric::{wilson, Metric, Z95};
 pub use output::{

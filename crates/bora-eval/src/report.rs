@@ -92,13 +92,18 @@ pub fn score_table(r: &EvalResults) -> String {
 /// The evaluation as a model card shows it: what was measured, how answers were drawn, and
 /// the score table.
 pub fn card_section(r: &EvalResults) -> String {
-    format!(
+    let mut card = format!(
         "Metric `{}` on {} held-out examples, {}, base model against the fine-tune.\n\n{}",
         r.metric,
         r.n,
         decoding(r),
         score_table(r)
-    )
+    );
+    if let Some(j) = &r.judge {
+        card.push('\n');
+        card.push_str(&crate::judge::judge_markdown(j));
+    }
+    card
 }
 
 /// The training and validation loss chart as a standalone SVG file (namespace and a white
@@ -161,6 +166,10 @@ pub fn render_markdown(r: &EvalResults, samples: &[SampleRow], run: Option<&RunI
             .unwrap_or_default()
     );
     md.push_str(&score_table(r));
+    if let Some(j) = &r.judge {
+        md.push_str("\n## Judge\n\n");
+        md.push_str(&crate::judge::judge_markdown(j));
+    }
     if let Some(info) = run {
         md.push_str("\n## Training\n\n");
         if let Some(t) = &info.timing {
@@ -212,7 +221,7 @@ fn thin(points: &[(u64, f64)], n: usize) -> Vec<(u64, f64)> {
     out
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -291,6 +300,9 @@ pub fn render_html(r: &EvalResults, samples: &[SampleRow], run: Option<&RunInfo>
     h.push_str("</table></div><div class=\"card\">");
     h.push_str(&bars_svg(r));
     h.push_str("</div></div>");
+    if let Some(j) = &r.judge {
+        h.push_str(&crate::judge::judge_html(j));
+    }
     if let Some(info) = run {
         h.push_str("<h2>Training</h2><div class=\"card\">");
         if let Some(t) = &info.timing {

@@ -43,6 +43,7 @@ fn results(samples: &[SampleRow]) -> EvalResults {
         data: "test.jsonl".into(),
         eval_seconds: 1.0,
         sampling: None,
+        judge: None,
     }
 }
 

@@ -248,3 +248,40 @@ fn seeds_come_from_any_dataset_shape_and_text_is_refused() {
     let e = load_seeds(&p).unwrap_err().to_string();
     assert!(e.contains("seeds.jsonl:1") && e.contains("text"), "{e}");
 }
+
+#[test]
+fn a_line_torn_by_a_kill_is_cut_off_and_its_slot_asked_again() {
+    let server = FakeMistral::start(teacher());
+    let whole = tempfile::tempdir().unwrap();
+    run(&config(whole.path(), 8), &client(&server.url), &|_| {}).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), 4);
+    c.concurrency = 1;
+    run(&c, &client(&server.url), &|_| {}).unwrap();
+    let log = dir.path().join(LOG_FILE);
+    let complete = std::fs::read_to_string(&log).unwrap();
+    let slots = complete.lines().count() - 1;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(
+        &mut f,
+        format!("{{\"slot\": {slots}, \"content\": \"{{\\\"inp").as_bytes(),
+    )
+    .unwrap();
+    drop(f);
+    run(&config(dir.path(), 8), &client(&server.url), &|_| {}).unwrap();
+    assert_eq!(files(dir.path()), files(whole.path()));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with(&complete));
+    for line in text.lines() {
+        serde_json::from_str::<Value>(line).unwrap();
+    }
+
+    // A broken line that is not the last one is an error naming it.
+    std::fs::write(&log, text.replacen("\"slot\"", "\"slot", 1)).unwrap();
+    let e = run(&config(dir.path(), 8), &client(&server.url), &|_| {}).unwrap_err();
+    assert!(
+        e.to_string().contains(&format!("{}:2:", log.display())),
+        "{e}"
+    );
+}

@@ -29,6 +29,9 @@ enum DataCommand {
     /// Validate a JSONL dataset and print token statistics, the step count and a memory/time
     /// preflight for the chosen settings.
     Check(CheckArgs),
+    /// Make a dataset with a teacher model over an OpenAI-compatible chat API (Mistral's by
+    /// default): train/val/test JSONL and synth.json in --out; rerun to continue.
+    Synth(Box<crate::synth::SynthArgs>),
 }
 
 #[derive(Args)]
@@ -102,6 +105,7 @@ struct CheckArgs {
 pub fn run(args: &DataArgs, default_model: &Path) -> Result<()> {
     match &args.command {
         DataCommand::Check(check_args) => check(check_args, default_model),
+        DataCommand::Synth(synth_args) => crate::synth::run(synth_args),
     }
 }
 

@@ -130,6 +130,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         None,
         64,
         &bora_eval::Decoding::default(),
+        None,
     )?;
     let tuned = results.tuned.as_ref().map(|t| t.score).unwrap_or(f64::NAN);
     println!(

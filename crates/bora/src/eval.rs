@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bora_eval::{
     evaluate_with, log_to_run, sample_rows, summary_json, tracking_summary, write_eval_dir,
-    Decoding, EvalConfig, EvalResults, Metric, Progress, RunInfo, SAMPLE_COLUMNS,
+    Decoding, EvalConfig, EvalResults, JudgeConfig, JudgeModel, Metric, Progress, RunInfo,
+    SAMPLE_COLUMNS,
 };
 use bora_hub::wandb::{Table, WandbTracking};
 use bora_model::SamplingParams;
@@ -16,6 +17,9 @@ use bora_train::{open_run_dir, TrackingSection};
 use clap::Args;
 
 use crate::train::wandb_tracking;
+
+/// The judge's verdict cache, beside the run's `eval/` (or in --out), kept across runs.
+const JUDGE_CACHE: &str = "judge-cache.jsonl";
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -35,9 +39,12 @@ pub struct EvalArgs {
     /// Test JSONL; each example's last assistant message is the expected answer.
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
-    /// exact, json, contains, regex:PATTERN (full match) or choice:A,B,C.
+    /// exact, json, contains, regex:PATTERN (full match), choice:A,B,C, or judge[:MODEL]
+    /// (a judge model compares base and tuned answers; exact match is shown beside it).
     #[arg(long, default_value = "exact")]
     metric: String,
+    #[command(flatten)]
+    judge: crate::judge::JudgeArgs,
     /// Evaluate only the first N examples.
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
@@ -87,7 +94,19 @@ impl EvalArgs {
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let metric: Metric = args.metric.parse()?;
+    let judge_model = crate::judge::judge_model(&args.metric);
+    let metric: Metric = match judge_model {
+        Some(_) => Metric::Exact,
+        None => args.metric.parse()?,
+    };
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("eval"));
+    let judge = judge_model
+        .map(|m| {
+            let cache_dir = args.run.as_deref().unwrap_or(&out);
+            crate::judge::setup(&args.judge, m, cache_dir.join(JUDGE_CACHE))
+        })
+        .transpose()?;
+    let judge = judge.as_ref().map(|(m, c)| (m as &dyn JudgeModel, c));
     let tracking = match (&args.run, &args.wandb) {
         (Some(run), Some(wandb)) => {
             let (_, config) = open_run_dir(run)?;
@@ -109,6 +128,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 args.limit,
                 args.max_tokens,
                 &args.decoding(),
+                judge,
             )?;
             if let Some(tracking) = tracking {
                 track(tracking, run, &evaluated.0)?;
@@ -126,8 +146,10 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 limit: args.limit,
                 max_tokens: args.max_tokens,
             };
-            let (results, samples) = evaluate_with(&config, &args.decoding(), &mut progress())?;
-            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("eval"));
+            let (mut results, samples) = evaluate_with(&config, &args.decoding(), &mut progress())?;
+            if let Some((model, judge_config)) = judge {
+                results.judge = Some(bora_eval::judge(&samples, model, judge_config)?);
+            }
             let report = write_eval_dir(&out, &results, &samples, None)?;
             (results, report)
         }
@@ -151,6 +173,7 @@ pub fn eval_run(
     limit: Option<usize>,
     max_tokens: usize,
     decoding: &Decoding,
+    judge: Option<(&dyn JudgeModel, &JudgeConfig)>,
 ) -> Result<(EvalResults, PathBuf)> {
     let (dir, config) = open_run_dir(run)?;
     let adapter = dir.adapter_dir();
@@ -172,7 +195,10 @@ pub fn eval_run(
         limit,
         max_tokens,
     };
-    let (results, samples) = evaluate_with(&eval_config, decoding, &mut progress())?;
+    let (mut results, samples) = evaluate_with(&eval_config, decoding, &mut progress())?;
+    if let Some((model, judge_config)) = judge {
+        results.judge = Some(bora_eval::judge(&samples, model, judge_config)?);
+    }
     let report = write_eval_dir(&dir.eval_dir(), &results, &samples, Some(&info))?;
     log_to_run(run, &results, info.last_step())?;
     Ok((results, report))
@@ -198,6 +224,19 @@ fn track(mut tracking: WandbTracking, run: &Path, results: &EvalResults) -> Resu
 }
 
 fn print_summary(r: &EvalResults) {
+    if let Some(j) = &r.judge {
+        println!(
+            "judge {}: tuned wins {:.1}% (95% CI {:.1}–{:.1}%), ties {:.1}%, loses {:.1}% of {} examples ({} invalid)",
+            j.judge,
+            100.0 * j.win.rate,
+            100.0 * j.win.ci95[0],
+            100.0 * j.win.ci95[1],
+            100.0 * j.tie.rate,
+            100.0 * j.loss.rate,
+            j.valid,
+            j.invalid
+        );
+    }
     let sides = [("base", Some(&r.base)), ("tuned", r.tuned.as_ref())];
     for (name, s) in sides {
         if let Some(s) = s {

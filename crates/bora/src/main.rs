@@ -8,8 +8,10 @@ mod demo;
 mod eval;
 mod export;
 mod generate;
+mod judge;
 mod push;
 mod serve;
+mod synth;
 mod tokenize;
 mod train;
 
