@@ -10,36 +10,9 @@ use rayon::prelude::*;
 use crate::error::ComputeError;
 use crate::Result;
 
-/// How the inverse frequencies are stretched for contexts longer than pretraining.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeScaling {
-    /// Plain RoPE.
-    None,
-    /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f64 },
-    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position: usize,
-    },
-    /// YaRN (Ministral 3, Mistral Small long-context). `attention_factor` multiplies cos and
-    /// sin, so it scales attention logits by its square; when absent it is derived from
-    /// `factor` (and `mscale`/`mscale_all_dim` when both are set and non-zero) the way
-    /// transformers does.
-    Yarn {
-        factor: f64,
-        original_max_position: usize,
-        beta_fast: f64,
-        beta_slow: f64,
-        attention_factor: Option<f64>,
-        mscale: Option<f64>,
-        mscale_all_dim: Option<f64>,
-        /// Round the correction range outward to whole dimensions (transformers' default).
-        truncate: bool,
-    },
-}
+/// How the inverse frequencies are stretched for contexts longer than pretraining, as the
+/// checkpoint's config describes it (one type from the file to the kernel).
+pub use bora_formats::arch::RopeScaling;
 
 /// Precomputed `cos`/`sin` per (position, frequency), already multiplied by the attention
 /// factor. Built once per model; shared by every layer.
@@ -89,13 +62,13 @@ fn inverse_frequencies(
             factor,
             low_freq_factor,
             high_freq_factor,
-            original_max_position,
+            original_max_position_embeddings,
         } => {
             positive("llama3 factor", factor)?;
             positive("llama3 low_freq_factor", low_freq_factor)?;
             positive(
                 "llama3 original_max_position_embeddings",
-                original_max_position as f64,
+                original_max_position_embeddings as f64,
             )?;
             if high_freq_factor <= low_freq_factor {
                 return Err(ComputeError::Rope(format!(
@@ -107,7 +80,7 @@ fn inverse_frequencies(
                 low_freq_factor as f32,
                 high_freq_factor as f32,
             );
-            let old = original_max_position as f32;
+            let old = original_max_position_embeddings as f32;
             let low_wavelen = old / lo;
             let high_wavelen = old / hi;
             let out = plain
@@ -127,7 +100,7 @@ fn inverse_frequencies(
         }
         RopeScaling::Yarn {
             factor,
-            original_max_position,
+            original_max_position_embeddings,
             beta_fast,
             beta_slow,
             attention_factor,
@@ -138,7 +111,7 @@ fn inverse_frequencies(
             positive("yarn factor", factor)?;
             positive(
                 "yarn original_max_position_embeddings",
-                original_max_position as f64,
+                original_max_position_embeddings as f64,
             )?;
             positive("yarn beta_fast", beta_fast)?;
             positive("yarn beta_slow", beta_slow)?;
@@ -151,7 +124,9 @@ fn inverse_frequencies(
             };
             let dim = head_dim as f64;
             let correction = |rotations: f64| {
-                dim * (original_max_position as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                dim * (original_max_position_embeddings as f64
+                    / (rotations * 2.0 * std::f64::consts::PI))
+                    .ln()
                     / (2.0 * theta.ln())
             };
             let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
@@ -400,7 +375,7 @@ mod tests {
             factor,
             low_freq_factor: lo,
             high_freq_factor: hi,
-            original_max_position: 64,
+            original_max_position_embeddings: 64,
         };
         let (l3, _) = inverse_frequencies(hd, theta, &scaling).unwrap();
         let want: Vec<f64> = plain
@@ -431,7 +406,7 @@ mod tests {
         let (hd, theta, factor, orig) = (32usize, 1e6f64, 16.0f64, 4096usize);
         let scaling = RopeScaling::Yarn {
             factor,
-            original_max_position: orig,
+            original_max_position_embeddings: orig,
             beta_fast: 32.0,
             beta_slow: 1.0,
             attention_factor: None,
@@ -459,7 +434,7 @@ mod tests {
 
         let no_mscale = RopeScaling::Yarn {
             factor,
-            original_max_position: orig,
+            original_max_position_embeddings: orig,
             beta_fast: 32.0,
             beta_slow: 1.0,
             attention_factor: None,

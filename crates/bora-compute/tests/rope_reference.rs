@@ -27,11 +27,11 @@ fn scaling(params: &HashMap<String, String>) -> RopeScaling {
             factor: f("factor"),
             low_freq_factor: f("low_freq_factor"),
             high_freq_factor: f("high_freq_factor"),
-            original_max_position: u("original_max_position_embeddings"),
+            original_max_position_embeddings: u("original_max_position_embeddings"),
         },
         "yarn" => RopeScaling::Yarn {
             factor: f("factor"),
-            original_max_position: u("original_max_position_embeddings"),
+            original_max_position_embeddings: u("original_max_position_embeddings"),
             beta_fast: f("beta_fast"),
             beta_slow: f("beta_slow"),
             attention_factor: opt("attention_factor"),

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use bora_compute::RopeScaling;
-use bora_formats::arch::{ArchConfig, RopeScaling as ArchRope};
+use bora_formats::arch::ArchConfig;
 use bora_formats::gguf::GgufFile;
 
 use crate::error::{ModelError, Result};
@@ -46,43 +46,6 @@ fn config_err(path: &Path, what: impl Into<String>) -> ModelError {
     }
 }
 
-fn rope_scaling(s: ArchRope) -> RopeScaling {
-    match s {
-        ArchRope::None => RopeScaling::None,
-        ArchRope::Linear { factor } => RopeScaling::Linear { factor },
-        ArchRope::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position: original_max_position_embeddings,
-        },
-        ArchRope::Yarn {
-            factor,
-            original_max_position_embeddings,
-            beta_fast,
-            beta_slow,
-            mscale,
-            mscale_all_dim,
-            attention_factor,
-            truncate,
-        } => RopeScaling::Yarn {
-            factor,
-            original_max_position: original_max_position_embeddings,
-            beta_fast,
-            beta_slow,
-            attention_factor,
-            mscale,
-            mscale_all_dim,
-            truncate,
-        },
-    }
-}
-
 impl ModelConfig {
     /// The decoder's view of an [`ArchConfig`] (read by bora-formats from whichever file the
     /// checkpoint carries); `path` names that file in errors.
@@ -108,7 +71,7 @@ impl ModelConfig {
             head_dim: arch.head_dim,
             rms_norm_eps: arch.rms_norm_eps as f32,
             rope_theta: arch.rope_theta,
-            rope_scaling: rope_scaling(arch.rope_scaling),
+            rope_scaling: arch.rope_scaling,
             query_scale,
             layer_windows: arch.sliding_window,
             tied_embeddings: arch.tie_word_embeddings,

@@ -243,7 +243,7 @@ fn synthesize_config(model: &Model) -> Result<Value> {
             factor,
             low_freq_factor,
             high_freq_factor,
-            original_max_position,
+            original_max_position_embeddings: original_max_position,
         } => Some(json!({
             "rope_type": "llama3",
             "factor": factor,
@@ -253,7 +253,7 @@ fn synthesize_config(model: &Model) -> Result<Value> {
         })),
         RopeScaling::Yarn {
             factor,
-            original_max_position,
+            original_max_position_embeddings: original_max_position,
             beta_fast,
             beta_slow,
             attention_factor,

@@ -1,0 +1,104 @@
+//! A Weights & Biases client over W&B's own HTTP API, the one wandb-core speaks: a GraphQL
+//! `UpsertBucket` creates or updates the run, `file_stream` appends history lines and replaces
+//! the summary, `CreateRunFiles` hands out upload URLs for media files (the eval table), and a
+//! last `file_stream` request with `complete` ends the run.
+//!
+//! Tracking must never cost a training run: [`WandbSink`] turns the first failure into one
+//! warning and stops calling W&B, while `metrics.jsonl` and TensorBoard keep every step.
+//!
+//! The run directory records which W&B run it is ([`STATE_FILE`]); continuing it asks the
+//! server (`RunResumeStatus`, as wandb-core does) how many history lines and which last step
+//! it has, so `bora train --resume` continues at the right offset, and `bora eval --run` adds
+//! its scores and samples to the same run.
+//!
+//! - `auth`: the API key, from `WANDB_API_KEY` or netrc as the SDK finds it;
+//! - `client`: the HTTP side (GraphQL, `file_stream`, uploads);
+//! - `run`: one W&B run and the run-directory state that names it;
+//! - `sink`: W&B as a metric sink, and the tracking lifecycle of one command.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod auth;
+mod client;
+mod run;
+mod sink;
+
+pub use auth::{netrc_password, ApiKey};
+pub use client::Client;
+pub use run::{generate_run_id, read_state, RunProgress, RunSpec, RunState, Table, WandbRun};
+pub use sink::{metrics_row, TrackedRun, WandbSink, WandbTracking};
+
+/// Where W&B's cloud API lives; `WANDB_BASE_URL` points elsewhere (a dedicated or local
+/// server), as it does for the wandb SDK.
+pub const DEFAULT_BASE_URL: &str = "https://api.wandb.ai";
+
+/// The run directory file that remembers which W&B run this is and how far its history got.
+pub const STATE_FILE: &str = "wandb.json";
+
+/// wandb-core's file_stream period: often enough to watch a run live, rarely enough that the
+/// requests cost nothing next to a training step.
+pub const DEFAULT_SEND_INTERVAL: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WandbError {
+    #[error(
+        "no W&B API key for {host}: set WANDB_API_KEY, or run `wandb login` (it writes \
+         `machine {host}` into ~/.netrc)"
+    )]
+    MissingKey { host: String },
+    #[error("{}: {what}", path.display())]
+    Netrc { path: PathBuf, what: String },
+    #[error("WANDB_BASE_URL {url:?}: {what}")]
+    BaseUrl { url: String, what: String },
+    #[error("W&B run id {id:?}: {what}")]
+    RunId { id: String, what: String },
+    #[error("W&B {what}: {url}: {message}")]
+    Transport {
+        what: &'static str,
+        url: String,
+        message: String,
+    },
+    #[error("W&B {what}: {url}: HTTP {status}: {body}")]
+    Status {
+        what: &'static str,
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("W&B {what}: {message}")]
+    Response { what: &'static str, message: String },
+    #[error(transparent)]
+    Format(#[from] bora_formats::FormatError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = WandbError> = std::result::Result<T, E>;
+
+/// The W&B project and, when not the key's default, the entity (user or team) it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub project: String,
+    pub entity: Option<String>,
+}
+
+impl Target {
+    /// The command that uploads a run's TensorBoard files to this project later
+    /// (`--wandb-offline`); `wandb sync` reads `events.out.tfevents.*` in the directory.
+    pub fn sync_command(&self, run_dir: &Path) -> String {
+        let entity = self
+            .entity
+            .as_ref()
+            .map(|e| format!(" -e {e}"))
+            .unwrap_or_default();
+        format!(
+            "wandb sync --sync-tensorboard -p {}{entity} {}",
+            self.project,
+            run_dir.display()
+        )
+    }
+}
