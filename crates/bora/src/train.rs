@@ -145,7 +145,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
     };
     let mut tracking = WandbTracking::new(&config.tracking)?;
-    let mut progress = Progress::new(&config);
+    let mut progress = Progress::new();
     let result = run(start, &mut |event| {
         if let Some(t) = tracking.as_mut() {
             t.event(&event, &config, &run_dir);
@@ -421,29 +421,24 @@ impl WandbTracking {
 struct Progress {
     terminal: bool,
     total_steps: u64,
-    /// Token slots one optimizer step computes (batch × sequence × accumulation, padding
-    /// included): what other trainers count as tokens processed.
-    step_tokens: u64,
     /// When the latest steps ended (at most [`RECENT_STEPS`] + 1), the set-up's end first.
     recent: VecDeque<Instant>,
 }
 
-/// Steps the rates and the ETA are averaged over: enough to smooth a validation or
-/// checkpoint step, few enough to follow a machine that gets busier.
+/// Steps the ETA is averaged over: enough to smooth a validation or checkpoint step, few
+/// enough to follow a machine that gets busier.
 const RECENT_STEPS: usize = 20;
 
 impl Progress {
-    fn new(config: &RunConfig) -> Self {
-        let t = &config.train;
+    fn new() -> Self {
         Self {
             terminal: std::io::stderr().is_terminal(),
             total_steps: 0,
-            step_tokens: (t.batch_size * t.seq_len) as u64 * u64::from(t.grad_accum),
             recent: VecDeque::from([Instant::now()]),
         }
     }
 
-    /// Seconds per step over the recent steps.
+    /// Seconds per step over the recent steps, validation and checkpoints included.
     fn step_seconds(&self) -> f64 {
         match (self.recent.front(), self.recent.back()) {
             (Some(first), Some(last)) if self.recent.len() > 1 => {
@@ -482,8 +477,7 @@ impl Progress {
                 let eta = per_step * self.total_steps.saturating_sub(m.step) as f64;
                 let rates = format!(
                     "tok/s {:.0} processed, {:.0} trained",
-                    self.step_tokens as f64 / per_step.max(1e-9),
-                    m.tokens_per_s
+                    m.processed_tokens_per_s, m.tokens_per_s
                 );
                 let val = m
                     .val_loss
