@@ -42,9 +42,9 @@ def compare(name, data, flags, model, tmp):
     run_dir = os.path.join(tmp, "runs", name)
     train_flags = [f.replace("--lora-rank", "--rank") for f in flags]
     train_cmd = [BORA, "train", "--data", data, "--out", run_dir, "--model", model] + train_flags
-    _, err, rss, wall = run_rss(train_cmd)
+    _, _, rss, _ = run_rss(train_cmd)
     timing = json.load(open(os.path.join(run_dir, "timing.json")))
-    this_run = next(m for m in est["memory"] if m["use"] == est_use(flags, model))
+    this_run = next(m for m in est["memory"] if m["use"] == est_use(flags))
     row = {
         "shape": name,
         "steps_estimated": est["steps"],
@@ -61,7 +61,7 @@ def compare(name, data, flags, model, tmp):
     return row
 
 
-def est_use(flags, model):
+def est_use(flags):
     if "--qlora" in flags:
         return f"train, QLoRA {flags[flags.index('--qlora') + 1]}"
     return "train, LoRA, base as stored"
