@@ -6,10 +6,11 @@ peak RSS, VmHWM, from wait4). Prints one row per shape. Run from the repo root a
 
     python3 scripts/preflight_accuracy.py [--big models/m7b-2l] [--only demo,chat]
 
-Shapes: `demo` (the bundled demo's data and run config: `bora demo` writes both), `chat`
-(the same data packed into 512-token rows, batch 4, gradient accumulation 2, a 10% validation
-split, one epoch), `text` (a text dataset, batch 2 of 256, max_steps), and with --big a
-bf16 model directory (scripts/make_big_models.py) trained with QLoRA q4_0.
+Shapes, on the default model: `demo` (the bundled demo's data and settings; `bora demo` is run
+to write the data unless --demo-data names it), `chat` (600 short chats packed into 512-token
+rows, batch 4, gradient accumulation 2, a 10% validation split, one epoch), `text` (the same as
+plain text, unpacked, batch 2 of 256, max_steps 6), and with --big a bf16 model directory
+(scripts/make_big_models.py) trained with QLoRA q4_0.
 """
 import argparse
 import json
@@ -35,15 +36,15 @@ def run_rss(cmd):
 
 
 def compare(name, data, flags, model, tmp):
-    check_cmd = [BORA, "data", "check", data, "--json"] + (["--model", model] if model else []) + flags
+    check_cmd = [BORA, "data", "check", data, "--json", "--model", model] + flags
     out, _, _, check_s = run_rss(check_cmd)
     est = json.loads(out)
-    run_dir = os.path.join(tmp, name)
+    run_dir = os.path.join(tmp, "runs", name)
     train_flags = [f.replace("--lora-rank", "--rank") for f in flags]
-    train_cmd = [BORA, "train", "--data", data, "--out", run_dir] + (["--model", model] if model else []) + train_flags
-    _, err, rss, wall = run_rss(train_cmd)
+    train_cmd = [BORA, "train", "--data", data, "--out", run_dir, "--model", model] + train_flags
+    _, _, rss, _ = run_rss(train_cmd)
     timing = json.load(open(os.path.join(run_dir, "timing.json")))
-    this_run = next(m for m in est["memory"] if m["use"] == est_use(flags, model))
+    this_run = next(m for m in est["memory"] if m["use"] == est_use(flags))
     row = {
         "shape": name,
         "steps_estimated": est["steps"],
@@ -60,45 +61,65 @@ def compare(name, data, flags, model, tmp):
     return row
 
 
-def est_use(flags, model):
+def est_use(flags):
     if "--qlora" in flags:
         return f"train, QLoRA {flags[flags.index('--qlora') + 1]}"
     return "train, LoRA, base as stored"
+
+
+def synthetic_chats(path, n):
+    """Short arithmetic chats of varied length (a stand-in when the demo's data is not given)."""
+    with open(path, "w") as f:
+        for i in range(n):
+            a, b = i * 7 % 97, i * 13 % 89
+            answer = f"{a} plus {b} is {a + b}." + " That is the sum." * (i % 6)
+            f.write(json.dumps({"messages": [
+                {"role": "system", "content": "You add numbers."},
+                {"role": "user", "content": f"What is {a} plus {b}?"},
+                {"role": "assistant", "content": answer}]}) + "\n")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--big", help="a bf16 model directory for the QLoRA shape")
     ap.add_argument("--only", help="comma-separated shapes")
+    ap.add_argument("--bora", default="target/release/bora")
+    ap.add_argument("--demo-data", help="the directory `bora demo` wrote its data to (else made here)")
     args = ap.parse_args()
+    global BORA
+    BORA = args.bora
     only = set(args.only.split(",")) if args.only else None
+    model = subprocess.check_output([BORA, "default-model"]).decode().strip()
     tmp = tempfile.mkdtemp(prefix="bora-preflight-")
     try:
-        # `bora demo` writes its data next to the run; its config.toml is the demo's settings.
-        demo_run = os.path.join(tmp, "demo")
-        run_rss([BORA, "demo", "--out", demo_run, "--steps", "30"])
-        data = os.path.join(tmp, "demo-data", "train.jsonl")
-        val = os.path.join(tmp, "demo-data", "val.jsonl")
-        rows = []
-        shapes = {
-            "demo": ["--val", val, "--batch-size", "8", "--seq-len", "96", "--pack", "false",
-                     "--lora-rank", "8", "--max-steps", "30", "--eval-every", "10"],
-            "chat": ["--batch-size", "4", "--seq-len", "512", "--grad-accum", "2",
-                     "--val-fraction", "0.1", "--epochs", "1"],
-            "text": ["--batch-size", "2", "--seq-len", "256", "--max-steps", "12", "--pack", "false"],
-        }
+        demo_data = args.demo_data
+        if not demo_data and (not only or "demo" in only):
+            run_rss([BORA, "demo", "--out", os.path.join(tmp, "demo"), "--steps", "30"])
+            demo_data = os.path.join(tmp, "demo-data")
+        chats = os.path.join(tmp, "chats.jsonl")
+        synthetic_chats(chats, 600)
         text = os.path.join(tmp, "text.jsonl")
-        with open(data) as src, open(text, "w") as dst:
+        with open(chats) as src, open(text, "w") as dst:
             for line in src:
                 msgs = json.loads(line)["messages"]
                 dst.write(json.dumps({"text": " ".join(m["content"] for m in msgs) * 3}) + "\n")
-        for name, flags in shapes.items():
-            if only and name not in only:
-                continue
-            rows.append(compare(name, text if name == "text" else data, flags, None, tmp))
+        shapes = {
+            "chat": (chats, ["--batch-size", "4", "--seq-len", "512", "--grad-accum", "2",
+                             "--val-fraction", "0.1", "--epochs", "1"]),
+            "text": (text, ["--batch-size", "2", "--seq-len", "256", "--max-steps", "6",
+                            "--pack", "false"]),
+        }
+        if demo_data:
+            shapes["demo"] = (os.path.join(demo_data, "train.jsonl"),
+                              ["--val", os.path.join(demo_data, "val.jsonl"), "--batch-size", "8",
+                               "--seq-len", "96", "--pack", "false", "--lora-rank", "8",
+                               "--max-steps", "30", "--eval-every", "10"])
+        for name, (data, flags) in shapes.items():
+            if not only or name in only:
+                compare(name, data, flags, model, tmp)
         if args.big and (not only or "big" in only):
             flags = ["--batch-size", "1", "--seq-len", "256", "--max-steps", "3", "--qlora", "q4_0"]
-            rows.append(compare("big-qlora-q4_0", text, flags, args.big, tmp))
+            compare("big-qlora-q4_0", text, flags, args.big, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

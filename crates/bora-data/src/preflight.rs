@@ -135,8 +135,8 @@ pub fn preflight(
 }
 
 /// Resident bytes of the process besides the model: code, the tokenizer, the thread pool,
-/// allocator slack. Measured: `bora generate` on SmolLM2-135M-Instruct Q4_1 peaks at
-/// 90 MiB of which 80 are weights and KV cache (`scripts/memory_estimate.py`).
+/// allocator slack. Measured: `bora generate` on SmolLM2-135M-Instruct Q4_1 with a 2-token
+/// prompt peaks at 135 MiB, of which 92 are weights.
 pub const RUNTIME_BYTES: u64 = 48 << 20;
 
 /// Peak memory of generating (`generate`, `chat`, `serve` with one client, `eval`).

@@ -27,6 +27,7 @@ fn metrics(step: u64) -> Metrics {
         lr: 1e-3,
         grad_norm: 0.5,
         tokens_per_s: 250.0,
+        processed_tokens_per_s: 300.0,
         val_loss: (step == 3).then_some(1.25),
     }
 }

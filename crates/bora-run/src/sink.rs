@@ -26,6 +26,10 @@ pub struct Metrics {
     pub grad_norm: f32,
     /// Trained (loss-bearing) tokens of the step per second of its wall time.
     pub tokens_per_s: f64,
+    /// Every token slot the step computed (batch × sequence × accumulation, padding and
+    /// prompts included), per second of the same wall time: the rate other trainers show.
+    #[serde(default)]
+    pub processed_tokens_per_s: f64,
     /// Present on steps where validation ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f32>,
@@ -300,6 +304,7 @@ mod tests {
             lr: 1e-4,
             grad_norm: 0.5,
             tokens_per_s: 100.0,
+            processed_tokens_per_s: 150.0,
             val_loss: None,
         };
         sink.log(&m).unwrap();

@@ -243,7 +243,9 @@ fn train(
         // scaled by 1/tokens at its end, so every trained token weighs the same however the
         // tokens fall into micro-batches.
         let mut window = GradAccumulation::new(t.grad_accum);
+        let mut micro_batches = 0u64;
         let done = loop {
+            micro_batches += 1;
             let batch = loader.next_batch();
             let targets = masked_targets(&batch);
             let ce = trainer.forward_backward(
@@ -297,12 +299,15 @@ fn train(
         } else {
             None
         };
+        let step_s = started.elapsed().as_secs_f64().max(1e-9);
         let metrics = Metrics {
             step,
             loss: done.loss,
             lr,
             grad_norm,
-            tokens_per_s: done.tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            tokens_per_s: done.tokens as f64 / step_s,
+            processed_tokens_per_s: (micro_batches * (t.batch_size * t.seq_len) as u64) as f64
+                / step_s,
             val_loss,
         };
         for sink in sinks.iter_mut() {

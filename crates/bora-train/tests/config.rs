@@ -212,6 +212,7 @@ fn metrics(step: u64) -> Metrics {
         lr: 1e-4,
         grad_norm: 0.75,
         tokens_per_s: 1234.5,
+        processed_tokens_per_s: 2345.5,
         val_loss: step.is_multiple_of(2).then_some(1.25),
     }
 }

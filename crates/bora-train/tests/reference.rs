@@ -390,6 +390,7 @@ fn write_events_for_tensorboard_reader() {
             lr: 1e-4 * step as f64,
             grad_norm: 0.5 + step as f32,
             tokens_per_s: 1000.0 * step as f64,
+            processed_tokens_per_s: 2000.0 * step as f64,
             val_loss: (step == 3).then_some(1.25),
         })
         .unwrap();

@@ -146,7 +146,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if let Some(tracking) = wandb_tracking(&config.tracking, &config)? {
         sinks.push(Box::new(tracking));
     }
-    let mut progress = Progress::new(&config);
+    let mut progress = Progress::new();
     let summary = run(start, sinks, &mut |event| progress.event(event))?;
     println!(
         "trained {} steps in {:.1}s; adapter: {}",
@@ -232,29 +232,24 @@ pub(crate) fn wandb_tracking(
 struct Progress {
     terminal: bool,
     total_steps: u64,
-    /// Token slots one optimizer step computes (batch × sequence × accumulation, padding
-    /// included): what other trainers count as tokens processed.
-    step_tokens: u64,
     /// When the latest steps ended (at most [`RECENT_STEPS`] + 1), the set-up's end first.
     recent: VecDeque<Instant>,
 }
 
-/// Steps the rates and the ETA are averaged over: enough to smooth a validation or
-/// checkpoint step, few enough to follow a machine that gets busier.
+/// Steps the ETA is averaged over: enough to smooth a validation or checkpoint step, few
+/// enough to follow a machine that gets busier.
 const RECENT_STEPS: usize = 20;
 
 impl Progress {
-    fn new(config: &RunConfig) -> Self {
-        let t = &config.train;
+    fn new() -> Self {
         Self {
             terminal: std::io::stderr().is_terminal(),
             total_steps: 0,
-            step_tokens: (t.batch_size * t.seq_len) as u64 * u64::from(t.grad_accum),
             recent: VecDeque::from([Instant::now()]),
         }
     }
 
-    /// Seconds per step over the recent steps.
+    /// Seconds per step over the recent steps, validation and checkpoints included.
     fn step_seconds(&self) -> f64 {
         match (self.recent.front(), self.recent.back()) {
             (Some(first), Some(last)) if self.recent.len() > 1 => {
@@ -293,8 +288,7 @@ impl Progress {
                 let eta = per_step * self.total_steps.saturating_sub(m.step) as f64;
                 let rates = format!(
                     "tok/s {:.0} processed, {:.0} trained",
-                    self.step_tokens as f64 / per_step.max(1e-9),
-                    m.tokens_per_s
+                    m.processed_tokens_per_s, m.tokens_per_s
                 );
                 let val = m
                     .val_loss

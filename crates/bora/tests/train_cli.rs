@@ -117,6 +117,7 @@ fn killed_run_resumes_to_the_same_adapter() {
             .into_iter()
             .map(|mut m| {
                 m.as_object_mut().unwrap().remove("tokens_per_s");
+                m.as_object_mut().unwrap().remove("processed_tokens_per_s");
                 m
             })
             .collect()

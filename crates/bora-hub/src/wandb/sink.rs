@@ -275,6 +275,7 @@ mod tests {
             lr: 1e-4,
             grad_norm: 0.25,
             tokens_per_s: 100.5,
+            processed_tokens_per_s: 120.0,
             val_loss: None,
         };
         let row = metrics_row(&m);
