@@ -20,7 +20,9 @@
 mod engine;
 mod error;
 mod request;
+mod response;
 mod server;
+mod tools;
 
 pub use error::{ApiError, ServeError};
 pub use server::{shutdown_signal, ServeOptions, Server};
