@@ -31,7 +31,7 @@ pub struct EvalArgs {
     /// Test JSONL; each example's last assistant message is the expected answer.
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
-    /// exact, json, contains, regex:PATTERN (full match) or choice:A,B,C.
+    /// exact, json, contains, tool_call, regex:PATTERN (full match) or choice:A,B,C.
     #[arg(long, default_value = "exact")]
     metric: String,
     /// Evaluate only the first N examples.
@@ -66,6 +66,9 @@ pub struct EvalArgs {
     /// Seed of sampled answers; each example's sampler is seeded from it and the example's line.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Constrain every answer to valid JSON (constrained decoding), e.g. with `--metric json`.
+    #[arg(long)]
+    constrain_json: bool,
 }
 
 impl EvalArgs {
@@ -78,6 +81,7 @@ impl EvalArgs {
                 seed: self.seed,
                 ..SamplingParams::default()
             },
+            constrain_json: self.constrain_json,
         }
     }
 }
