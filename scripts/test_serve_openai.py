@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""End-to-end test of `bora serve` with the real `openai` Python client.
+"""End-to-end test of `bora serve` with the real `openai` and `mistralai` Python clients.
 
 Run with any Python 3: the script creates `.venv-serve` at the repository root on first use
-(`pip install openai`), re-runs itself inside it, starts `bora serve` on a loopback port with
-the default model and two small PEFT adapters it writes itself, and checks:
+(pinned `openai` and `mistralai`), re-runs itself inside it, starts `bora serve` on a loopback
+port with the default model and two small PEFT adapters it writes itself, and checks:
 
 - /v1/models, chat and text completions, streamed and not (streamed deltas joined equal the
   non-streamed greedy answer);
@@ -11,7 +11,18 @@ the default model and two small PEFT adapters it writes itself, and checks:
   oversized prompt (400 context_length_exceeded), a wrong API key (401) and a 20 MB body
   sent whole by `http.client` (413, received rather than a broken pipe);
 - two adapters on one base answer differently;
+- structured outputs: a JSON-schema answer the client parses into a pydantic model, a
+  `json_object` answer, a 400 naming an unsupported schema keyword; log-probabilities (chat and
+  completions), `n` > 1 with a seed, usage in streams; SmolLM2's template has no tools: 400;
 - SIGTERM while a response is streaming: the stream still finishes and the server exits 0.
+
+Then it serves a tiny random Mistral model with the Tekken tokenizer (written here; the
+tokenizer file comes from `scripts/fetch-tokenizers.sh`) and checks tool calls with both
+clients: `tool_choice` required/any, a named function (arguments validated against its
+parameters by pydantic), none and auto, streamed tool calls equal to the whole answer, and a
+follow-up turn with the tool result. A random model never calls a tool on its own, so the
+calls come from constrained decoding of the model's own logits: the parser reads real
+generated tokens.
 
 The binary is `$BORA_BIN`, else `target/release/bora`, else `target/debug/bora`; the model is
 `${BORA_HOME:-$HOME/.cache/bora}/models/SmolLM2-135M-Instruct.Q4_1.gguf`.
@@ -43,15 +54,22 @@ BASE = "smollm2"
 LAYERS, HIDDEN = 30, 576
 
 
+PACKAGES = ["openai==3.63.0", "mistralai==3.8.0"]
+MARKER = VENV / "bora-packages.txt"
+
+
 def ensure_venv():
-    """Re-executes this script inside .venv-serve, creating it (with openai) if needed."""
+    """Re-executes this script inside .venv-serve, creating or completing it if needed."""
     python = VENV / "bin" / "python"
     if Path(sys.prefix).resolve() == VENV.resolve():
         return
     if not python.exists():
-        print(f"creating {VENV} with openai", flush=True)
+        print(f"creating {VENV}", flush=True)
         venv.create(VENV, with_pip=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "openai"], check=True)
+    wanted = "\n".join(PACKAGES)
+    if not MARKER.exists() or MARKER.read_text() != wanted:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
+        MARKER.write_text(wanted)
     os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
 
 
@@ -149,22 +167,310 @@ def main():
     ]
     server = subprocess.Popen(cmd)
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(base_url + "/health").read()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    sys.exit(f"bora serve exited with {server.returncode}")
-                time.sleep(0.1)
+        wait_healthy(base_url, server)
         run_checks(openai, base_url, server)
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
+    mistral_dir = work / "tiny-mistral"
+    write_tiny_mistral(mistral_dir)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([
+        str(bora_bin()), "serve", "--model", str(mistral_dir), "--name", "tiny",
+        "--port", str(port), "--api-key", KEY, "--context", "1024",
+    ])
+    try:
+        wait_healthy(base_url, server)
+        tool_checks(openai, base_url)
+    finally:
+        server.kill()
+        server.wait()
     if FAILURES:
         sys.exit(f"{len(FAILURES)} check(s) failed: {', '.join(FAILURES)}")
     print("all checks passed")
+
+
+def wait_healthy(base_url, server):
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(base_url + "/health").read()
+            return
+        except OSError:
+            if server.poll() is not None:
+                sys.exit(f"bora serve exited with {server.returncode}")
+            time.sleep(0.1)
+    sys.exit("bora serve did not become healthy")
+
+
+def write_tiny_mistral(directory):
+    """A 1-layer Mistral with random weights and the Tekken 240718 tokenizer (131072 tokens),
+    as an HF directory: config.json, model.safetensors (written by hand), tekken.json."""
+    home = Path(os.environ.get("BORA_HOME", Path.home() / ".cache" / "bora"))
+    tekken = home / "tokenizers" / "tekken_240718.json"
+    if not tekken.is_file():
+        sys.exit(f"{tekken} is missing: run scripts/fetch-tokenizers.sh")
+    directory.mkdir(parents=True)
+    (directory / "tekken.json").write_bytes(tekken.read_bytes())
+    vocab, hidden, inter, heads, kv, head_dim = 131072, 32, 64, 4, 2, 8
+    config = {
+        "architectures": ["MistralForCausalLM"], "model_type": "mistral", "bos_token_id": 1,
+        "eos_token_id": 2, "head_dim": head_dim, "hidden_act": "silu", "hidden_size": hidden,
+        "intermediate_size": inter, "max_position_embeddings": 4096,
+        "num_attention_heads": heads, "num_hidden_layers": 1, "num_key_value_heads": kv,
+        "rms_norm_eps": 1e-5, "rope_theta": 1000000.0, "sliding_window": None,
+        "tie_word_embeddings": False, "vocab_size": vocab,
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    p = "model.layers.0."
+    shapes = {
+        "model.embed_tokens.weight": [vocab, hidden], "lm_head.weight": [vocab, hidden],
+        "model.norm.weight": [hidden], p + "input_layernorm.weight": [hidden],
+        p + "post_attention_layernorm.weight": [hidden],
+        p + "self_attn.q_proj.weight": [heads * head_dim, hidden],
+        p + "self_attn.k_proj.weight": [kv * head_dim, hidden],
+        p + "self_attn.v_proj.weight": [kv * head_dim, hidden],
+        p + "self_attn.o_proj.weight": [hidden, heads * head_dim],
+        p + "mlp.gate_proj.weight": [inter, hidden], p + "mlp.up_proj.weight": [inter, hidden],
+        p + "mlp.down_proj.weight": [hidden, inter],
+    }
+    rng = random.Random(5)
+    block = [rng.uniform(-1.0, 1.0) for _ in range(4099)]
+    header, blobs, offset = {}, [], 0
+    for name, shape in shapes.items():
+        n = shape[0] * (shape[1] if len(shape) > 1 else 1)
+        if len(shape) == 1:
+            values = [1.0] * n
+        else:
+            scale = 1.0 / shape[1] ** 0.5
+            values = [block[i % len(block)] * scale for i in range(n)]
+        blob = struct.pack(f"<{n}f", *values)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(directory / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "enum": ["Paris", "Lyon", "Nice"]},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                "days": {"type": "integer"},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two numbers",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+
+
+def is_mistral_id(i):
+    return isinstance(i, str) and len(i) == 9 and i.isascii() and i.isalnum()
+
+
+def tool_checks(openai, base_url):
+    import pydantic
+    from typing import Literal, Optional
+
+    class WeatherArgs(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")
+        city: Literal["Paris", "Lyon", "Nice"]
+        unit: Literal["celsius", "fahrenheit"]
+        days: Optional[int] = None
+
+    client = openai.OpenAI(base_url=base_url + "/v1", api_key=KEY, max_retries=0)
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    # Closed parameter schemas (enums, integers): a random model's arguments then end.
+    common = {"model": "tiny", "messages": messages, "tools": [WEATHER, ADD], "temperature": 0, "max_tokens": 120, "seed": 3}
+    r = client.chat.completions.create(**{**common, "tools": [WEATHER]}, tool_choice="required", parallel_tool_calls=False)
+    c = r.choices[0]
+    calls = c.message.tool_calls or []
+    check(
+        "openai: tool_choice=required gives tool_calls with finish_reason tool_calls",
+        c.finish_reason == "tool_calls" and len(calls) >= 1
+        and all(t.function.name == "get_weather" and isinstance(json.loads(t.function.arguments), dict) for t in calls),
+        r,
+    )
+    check("openai: call ids have Mistral's shape", all(is_mistral_id(t.id) for t in calls), calls)
+
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    r = client.chat.completions.create(tool_choice=named, **common)
+    calls = r.choices[0].message.tool_calls or []
+    try:
+        ok = len(calls) == 1 and calls[0].function.name == "get_weather"
+        WeatherArgs.model_validate_json(calls[0].function.arguments)
+    except (pydantic.ValidationError, IndexError) as e:
+        ok = False
+        r = (r, e)
+    check("openai: a named tool's arguments validate against its parameters (pydantic)", ok, r)
+
+    chunks = list(client.chat.completions.create(tool_choice=named, stream=True, **common))
+    streamed = {}
+    finish = None
+    for ch in chunks:
+        for choice in ch.choices:
+            finish = choice.finish_reason or finish
+            for d in choice.delta.tool_calls or []:
+                entry = streamed.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+                entry["id"] = d.id or entry["id"]
+                if d.function:
+                    entry["name"] += d.function.name or ""
+                    entry["arguments"] += d.function.arguments or ""
+    whole = [{"id": t.id, "name": t.function.name, "arguments": t.function.arguments} for t in calls]
+    check(
+        "openai: streamed tool calls join to the whole answer",
+        [streamed[k] for k in sorted(streamed)] == whole and finish == "tool_calls",
+        (streamed, whole, finish),
+    )
+
+    r = client.chat.completions.create(tool_choice="none", **common)
+    check("openai: tool_choice=none gives no tool calls", not r.choices[0].message.tool_calls, r)
+    r = client.chat.completions.create(**common)
+    check("openai: tool_choice auto answers", r.choices[0].finish_reason in ("stop", "length", "tool_calls"), r)
+
+    follow = messages + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": whole[0]["id"], "type": "function",
+             "function": {"name": "get_weather", "arguments": whole[0]["arguments"]}}]},
+        {"role": "tool", "tool_call_id": whole[0]["id"], "content": '{"temperature": 21}'},
+    ]
+    r = client.chat.completions.create(model="tiny", messages=follow, tools=[WEATHER], max_tokens=8, temperature=0)
+    check("openai: a tool result turn is rendered and answered", r.choices[0].message.role == "assistant", r)
+
+    try:
+        client.chat.completions.create(tool_choice={"type": "function", "function": {"name": "nope"}}, **common)
+        check("unknown named tool: 400", False, "no error")
+    except openai.BadRequestError as e:
+        check("unknown named tool: 400 naming tool_choice", e.body.get("param") == "tool_choice", e.body)
+
+    from mistralai.client import Mistral
+
+    m = Mistral(api_key=KEY, server_url=base_url)
+    r = m.chat.complete(model="tiny", messages=messages, tools=[WEATHER], tool_choice="any", parallel_tool_calls=False, temperature=0, max_tokens=120)
+    calls = r.choices[0].message.tool_calls or []
+    check(
+        "mistralai: tool_choice=any gives tool calls",
+        r.choices[0].finish_reason == "tool_calls" and len(calls) >= 1 and all(is_mistral_id(t.id) for t in calls),
+        r,
+    )
+    parts, finish = {}, None
+    for ev in m.chat.stream(model="tiny", messages=messages, tools=[WEATHER], tool_choice="any", parallel_tool_calls=False, temperature=0, max_tokens=120):
+        choice = ev.data.choices[0]
+        finish = choice.finish_reason or finish
+        for d in choice.delta.tool_calls or []:
+            entry = parts.setdefault(d.index or 0, {"name": "", "arguments": ""})
+            entry["name"] += d.function.name or ""
+            args = d.function.arguments
+            entry["arguments"] += args if isinstance(args, str) else json.dumps(args)
+    check(
+        "mistralai: streamed tool call parses",
+        finish == "tool_calls" and all(json.loads(p["arguments"]) is not None for p in parts.values()) and parts,
+        (parts, finish),
+    )
+
+
+def structured_checks(openai, client):
+    import pydantic
+    from typing import Literal
+
+    class Capital(pydantic.BaseModel):
+        city: str
+        continent: Literal["Europe", "Asia", "Africa", "America", "Oceania"]
+        is_capital: bool
+
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in JSON."}]
+    r = client.chat.completions.parse(model=BASE, messages=messages, response_format=Capital, temperature=0, max_tokens=80)
+    parsed = r.choices[0].message.parsed
+    check("json_schema: the client parses the answer into the pydantic model", isinstance(parsed, Capital), r)
+    r = client.chat.completions.create(
+        model=BASE, messages=messages, response_format={"type": "json_object"}, temperature=0, max_tokens=80
+    )
+    try:
+        ok = isinstance(json.loads(r.choices[0].message.content), dict)
+    except json.JSONDecodeError:
+        ok = False
+    check("json_object: the answer is a JSON object", ok, r)
+    try:
+        client.chat.completions.create(
+            model=BASE, messages=messages, max_tokens=8,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}},
+        )
+        check("unsupported schema keyword: 400", False, "no error")
+    except openai.BadRequestError as e:
+        check(
+            "unsupported schema keyword: 400 naming it",
+            e.body.get("param") == "response_format" and "pattern" in e.body.get("message", ""),
+            e.body,
+        )
+    try:
+        client.chat.completions.create(model=BASE, messages=messages, tools=[WEATHER], max_tokens=8)
+        check("tools on a template without tools: 400", False, "no error")
+    except openai.BadRequestError as e:
+        check(
+            "tools on a template without tools: 400 naming tools",
+            e.body.get("param") == "tools" and "does not define tool use" in e.body.get("message", ""),
+            e.body,
+        )
+
+    r = client.chat.completions.create(model=BASE, messages=messages, temperature=0, max_tokens=12, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    check(
+        "chat logprobs: one entry per token, 3 alternatives, greedy picks the first",
+        len(content) == r.usage.completion_tokens
+        and all(len(t.top_logprobs) == 3 and t.logprob <= 0 and abs(t.logprob - t.top_logprobs[0].logprob) < 1e-6 for t in content)
+        and "".join(t.token for t in content) == r.choices[0].message.content,
+        r,
+    )
+    r = client.completions.create(model=BASE, prompt="The sky is", temperature=0, max_tokens=6, logprobs=2)
+    lp = r.choices[0].logprobs
+    check(
+        "completion logprobs: tokens, token_logprobs, top_logprobs",
+        len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == r.usage.completion_tokens
+        and all(len(t) == 2 for t in lp.top_logprobs),
+        r,
+    )
+    sampled = {"temperature": 1.0, "seed": 7, "max_tokens": 16, "n": 3}
+    a = client.chat.completions.create(model=BASE, messages=messages, **sampled)
+    b = client.chat.completions.create(model=BASE, messages=messages, **sampled)
+    texts = [c.message.content for c in a.choices]
+    check(
+        "n=3 with a seed: three choices, reproducible",
+        [c.index for c in a.choices] == [0, 1, 2] and texts == [c.message.content for c in b.choices],
+        (texts, b),
+    )
+    chunks = list(client.chat.completions.create(model=BASE, messages=messages, stream=True, stream_options={"include_usage": True}, **sampled))
+    joined = ["", "", ""]
+    for ch in chunks:
+        for c in ch.choices:
+            joined[c.index] += c.delta.content or ""
+    check("n=3 streamed equals n=3 whole", joined == texts, (joined, texts))
+    check(
+        "include_usage: the last chunk carries usage for all choices",
+        chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == a.usage.completion_tokens,
+        chunks[-1],
+    )
 
 
 def run_checks(openai, base_url, server):
@@ -240,6 +546,8 @@ def run_checks(openai, base_url, server):
         check("wrong API key: 401", False, "no error")
     except openai.AuthenticationError as e:
         check("wrong API key: 401 invalid_api_key", e.body.get("code") == "invalid_api_key", e.body)
+
+    structured_checks(openai, client)
 
     # SIGTERM in the middle of a stream: the stream runs to its end, then the server exits.
     got = {}

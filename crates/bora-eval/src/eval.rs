@@ -5,13 +5,17 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bora_formats::quant::GgmlType;
-use bora_model::{GenerateOptions, LoadOptions, Lora, Model, SamplingParams};
+use std::sync::Arc;
+
+use bora_model::{
+    GenerateOptions, JsonSchema, LoadOptions, Lora, Model, SamplingParams, VocabIndex,
+};
 use bora_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};
 use crate::metric::{wilson, Metric, Z95};
-use crate::runner::{run_side, SideOutput};
+use crate::runner::{run_side_constrained, JsonAnswers, SideOutput};
 use crate::task::{load_items, EvalItem};
 
 /// What to evaluate.
@@ -41,6 +45,9 @@ pub struct Decoding {
     /// Temperature 0 (the default) is greedy. A sampled run stays reproducible: each
     /// example's sampler is seeded from `seed` and the example's line ([`crate::example_seed`]).
     pub sampling: SamplingParams,
+    /// Constrain every answer to be a JSON value (constrained decoding on the tokenizer's
+    /// vocabulary), as `bora serve` does for `response_format`.
+    pub constrain_json: bool,
 }
 
 impl Decoding {
@@ -55,6 +62,7 @@ impl Default for Decoding {
         Decoding {
             batch_size: Decoding::DEFAULT_BATCH,
             sampling: SamplingParams::default(),
+            constrain_json: false,
         }
     }
 }
@@ -233,15 +241,20 @@ pub fn evaluate_with(
         stop_tokens,
         stop_strings: Vec::new(),
     };
+    let json = decoding.constrain_json.then(|| JsonAnswers {
+        vocab: Arc::new(VocabIndex::new(&tok)),
+        schema: Arc::new(JsonSchema::any_value()),
+    });
     on_progress(Progress::Ready { n: items.len() });
     let total = items.len();
     let mut side = |which: Side, lora: Option<&Lora>| {
-        run_side(
+        run_side_constrained(
             &model,
             lora,
             &tok,
             &items,
             &opts,
+            json.as_ref(),
             decoding.batch_size,
             &mut |done| {
                 on_progress(Progress::Item {

@@ -38,5 +38,7 @@ pub use output::{
 pub use report::{
     card_section, loss_chart_svg, render_html, render_markdown, score_table, RunInfo,
 };
-pub use runner::{example_seed, masked_nll, run_side, SideOutput};
+pub use runner::{
+    example_seed, masked_nll, run_side, run_side_constrained, JsonAnswers, SideOutput,
+};
 pub use task::{load_items, EvalItem};

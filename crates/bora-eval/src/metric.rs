@@ -19,6 +19,9 @@ pub enum Metric {
     Regex(Box<fancy_regex::Regex>, String),
     /// The trimmed answer is one of the labels and equal to the expected label.
     Choice(Vec<String>),
+    /// The answer's tool calls equal the expected assistant message's: same functions in the
+    /// same order, arguments equal as JSON values (call ids are not compared).
+    ToolCall,
 }
 
 impl FromStr for Metric {
@@ -38,6 +41,7 @@ impl FromStr for Metric {
             ("exact", None) => Ok(Metric::Exact),
             ("json", None) => Ok(Metric::Json),
             ("contains", None) => Ok(Metric::Contains),
+            ("tool_call", None) => Ok(Metric::ToolCall),
             ("regex", Some(pattern)) => {
                 // Anchored as a group so alternations (`a|b`) must match the whole answer too.
                 let full = format!("^(?:{pattern})$");
@@ -55,9 +59,11 @@ impl FromStr for Metric {
             ("regex" | "choice", None) => {
                 Err(bad("needs an argument: regex:PATTERN or choice:A,B,C"))
             }
-            ("exact" | "json" | "contains", Some(_)) => Err(bad("takes no argument")),
+            ("exact" | "json" | "contains" | "tool_call", Some(_)) => {
+                Err(bad("takes no argument"))
+            }
             _ => Err(bad(
-                "unknown metric; use exact, json, contains, regex:PATTERN or choice:A,B,C",
+                "unknown metric; use exact, json, contains, tool_call, regex:PATTERN or choice:A,B,C",
             )),
         }
     }
@@ -69,6 +75,7 @@ impl fmt::Display for Metric {
             Metric::Exact => f.write_str("exact"),
             Metric::Json => f.write_str("json"),
             Metric::Contains => f.write_str("contains"),
+            Metric::ToolCall => f.write_str("tool_call"),
             Metric::Regex(_, p) => write!(f, "regex:{p}"),
             Metric::Choice(labels) => write!(f, "choice:{}", labels.join(",")),
         }
@@ -92,6 +99,10 @@ impl Metric {
             Metric::Contains => answer.contains(expected),
             Metric::Regex(re, _) => re.is_match(answer).unwrap_or(false),
             Metric::Choice(labels) => answer == expected && labels.iter().any(|l| l == answer),
+            Metric::ToolCall => match (tool_calls(answer), tool_calls(expected)) {
+                (Some(a), Some(e)) => a == e,
+                _ => false,
+            },
         }
     }
 
@@ -103,6 +114,9 @@ impl Metric {
             Metric::Json => serde_json::from_str::<serde_json::Value>(expected)
                 .map(|_| ())
                 .map_err(|e| format!("the expected answer is not JSON ({e})")),
+            Metric::ToolCall if tool_calls(expected).is_none() => Err(
+                "the expected answer is not a tool call: the last assistant message needs tool_calls".into(),
+            ),
             Metric::Choice(labels) if !labels.iter().any(|l| l == expected) => Err(format!(
                 "the expected answer {expected:?} is not one of the labels {}",
                 labels.join(",")
@@ -110,6 +124,40 @@ impl Metric {
             _ => Ok(()),
         }
     }
+}
+
+/// The `(name, arguments)` of the calls in a text: a JSON list of `{"name", "arguments"}`
+/// objects or one such object (what a Mistral model writes after `[TOOL_CALLS]`, the control
+/// token itself decoded away), or `<tool_call>{...}</tool_call>` blocks (Hermes-style Jinja
+/// templates). Arguments given as JSON text are parsed, so both spellings compare as values.
+pub fn tool_calls(text: &str) -> Option<Vec<(String, serde_json::Value)>> {
+    use serde_json::Value;
+    let items: Vec<Value> = if text.contains("<tool_call>") {
+        text.split("<tool_call>")
+            .skip(1)
+            .map(|block| serde_json::from_str(block.split("</tool_call>").next()?.trim()).ok())
+            .collect::<Option<_>>()?
+    } else {
+        match serde_json::from_str(text.trim()).ok()? {
+            Value::Array(items) => items,
+            one @ Value::Object(_) => vec![one],
+            _ => return None,
+        }
+    };
+    if items.is_empty() {
+        return None;
+    }
+    items
+        .into_iter()
+        .map(|item| {
+            let name = item.get("name")?.as_str()?.to_string();
+            let arguments = match item.get("arguments")? {
+                Value::String(s) => serde_json::from_str(s).ok()?,
+                v => v.clone(),
+            };
+            Some((name, arguments))
+        })
+        .collect()
 }
 
 /// z for a two-sided 95% interval: the 0.975 quantile of the standard normal.

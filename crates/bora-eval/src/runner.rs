@@ -8,9 +8,11 @@
 //! steps and the next one in the queue takes its row, so the batch stays full until the
 //! queue runs dry.
 
+use std::sync::Arc;
+
 use bora_model::{
-    decode_step, GenerateOptions, KvCache, Logits, Lora, Model, Rng, SamplingParams, Sequence,
-    Workspace,
+    decode_step, GenerateOptions, JsonConstraint, JsonSchema, KvCache, Logits, Lora, Model, Rng,
+    SamplingParams, Sequence, VocabIndex, Workspace,
 };
 use bora_tokenizer::Tokenizer;
 
@@ -53,6 +55,27 @@ pub fn run_side(
     batch_size: usize,
     on_item: &mut dyn FnMut(usize),
 ) -> Result<SideOutput> {
+    run_side_constrained(model, adapter, tok, items, opts, None, batch_size, on_item)
+}
+
+/// A schema every answer is decoded to (`bora eval --constrain-json`).
+pub struct JsonAnswers {
+    pub vocab: Arc<VocabIndex>,
+    pub schema: Arc<JsonSchema>,
+}
+
+/// [`run_side`] with every answer constrained to `json`'s schema when given.
+#[allow(clippy::too_many_arguments)]
+pub fn run_side_constrained(
+    model: &Model,
+    adapter: Option<&Lora>,
+    tok: &Tokenizer,
+    items: &[EvalItem],
+    opts: &GenerateOptions,
+    json: Option<&JsonAnswers>,
+    batch_size: usize,
+    on_item: &mut dyn FnMut(usize),
+) -> Result<SideOutput> {
     opts.sampling
         .validate()
         .map_err(bora_model::ModelError::Sampling)?;
@@ -70,7 +93,7 @@ pub fn run_side(
             };
             let cache = spare.pop().unwrap_or_else(|| model.new_cache());
             let (row, (sum, count)) =
-                Row::prefill(model, adapter, tok, item, index, opts, cache, &mut ws)?;
+                Row::prefill(model, adapter, tok, item, index, opts, json, cache, &mut ws)?;
             nll_sum += sum;
             nll_tokens += count;
             active.push(row);
@@ -133,6 +156,7 @@ impl<'t> Row<'t> {
         item: &EvalItem,
         index: usize,
         opts: &GenerateOptions,
+        json: Option<&JsonAnswers>,
         mut cache: KvCache,
         ws: &mut Workspace,
     ) -> Result<(Row<'t>, (f64, usize))> {
@@ -185,6 +209,9 @@ impl<'t> Row<'t> {
             opts.stop_strings.clone(),
             opts.max_tokens,
         );
+        if let Some(j) = json {
+            seq = seq.with_constraint(JsonConstraint::new(j.vocab.clone(), j.schema.clone()));
+        }
         seq.prefilled(logits);
         Ok((Row { index, seq }, nll))
     }

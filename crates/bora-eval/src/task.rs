@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use bora_data::{read_jsonl, Encoder, Example};
-use bora_tokenizer::chat::{ChatFormat, Content, Conversation, Message, Role};
+use bora_tokenizer::chat::{ChatFormat, Content, Conversation, JsonValue, Message, Role};
 use bora_tokenizer::Tokenizer;
 
 use crate::error::{EvalError, Result};
@@ -70,14 +70,19 @@ pub fn load_items(
             .messages
             .split_last()
             .expect("parsed conversations are non-empty");
-        if last.role != Role::Assistant || !last.tool_calls.is_empty() {
+        let calls_expected = matches!(metric, Metric::ToolCall);
+        if last.role != Role::Assistant || (!last.tool_calls.is_empty() && !calls_expected) {
             return Err(bad(format!(
                 "the example must end with an assistant message holding the expected answer, \
                  not a {} message",
                 last.role.as_str()
             )));
         }
-        let expected = last.text();
+        let expected = if calls_expected {
+            expected_calls(last)
+        } else {
+            last.text()
+        };
         metric.check_expected(&expected).map_err(bad)?;
         let prompt_conv = Conversation {
             messages: context.to_vec(),
@@ -112,6 +117,24 @@ pub fn load_items(
         });
     }
     Ok(items)
+}
+
+/// The calls of an assistant message as the JSON list the `tool_call` metric reads.
+fn expected_calls(m: &Message) -> String {
+    let calls: Vec<serde_json::Value> = m
+        .tool_calls
+        .iter()
+        .map(|c| {
+            let arguments = match &c.arguments {
+                JsonValue::String(s) => {
+                    serde_json::from_str(s).unwrap_or(serde_json::Value::String(s.clone()))
+                }
+                other => serde_json::from_str(&other.to_python_json()).unwrap_or_default(),
+            };
+            serde_json::json!({"name": c.name, "arguments": arguments})
+        })
+        .collect();
+    serde_json::Value::Array(calls).to_string()
 }
 
 fn message(role: Role, text: &str) -> Message {

@@ -123,3 +123,35 @@ fn wilson_matches_the_inverted_score_test() {
     }
     assert_eq!(wilson(0, 0, Z95), (0.0, 1.0));
 }
+
+#[test]
+fn tool_call_compares_names_and_arguments_as_values() {
+    let m: Metric = "tool_call".parse().unwrap();
+    let expected =
+        r#"[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]"#;
+    // Mistral's output after [TOOL_CALLS]: key order, spacing and the id do not matter.
+    assert!(m.score(
+        r#"[{"name": "get_weather", "arguments": {"unit": "celsius", "city": "Paris"}, "id": "abcDEF123"}]"#,
+        expected
+    ));
+    // Arguments as JSON text, and Hermes-style blocks.
+    assert!(m.score(
+        r#"{"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}"#,
+        expected
+    ));
+    assert!(m.score(
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"celsius\"}}\n</tool_call>",
+        expected
+    ));
+    assert!(!m.score(
+        r#"[{"name": "get_weather", "arguments": {"city": "Lyon", "unit": "celsius"}}]"#,
+        expected
+    ));
+    assert!(!m.score(
+        r#"[{"name": "get_time", "arguments": {"city": "Paris", "unit": "celsius"}}]"#,
+        expected
+    ));
+    assert!(!m.score("It is sunny in Paris.", expected));
+    assert!(m.check_expected("plain text").is_err());
+    assert_eq!(m.to_string(), "tool_call");
+}

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder, Tokenizer};
 
+use crate::constrain::JsonConstraint;
 use crate::error::{ModelError, Result};
 use crate::lora::Lora;
 use crate::model::{KvCache, Logits, Model, Workspace};
@@ -53,6 +54,8 @@ pub struct Generator<'m> {
     /// The tokens whose keys and values are in `cache`.
     history: Vec<u32>,
     adapter: Option<&'m Lora>,
+    /// Constrains the next generation (and is then used up).
+    constraint: Option<JsonConstraint>,
 }
 
 impl<'m> Generator<'m> {
@@ -63,6 +66,7 @@ impl<'m> Generator<'m> {
             ws: Workspace::new(),
             history: Vec::new(),
             adapter: None,
+            constraint: None,
         }
     }
 
@@ -72,6 +76,11 @@ impl<'m> Generator<'m> {
         self.adapter = Some(adapter);
         self.reset();
         self
+    }
+
+    /// The next generation samples only what `constraint` allows (a JSON answer).
+    pub fn constrain_next(&mut self, constraint: JsonConstraint) {
+        self.constraint = Some(constraint);
     }
 
     /// Generates ids after `prompt` (the whole sequence so far, not only the new part: the
@@ -120,15 +129,24 @@ impl<'m> Generator<'m> {
         let prefill_time = start.elapsed();
 
         let mut sampler = Sampler::new(opts.sampling.clone());
+        let mut constraint = self.constraint.take();
         let mut tokens = Vec::new();
         let decode_start = Instant::now();
         let stop = loop {
             if tokens.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
             }
+            if let Some(c) = &mut constraint {
+                if !c.mask_logits(&mut logits, &opts.stop_tokens) {
+                    break StopReason::EndToken;
+                }
+            }
             let next = sampler.sample(&mut logits, &self.history);
             if opts.stop_tokens.contains(&next) {
                 break StopReason::EndToken;
+            }
+            if let Some(c) = &mut constraint {
+                c.accept(next);
             }
             tokens.push(next);
             if !on_token(next) {

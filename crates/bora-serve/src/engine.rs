@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bora_model::{
-    decode_step, KvCache, Lora, Model, SamplingParams, Sequence, StopReason, Workspace,
+    decode_step, JsonConstraint, KvCache, Lora, Model, SampledToken, SamplingParams, Sequence,
+    StopReason, Workspace,
 };
 use bora_tokenizer::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
@@ -30,15 +31,26 @@ pub(crate) struct Job {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop_strings: Vec<String>,
+    /// What the answer must look like (JSON, a schema, a tool call), if anything.
+    pub constraint: Option<JsonConstraint>,
+    /// Ids never sampled.
+    pub suppressed: Vec<u32>,
+    /// Alternatives reported with each token's log-probability; `None`: no log-probabilities.
+    pub top_logprobs: Option<usize>,
     /// Time after which the request is answered with a timeout, queued or running.
     pub deadline: Instant,
-    /// Where text goes; once the receiver is gone (client disconnected) the sequence stops.
-    pub events: UnboundedSender<Event>,
+    /// Which of the request's choices this is (`n` > 1 sends several jobs).
+    pub index: usize,
+    /// Where text goes, tagged with `index`; once the receiver is gone (client
+    /// disconnected) the sequence stops.
+    pub events: UnboundedSender<(usize, Event)>,
 }
 
 /// What the scheduler tells a request's handler.
 #[derive(Debug)]
 pub(crate) enum Event {
+    /// A generated token, sent before the text it settles.
+    Token(SampledToken),
     /// Text that is final: it cannot be part of a stop string.
     Text(String),
     Done {
@@ -166,19 +178,29 @@ impl<'m> Batch<'m> {
             return;
         }
         if Instant::now() >= job.deadline {
-            let _ = job.events.send(Event::Failed(ApiError::timeout()));
+            let _ = job
+                .events
+                .send((job.index, Event::Failed(ApiError::timeout())));
             return;
         }
         let mut cache = self.spare.pop().unwrap_or_else(|| self.model.new_cache());
         cache.clear();
-        let seq = Sequence::new(
+        let mut job = job;
+        let mut seq = Sequence::new(
             self.tokenizer,
             cache,
             &job.prompt,
             job.sampling.clone(),
             job.stop_strings.clone(),
             job.max_tokens,
-        );
+        )
+        .with_suppressed(std::mem::take(&mut job.suppressed));
+        if let Some(c) = job.constraint.take() {
+            seq = seq.with_constraint(c);
+        }
+        if let Some(k) = job.top_logprobs {
+            seq = seq.with_logprobs(k);
+        }
         self.prefilling.push(Request { job, fed: 0, seq });
     }
 
@@ -269,7 +291,11 @@ impl<'m> Batch<'m> {
                 Some(Outcome::Failed(ApiError::timeout()))
             } else {
                 let (shown, stop) = seq.advance(self.stop_tokens);
-                send_text(&job.events, shown);
+                let shown = shown.to_string();
+                if let Some(token) = seq.last_token() {
+                    let _ = job.events.send((job.index, Event::Token(token.clone())));
+                }
+                send_text(&job.events, job.index, &shown);
                 stop.map(Outcome::Stopped)
             };
             match outcome {
@@ -340,25 +366,28 @@ impl Request<'_> {
         let stop = match outcome {
             Outcome::Abandoned => return seq.into_cache(),
             Outcome::Failed(e) => {
-                let _ = job.events.send(Event::Failed(e));
+                let _ = job.events.send((job.index, Event::Failed(e)));
                 return seq.into_cache();
             }
             Outcome::Stopped(stop) => stop,
         };
         let completion_tokens = seq.generated();
         let (tail, _, cache) = seq.finish(stop);
-        send_text(&job.events, &tail);
-        let _ = job.events.send(Event::Done {
-            stop,
-            completion_tokens,
-        });
+        send_text(&job.events, job.index, &tail);
+        let _ = job.events.send((
+            job.index,
+            Event::Done {
+                stop,
+                completion_tokens,
+            },
+        ));
         cache
     }
 }
 
-fn send_text(events: &UnboundedSender<Event>, text: &str) {
+fn send_text(events: &UnboundedSender<(usize, Event)>, index: usize, text: &str) {
     if !text.is_empty() {
-        let _ = events.send(Event::Text(text.to_string()));
+        let _ = events.send((index, Event::Text(text.to_string())));
     }
 }
 

@@ -22,7 +22,9 @@ mod conn;
 mod engine;
 mod error;
 mod request;
+mod response;
 mod server;
+mod tools;
 
 pub use conn::Limits;
 pub use error::{ApiError, ServeError};

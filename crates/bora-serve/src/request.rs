@@ -18,7 +18,18 @@ pub(crate) struct Params {
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk with token counts.
     pub stream_usage: bool,
+    /// Completions per prompt, sampled side by side (`n`).
+    pub n: usize,
+    /// Log-probabilities of the chosen tokens, with this many alternatives each (chat:
+    /// `logprobs: true` and `top_logprobs`; completions: `logprobs: N`).
+    pub logprobs: Option<usize>,
 }
+
+/// Most completions one request may ask for: each is a sequence of the batch.
+pub(crate) const MAX_N: u64 = 16;
+/// OpenAI's limits on alternatives per token: 20 (chat), 5 (completions).
+const MAX_TOP_LOGPROBS: u64 = 20;
+const MAX_COMPLETION_LOGPROBS: u64 = 5;
 
 /// Parses the body; malformed JSON or a non-object is a 400.
 pub(crate) fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
@@ -33,16 +44,55 @@ pub(crate) fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 impl Params {
-    pub fn read(body: &Value) -> Result<Params, ApiError> {
+    /// Reads the fields of either endpoint; `chat` picks how `logprobs` is spelled.
+    pub fn read(body: &Value, chat: bool) -> Result<Params, ApiError> {
         let model = match body.get("model") {
             Some(Value::String(m)) => m.clone(),
             Some(_) => return Err(ApiError::invalid("model", "`model` must be a string")),
             None => return Err(ApiError::invalid("model", "`model` is required")),
         };
-        let n = opt_u64(body, "n")?;
-        if n.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid("n", "only n = 1 is supported"));
+        let n = opt_u64(body, "n")?.unwrap_or(1);
+        if !(1..=MAX_N).contains(&n) {
+            return Err(ApiError::invalid(
+                "n",
+                format!("`n` must be between 1 and {MAX_N}"),
+            ));
         }
+        let logprobs = if chat {
+            let on = match body.get("logprobs") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "logprobs",
+                        "`logprobs` must be true or false",
+                    ))
+                }
+            };
+            let top = opt_u64(body, "top_logprobs")?;
+            if top.is_some_and(|t| t > MAX_TOP_LOGPROBS) {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    format!("`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}"),
+                ));
+            }
+            if top.is_some() && !on {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "`top_logprobs` needs `logprobs: true`",
+                ));
+            }
+            on.then(|| top.unwrap_or(0) as usize)
+        } else {
+            let top = opt_u64(body, "logprobs")?;
+            if top.is_some_and(|t| t > MAX_COMPLETION_LOGPROBS) {
+                return Err(ApiError::invalid(
+                    "logprobs",
+                    format!("`logprobs` must be between 0 and {MAX_COMPLETION_LOGPROBS}"),
+                ));
+            }
+            top.map(|t| t as usize)
+        };
         let max_tokens = match opt_u64(body, "max_completion_tokens")? {
             Some(m) => Some((m, "max_completion_tokens")),
             None => opt_u64(body, "max_tokens")?.map(|m| (m, "max_tokens")),
@@ -115,6 +165,8 @@ impl Params {
             seed: opt_u64(body, "seed")?,
             stream,
             stream_usage,
+            n: n as usize,
+            logprobs,
         })
     }
 }
@@ -161,7 +213,7 @@ mod tests {
 
     #[test]
     fn openai_defaults_when_only_the_model_is_given() {
-        let p = Params::read(&json!({"model": "m"})).unwrap();
+        let p = Params::read(&json!({"model": "m"}), true).unwrap();
         assert_eq!(p.temperature, 1.0);
         assert_eq!(p.top_p, 1.0);
         assert_eq!(p.max_tokens, None);
@@ -180,11 +232,18 @@ mod tests {
             (json!({"model": "m", "max_tokens": -1}), "max_tokens"),
             (json!({"model": "m", "max_tokens": 0}), "max_tokens"),
             (json!({"model": "m", "stop": [1]}), "stop"),
-            (json!({"model": "m", "n": 2}), "n"),
+            (json!({"model": "m", "n": 0}), "n"),
+            (json!({"model": "m", "n": 17}), "n"),
+            (json!({"model": "m", "logprobs": 3}), "logprobs"),
+            (json!({"model": "m", "top_logprobs": 2}), "top_logprobs"),
+            (
+                json!({"model": "m", "logprobs": true, "top_logprobs": 21}),
+                "top_logprobs",
+            ),
             (json!({"model": "m", "stream": "yes"}), "stream"),
             (json!({"model": "m", "seed": 1.5}), "seed"),
         ] {
-            let e = Params::read(&body).unwrap_err();
+            let e = Params::read(&body, true).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{body}");
             assert_eq!(e.status, 400);
         }
@@ -192,10 +251,26 @@ mod tests {
 
     #[test]
     fn stop_accepts_a_string_or_a_list() {
-        let one = Params::read(&json!({"model": "m", "stop": "\n"})).unwrap();
+        let one = Params::read(&json!({"model": "m", "stop": "\n"}), true).unwrap();
         assert_eq!(one.stop, vec!["\n"]);
-        let two = Params::read(&json!({"model": "m", "stop": ["a", "b"]})).unwrap();
+        let two = Params::read(&json!({"model": "m", "stop": ["a", "b"]}), true).unwrap();
         assert_eq!(two.stop, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn logprobs_are_spelled_per_endpoint() {
+        let chat = json!({"model": "m", "logprobs": true, "top_logprobs": 3});
+        assert_eq!(Params::read(&chat, true).unwrap().logprobs, Some(3));
+        let completion = json!({"model": "m", "logprobs": 2, "n": 4});
+        let p = Params::read(&completion, false).unwrap();
+        assert_eq!((p.logprobs, p.n), (Some(2), 4));
+        assert_eq!(
+            Params::read(&json!({"model": "m", "logprobs": 6}), false)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("logprobs")
+        );
     }
 
     #[test]

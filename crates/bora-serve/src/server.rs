@@ -1,33 +1,35 @@
 //! The HTTP side: routes, API-key check, request → [`Job`], and events → OpenAI responses
 //! (one JSON body, or server-sent events ending with `data: [DONE]`).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bora_model::{
-    KvCache, LoadOptions, Logits, Lora, Model, SamplingParams, StopReason, Workspace,
+    JsonConstraint, KvCache, LoadOptions, Logits, Lora, Model, SamplingParams, VocabIndex,
+    Workspace,
 };
 use bora_tokenizer::chat::{ChatFormat, Conversation, JsonValue};
 use bora_tokenizer::Tokenizer;
 use serde_json::{json, Value};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::unbounded_channel;
 
 use crate::conn::{self, Limits};
-use crate::engine::{Event, Job, Rejected, Scheduler};
+use crate::engine::{Job, Rejected, Scheduler};
 use crate::error::{ApiError, ServeError};
 use crate::request::{completion_prompt, parse_body, Params};
+use crate::response::{stream_response, whole_response, Endpoint, Meta};
+use crate::tools::read_shape;
 
 /// How the server runs; every field is a `bora serve` flag.
 #[derive(Debug, Clone)]
@@ -87,6 +89,17 @@ struct AppState {
     timeout: Duration,
     created: u64,
     next_id: AtomicU64,
+    /// The vocabulary arranged for constrained decoding, built by the first request that
+    /// needs it.
+    vocab_index: OnceLock<Arc<VocabIndex>>,
+}
+
+impl AppState {
+    fn vocab_index(&self) -> Arc<VocabIndex> {
+        self.vocab_index
+            .get_or_init(|| Arc::new(VocabIndex::new(&self.tokenizer)))
+            .clone()
+    }
 }
 
 impl Server {
@@ -212,6 +225,7 @@ impl Server {
                 timeout: options.request_timeout,
                 created,
                 next_id: AtomicU64::new(1),
+                vocab_index: OnceLock::new(),
             }),
         })
     }
@@ -342,13 +356,6 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-/// Which endpoint a response is for: object names and where the text goes differ.
-#[derive(Clone, Copy, PartialEq)]
-enum Endpoint {
-    Chat,
-    Completion,
-}
-
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
@@ -386,19 +393,30 @@ async fn start(
     })?;
     let raw = body;
     let body = parse_body(&raw)?;
-    let params = Params::read(&body)?;
+    let params = Params::read(&body, endpoint == Endpoint::Chat)?;
     let Some(served) = state.models.iter().find(|m| m.id == params.model) else {
         let names: Vec<String> = state.models.iter().map(|m| m.id.clone()).collect();
         return Err(ApiError::unknown_model(&params.model, &names));
     };
     let adapter = served.adapter.clone();
     // Tokenizing (and rendering a chat template) is compute, so it stays off the I/O threads.
-    let prompt = {
+    let (prompt, shape, body) = {
         let state = state.clone();
-        tokio::task::spawn_blocking(move || encode_prompt(&state, &raw, &body, endpoint))
-            .await
-            .map_err(|e| ApiError::internal(&e))??
+        tokio::task::spawn_blocking(move || {
+            let chat = match endpoint {
+                Endpoint::Chat => state.chat.as_ref(),
+                Endpoint::Completion => None,
+            };
+            let shape = read_shape(&body, chat, &state.tokenizer)?;
+            if shape.constraint.is_some() {
+                state.vocab_index();
+            }
+            encode_prompt(&state, &raw, &body, endpoint).map(|p| (p, shape, body))
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))??
     };
+    drop(body);
     let max_tokens = fit_context(prompt.len(), params.max_tokens, state.context, endpoint)?;
     let (tx, rx) = unbounded_channel();
     let seed = params.seed.unwrap_or_else(|| {
@@ -407,24 +425,35 @@ async fn start(
             .map_or(0, |d| d.as_nanos() as u64)
     });
     let prompt_tokens = prompt.len();
-    let job = Job {
-        prompt,
-        adapter,
-        max_tokens,
-        sampling: SamplingParams {
-            temperature: params.temperature,
-            top_p: params.top_p,
-            seed,
-            ..SamplingParams::default()
-        },
-        stop_strings: params.stop.clone(),
-        deadline: arrived + state.timeout,
-        events: tx,
-    };
-    state.scheduler.submit(job).map_err(|e| match e {
-        Rejected::Full => ApiError::queue_full(),
-        Rejected::Closed => ApiError::unavailable(),
-    })?;
+    // The `n` choices are sequences of one batch, choice `i` seeded `seed + i`.
+    for index in 0..params.n {
+        let constraint = shape.constraint.as_ref().map(|(prefix, schema)| {
+            JsonConstraint::new(state.vocab_index(), schema.clone()).with_prefix(prefix.clone())
+        });
+        let job = Job {
+            prompt: prompt.clone(),
+            adapter: adapter.clone(),
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: params.temperature,
+                top_p: params.top_p,
+                seed: seed.wrapping_add(index as u64),
+                ..SamplingParams::default()
+            },
+            stop_strings: params.stop.clone(),
+            constraint,
+            suppressed: shape.suppressed.clone(),
+            top_logprobs: params.logprobs,
+            deadline: arrived + state.timeout,
+            index,
+            events: tx.clone(),
+        };
+        state.scheduler.submit(job).map_err(|e| match e {
+            Rejected::Full => ApiError::queue_full(),
+            Rejected::Closed => ApiError::unavailable(),
+        })?;
+    }
+    drop(tx);
     let meta = Meta {
         id: format!(
             "{}-{}",
@@ -440,6 +469,11 @@ async fn start(
         model: params.model.clone(),
         endpoint,
         prompt_tokens,
+        n: params.n,
+        logprobs: params.logprobs.is_some(),
+        tool_token: shape.tool_token,
+        tokenizer: state.tokenizer.clone(),
+        id_seed: seed,
     };
     if params.stream {
         Ok(stream_response(meta, rx, params.stream_usage))
@@ -519,191 +553,10 @@ fn fit_context(
     }
 }
 
-impl Endpoint {
-    fn prompt_param(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "messages",
-            Endpoint::Completion => "prompt",
-        }
-    }
-}
-
-/// What every response object of one request repeats.
-struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-    endpoint: Endpoint,
-    prompt_tokens: usize,
-}
-
-impl Meta {
-    fn object(&self, chunk: bool) -> &'static str {
-        match (self.endpoint, chunk) {
-            (Endpoint::Chat, false) => "chat.completion",
-            (Endpoint::Chat, true) => "chat.completion.chunk",
-            (Endpoint::Completion, _) => "text_completion",
-        }
-    }
-
-    fn envelope(&self, chunk: bool, choices: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": self.object(chunk),
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        })
-    }
-
-    /// One choice carrying `text`, as a message, a delta or completion text.
-    fn choice(&self, chunk: bool, text: &str, finish: Option<&str>) -> Value {
-        match (self.endpoint, chunk) {
-            (Endpoint::Chat, false) => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": null,
-                "finish_reason": finish,
-            }),
-            (Endpoint::Chat, true) => {
-                let delta = if finish.is_some() {
-                    json!({})
-                } else {
-                    json!({"content": text})
-                };
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
-            }
-            (Endpoint::Completion, _) => json!({
-                "index": 0,
-                "text": text,
-                "logprobs": null,
-                "finish_reason": finish,
-            }),
-        }
-    }
-
-    fn usage(&self, completion_tokens: usize) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": self.prompt_tokens + completion_tokens,
-        })
-    }
-}
-
-fn finish_reason(stop: StopReason) -> &'static str {
-    match stop {
-        StopReason::EndToken | StopReason::StopString => "stop",
-        StopReason::MaxTokens | StopReason::Context => "length",
-    }
-}
-
-async fn whole_response(
-    meta: Meta,
-    mut rx: UnboundedReceiver<Event>,
-) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    loop {
-        match rx.recv().await {
-            Some(Event::Text(t)) => text.push_str(&t),
-            Some(Event::Done {
-                stop,
-                completion_tokens,
-                ..
-            }) => {
-                let choice = meta.choice(false, &text, Some(finish_reason(stop)));
-                let mut body = meta.envelope(false, json!([choice]));
-                body["usage"] = meta.usage(completion_tokens);
-                return Ok(Json(body).into_response());
-            }
-            Some(Event::Failed(e)) => return Err(e),
-            None => return Err(ApiError::unavailable()),
-        }
-    }
-}
-
-fn sse(value: &Value) -> Bytes {
-    Bytes::from(format!("data: {value}\n\n"))
-}
-
-/// Server-sent events: a role chunk (chat), one chunk per piece of text, a chunk with the
-/// finish reason, optionally one with usage, then `[DONE]`. Dropping the body (the client
-/// went away) drops the receiver, which the scheduler sees and stops the sequence.
-fn stream_response(meta: Meta, rx: UnboundedReceiver<Event>, include_usage: bool) -> Response {
-    let first = match meta.endpoint {
-        Endpoint::Chat => {
-            let choice = json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
-            vec![sse(&meta.envelope(true, json!([choice])))]
-        }
-        Endpoint::Completion => Vec::new(),
-    };
-    struct St {
-        meta: Meta,
-        rx: UnboundedReceiver<Event>,
-        pending: std::collections::VecDeque<Bytes>,
-        done: bool,
-        include_usage: bool,
-    }
-    let state = St {
-        meta,
-        rx,
-        pending: first.into(),
-        done: false,
-        include_usage,
-    };
-    let stream = futures_util::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(b) = st.pending.pop_front() {
-                return Some((Ok::<_, Infallible>(b), st));
-            }
-            if st.done {
-                return None;
-            }
-            match st.rx.recv().await {
-                Some(Event::Text(t)) => {
-                    let choice = st.meta.choice(true, &t, None);
-                    st.pending
-                        .push_back(sse(&st.meta.envelope(true, json!([choice]))));
-                }
-                Some(Event::Done {
-                    stop,
-                    completion_tokens,
-                    ..
-                }) => {
-                    let choice = st.meta.choice(true, "", Some(finish_reason(stop)));
-                    st.pending
-                        .push_back(sse(&st.meta.envelope(true, json!([choice]))));
-                    if st.include_usage {
-                        let mut last = st.meta.envelope(true, json!([]));
-                        last["usage"] = st.meta.usage(completion_tokens);
-                        st.pending.push_back(sse(&last));
-                    }
-                    st.pending
-                        .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
-                    st.done = true;
-                }
-                Some(Event::Failed(e)) => {
-                    st.pending.push_back(sse(&e.body()));
-                    st.done = true;
-                }
-                None => {
-                    st.pending.push_back(sse(&ApiError::unavailable().body()));
-                    st.done = true;
-                }
-            }
-        }
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|e| ApiError::internal(&e).into_response())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn budget_defaults_to_the_room_left_and_overflow_is_a_400() {

@@ -39,8 +39,9 @@ pub struct EvalArgs {
     /// Test JSONL; each example's last assistant message is the expected answer.
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
-    /// exact, json, contains, regex:PATTERN (full match), choice:A,B,C, or judge[:MODEL]
-    /// (a judge model compares base and tuned answers; exact match is shown beside it).
+    /// exact, json, contains, tool_call, regex:PATTERN (full match), choice:A,B,C, or
+    /// judge[:MODEL] (a judge model compares base and tuned answers; exact match is shown
+    /// beside it).
     #[arg(long, default_value = "exact")]
     metric: String,
     #[command(flatten)]
@@ -77,6 +78,9 @@ pub struct EvalArgs {
     /// Seed of sampled answers; each example's sampler is seeded from it and the example's line.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Constrain every answer to valid JSON (constrained decoding), e.g. with `--metric json`.
+    #[arg(long)]
+    constrain_json: bool,
 }
 
 impl EvalArgs {
@@ -89,6 +93,7 @@ impl EvalArgs {
                 seed: self.seed,
                 ..SamplingParams::default()
             },
+            constrain_json: self.constrain_json,
         }
     }
 }

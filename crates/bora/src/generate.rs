@@ -3,12 +3,13 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use bora_formats::quant::GgmlType;
 use bora_model::{
-    CheckpointInfo, GenerateOptions, Generation, Generator, LoadOptions, Model, SamplingParams,
-    Workspace,
+    CheckpointInfo, GenerateOptions, Generation, Generator, JsonConstraint, JsonSchema,
+    LoadOptions, Model, SamplingParams, VocabIndex, Workspace,
 };
 use bora_tokenizer::chat::{ChatFormat, Content, Conversation, Message, Role};
 use bora_tokenizer::Tokenizer;
@@ -101,6 +102,13 @@ pub struct GenerateArgs {
     /// Wrap the prompt as a user turn in the model's chat format.
     #[arg(long)]
     chat: bool,
+    /// Constrain the answer to valid JSON (constrained decoding on the model's vocabulary).
+    #[arg(long)]
+    constrain_json: bool,
+    /// Constrain the answer to this JSON schema's supported subset (types, properties,
+    /// required, enum/const, items, anyOf, local $ref).
+    #[arg(long, value_name = "FILE", conflicts_with = "constrain_json")]
+    json_schema: Option<PathBuf>,
     /// System message (with --chat).
     #[arg(long, requires = "chat")]
     system: Option<String>,
@@ -284,6 +292,20 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
         bail!("the prompt is empty");
     }
     let mut gen = Generator::new(&model);
+    let schema = match &args.json_schema {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not JSON", path.display()))?;
+            Some(JsonSchema::compile(&value).with_context(|| path.display().to_string())?)
+        }
+        None => args.constrain_json.then(JsonSchema::any_value),
+    };
+    if let Some(schema) = schema {
+        let vocab = Arc::new(VocabIndex::new(&tok));
+        gen.constrain_next(JsonConstraint::new(vocab, Arc::new(schema)));
+    }
     let g = stream(&mut gen, &tok, &ids, &opts)?;
     println!();
     if args.stats {

@@ -243,3 +243,50 @@ fn tokenizer_less_checkpoint() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loading the tokenizer of"), "{err}");
 }
+
+#[test]
+fn json_schema_constrains_a_sampled_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]},
+            "count": {"type": "integer"}, "ok": {"type": "boolean"}},
+            "required": ["colour", "count", "ok"]}"#,
+    )
+    .unwrap();
+    for seed in ["1", "2", "3"] {
+        let text = stdout(&bora(&[
+            "generate",
+            "--chat",
+            "--prompt",
+            "Pick a colour.",
+            "--json-schema",
+            schema.to_str().unwrap(),
+            "--temperature",
+            "1.0",
+            "--seed",
+            seed,
+            "--max-tokens",
+            "64",
+        ]));
+        let v: Value =
+            serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        assert!(
+            ["red", "green", "blue"].contains(&v["colour"].as_str().unwrap()),
+            "{v}"
+        );
+        assert!(v["count"].is_i64() && v["ok"].is_boolean(), "{v}");
+    }
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"type": "string", "maxLength": 3}"#).unwrap();
+    let out = bora(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--json-schema",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("maxLength"));
+}

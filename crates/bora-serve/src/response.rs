@@ -1,0 +1,484 @@
+//! Events of a request's choices → OpenAI responses: one JSON body, or server-sent events
+//! ending with `data: [DONE]`; with log-probabilities and tool calls where asked for.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bora_model::{SampledToken, StopReason};
+use bora_tokenizer::Tokenizer;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::engine::Event;
+use crate::error::ApiError;
+use crate::tools::{mistral_id, parse_calls, Call};
+
+/// Which endpoint a response is for: object names and where the text goes differ.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Endpoint {
+    Chat,
+    Completion,
+}
+
+impl Endpoint {
+    pub fn prompt_param(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "messages",
+            Endpoint::Completion => "prompt",
+        }
+    }
+}
+
+/// What every response object of one request repeats, and how its choices are read.
+pub(crate) struct Meta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub endpoint: Endpoint,
+    pub prompt_tokens: usize,
+    pub n: usize,
+    pub logprobs: bool,
+    /// With tools on: the token after which the model writes tool calls.
+    pub tool_token: Option<u32>,
+    pub tokenizer: Arc<Tokenizer>,
+    /// Seeds the ids given to calls that come without one.
+    pub id_seed: u64,
+}
+
+/// One choice as its events arrive.
+#[derive(Default)]
+struct Choice {
+    text: String,
+    /// Text written after each tool-call token (mistral-common reads every `[TOOL_CALLS]`
+    /// as the start of another list).
+    tool_text: Vec<String>,
+    /// Log-probability entries not yet sent (streaming) or all of them.
+    logprobs: Vec<Value>,
+    /// Completions' character offset of the next token.
+    offset: usize,
+    done: Option<(StopReason, usize)>,
+}
+
+impl Meta {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.endpoint, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completion, _) => "text_completion",
+        }
+    }
+
+    fn envelope(&self, chunk: bool, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+
+    fn usage(&self, completion_tokens: usize) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        })
+    }
+
+    fn token_text(&self, id: u32) -> (String, Vec<u8>) {
+        let bytes = self.tokenizer.token_bytes(id);
+        if bytes.is_empty() {
+            let piece = self.tokenizer.id_to_piece(id).unwrap_or_default();
+            let b = piece.clone().into_bytes();
+            return (piece, b);
+        }
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    }
+
+    /// Takes one event into `choice`; returns text to show now (not tool-call text).
+    fn absorb(&self, choice: &mut Choice, event: Event) -> Result<Option<String>, ApiError> {
+        match event {
+            Event::Token(t) => {
+                if Some(t.id) == self.tool_token {
+                    choice.tool_text.push(String::new());
+                    return Ok(None);
+                }
+                if self.logprobs {
+                    let entry = self.logprob_entry(choice, &t);
+                    choice.logprobs.push(entry);
+                }
+                Ok(None)
+            }
+            Event::Text(t) => match choice.tool_text.last_mut() {
+                Some(tool) => {
+                    tool.push_str(&t);
+                    Ok(None)
+                }
+                None => {
+                    choice.text.push_str(&t);
+                    Ok(Some(t))
+                }
+            },
+            Event::Done {
+                stop,
+                completion_tokens,
+            } => {
+                choice.done = Some((stop, completion_tokens));
+                Ok(None)
+            }
+            Event::Failed(e) => Err(e),
+        }
+    }
+
+    fn logprob_entry(&self, choice: &mut Choice, t: &SampledToken) -> Value {
+        let (token, bytes) = self.token_text(t.id);
+        let logprob = t.logprob.unwrap_or(0.0);
+        match self.endpoint {
+            Endpoint::Chat => {
+                let top: Vec<Value> = t
+                    .top
+                    .iter()
+                    .map(|&(id, lp)| {
+                        let (token, bytes) = self.token_text(id);
+                        json!({"token": token, "logprob": lp, "bytes": bytes})
+                    })
+                    .collect();
+                json!({"token": token, "logprob": logprob, "bytes": bytes, "top_logprobs": top})
+            }
+            Endpoint::Completion => {
+                let top: serde_json::Map<String, Value> = t
+                    .top
+                    .iter()
+                    .map(|&(id, lp)| (self.token_text(id).0, json!(lp)))
+                    .collect();
+                let offset = choice.offset;
+                choice.offset += token.chars().count();
+                json!({"token": token, "logprob": logprob, "top": top, "offset": offset})
+            }
+        }
+    }
+
+    /// The `logprobs` member of a choice for `entries` (null when not asked for).
+    fn logprobs_value(&self, entries: Vec<Value>) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        match self.endpoint {
+            Endpoint::Chat => json!({"content": entries}),
+            Endpoint::Completion => json!({
+                "tokens": entries.iter().map(|e| e["token"].clone()).collect::<Vec<_>>(),
+                "token_logprobs": entries.iter().map(|e| e["logprob"].clone()).collect::<Vec<_>>(),
+                "top_logprobs": entries.iter().map(|e| e["top"].clone()).collect::<Vec<_>>(),
+                "text_offset": entries.iter().map(|e| e["offset"].clone()).collect::<Vec<_>>(),
+            }),
+        }
+    }
+
+    /// The calls of a finished choice that wrote the tool-call token, if they parse.
+    fn calls(&self, choice: &Choice, seed: &mut u64) -> Option<Vec<Call>> {
+        if choice.tool_text.is_empty() {
+            return None;
+        }
+        let mut calls = Vec::new();
+        for text in &choice.tool_text {
+            calls.extend(parse_calls(text, &mut || mistral_id(seed))?);
+        }
+        Some(calls)
+    }
+}
+
+fn finish_reason(stop: StopReason) -> &'static str {
+    match stop {
+        StopReason::EndToken | StopReason::StopString => "stop",
+        StopReason::MaxTokens | StopReason::Context => "length",
+    }
+}
+
+fn calls_json(calls: &[Call]) -> Value {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({"index": i, "id": c.id, "type": "function",
+                   "function": {"name": c.name, "arguments": c.arguments}})
+        })
+        .collect()
+}
+
+pub(crate) async fn whole_response(
+    meta: Meta,
+    mut rx: UnboundedReceiver<(usize, Event)>,
+) -> Result<Response, ApiError> {
+    let mut choices: Vec<Choice> = (0..meta.n).map(|_| Choice::default()).collect();
+    let mut left = meta.n;
+    while left > 0 {
+        let (i, event) = rx.recv().await.ok_or_else(ApiError::unavailable)?;
+        let Some(choice) = choices.get_mut(i) else {
+            continue;
+        };
+        meta.absorb(choice, event)?;
+        if choice.done.is_some() {
+            left -= 1;
+        }
+    }
+    let mut seed = meta.id_seed;
+    let mut completion_tokens = 0;
+    let mut out = Vec::new();
+    for (i, mut c) in choices.into_iter().enumerate() {
+        let (stop, tokens) = c.done.expect("every choice finished");
+        completion_tokens += tokens;
+        let logprobs = meta.logprobs_value(std::mem::take(&mut c.logprobs));
+        let mut finish = finish_reason(stop);
+        out.push(match meta.endpoint {
+            Endpoint::Chat => {
+                let mut message = json!({"role": "assistant", "content": c.text});
+                match meta.calls(&c, &mut seed) {
+                    Some(calls) => {
+                        if c.text.is_empty() {
+                            message["content"] = Value::Null;
+                        }
+                        message["tool_calls"] = calls_json(&calls);
+                        if stop == StopReason::EndToken {
+                            finish = "tool_calls";
+                        }
+                    }
+                    // Unreadable calls are returned as the text the model wrote.
+                    None => {
+                        if !c.tool_text.is_empty() {
+                            message["content"] = json!(format!("{}{}", c.text, c.tool_text.concat()));
+                        }
+                    }
+                }
+                json!({"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish})
+            }
+            Endpoint::Completion => {
+                json!({"index": i, "text": c.text, "logprobs": logprobs, "finish_reason": finish})
+            }
+        });
+    }
+    let mut body = meta.envelope(false, Value::Array(out));
+    body["usage"] = meta.usage(completion_tokens);
+    Ok(Json(body).into_response())
+}
+
+fn sse(value: &Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+/// Server-sent events: a role chunk per choice (chat), one chunk per piece of text, a chunk
+/// per tool call once a choice's calls are complete (id, name and the whole
+/// `function.arguments`, as Mistral's API streams them: the `mistralai` client refuses a
+/// delta without the name, and OpenAI's clients join a whole call as they join pieces), a
+/// chunk with each finish reason, optionally one with usage, then `[DONE]`. Dropping the body (the client went away) drops the receiver,
+/// which the scheduler sees and stops the sequences.
+pub(crate) fn stream_response(
+    meta: Meta,
+    rx: UnboundedReceiver<(usize, Event)>,
+    include_usage: bool,
+) -> Response {
+    let mut first = VecDeque::new();
+    if meta.endpoint == Endpoint::Chat {
+        for i in 0..meta.n {
+            let choice = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
+            first.push_back(sse(&meta.envelope(true, json!([choice]))));
+        }
+    }
+    struct St {
+        seed: u64,
+        choices: Vec<Choice>,
+        left: usize,
+        completion_tokens: usize,
+        meta: Meta,
+        rx: UnboundedReceiver<(usize, Event)>,
+        pending: VecDeque<Bytes>,
+        done: bool,
+        include_usage: bool,
+    }
+    let state = St {
+        seed: meta.id_seed,
+        choices: (0..meta.n).map(|_| Choice::default()).collect(),
+        left: meta.n,
+        completion_tokens: 0,
+        meta,
+        rx,
+        pending: first,
+        done: false,
+        include_usage,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(b) = st.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(b), st));
+            }
+            if st.done {
+                return None;
+            }
+            let Some((i, event)) = st.rx.recv().await else {
+                st.pending.push_back(sse(&ApiError::unavailable().body()));
+                st.done = true;
+                continue;
+            };
+            let St {
+                meta,
+                choices,
+                pending,
+                completion_tokens,
+                left,
+                seed,
+                include_usage,
+                done,
+                ..
+            } = &mut st;
+            let Some(choice) = choices.get_mut(i) else {
+                continue;
+            };
+            match meta.absorb(choice, event) {
+                Err(e) => {
+                    pending.push_back(sse(&e.body()));
+                    *done = true;
+                }
+                Ok(Some(text)) => {
+                    let lp = meta.logprobs_value(std::mem::take(&mut choice.logprobs));
+                    let c = match meta.endpoint {
+                        Endpoint::Chat => {
+                            json!({"index": i, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
+                        }
+                        Endpoint::Completion => {
+                            json!({"index": i, "text": text, "logprobs": lp, "finish_reason": null})
+                        }
+                    };
+                    pending.push_back(sse(&meta.envelope(true, json!([c]))));
+                }
+                Ok(None) => {
+                    let Some((stop, tokens)) = choice.done else {
+                        continue;
+                    };
+                    *completion_tokens += tokens;
+                    *left -= 1;
+                    let mut finish = finish_reason(stop);
+                    let chat = meta.endpoint == Endpoint::Chat;
+                    let mut deltas = Vec::new();
+                    if let Some(calls) = meta.calls(choice, seed) {
+                        for call in calls_json(&calls).as_array().into_iter().flatten() {
+                            deltas.push(json!({"tool_calls": [call]}));
+                        }
+                        if stop == StopReason::EndToken {
+                            finish = "tool_calls";
+                        }
+                    } else if !choice.tool_text.concat().is_empty() {
+                        deltas.push(json!({"content": choice.tool_text.concat()}));
+                    }
+                    for d in deltas {
+                        let c = json!({"index": i, "delta": d, "logprobs": null, "finish_reason": null});
+                        pending.push_back(sse(&meta.envelope(true, json!([c]))));
+                    }
+                    let lp = meta.logprobs_value(std::mem::take(&mut choice.logprobs));
+                    let c = if chat {
+                        json!({"index": i, "delta": {}, "logprobs": lp, "finish_reason": finish})
+                    } else {
+                        json!({"index": i, "text": "", "logprobs": lp, "finish_reason": finish})
+                    };
+                    pending.push_back(sse(&meta.envelope(true, json!([c]))));
+                    if *left == 0 {
+                        if *include_usage {
+                            let mut last = meta.envelope(true, json!([]));
+                            last["usage"] = meta.usage(*completion_tokens);
+                            pending.push_back(sse(&last));
+                        }
+                        pending.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                        *done = true;
+                    }
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|e| ApiError::internal(&e).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bora_tokenizer::{SpecialTokenPolicy, StreamDecoder};
+
+    /// Ids mistral-common generates for assistant tool calls, read back through the events the
+    /// scheduler sends, give the calls mistral-common's own decoder reads from them.
+    #[test]
+    fn tool_calls_read_back_as_mistral_common_decodes_them() {
+        let fixture: Value =
+            serde_json::from_str(include_str!("../tests/fixtures/tool_calls.json")).unwrap();
+        let home = std::env::var_os("BORA_HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/bora")
+            });
+        for case in fixture["cases"].as_array().unwrap() {
+            let name = case["tokenizer"].as_str().unwrap();
+            let path = home.join("tokenizers").join(name);
+            let tok = Arc::new(
+                Tokenizer::from_file(&path)
+                    .unwrap_or_else(|e| panic!("{e}: run scripts/fetch-tokenizers.sh")),
+            );
+            let meta = Meta {
+                id: "x".into(),
+                created: 0,
+                model: "m".into(),
+                endpoint: Endpoint::Chat,
+                prompt_tokens: 0,
+                n: 1,
+                logprobs: false,
+                tool_token: tok.token_id("[TOOL_CALLS]"),
+                tokenizer: tok.clone(),
+                id_seed: 1,
+            };
+            let ids: Vec<u32> = case["generated"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            // The scheduler stops at the end token: it is neither decoded nor sent.
+            assert_eq!(Some(*ids.last().unwrap()), tok.eos_id());
+            let mut choice = Choice::default();
+            let mut decoder = StreamDecoder::new(&tok, SpecialTokenPolicy::Skip);
+            for &id in &ids[..ids.len() - 1] {
+                let token = SampledToken {
+                    id,
+                    logprob: None,
+                    top: Vec::new(),
+                };
+                meta.absorb(&mut choice, Event::Token(token)).unwrap();
+                let text = decoder.push(id);
+                if !text.is_empty() {
+                    meta.absorb(&mut choice, Event::Text(text)).unwrap();
+                }
+            }
+            let tail = decoder.finish();
+            if !tail.is_empty() {
+                meta.absorb(&mut choice, Event::Text(tail)).unwrap();
+            }
+            let calls = meta
+                .calls(&choice, &mut 1)
+                .unwrap_or_else(|| panic!("{name}: {case}"));
+            let want = case["calls"].as_array().unwrap();
+            assert_eq!(calls.len(), want.len(), "{name}");
+            for (got, want) in calls.iter().zip(want) {
+                assert_eq!(got.id, want["id"], "{name}");
+                assert_eq!(got.name, want["name"], "{name}");
+                let args: Value = serde_json::from_str(&got.arguments).unwrap();
+                assert_eq!(args, want["arguments"], "{name}");
+            }
+            assert_eq!(choice.text, case["content"].as_str().unwrap(), "{name}");
+        }
+    }
+}
