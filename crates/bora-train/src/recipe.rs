@@ -36,10 +36,16 @@ pub enum Start {
     New {
         runs_root: PathBuf,
         config: Box<RunConfig>,
+        /// Where the files of a Hub id in `model.path` are (the caller resolves it); `None`
+        /// when `model.path` is the model's path itself.
+        model_dir: Option<PathBuf>,
     },
     /// Continue the run in this directory from its latest checkpoint (or from the start when
     /// it was killed before its first checkpoint).
-    Resume { dir: PathBuf },
+    Resume {
+        dir: PathBuf,
+        model_dir: Option<PathBuf>,
+    },
 }
 
 /// What the loop reports to whoever shows progress.
@@ -91,21 +97,27 @@ pub struct Summary {
 /// Runs (or resumes) a training run to its last step and writes `runs/NAME/adapter/`.
 pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
     // ---- Set up: the config, validated whole before any work.
-    let (config, place) = match start {
-        Start::New { runs_root, config } => {
+    let (config, place, model_dir) = match start {
+        Start::New {
+            runs_root,
+            config,
+            model_dir,
+        } => {
             config.validate()?;
-            (*config, Place::New(runs_root))
+            (*config, Place::New(runs_root), model_dir)
         }
-        Start::Resume { dir } => {
+        Start::Resume { dir, model_dir } => {
             let (run_dir, config) = RunDir::open(dir)?;
-            (config, Place::Existing(run_dir))
+            (config, Place::Existing(run_dir), model_dir)
         }
     };
     let t = &config.train;
     let quantize = config.qlora.quantize()?;
 
     // ---- Model and tokenizer.
-    let model_path = Path::new(&config.model.path);
+    let model_path = model_dir
+        .as_deref()
+        .unwrap_or(Path::new(&config.model.path));
     let model = Model::load(
         model_path,
         &LoadOptions {

@@ -32,9 +32,9 @@ enum DataCommand {
 struct CheckArgs {
     /// JSONL with one `messages`, `prompt`/`completion` or `text` example per line.
     file: PathBuf,
-    /// Model (`.gguf` or model directory) whose tokenizer, chat format and shape to use
-    /// [default: the default model].
-    #[arg(long, value_name = "PATH")]
+    /// Model (`.gguf`, model directory or Hub id ORG/NAME[@REV]) whose tokenizer, chat
+    /// format and shape to use [default: the default model].
+    #[arg(long, value_name = "PATH|ORG/NAME")]
     model: Option<PathBuf>,
     /// Validation JSONL; without it --val-fraction or --val-count hold out training examples.
     #[arg(long, value_name = "FILE")]
@@ -85,7 +85,11 @@ fn check(args: &CheckArgs, default_model: &Path) -> Result<()> {
         args.epochs > 0 && args.grad_accum > 0,
         "--epochs and --grad-accum must be at least 1"
     );
-    let model = args.model.as_deref().unwrap_or(default_model);
+    let model = match &args.model {
+        Some(m) => crate::download::model_path(m)?,
+        None => default_model.to_path_buf(),
+    };
+    let model = model.as_path();
     let tok = Tokenizer::from_file(model)
         .with_context(|| format!("loading the tokenizer of {}", model.display()))?;
     let encoder =

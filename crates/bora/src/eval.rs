@@ -22,8 +22,9 @@ pub struct EvalArgs {
     /// A training run directory: its base model against its final adapter.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["model", "adapter"])]
     run: Option<PathBuf>,
-    /// A base model (`.gguf` or model directory) to evaluate without a run.
-    #[arg(long, value_name = "PATH", required_unless_present = "run")]
+    /// A base model (`.gguf`, model directory or Hub id ORG/NAME[@REV]) to evaluate without
+    /// a run.
+    #[arg(long, value_name = "PATH|ORG/NAME", required_unless_present = "run")]
     model: Option<PathBuf>,
     /// A PEFT adapter directory to compare with the base model (with --model).
     #[arg(long, value_name = "DIR", requires = "model")]
@@ -105,7 +106,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         }
         None => {
             let config = EvalConfig {
-                model: args.model.clone().context("--model or --run is required")?,
+                model: crate::download::model_path(
+                    args.model
+                        .as_deref()
+                        .context("--model or --run is required")?,
+                )?,
                 adapter: args.adapter.clone(),
                 data: args.data.clone(),
                 metric,
@@ -149,7 +154,7 @@ pub fn eval_run(
     }
     let info = RunInfo::load(run)?;
     let eval_config = EvalConfig {
-        model: PathBuf::from(&config.model.path),
+        model: crate::download::run_model(&config.model)?,
         adapter: Some(adapter),
         data: data.to_path_buf(),
         metric,

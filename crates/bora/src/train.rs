@@ -8,7 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bora_hub::wandb::{generate_run_id, Client, RunSpec, Target, WandbRun, WandbSink};
 use bora_train::{
-    run, Event, MetricSink, Metrics, RunConfig, Start, TrackingSection, CONFIG_FILE, METRICS_FILE,
+    run, Event, MetricSink, Metrics, ModelSection, RunConfig, Start, TrackingSection, CONFIG_FILE,
+    METRICS_FILE,
 };
 use clap::Args;
 
@@ -24,8 +25,9 @@ pub struct TrainArgs {
         "val_fraction", "drop_overlong", "wandb", "wandb_offline",
     ])]
     resume: Option<PathBuf>,
-    /// Base model: a `.gguf` file or a model directory (`model.path`).
-    #[arg(long, value_name = "PATH")]
+    /// Base model (`model.path`): a `.gguf` file, a model directory, or a Hub id
+    /// ORG/NAME[@REV] or ORG/NAME:FILE.gguf, whose commit the run records (`model.revision`).
+    #[arg(long, value_name = "PATH|ORG/NAME")]
     model: Option<PathBuf>,
     /// Training JSONL (`data.train`).
     #[arg(long, value_name = "FILE")]
@@ -131,14 +133,20 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let (start, config, run_dir) = match &args.resume {
         Some(dir) => {
             let config = RunConfig::load(dir.join(CONFIG_FILE))?;
-            (Start::Resume { dir: dir.clone() }, config, dir.clone())
+            let start = Start::Resume {
+                dir: dir.clone(),
+                model_dir: hub_model_dir(&config.model)?,
+            };
+            (start, config, dir.clone())
         }
         None => {
-            let (runs_root, config) = resolve_config(args)?;
+            let (runs_root, mut config) = resolve_config(args)?;
+            let model_dir = pin_hub_model(&mut config.model)?;
             let run_dir = runs_root.join(&config.name);
             let start = Start::New {
                 runs_root,
                 config: Box::new(config.clone()),
+                model_dir,
             };
             (start, config, run_dir)
         }
@@ -164,15 +172,37 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// For a Hub id in `model.path`: its snapshot directory, fetched if needed, with the commit
+/// recorded in `model.revision` so resume and eval load the same files. `None` for a path.
+fn pin_hub_model(model: &mut ModelSection) -> Result<Option<PathBuf>> {
+    if model.path.is_empty() {
+        return Ok(None);
+    }
+    let revision = (!model.revision.is_empty()).then_some(model.revision.clone());
+    let located = crate::download::locate(&model.path, revision.as_deref())?;
+    Ok(located.hub.map(|hub| {
+        model.path = hub.model.name();
+        model.revision = hub.commit;
+        located.path
+    }))
+}
+
+/// A resumed run's Hub model, at the commit it started from (from the cache, no network).
+fn hub_model_dir(model: &ModelSection) -> Result<Option<PathBuf>> {
+    let mut pinned = model.clone();
+    pin_hub_model(&mut pinned)
+}
+
 /// The config file (or defaults), then every flag given, validated once complete.
 fn resolve_config(args: &TrainArgs) -> Result<(PathBuf, RunConfig)> {
     let mut config = match &args.config {
         Some(path) => RunConfig::load_unchecked(path)?,
         None => RunConfig::default(),
     };
-    // Paths are stored absolute so `--resume` works from any directory.
+    // Paths are stored absolute so `--resume` works from any directory; a Hub id as given.
     if let Some(model) = &args.model {
         config.model.path = absolute_if_local(model).display().to_string();
+        config.model.revision.clear();
     }
     if let Some(data) = &args.data {
         config.data.train = absolute_if_local(data);
@@ -280,6 +310,9 @@ fn toml_float(x: f64) -> String {
 }
 
 fn absolute_if_local(path: &Path) -> PathBuf {
+    if !path.exists() {
+        return path.to_path_buf();
+    }
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 

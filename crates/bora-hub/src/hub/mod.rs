@@ -1,4 +1,5 @@
-//! The Hugging Face Hub upload path as `huggingface_hub` drives it without Xet storage
+//! The Hugging Face Hub: models by name into the shared cache (`download.rs`), and the upload
+//! path as `huggingface_hub` drives it without Xet storage
 //! (FORMATS.md §5): check the token with `whoami-v2`, create the repo, ask `preupload` which
 //! files go through LFS, upload LFS objects through the batch API (basic or multipart),
 //! then one ndjson commit. Everything before the first byte of content is sent exists to fail
