@@ -16,16 +16,27 @@ use crate::read::{chat_field, line_byte_limit, read_jsonl_limited, Example};
 /// A tokenizer and its chat format, built once per run.
 pub struct Encoder<'a> {
     tok: &'a Tokenizer,
-    format: ChatFormat,
+    /// `None` for a tokenizer with no chat format: `text` examples need none, and the others
+    /// are refused line by line with `no_format`.
+    format: Option<ChatFormat>,
+    no_format: String,
     /// Lines [`load`] refuses before tokenizing: see [`line_byte_limit`].
     max_line_bytes: usize,
 }
 
 impl<'a> Encoder<'a> {
+    /// Fails on a chat format that is broken (a template that does not compile), not on a
+    /// missing one.
     pub fn new(tok: &'a Tokenizer) -> Result<Encoder<'a>, ChatError> {
+        let (format, no_format) = match ChatFormat::from_tokenizer(tok) {
+            Ok(f) => (Some(f), String::new()),
+            Err(ChatError::NoFormat(why)) => (None, why),
+            Err(e) => return Err(e),
+        };
         Ok(Encoder {
             tok,
-            format: ChatFormat::from_tokenizer(tok)?,
+            format,
+            no_format,
             max_line_bytes: usize::MAX,
         })
     }
@@ -40,10 +51,16 @@ impl<'a> Encoder<'a> {
         }
     }
 
+    fn format(&self) -> Result<&ChatFormat, ChatError> {
+        self.format
+            .as_ref()
+            .ok_or_else(|| ChatError::NoFormat(self.no_format.clone()))
+    }
+
     /// Ids and mask of one example. `mask[i]` says whether token `i` is a training target.
     pub fn encode(&self, example: &Example) -> Result<EncodedChat, ChatError> {
         match example {
-            Example::Chat(conv) => self.format.encode(self.tok, conv, false),
+            Example::Chat(conv) => self.format()?.encode(self.tok, conv, false),
             Example::Completion { prompt, completion } => {
                 let conv = Conversation {
                     messages: vec![
@@ -52,7 +69,7 @@ impl<'a> Encoder<'a> {
                     ],
                     tools: Vec::new(),
                 };
-                self.format.encode(self.tok, &conv, false)
+                self.format()?.encode(self.tok, &conv, false)
             }
             Example::Text(text) => {
                 // Plain text is a document: BOS opens it, EOS closes it, and the model learns

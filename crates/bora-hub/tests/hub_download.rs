@@ -577,7 +577,7 @@ fn the_environment_decides_endpoint_cache_token_and_offline() {
         ("HF_TOKEN", TOKEN.to_owned()),
     ]);
     let env = |k: &str| vars.get(k).cloned();
-    let located = bora_hub::hub::locate_model("org/one", env, &mut quiet()).unwrap();
+    let located = bora_hub::hub::locate_model("org/one", None, env, &mut quiet()).unwrap();
     assert!(located
         .path
         .starts_with(dir.path().join("hub/models--org--one/snapshots")));
@@ -591,13 +591,14 @@ fn the_environment_decides_endpoint_cache_token_and_offline() {
     let local = dir.path().join("org/one");
     std::fs::create_dir_all(&local).unwrap();
     let env = |k: &str| vars.get(k).cloned();
-    let found = bora_hub::hub::locate_model(local.to_str().unwrap(), env, &mut quiet()).unwrap();
+    let found =
+        bora_hub::hub::locate_model(local.to_str().unwrap(), None, env, &mut quiet()).unwrap();
     assert_eq!(found.path, local);
     assert!(found.hub.is_none());
     let offline = |k: &str| match k {
         "HF_HUB_OFFLINE" => Some("1".to_owned()),
         k => vars.get(k).cloned(),
     };
-    let e = bora_hub::hub::locate_model("org/two", offline, &mut quiet()).unwrap_err();
+    let e = bora_hub::hub::locate_model("org/two", None, offline, &mut quiet()).unwrap_err();
     assert!(matches!(e, HubError::NotCached { .. }), "{e}");
 }

@@ -1,5 +1,7 @@
 //! HF `tokenizer.json` through the `tokenizers` crate, plus `tokenizer_config.json` for the
-//! chat template and BOS/EOS.
+//! chat template and BOS/EOS. Current transformers saves the template beside them instead, in
+//! `chat_template.jinja` (or `chat_template.json` for processors), so those are read when the
+//! config has none.
 //!
 //! The crate is built with `default-features = false, features = ["fancy-regex"]`: no Oniguruma
 //! (a C build), no C++ suffix-array trainer, no progress bars, no Hub client; its regexes use
@@ -53,6 +55,35 @@ fn chat_template(v: &Value) -> Option<String> {
     entry.get("template")?.as_str().map(str::to_string)
 }
 
+/// The template of `chat_template.jinja`, else of `chat_template.json`, beside `tokenizer`.
+fn template_file(tokenizer: &Path) -> Result<Option<String>, TokenizerError> {
+    let read = |name: &str| {
+        let path = tokenizer.with_file_name(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some((path, text))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(TokenizerError::Io { path, source }),
+        }
+    };
+    if let Some((_, text)) = read("chat_template.jinja")? {
+        return Ok(Some(text));
+    }
+    let Some((path, text)) = read("chat_template.json")? else {
+        return Ok(None);
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    v.get("chat_template")
+        .and_then(chat_template)
+        .map(Some)
+        .ok_or_else(|| TokenizerError::Invalid {
+            path,
+            reason: "expected a `chat_template` string (or list of named templates)".into(),
+        })
+}
+
 pub(crate) fn load(path: &Path, bytes: &[u8]) -> Result<HfTokenizer, TokenizerError> {
     let invalid = |reason: String| TokenizerError::Invalid {
         path: path.to_path_buf(),
@@ -96,7 +127,10 @@ pub(crate) fn load(path: &Path, bytes: &[u8]) -> Result<HfTokenizer, TokenizerEr
     Ok(HfTokenizer {
         bos: id("bos_token"),
         eos: id("eos_token"),
-        chat_template: config.get("chat_template").and_then(chat_template),
+        chat_template: match config.get("chat_template").and_then(chat_template) {
+            Some(t) => Some(t),
+            None => template_file(path)?,
+        },
         plain,
         parsing,
         special,

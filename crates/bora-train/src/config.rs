@@ -44,8 +44,12 @@ pub struct RunConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
     /// Required. A `.gguf` file, an HF model directory, a Mistral consolidated directory or
-    /// a Hub id.
+    /// a Hub id (`ORG/NAME`, or `ORG/NAME:FILE.gguf`).
     pub path: String,
+    /// For a Hub id: the commit it resolved to when the run started, so that resume, eval
+    /// and export load the same snapshot from the cache, with no network. Empty otherwise.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub revision: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -16,8 +16,8 @@ use bora_data::{
 use bora_formats::quant::GgmlType;
 use bora_model::{CheckpointInfo, LoadOptions, Lora, LoraSpec, Model, TrainBatch, Trainer};
 use bora_run::{MetricSink, Metrics, RunDir, Timing};
-use serde::Serialize;
 use bora_tokenizer::Tokenizer;
+use serde::Serialize;
 
 use crate::checkpoint::{save_adapter, Checkpoint, NamedTensor, ParamSpec};
 use crate::config::RunConfig;
@@ -36,10 +36,16 @@ pub enum Start {
     New {
         runs_root: PathBuf,
         config: Box<RunConfig>,
+        /// Where the files of a Hub id in `model.path` are (the caller resolves it); `None`
+        /// when `model.path` is the model's path itself.
+        model_dir: Option<PathBuf>,
     },
     /// Continue the run in this directory from its latest checkpoint (or from the start when
     /// it was killed before its first checkpoint).
-    Resume { dir: PathBuf },
+    Resume {
+        dir: PathBuf,
+        model_dir: Option<PathBuf>,
+    },
 }
 
 /// What the loop reports to whoever shows progress.
@@ -104,22 +110,28 @@ fn train(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Summary> {
     // ---- Set up: the config, validated whole before any work.
-    let (config, place) = match start {
-        Start::New { runs_root, config } => {
+    let (config, place, model_dir) = match start {
+        Start::New {
+            runs_root,
+            config,
+            model_dir,
+        } => {
             config.validate()?;
-            (*config, Place::New(runs_root))
+            (*config, Place::New(runs_root), model_dir)
         }
-        Start::Resume { dir } => {
+        Start::Resume { dir, model_dir } => {
             let (run_dir, config) = open_run_dir(dir)?;
-            (config, Place::Existing(run_dir))
+            (config, Place::Existing(run_dir), model_dir)
         }
     };
     let t = &config.train;
 
     // ---- Model and tokenizer.
-    let model_path = Path::new(&config.model.path);
+    let model_path = model_dir
+        .as_deref()
+        .unwrap_or(Path::new(&config.model.path));
     check_memory(&config, &CheckpointInfo::open(model_path)?)?;
-    let model = load_base(&config)?;
+    let model = load_base(&config, model_path)?;
     let tokenizer = Tokenizer::from_file(model_path)?;
     if tokenizer.vocab_size() > model.config.vocab_size {
         return Err(TrainError::Mismatch {
@@ -434,9 +446,9 @@ impl DataPlan {
 
 /// The frozen base as the run trains on it: quantized as `qlora` says, RoPE tables for
 /// `train.seq_len`.
-pub fn load_base(config: &RunConfig) -> Result<Model> {
+pub fn load_base(config: &RunConfig, model_path: &Path) -> Result<Model> {
     Ok(Model::load(
-        &config.model.path,
+        model_path,
         &LoadOptions {
             context: Some(config.train.seq_len),
             quantize: config.qlora.quantize()?,

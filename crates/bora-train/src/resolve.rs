@@ -80,8 +80,9 @@ impl NewRun {
         Ok(())
     }
 
-    /// The validated config and the directory its run directory goes in. Input paths are
-    /// stored absolute so `--resume` works from any directory.
+    /// The validated config and the directory its run directory goes in. Input paths that
+    /// exist are stored absolute so `--resume` works from any directory; a Hub id is kept as
+    /// given (its revision is pinned when the model is located).
     pub fn resolve(&self) -> Result<(PathBuf, RunConfig)> {
         let mut config = match &self.config_file {
             Some(path) => RunConfig::load_unchecked(path)?,
@@ -89,6 +90,7 @@ impl NewRun {
         };
         if let Some(model) = &self.model {
             config.model.path = absolute_if_local(model).display().to_string();
+            config.model.revision.clear();
         }
         if let Some(data) = &self.data {
             config.data.train = absolute_if_local(data);
@@ -115,6 +117,9 @@ impl NewRun {
 }
 
 fn absolute_if_local(path: &Path) -> PathBuf {
+    if !path.exists() {
+        return path.to_path_buf();
+    }
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 

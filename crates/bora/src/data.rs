@@ -41,9 +41,9 @@ struct CheckArgs {
     /// Run config TOML, as `bora train --config` reads it; the flags below override its keys.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Model (`.gguf` or model directory) whose tokenizer, chat format and shape to use
-    /// [default: the config's, else the default model].
-    #[arg(long, value_name = "PATH")]
+    /// Model (`.gguf`, model directory or Hub id ORG/NAME[@REV]) whose tokenizer, chat
+    /// format and shape to use [default: the config's, else the default model].
+    #[arg(long, value_name = "PATH|ORG/NAME")]
     model: Option<PathBuf>,
     /// Validation JSONL (`data.eval`); without it --val-fraction holds out training examples.
     #[arg(long, value_name = "FILE")]
@@ -164,7 +164,7 @@ fn run_config(args: &CheckArgs, default_model: &Path) -> Result<RunConfig> {
 
 fn check(args: &CheckArgs, default_model: &Path) -> Result<()> {
     let config = run_config(args, default_model)?;
-    let model = PathBuf::from(&config.model.path);
+    let model = crate::download::model_path(Path::new(&config.model.path))?;
     let tok = Tokenizer::from_file(&model)
         .with_context(|| format!("loading the tokenizer of {}", model.display()))?;
     Encoder::new(&tok).with_context(|| format!("the chat format of {}", model.display()))?;
@@ -223,8 +223,8 @@ fn check(args: &CheckArgs, default_model: &Path) -> Result<()> {
     let (gflops, timing) = match args.gflops {
         Some(g) => (g, None),
         None if fits => {
-            let base =
-                load_base(&config).with_context(|| format!("loading model {}", model.display()))?;
+            let base = load_base(&config, &model)
+                .with_context(|| format!("loading model {}", model.display()))?;
             let timing = measure_step(&config, &plan, &base, args.measure_steps)?;
             (measure_matmul_gflops(), Some(timing))
         }

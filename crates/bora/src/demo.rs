@@ -21,8 +21,8 @@ pub struct DemoArgs {
     /// Optimizer steps.
     #[arg(long, default_value_t = 60)]
     steps: u64,
-    /// Base model [default: the default model].
-    #[arg(long, value_name = "PATH")]
+    /// Base model: a path or a Hub id ORG/NAME[@REV] [default: the default model].
+    #[arg(long, value_name = "PATH|ORG/NAME")]
     model: Option<PathBuf>,
 }
 
@@ -32,10 +32,10 @@ const SIZES: [usize; 3] = [1200, 40, 200];
 const SEED: u64 = 1;
 
 pub fn demo(args: &DemoArgs) -> Result<()> {
-    let model = args
-        .model
-        .clone()
-        .unwrap_or_else(bora_formats::cache::default_model);
+    let model = match &args.model {
+        Some(m) => crate::download::model_path(m)?,
+        None => bora_formats::cache::default_model(),
+    };
     let data_dir = args.out.with_file_name(format!(
         "{}-data",
         args.out
@@ -63,6 +63,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
             .into_owned(),
         model: ModelSection {
             path: std::path::absolute(&model)?.display().to_string(),
+            revision: String::new(),
         },
         data: DataSection {
             train: file("train")?,
@@ -101,6 +102,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         Start::New {
             runs_root,
             config: Box::new(config),
+            model_dir: None,
         },
         vec![Box::new(RunFiles::default())],
         &mut |event| {

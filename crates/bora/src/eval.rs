@@ -26,8 +26,9 @@ pub struct EvalArgs {
     /// A training run directory: its base model against its final adapter.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["model", "adapter"])]
     run: Option<PathBuf>,
-    /// A base model (`.gguf` or model directory) to evaluate without a run.
-    #[arg(long, value_name = "PATH", required_unless_present = "run")]
+    /// A base model (`.gguf`, model directory or Hub id ORG/NAME[@REV]) to evaluate without
+    /// a run.
+    #[arg(long, value_name = "PATH|ORG/NAME", required_unless_present = "run")]
     model: Option<PathBuf>,
     /// A PEFT adapter directory to compare with the base model (with --model).
     #[arg(long, value_name = "DIR", requires = "model")]
@@ -141,7 +142,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             evaluated
         }
         None => {
-            let model = args.model.clone().context("--model or --run is required")?;
+            let model = crate::download::model_path(
+                args.model
+                    .as_deref()
+                    .context("--model or --run is required")?,
+            )?;
             let config = EvalConfig {
                 quantize: args.quant.resolve(&model, None)?,
                 model,
@@ -190,7 +195,7 @@ pub fn eval_run(
         );
     }
     let info = RunInfo::load(run)?;
-    let model = PathBuf::from(&config.model.path);
+    let model = crate::download::run_model(&config.model)?;
     let eval_config = EvalConfig {
         quantize: quant.resolve(&model, config.qlora.quantize()?)?,
         model,

@@ -44,8 +44,8 @@ pub struct ExportArgs {
     /// A training run directory: its base model and final adapter.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["model", "adapter"])]
     run: Option<PathBuf>,
-    /// A base model (`.gguf` or model directory), instead of --run.
-    #[arg(long, value_name = "PATH", required_unless_present = "run")]
+    /// A base model (`.gguf`, model directory or Hub id ORG/NAME[@REV]), instead of --run.
+    #[arg(long, value_name = "PATH|ORG/NAME", required_unless_present = "run")]
     model: Option<PathBuf>,
     /// A PEFT adapter directory for --model (merged and gguf also export the bare model).
     #[arg(long, value_name = "DIR", requires = "model")]
@@ -98,7 +98,7 @@ fn source(args: &ExportArgs) -> Result<Source> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
         return Ok(Source {
-            model: PathBuf::from(&config.model.path),
+            model: crate::download::run_model(&config.model)?,
             base_name: base_name(&adapter).unwrap_or(config.model.path.clone()),
             adapter: Some(adapter),
             default_out: Some(run.join("export")),
@@ -116,7 +116,7 @@ fn source(args: &ExportArgs) -> Result<Source> {
             .as_deref()
             .and_then(base_name)
             .unwrap_or_else(|| model.display().to_string()),
-        model,
+        model: crate::download::model_path(&model)?,
         adapter: args.adapter.clone(),
         default_out: None,
         stem,

@@ -18,9 +18,10 @@ use clap::Args;
 /// Where the model comes from and how long a sequence it may run.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// A `.gguf` file, a Hugging Face model directory or a Mistral consolidated directory
+    /// A `.gguf` file, a Hugging Face model directory, a Mistral consolidated directory, or
+    /// a Hub id ORG/NAME[@REV] or ORG/NAME:FILE.gguf (fetched into the Hugging Face cache)
     /// [default: the default model, see `bora default-model`].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH|ORG/NAME")]
     model: Option<PathBuf>,
     /// Longest sequence (prompt + reply) to run [default: the model's, at most 8192].
     #[arg(long, value_name = "N")]
@@ -154,10 +155,10 @@ pub struct InfoArgs {
 /// `decode_layout` for commands that generate ([`LoadOptions::decode_layout`]); scoring
 /// long windows reads the GGUF layout faster.
 fn load_model(args: &ModelArgs, decode_layout: bool) -> Result<Model> {
-    let path = args
-        .model
-        .clone()
-        .unwrap_or_else(bora_formats::cache::default_model);
+    let path = match &args.model {
+        Some(model) => crate::download::model_path(model)?,
+        None => bora_formats::cache::default_model(),
+    };
     let options = LoadOptions {
         context: args.context,
         quantize: args.quant.resolve(&path, None)?,

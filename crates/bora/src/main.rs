@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod data;
 mod demo;
+mod download;
 mod eval;
 mod export;
 mod generate;
@@ -55,6 +56,8 @@ enum Command {
     Export(Box<export::ExportArgs>),
     /// Publish a run to the Hugging Face Hub with a model card.
     Push(Box<push::PushArgs>),
+    /// Fetch a model by its Hub name into the Hugging Face cache (and print its path).
+    Download(download::DownloadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(&args)?,
         Command::Export(args) => export::run(&args)?,
         Command::Push(args) => push::run(&args)?,
+        Command::Download(args) => download::run(&args)?,
     }
     Ok(())
 }

@@ -16,7 +16,8 @@ use bora_formats::cache::DEFAULT_MODEL_FILE;
 use bora_formats::gguf::GgufFile;
 use bora_hub::card::{model_card, CardInput, RepoContents, MODEL_CARD};
 use bora_hub::hub::{
-    resolve_endpoint, FileOutcome, HubClient, LocalFile, RepoId, Token, UploadEvent, UploadMode,
+    resolve_endpoint, FileOutcome, HubClient, LocalFile, ModelRef, RepoId, Token, UploadEvent,
+    UploadMode,
 };
 use bora_run::{RunDir, ADAPTER_CONFIG_FILE};
 use bora_train::RunConfig;
@@ -220,7 +221,7 @@ fn print_event(e: UploadEvent) {
     }
 }
 
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
@@ -236,8 +237,10 @@ fn hub_id_of(model: &str) -> Option<String> {
     if path.file_name().and_then(|n| n.to_str()) == Some(DEFAULT_MODEL_FILE) {
         return Some(DEFAULT_MODEL_HUB_ID.to_owned());
     }
-    let local = path.exists() || model.ends_with(".gguf") || path.is_absolute();
-    (!local && RepoId::parse(model).is_ok()).then(|| model.to_owned())
+    let gguf_path = model.ends_with(".gguf") && !model.contains(':');
+    let local = path.exists() || gguf_path || path.is_absolute();
+    let hub = ModelRef::parse(model).ok().filter(|_| !local)?;
+    Some(hub.repo.to_string())
 }
 
 fn gguf_license(model: &str) -> Option<String> {

@@ -10,9 +10,10 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// A `.gguf` file, a Hugging Face model directory or a Mistral consolidated directory
-    /// [default: the default model, see `bora default-model`].
-    #[arg(long, value_name = "PATH")]
+    /// A `.gguf` file, a Hugging Face model directory, a Mistral consolidated directory, or
+    /// a Hub id ORG/NAME[@REV] or ORG/NAME:FILE.gguf [default: the default model, see `bora
+    /// default-model`].
+    #[arg(long, value_name = "PATH|ORG/NAME")]
     model: Option<PathBuf>,
     /// The name clients pass as `model` [default: the model file or directory name].
     #[arg(long)]
@@ -61,12 +62,15 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
-    let path = args
-        .model
-        .clone()
-        .unwrap_or_else(bora_formats::cache::default_model);
-    let name = match &args.name {
-        Some(n) => n.clone(),
+    let (path, hub_name) = match &args.model {
+        Some(m) => {
+            let located = crate::download::locate(&m.to_string_lossy(), None)?;
+            (located.path, located.hub.map(|h| h.model.name()))
+        }
+        None => (bora_formats::cache::default_model(), None),
+    };
+    let name = match args.name.clone().or(hub_name) {
+        Some(n) => n,
         None => path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

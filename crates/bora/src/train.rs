@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bora_hub::wandb::{Target, TrackedRun, WandbTracking};
 use bora_run::{MetricSink, RunDir, RunFiles};
-use bora_train::{run, Event, NewRun, RunConfig, Start, TrackingSection};
+use bora_train::{run, Event, ModelSection, NewRun, RunConfig, Start, TrackingSection};
 use clap::Args;
 
 #[derive(Args)]
@@ -24,8 +24,9 @@ pub struct TrainArgs {
         "val_fraction", "drop_overlong", "wandb", "wandb_offline",
     ])]
     resume: Option<PathBuf>,
-    /// Base model: a `.gguf` file or a model directory (`model.path`).
-    #[arg(long, value_name = "PATH")]
+    /// Base model (`model.path`): a `.gguf` file, a model directory, or a Hub id
+    /// ORG/NAME[@REV] or ORG/NAME:FILE.gguf, whose commit the run records (`model.revision`).
+    #[arg(long, value_name = "PATH|ORG/NAME")]
     model: Option<PathBuf>,
     /// Training JSONL (`data.train`).
     #[arg(long, value_name = "FILE")]
@@ -131,13 +132,19 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let (start, config) = match &args.resume {
         Some(dir) => {
             let config = RunConfig::load(RunDir::at(dir).config_path())?;
-            (Start::Resume { dir: dir.clone() }, config)
+            let start = Start::Resume {
+                dir: dir.clone(),
+                model_dir: hub_model_dir(&config.model)?,
+            };
+            (start, config)
         }
         None => {
-            let (runs_root, config) = resolve_config(args)?;
+            let (runs_root, mut config) = resolve_config(args)?;
+            let model_dir = pin_hub_model(&mut config.model)?;
             let start = Start::New {
                 runs_root,
                 config: Box::new(config.clone()),
+                model_dir,
             };
             (start, config)
         }
@@ -155,6 +162,27 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         summary.adapter_dir.display()
     );
     Ok(())
+}
+
+/// For a Hub id in `model.path`: its snapshot directory, fetched if needed, with the commit
+/// recorded in `model.revision` so resume and eval load the same files. `None` for a path.
+fn pin_hub_model(model: &mut ModelSection) -> Result<Option<PathBuf>> {
+    if model.path.is_empty() {
+        return Ok(None);
+    }
+    let revision = (!model.revision.is_empty()).then_some(model.revision.clone());
+    let located = crate::download::locate(&model.path, revision.as_deref())?;
+    Ok(located.hub.map(|hub| {
+        model.path = hub.model.name();
+        model.revision = hub.commit;
+        located.path
+    }))
+}
+
+/// A resumed run's Hub model, at the commit it started from (from the cache, no network).
+fn hub_model_dir(model: &ModelSection) -> Result<Option<PathBuf>> {
+    let mut pinned = model.clone();
+    pin_hub_model(&mut pinned)
 }
 
 /// The config file (or defaults), then every flag given, by the key it sets.

@@ -1188,8 +1188,10 @@ pub struct Located {
 
 /// Resolves a `--model` argument: a local path that exists always wins; otherwise it is a
 /// Hub id, `ORG/NAME[@REVISION][:FILE.gguf]`, found in the cache or fetched into it.
+/// `revision` (a run's pinned commit) replaces the one in the text.
 pub fn locate_model(
     text: &str,
+    revision: Option<&str>,
     env: impl Fn(&str) -> Option<String>,
     on: &mut dyn FnMut(DownloadEvent<'_>),
 ) -> Result<Located> {
@@ -1207,6 +1209,10 @@ pub fn locate_model(
         },
         e => e,
     })?;
+    let model = match revision {
+        Some(rev) => model.at(rev),
+        None => model,
+    };
     let found = Downloader::from_env(env)?.model(&model, on)?;
     Ok(Located {
         path: found.path.clone(),

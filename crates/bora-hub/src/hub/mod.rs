@@ -1,5 +1,6 @@
-//! The Hugging Face Hub upload path as `huggingface_hub` drives it without Xet storage
-//! (`hf_api.py`, `_commit_api.py`, `lfs.py`): check the token with `whoami-v2`, create the repo, ask `preupload` which
+//! The Hugging Face Hub: models by name into the shared cache (`download.rs`), and the upload
+//! path as `huggingface_hub` drives it without Xet storage (`hf_api.py`, `_commit_api.py`,
+//! `lfs.py`): check the token with `whoami-v2`, create the repo, ask `preupload` which
 //! files go through LFS, upload LFS objects through the batch API (basic or multipart),
 //! then one ndjson commit. Everything before the first byte of content is sent exists to fail
 //! early: a bad repo id, a missing token or one without write access stop the push before any
