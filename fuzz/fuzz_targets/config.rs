@@ -11,9 +11,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let (toml, overrides) = text.split_once('\0').unwrap_or((text, ""));
+    let (file, overrides) = text.split_once('\0').unwrap_or((text, ""));
     // An unreadable file still lets the overrides be tried, on the defaults.
-    let mut config = toml::from_str::<RunConfig>(toml)
+    let mut config = toml::from_str::<RunConfig>(file)
         .or_else(|_| toml::from_str::<RunConfig>(""))
         .expect("the defaults read");
     let _ = config.validate();

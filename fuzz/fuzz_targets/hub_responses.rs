@@ -77,11 +77,8 @@ fuzz_target!(|data: &[u8]| {
     let queue = Arc::new(Mutex::new(responses.clone()));
     let (url, handle) = server(queue.clone());
 
-    let retry = Retry {
-        attempts: 2,
-        ..Retry::default()
-    }
-    .with_sleep(|_| {});
+    let mut retry = Retry::default().with_sleep(|_| {});
+    retry.attempts = 2;
     let hub = HubClient::new(&url, Token::new("hf_fuzz").expect("a token"))
         .with_timeout(Duration::from_secs(2))
         .with_retry(retry);
