@@ -214,3 +214,74 @@ fn gguf_formats_from_a_gguf_base_are_verified() {
     let bad = export_gguf("gguf-lora", &lora, &["--force", "--dtype", "q4_0"]);
     assert!(!bad.status.success());
 }
+
+/// Hidden entries beside `out` that a writer of it left (`.NAME.PID.partial`, `.NAME.partial-PID`).
+fn leftovers(out: &Path) -> Vec<String> {
+    let name = out.file_name().unwrap().to_str().unwrap();
+    std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|e| e.starts_with(&format!(".{name}.")))
+        .collect()
+}
+
+/// `bora export` SIGKILLed while writing or checking a GGUF: the final name never holds the
+/// unchecked file (only the hidden temporary exists), and the next export removes the dead
+/// process's temporary. The kill comes as soon as the temporary appears, which is before the
+/// reload check; a run that finished first is retried.
+#[test]
+fn a_killed_gguf_export_leaves_no_unchecked_file_and_its_debris_is_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path());
+    let gguf = common::fixture("llama.gguf");
+    let out = tmp.path().join("out/merged.gguf");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let adapter = run.join("adapter");
+    let args = [
+        "export",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--format",
+        "gguf",
+        "--dtype",
+        "f32",
+        "--force",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let mut killed_with_debris = false;
+    for _ in 0..20 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bora"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let seen = loop {
+            if !leftovers(&out).is_empty() {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let left = leftovers(&out);
+        if seen && !left.is_empty() {
+            killed_with_debris = true;
+            assert!(!out.exists(), "an unchecked file got the final name");
+            assert!(left[0].ends_with(".partial"), "{left:?}");
+            break;
+        }
+        std::fs::remove_file(&out).ok();
+    }
+    assert!(killed_with_debris, "no kill landed before the rename");
+    let done = bora(&args);
+    assert_ok(&done);
+    assert!(stdout(&done).contains("verified:"), "{}", stdout(&done));
+    assert!(out.is_file());
+    assert_eq!(leftovers(&out), Vec::<String>::new());
+}
