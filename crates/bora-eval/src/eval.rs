@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bora_formats::quant::GgmlType;
+use bora_formats::quant::WeightType;
 use bora_model::{GenerateOptions, LoadOptions, Lora, Model, SamplingParams};
 use bora_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -29,7 +29,7 @@ pub struct EvalConfig {
     /// Longest answer generated.
     pub max_tokens: usize,
     /// Quantize the base on load as the run's QLoRA training did (`None`: as stored).
-    pub quantize: Option<GgmlType>,
+    pub quantize: Option<WeightType>,
 }
 
 /// How answers are generated: greedy by default, several examples decoded together.

@@ -12,7 +12,7 @@ use bora_compute::{
     Weight,
 };
 use bora_formats::gguf::GgufFile;
-use bora_formats::quant::GgmlType;
+use bora_formats::quant::WeightType;
 use rayon::prelude::*;
 
 use crate::config::ModelConfig;
@@ -28,9 +28,9 @@ pub struct LoadOptions {
     /// are sized for it. `None`: the model's own maximum, capped at [`DEFAULT_CONTEXT`].
     pub context: Option<usize>,
     /// QLoRA: store the seven decoder projections of an f32/f16/bf16 checkpoint in this
-    /// quant type (Q8_0, Q4_0 or Q4_1) as they load, so a frozen base takes a quarter or an
-    /// eighth of the memory; weights already quantized (GGUF) keep their own type.
-    pub quantize: Option<GgmlType>,
+    /// quant type (NF4, Q8_0, Q4_0 or Q4_1) as they load, so a frozen base takes a quarter
+    /// or an eighth of the memory; weights already quantized (GGUF) keep their own type.
+    pub quantize: Option<WeightType>,
     /// Generation only: quantized matrices are rearranged for the decode kernels as they
     /// load ([`Weight::into_decode_layout`](bora_compute::Weight::into_decode_layout)), which
     /// about halves a decoded token's weight products; leave it off to train (the backward
@@ -687,11 +687,7 @@ impl Model {
         let matrices: u64 = self
             .matrices()
             .iter()
-            .map(|(_, m)| {
-                m.ty()
-                    .row_bytes(m.cols())
-                    .map_or(0, |b| (b * m.rows()) as u64)
-            })
+            .map(|(_, m)| m.size_bytes() as u64)
             .sum();
         let norms = (2 * self.config.n_layers + 1) * self.config.hidden_size * 4;
         matrices + norms as u64
@@ -703,8 +699,8 @@ impl Model {
     }
 
     /// Matrix count and element count per stored type, most elements first.
-    pub fn dtype_summary(&self) -> Vec<(GgmlType, usize, u64)> {
-        let mut out: Vec<(GgmlType, usize, u64)> = Vec::new();
+    pub fn dtype_summary(&self) -> Vec<(WeightType, usize, u64)> {
+        let mut out: Vec<(WeightType, usize, u64)> = Vec::new();
         for (_, m) in self.matrices() {
             let elems = (m.rows() * m.cols()) as u64;
             match out.iter_mut().find(|e| e.0 == m.ty()) {

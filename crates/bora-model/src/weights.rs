@@ -16,7 +16,8 @@ use std::sync::Arc;
 use bora_compute::{Weight, WeightBytes};
 use bora_formats::gguf::GgufFile;
 use bora_formats::names::permute_rows_interleaved_to_half;
-use bora_formats::quant::{dequantize, quantize as quantize_tensor, GgmlType};
+use bora_formats::nf4::Nf4;
+use bora_formats::quant::{dequantize, quantize as quantize_tensor, GgmlType, WeightType};
 use bora_formats::safetensors::dtype_to_ggml;
 use memmap2::Mmap;
 
@@ -291,7 +292,7 @@ impl TensorSource {
         rows: usize,
         cols: usize,
         interleaved_heads: Option<usize>,
-        quantize: Option<GgmlType>,
+        quantize: Option<WeightType>,
         hint: &Path,
     ) -> Result<Weight> {
         let t = self.get(name, &[rows, cols], hint)?;
@@ -311,14 +312,16 @@ impl TensorSource {
         if let Some(q) = quantize.filter(|_| !t.ty.is_quantized()) {
             let mut data = vec![0f32; rows * cols];
             dequantize(t.ty, bytes.as_slice(), &mut data).map_err(|e| bad(e.to_string()))?;
-            let packed = quantize_tensor(q, &data).map_err(|e| bad(e.to_string()))?;
-            return Ok(Weight::from_bytes(
-                name,
-                q,
-                rows,
-                cols,
-                WeightBytes::from_vec(packed),
-            )?);
+            return Ok(match q {
+                WeightType::Nf4 => {
+                    let nf4 = Nf4::quantize(&data).map_err(|e| bad(e.to_string()))?;
+                    Weight::from_nf4(name, rows, cols, nf4)?
+                }
+                WeightType::Ggml(q) => {
+                    let packed = quantize_tensor(q, &data).map_err(|e| bad(e.to_string()))?;
+                    Weight::from_bytes(name, q, rows, cols, WeightBytes::from_vec(packed))?
+                }
+            });
         }
         if t.ty == GgmlType::F32 {
             // f32 goes to gemm directly; copying once here keeps the weight aligned.
@@ -337,15 +340,15 @@ impl TensorSource {
         &self,
         cfg: &ModelConfig,
         hint: &Path,
-        quantize: Option<GgmlType>,
+        quantize: Option<WeightType>,
         decode_layout: bool,
     ) -> Result<ModelWeights> {
-        if let Some(q) = quantize {
+        if let Some(WeightType::Ggml(q)) = quantize {
             if !matches!(q, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {
                 return Err(ModelError::Config {
                     path: hint.to_path_buf(),
                     what: format!(
-                        "quantizing on load supports Q8_0, Q4_0 and Q4_1, not {}",
+                        "quantizing on load supports NF4, Q8_0, Q4_0 and Q4_1, not {}",
                         q.name()
                     ),
                 });
