@@ -23,6 +23,7 @@ mod recipe;
 mod rng;
 mod run;
 mod schedule;
+mod torch;
 
 pub use adapter::AdapterConfig;
 pub use bora_data::DataPosition;
@@ -50,3 +51,4 @@ pub use recipe::{run, Event, Start, Summary, Timing, TIMING_FILE};
 pub use rng::{init_lora, kaiming_uniform_bound, Rng, RngState, Stream};
 pub use run::{RunDir, ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE};
 pub use schedule::{LrSchedule, ScheduleKind};
+pub use torch::{run_torch, TorchEnv, REQUIREMENTS, TRAINER_PY};

@@ -25,6 +25,7 @@ use crate::metrics::{JsonlSink, MetricSink, Metrics, TensorBoardSink};
 use crate::optim::AdamW;
 use crate::rng::{init_lora, Rng, Stream};
 use crate::run::RunDir;
+use crate::schedule::LrSchedule;
 
 /// Written at the end of a run: how long training took, for eval reports.
 pub const TIMING_FILE: &str = "timing.json";
@@ -88,8 +89,30 @@ pub struct Summary {
     pub timing: Timing,
 }
 
-/// Runs (or resumes) a training run to its last step and writes `runs/NAME/adapter/`.
-pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
+/// Everything a run needs before its first step, fresh or from the last checkpoint; the
+/// same for every place the steps run (`--on cpu|torch|hf-jobs`).
+pub(crate) struct SetUp {
+    pub config: RunConfig,
+    pub model: Model,
+    pub data: RunData,
+    pub batches: BatchConfig,
+    pub run_dir: RunDir,
+    pub resuming: bool,
+    pub total_steps: u64,
+    pub schedule: LrSchedule,
+    pub spec: LoraSpec,
+    pub lora: Lora,
+    pub params: Vec<ParamSpec>,
+    pub optimizer: AdamW,
+    pub dropout_rng: Rng,
+    pub position: bora_data::DataPosition,
+    pub first_step: u64,
+    pub elapsed: f64,
+}
+
+/// Validates the config, loads model, tokenizer and data, makes (or opens) the run
+/// directory and initializes (or restores) the adapter, optimizer, RNG and data position.
+pub(crate) fn set_up(start: Start) -> Result<SetUp> {
     // ---- Set up: the config, validated whole before any work.
     let (config, place) = match start {
         Start::New { runs_root, config } => {
@@ -178,7 +201,7 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
     } else {
         None
     };
-    let (mut optimizer, mut dropout_rng, position, first_step, mut elapsed) = match checkpoint {
+    let (optimizer, dropout_rng, position, first_step, elapsed) = match checkpoint {
         Some(ckpt) => {
             if ckpt.adapter_config != config.adapter_config() {
                 return Err(TrainError::Mismatch {
@@ -218,6 +241,48 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
             )
         }
     };
+    Ok(SetUp {
+        config,
+        model,
+        data,
+        batches,
+        run_dir,
+        resuming,
+        total_steps,
+        schedule,
+        spec,
+        lora,
+        params,
+        optimizer,
+        dropout_rng,
+        position,
+        first_step,
+        elapsed,
+    })
+}
+
+/// Runs (or resumes) a training run to its last step and writes `runs/NAME/adapter/`.
+pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
+    let SetUp {
+        config,
+        model,
+        data,
+        batches,
+        run_dir,
+        resuming,
+        total_steps,
+        schedule,
+        spec,
+        mut lora,
+        params,
+        mut optimizer,
+        mut dropout_rng,
+        position,
+        first_step,
+        mut elapsed,
+        ..
+    } = set_up(start)?;
+    let t = &config.train;
     let mut loader = Loader::new(&data.train, batches, position)?;
     let mut trainer = Trainer::new(&model, &spec, t.batch_size, t.seq_len, t.recompute)?;
     let mut grads = Lora::zeros(&model.config, &spec);
@@ -348,17 +413,7 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
         &config.adapter_config(),
         &named_tensors(&lora),
     )?;
-    let timing = Timing {
-        steps: step,
-        train_seconds: elapsed,
-        seconds_per_step: elapsed / step.max(1) as f64,
-    };
-    let timing_path = run_dir.path().join(TIMING_FILE);
-    let json = serde_json::to_string_pretty(&timing).map_err(|e| TrainError::Invalid {
-        path: timing_path.clone(),
-        what: e.to_string(),
-    })?;
-    write_atomic(&timing_path, json.as_bytes())?;
+    let timing = write_timing(&run_dir, step, elapsed)?;
     Ok(Summary {
         run_dir: run_dir.path().to_path_buf(),
         adapter_dir: run_dir.adapter_dir(),
@@ -367,6 +422,22 @@ pub fn run(start: Start, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Summary>
         last_val_loss,
         timing,
     })
+}
+
+/// Writes `timing.json` for `steps` steps trained in `elapsed` seconds.
+pub(crate) fn write_timing(run_dir: &RunDir, steps: u64, elapsed: f64) -> Result<Timing> {
+    let timing = Timing {
+        steps,
+        train_seconds: elapsed,
+        seconds_per_step: elapsed / steps.max(1) as f64,
+    };
+    let timing_path = run_dir.path().join(TIMING_FILE);
+    let json = serde_json::to_string_pretty(&timing).map_err(|e| TrainError::Invalid {
+        path: timing_path.clone(),
+        what: e.to_string(),
+    })?;
+    write_atomic(&timing_path, json.as_bytes())?;
+    Ok(timing)
 }
 
 fn lora_spec(config: &RunConfig) -> LoraSpec {
@@ -379,7 +450,7 @@ fn lora_spec(config: &RunConfig) -> LoraSpec {
     }
 }
 
-fn named_tensors(lora: &Lora) -> Vec<NamedTensor> {
+pub(crate) fn named_tensors(lora: &Lora) -> Vec<NamedTensor> {
     lora.tensors()
         .into_iter()
         .map(|(name, shape, values)| NamedTensor {
@@ -390,10 +461,10 @@ fn named_tensors(lora: &Lora) -> Vec<NamedTensor> {
         .collect()
 }
 
-struct RunData {
-    train: Vec<Sample>,
-    val: Vec<Sample>,
-    skipped: Vec<String>,
+pub(crate) struct RunData {
+    pub train: Vec<Sample>,
+    pub val: Vec<Sample>,
+    pub skipped: Vec<String>,
 }
 
 /// Tokenizes the training file (and the validation file, or holds out `data.val_fraction`

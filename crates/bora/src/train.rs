@@ -8,7 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bora_hub::wandb::{generate_run_id, Client, RunSpec, Target, WandbRun, WandbSink};
 use bora_train::{
-    run, Event, MetricSink, Metrics, RunConfig, Start, TrackingSection, CONFIG_FILE, METRICS_FILE,
+    run, run_torch, Event, MetricSink, Metrics, RunConfig, Start, TorchEnv, TrackingSection,
+    CONFIG_FILE, METRICS_FILE,
 };
 use clap::Args;
 
@@ -78,7 +79,8 @@ pub struct TrainArgs {
     /// `train.seed`
     #[arg(long)]
     seed: Option<u64>,
-    /// QLoRA: quantize the base's linear weights on load (`qlora.quant`): Q8_0, Q4_0 or Q4_1.
+    /// QLoRA: quantize the base's linear weights on load (`qlora.quant`): NF4, Q8_0, Q4_0 or
+    /// Q4_1.
     #[arg(long, value_name = "TYPE")]
     qlora: Option<String>,
     /// `train.packing`
@@ -125,6 +127,11 @@ pub struct TrainArgs {
     /// that uploads the run's TensorBoard files later.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     wandb_offline: Option<bool>,
+    /// Where the steps run: `cpu` (bora's kernels) or `torch` (the PyTorch trainer on this
+    /// machine's GPU, or its CPU in f32; its environment is created under the bora cache on
+    /// first use, or BORA_TORCH_PYTHON names one). The run directory is the same either way.
+    #[arg(long, default_value = "cpu", value_name = "WHERE")]
+    on: String,
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
@@ -145,12 +152,21 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     };
     let mut tracking = WandbTracking::new(&config.tracking)?;
     let mut progress = Progress::new();
-    let result = run(start, &mut |event| {
+    let mut on_event = |event: Event<'_>| {
         if let Some(t) = tracking.as_mut() {
             t.event(&event, &config, &run_dir);
         }
         progress.event(event);
-    });
+    };
+    let result = match args.on.as_str() {
+        "cpu" => run(start, &mut on_event),
+        "torch" => {
+            let cache = bora_formats::cache::bora_home();
+            let env = TorchEnv::resolve(&cache, &mut |line| eprintln!("{line}"))?;
+            run_torch(start, &env, &mut on_event)
+        }
+        other => bail!("--on {other:?}: expected cpu or torch"),
+    };
     if let Some(t) = tracking {
         t.finish(i32::from(result.is_err()), &run_dir);
     }
