@@ -171,7 +171,6 @@ def main():
     args = ap.parse_args()
     job = load_job(args.job)
     torch.manual_seed(job.get("seed", 0))
-    torch.use_deterministic_algorithms(False)
     device, dtype = pick_device_and_dtype(job)
     model = load_model(job, args.job, device, dtype)
     model.train()

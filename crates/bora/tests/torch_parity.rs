@@ -127,6 +127,34 @@ fn parity(fixture: &str, extra: &[&str]) {
             t.name
         );
     }
+    let adapters_agree = |run: &Path| {
+        let other = open(run);
+        for t in sa.tensors() {
+            let (x, y) = (
+                sa.tensor_f32(&t.name).unwrap(),
+                other.tensor_f32(&t.name).unwrap(),
+            );
+            let worst = x
+                .iter()
+                .zip(&y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-4,
+                "{fixture} {}: resumed adapter differs by {worst}",
+                t.name
+            );
+        }
+    };
+    // A run stopped after its step-10 checkpoint resumes on torch from that checkpoint.
+    let resumed = tmp.path().join("resumed");
+    copy_dir(&torch, &resumed);
+    std::fs::remove_dir_all(resumed.join("checkpoints/step-20")).unwrap();
+    std::fs::remove_dir_all(resumed.join("adapter")).unwrap();
+    std::fs::write(resumed.join("checkpoints/latest"), "step-10").unwrap();
+    let r = resumed.to_str().unwrap();
+    assert_ok(&bora(&["train", "--resume", r, "--on", "torch"]));
+    adapters_agree(&resumed);
     // The torch run's directory is a CPU run's: checkpoints bora resumes from, the adapter.
     for run in [&cpu, &torch] {
         assert!(run.join("checkpoints/step-20/trainer_state.json").exists());
@@ -134,6 +162,19 @@ fn parity(fixture: &str, extra: &[&str]) {
             .join("checkpoints/step-10/optimizer.safetensors")
             .exists());
         assert!(!run.join(".torch-job").exists());
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
     }
 }
 
