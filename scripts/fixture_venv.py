@@ -15,7 +15,7 @@ VENV = ROOT / ".venv-fixtures"
 PACKAGES = [
     "mistral-common==1.13.1", "gguf==0.19.0", "transformers==5.24.0", "peft==0.21.2", "torch",
     "safetensors", "numpy", "tokenizers", "sentencepiece", "tiktoken", "accelerate", "tensorboard",
-    "huggingface_hub==2.5.0", "mistralai==3.8.0",
+    "huggingface_hub==2.5.0", "mistralai==3.8.0", "bitsandbytes==0.50.2",
 ]
 MARKER = VENV / "bora-packages.txt"
 

@@ -55,7 +55,7 @@ pub use norm::{rmsnorm_backward, rmsnorm_forward};
 pub use rope::{position_query_scale, rope_backward, rope_forward, RopeScaling, RopeTables};
 pub use weight::{Weight, WeightBytes, INFERENCE_DOT_ROWS, MATVEC_MAX_ROWS};
 
-pub use bora_formats::quant::GgmlType;
+pub use bora_formats::quant::{GgmlType, WeightType};
 
 /// Runs `op` on a thread of rayon's global pool (directly, if already on one), so that every
 /// kernel it calls splits its work with the other pool threads instead of handing it over

@@ -11,7 +11,8 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use bora_formats::quant::{dequantize, GgmlType, QK};
+use bora_formats::nf4::Nf4;
+use bora_formats::quant::{dequantize, GgmlType, WeightType, QK};
 use rayon::prelude::*;
 
 use crate::arena::{MatScratch, Scratch};
@@ -112,6 +113,8 @@ enum Storage {
         tiled: bool,
         decode: bool,
     },
+    /// QLoRA's NF4 (bitsandbytes' layout); products go through f32 tiles.
+    Nf4(Arc<Nf4>),
 }
 
 /// A frozen `[rows, cols]` matrix (torch `[out, in]`), in f32 or any supported ggml type.
@@ -191,6 +194,24 @@ impl Weight {
         })
     }
 
+    /// A weight quantized to NF4 (`nf4` holds `rows · cols` elements, row-major).
+    pub fn from_nf4(name: &str, rows: usize, cols: usize, nf4: Nf4) -> Result<Self> {
+        if Some(nf4.len()) != rows.checked_mul(cols) {
+            return Err(ComputeError::WeightShape {
+                name: name.to_string(),
+                ty: GgmlType::F32,
+                rows,
+                cols,
+                what: format!("the NF4 tensor holds {} values", nf4.len()),
+            });
+        }
+        Ok(Self {
+            rows,
+            cols,
+            storage: Storage::Nf4(Arc::new(nf4)),
+        })
+    }
+
     /// This weight loaded to generate: its inference products all take the dot kernels, so
     /// a row's product does not depend on the rows batched with it, and its rows are
     /// interleaved 16 at a time for the tile kernels where the type and the kernel path
@@ -235,10 +256,20 @@ impl Weight {
         self.cols
     }
 
-    pub fn ty(&self) -> GgmlType {
+    pub fn ty(&self) -> WeightType {
         match &self.storage {
-            Storage::F32(_) => GgmlType::F32,
-            Storage::Quant { ty, .. } => *ty,
+            Storage::F32(_) => WeightType::Ggml(GgmlType::F32),
+            Storage::Quant { ty, .. } => WeightType::Ggml(*ty),
+            Storage::Nf4(_) => WeightType::Nf4,
+        }
+    }
+
+    /// Bytes the values occupy in memory.
+    pub fn size_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::F32(d) => 4 * d.len(),
+            Storage::Quant { bytes, .. } => bytes.len,
+            Storage::Nf4(q) => q.size_bytes(),
         }
     }
 
@@ -246,7 +277,7 @@ impl Weight {
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.storage {
             Storage::F32(d) => Some(d),
-            Storage::Quant { .. } => None,
+            Storage::Quant { .. } | Storage::Nf4(_) => None,
         }
     }
 
@@ -288,6 +319,7 @@ impl Weight {
                     quant_tiles::dequantize_row(*ty, bytes.as_slice(), rb, row, o);
                 }
             }
+            Storage::Nf4(q) => q.dequantize(rows.start * self.cols, out),
         }
     }
 
@@ -314,38 +346,42 @@ impl Weight {
         let (n, k) = (self.rows, self.cols);
         assert_eq!(x.len(), m * k, "weight forward: x");
         assert_eq!(y.len(), m * n, "weight forward: y");
-        let (ty, bytes, tiled, decode) = match &self.storage {
+        match &self.storage {
             Storage::F32(w) => return matmul_xwt(y, x, w, m, k, n, accumulate),
             Storage::Quant {
                 ty,
                 bytes,
                 tiled,
                 decode,
-            } => (*ty, bytes.as_slice(), *tiled, *decode),
-        };
-        if decode && scratch.inference {
-            // Every inference product takes the kernels, a bounded number of rows at a time
-            // (their 16-bit copies live in the scratch), so that a row's product is the same
-            // in a batch of any size as alone: past the bound, gemm's f32 product would
-            // differ in the last bits. The tiled kernel costs about what gemm does per row,
-            // without the tiles' dequantization; the row-major kernels cost more past
-            // INFERENCE_DOT_ROWS rows (the layout of a kernel path without tiles).
-            for (y, x) in y
-                .chunks_mut(INFERENCE_DOT_ROWS * n)
-                .zip(x.chunks(INFERENCE_DOT_ROWS * k))
-            {
-                let rows = x.len() / k;
-                self.matvec(ty, bytes, tiled, y, x, rows, accumulate, scratch);
+            } => {
+                let (ty, bytes, tiled) = (*ty, bytes.as_slice(), *tiled);
+                if *decode && scratch.inference {
+                    // Every inference product takes the kernels, a bounded number of rows at a
+                    // time (their 16-bit copies live in the scratch), so that a row's product is
+                    // the same in a batch of any size as alone: past the bound, gemm's f32
+                    // product would differ in the last bits. The tiled kernel costs about what
+                    // gemm does per row, without the tiles' dequantization; the row-major
+                    // kernels cost more past INFERENCE_DOT_ROWS rows (the layout of a kernel
+                    // path without tiles).
+                    for (y, x) in y
+                        .chunks_mut(INFERENCE_DOT_ROWS * n)
+                        .zip(x.chunks(INFERENCE_DOT_ROWS * k))
+                    {
+                        let rows = x.len() / k;
+                        self.matvec(ty, bytes, tiled, y, x, rows, accumulate, scratch);
+                    }
+                    return;
+                }
+                let dot_rows = if scratch.inference {
+                    INFERENCE_DOT_ROWS
+                } else {
+                    MATVEC_MAX_ROWS
+                };
+                if m <= dot_rows && has_dot_kernel(ty) {
+                    return self.matvec(ty, bytes, tiled, y, x, m, accumulate, scratch);
+                }
             }
-            return;
-        }
-        let dot_rows = if scratch.inference {
-            INFERENCE_DOT_ROWS
-        } else {
-            MATVEC_MAX_ROWS
-        };
-        if m <= dot_rows && has_dot_kernel(ty) {
-            return self.matvec(ty, bytes, tiled, y, x, m, accumulate, scratch);
+            Storage::Nf4(_) => {}
         }
         let tile = (TILE_FLOATS / k.max(1)).clamp(1, n.max(1));
         let buf = scratch.floats(tile * k);
@@ -736,6 +772,47 @@ mod tests {
                 "quantized dx",
             );
         }
+    }
+
+    /// NF4 weights: products of every size go through f32 tiles of the dequantized rows, so
+    /// they equal the f32 products of those rows, and backward is forward's gradient.
+    #[test]
+    fn nf4_products_are_those_of_the_dequantized_weight() {
+        let (k, n) = (192, 40);
+        let w = Weight::from_nf4("w", n, k, Nf4::quantize(&rand_vec(n * k, 21)).unwrap()).unwrap();
+        assert_eq!(w.ty(), WeightType::Nf4);
+        assert_eq!(w.size_bytes(), n * k / 2 + n * k / 64 + 4 + 4);
+        let mut wf = vec![0f32; n * k];
+        w.dequantize_rows(0..n, &mut wf);
+        let mut part = vec![0f32; 3 * k];
+        w.dequantize_rows(5..8, &mut part);
+        assert_eq!(part, wf[5 * k..8 * k]);
+        let mut scratch = Scratch::new();
+        for m in [1, MATVEC_MAX_ROWS + 3] {
+            let x = rand_vec(m * k, 22);
+            let want = naive(&x, &wf, m, k, n);
+            let mut y = vec![0f32; m * n];
+            w.forward(&mut y, &x, m, false, &mut scratch);
+            for (g, w) in y.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "m={m}");
+            }
+            let r = rand_vec(m * n, 23);
+            let mut dx = vec![0f32; m * k];
+            w.backward_dx(&mut dx, &r, m, false, &mut scratch);
+            let mut s2 = Scratch::new();
+            check_grad(
+                &x,
+                &dx,
+                |xp| {
+                    w.forward(&mut y, xp, m, false, &mut s2);
+                    project(&y, &r)
+                },
+                1e-2,
+                2e-3,
+                "nf4 dx",
+            );
+        }
+        assert!(Weight::from_nf4("w", n, k + 64, Nf4::quantize(&wf).unwrap()).is_err());
     }
 
     #[test]

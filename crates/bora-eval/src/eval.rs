@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use bora_formats::quant::GgmlType;
+use bora_formats::quant::WeightType;
 use std::sync::Arc;
 
 use bora_model::{
@@ -33,7 +33,7 @@ pub struct EvalConfig {
     /// Longest answer generated.
     pub max_tokens: usize,
     /// Quantize the base on load as the run's QLoRA training did (`None`: as stored).
-    pub quantize: Option<GgmlType>,
+    pub quantize: Option<WeightType>,
 }
 
 /// How answers are generated: greedy by default, several examples decoded together.

@@ -41,6 +41,9 @@ pub enum FormatError {
     /// A codec or conversion bora does not implement for this type.
     #[error("{what} is not supported for {ty}")]
     Unsupported { ty: GgmlType, what: &'static str },
+    /// An NF4 tensor whose parts do not fit together, or input it cannot encode.
+    #[error("nf4: {0}")]
+    Nf4(String),
     /// A row-layout operation got rows that do not split into the given heads.
     #[error("layout: {0}")]
     Layout(String),

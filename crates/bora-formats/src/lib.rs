@@ -12,6 +12,7 @@ mod error;
 pub mod gguf;
 mod mapped;
 pub mod names;
+pub mod nf4;
 pub mod quant;
 pub mod safetensors;
 

@@ -173,6 +173,33 @@ impl fmt::Display for GgmlType {
     }
 }
 
+/// How a frozen matrix is stored in memory: a ggml type, or NF4 (bitsandbytes' QLoRA
+/// format, [`crate::nf4`]), which no GGUF file holds but a QLoRA base may be quantized to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightType {
+    Ggml(GgmlType),
+    Nf4,
+}
+
+impl WeightType {
+    /// True for every type but the plain float ones.
+    pub fn is_quantized(self) -> bool {
+        match self {
+            WeightType::Ggml(ty) => ty.is_quantized(),
+            WeightType::Nf4 => true,
+        }
+    }
+}
+
+impl fmt::Display for WeightType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeightType::Ggml(ty) => ty.fmt(f),
+            WeightType::Nf4 => f.write_str("NF4"),
+        }
+    }
+}
+
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }

@@ -1,7 +1,7 @@
 //! Times LoRA training steps (forward + backward) for `bench/train.py`.
 //!
 //! `cargo run --release -p bora-model --example train_step -- MODEL [--batch 4] [--seq 256]
-//! [--rank 16] [--alpha 32] [--steps 5] [--quantize q8_0|q4_0|q4_1] [--recompute]`
+//! [--rank 16] [--alpha 32] [--steps 5] [--quantize nf4|q8_0|q4_0|q4_1] [--recompute]`
 //!
 //! MODEL is anything `Model::load` reads. Prints one JSON line: seconds per step (after one
 //! warm-up step), CPU seconds per step (all threads; steadier than seconds when other
@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use bora_compute::{run_in_pool, GgmlType};
+use bora_compute::{run_in_pool, GgmlType, WeightType};
 use bora_model::{LoadOptions, Lora, LoraSpec, LoraTarget, Model, TrainBatch, Trainer};
 
 fn peak_rss_mib() -> f64 {
@@ -54,9 +54,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--steps" => steps = value()?.parse()?,
             "--quantize" => {
                 quantize = Some(match value()?.as_str() {
-                    "q8_0" => GgmlType::Q8_0,
-                    "q4_0" => GgmlType::Q4_0,
-                    "q4_1" => GgmlType::Q4_1,
+                    "nf4" => WeightType::Nf4,
+                    "q8_0" => WeightType::Ggml(GgmlType::Q8_0),
+                    "q4_0" => WeightType::Ggml(GgmlType::Q4_0),
+                    "q4_1" => WeightType::Ggml(GgmlType::Q4_1),
                     other => return Err(format!("unknown quant type {other}").into()),
                 })
             }

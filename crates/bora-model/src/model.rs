@@ -12,7 +12,7 @@ use bora_compute::{
     Weight,
 };
 use bora_formats::gguf::GgufFile;
-use bora_formats::quant::GgmlType;
+use bora_formats::quant::{GgmlType, WeightType};
 use rayon::prelude::*;
 
 use crate::config::ModelConfig;
@@ -28,12 +28,12 @@ pub struct LoadOptions {
     /// are sized for it. `None`: the model's own maximum, capped at [`DEFAULT_CONTEXT`].
     pub context: Option<usize>,
     /// Store the seven decoder projections of an f32/f16/bf16 checkpoint in this type as
-    /// they load: Q8_0, Q4_0 or Q4_1 (QLoRA, or a big model for inference), so a frozen base
+    /// they load: NF4, Q8_0, Q4_0 or Q4_1 (QLoRA, or a big model for inference), so a frozen base
     /// takes a quarter or an eighth of f32's memory; BF16 halves an f32 checkpoint and keeps
     /// f16/bf16 as stored. Weights already quantized (GGUF) keep their own type. Each
     /// tensor is converted on its own and its checkpoint pages are then released, so a load
     /// peaks near the converted size plus one tensor.
-    pub quantize: Option<GgmlType>,
+    pub quantize: Option<WeightType>,
     /// Generation only: quantized matrices are rearranged for the decode kernels as they
     /// load ([`Weight::into_decode_layout`](bora_compute::Weight::into_decode_layout)), which
     /// about halves a decoded token's weight products; leave it off to train (the backward
@@ -206,7 +206,7 @@ impl CheckpointInfo {
 
     /// Bytes of the weights once loaded with `quantize` ([`LoadOptions::quantize`]), in the
     /// types [`Model::load`] holds them in.
-    pub fn weight_bytes(&self, quantize: Option<GgmlType>) -> u64 {
+    pub fn weight_bytes(&self, quantize: Option<WeightType>) -> u64 {
         self.source.held_bytes(&self.config, quantize)
     }
 
@@ -223,9 +223,9 @@ impl CheckpointInfo {
     /// token, and an error (one scale per 32 values, 8-bit) far below sampling noise. A
     /// smaller model stays as stored, so its logits are exactly the checkpoint's; GGUF
     /// weights keep their own quantization.
-    pub fn inference_quant(&self) -> Option<GgmlType> {
+    pub fn inference_quant(&self) -> Option<WeightType> {
         (self.unquantized() && self.config.parameter_count() >= DEFAULT_Q8_PARAMS)
-            .then_some(GgmlType::Q8_0)
+            .then_some(WeightType::Ggml(GgmlType::Q8_0))
     }
 }
 
@@ -744,11 +744,7 @@ impl Model {
         let matrices: u64 = self
             .matrices()
             .iter()
-            .map(|(_, m)| {
-                m.ty()
-                    .row_bytes(m.cols())
-                    .map_or(0, |b| (b * m.rows()) as u64)
-            })
+            .map(|(_, m)| m.size_bytes() as u64)
             .sum();
         let norms = (2 * self.config.n_layers + 1) * self.config.hidden_size * 4;
         matrices + norms as u64
@@ -760,8 +756,8 @@ impl Model {
     }
 
     /// Matrix count and element count per stored type, most elements first.
-    pub fn dtype_summary(&self) -> Vec<(GgmlType, usize, u64)> {
-        let mut out: Vec<(GgmlType, usize, u64)> = Vec::new();
+    pub fn dtype_summary(&self) -> Vec<(WeightType, usize, u64)> {
+        let mut out: Vec<(WeightType, usize, u64)> = Vec::new();
         for (_, m) in self.matrices() {
             let elems = (m.rows() * m.cols()) as u64;
             match out.iter_mut().find(|e| e.0 == m.ty()) {

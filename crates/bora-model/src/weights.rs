@@ -16,7 +16,8 @@ use std::sync::Arc;
 use bora_compute::{Weight, WeightBytes};
 use bora_formats::gguf::GgufFile;
 use bora_formats::names::permute_rows_interleaved_to_half;
-use bora_formats::quant::{dequantize, quantize as quantize_tensor, GgmlType};
+use bora_formats::nf4::Nf4;
+use bora_formats::quant::{dequantize, quantize as quantize_tensor, GgmlType, WeightType};
 use bora_formats::safetensors::dtype_to_ggml;
 use memmap2::Mmap;
 
@@ -26,11 +27,13 @@ use crate::error::{ModelError, Result};
 /// The type a projection stored as `stored` is held in when loaded with `quantize`: block
 /// quants apply to f32, f16 and bf16 weights; BF16 only narrows f32 (f16 keeps its own
 /// 16 bits); weights already quantized keep their type.
-fn held_type(stored: GgmlType, quantize: Option<GgmlType>) -> GgmlType {
+fn held_type(stored: GgmlType, quantize: Option<WeightType>) -> WeightType {
     match quantize {
         Some(q) if q.is_quantized() && !stored.is_quantized() => q,
-        Some(GgmlType::BF16) if stored == GgmlType::F32 => GgmlType::BF16,
-        _ => stored,
+        Some(WeightType::Ggml(GgmlType::BF16)) if stored == GgmlType::F32 => {
+            WeightType::Ggml(GgmlType::BF16)
+        }
+        _ => WeightType::Ggml(stored),
     }
 }
 
@@ -303,7 +306,7 @@ impl TensorSource {
     /// Bytes of the weights [`load`](Self::load) makes with `quantize`: vectors in f32,
     /// embeddings and output head as stored (f32 copied as f32), projections in
     /// [`held_type`].
-    pub(crate) fn held_bytes(&self, cfg: &ModelConfig, quantize: Option<GgmlType>) -> u64 {
+    pub(crate) fn held_bytes(&self, cfg: &ModelConfig, quantize: Option<WeightType>) -> u64 {
         let [embed, _, head] = global_names(self.kind);
         self.tensors
             .iter()
@@ -311,13 +314,18 @@ impl TensorSource {
             .map(|(name, t)| {
                 let elems: usize = t.shape.iter().product();
                 let ty = match t.shape.len() {
-                    1 => GgmlType::F32,
-                    _ if name == embed || name == head => t.ty,
+                    1 => WeightType::Ggml(GgmlType::F32),
+                    _ if name == embed || name == head => WeightType::Ggml(t.ty),
                     _ => held_type(t.ty, quantize),
                 };
                 let cols = t.shape.last().copied().unwrap_or(1);
-                ty.row_bytes(cols)
-                    .map_or(4 * elems, |b| b * (elems / cols.max(1))) as u64
+                match ty {
+                    WeightType::Ggml(ty) => ty
+                        .row_bytes(cols)
+                        .map_or(4 * elems, |b| b * (elems / cols.max(1)))
+                        as u64,
+                    WeightType::Nf4 => Nf4::size_for(elems) as u64,
+                }
             })
             .sum()
     }
@@ -339,7 +347,7 @@ impl TensorSource {
         rows: usize,
         cols: usize,
         interleaved_heads: Option<usize>,
-        quantize: Option<GgmlType>,
+        quantize: Option<WeightType>,
         hint: &Path,
     ) -> Result<Weight> {
         let t = self.get(name, &[rows, cols], hint)?;
@@ -356,20 +364,24 @@ impl TensorSource {
             ),
             None => t.bytes.clone(),
         };
-        let held = quantize.map_or(t.ty, |q| held_type(t.ty, Some(q)));
-        if held != t.ty {
+        let held = held_type(t.ty, quantize);
+        if held != WeightType::Ggml(t.ty) {
             let mut data = vec![0f32; rows * cols];
             dequantize(t.ty, bytes.as_slice(), &mut data).map_err(|e| bad(e.to_string()))?;
-            let packed = quantize_tensor(held, &data).map_err(|e| bad(e.to_string()))?;
-            drop(data);
+            let weight = match held {
+                WeightType::Nf4 => {
+                    let nf4 = Nf4::quantize(&data).map_err(|e| bad(e.to_string()))?;
+                    drop(data);
+                    Weight::from_nf4(name, rows, cols, nf4)?
+                }
+                WeightType::Ggml(q) => {
+                    let packed = quantize_tensor(q, &data).map_err(|e| bad(e.to_string()))?;
+                    drop(data);
+                    Weight::from_bytes(name, q, rows, cols, WeightBytes::from_vec(packed))?
+                }
+            };
             self.release(name);
-            return Ok(Weight::from_bytes(
-                name,
-                held,
-                rows,
-                cols,
-                WeightBytes::from_vec(packed),
-            )?);
+            return Ok(weight);
         }
         if t.ty == GgmlType::F32 {
             // f32 goes to gemm directly; copying once here keeps the weight aligned.
@@ -392,10 +404,10 @@ impl TensorSource {
         &self,
         cfg: &ModelConfig,
         hint: &Path,
-        quantize: Option<GgmlType>,
+        quantize: Option<WeightType>,
         decode_layout: bool,
     ) -> Result<ModelWeights> {
-        if let Some(q) = quantize {
+        if let Some(WeightType::Ggml(q)) = quantize {
             if !matches!(
                 q,
                 GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::BF16
@@ -403,7 +415,7 @@ impl TensorSource {
                 return Err(ModelError::Config {
                     path: hint.to_path_buf(),
                     what: format!(
-                        "quantizing on load supports Q8_0, Q4_0, Q4_1 and BF16, not {}",
+                        "quantizing on load supports NF4, Q8_0, Q4_0, Q4_1 and BF16, not {}",
                         q.name()
                     ),
                 });

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bora_compute::{GgmlType, Weight};
+use bora_compute::{GgmlType, Weight, WeightType};
 use bora_model::{
     LoadOptions, Logits, Lora, LoraSpec, LoraTarget, Model, TrainBatch, Trainer, Workspace,
 };
@@ -334,9 +334,11 @@ fn dequantized(mut model: Model) -> Model {
 #[test]
 fn quantized_base_gradients_match_the_dequantized_f32_base() {
     for (name, ty) in [
-        ("llama", GgmlType::Q8_0),
-        ("mistral_v01", GgmlType::Q4_1),
-        ("mistral_v01", GgmlType::Q4_0),
+        ("llama", WeightType::Ggml(GgmlType::Q8_0)),
+        ("mistral_v01", WeightType::Ggml(GgmlType::Q4_1)),
+        ("mistral_v01", WeightType::Ggml(GgmlType::Q4_0)),
+        ("mistral_v01", WeightType::Nf4),
+        ("llama", WeightType::Nf4),
     ] {
         let options = LoadOptions {
             quantize: Some(ty),
@@ -376,7 +378,7 @@ fn quantized_base_gradients_match_the_dequantized_f32_base() {
 #[test]
 fn quantize_on_load_refuses_other_types() {
     let options = LoadOptions {
-        quantize: Some(GgmlType::Q6_K),
+        quantize: Some(WeightType::Ggml(GgmlType::Q6_K)),
         ..Default::default()
     };
     let err = Model::load(fixtures().join("llama"), &options).unwrap_err();

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use bora_formats::quant::GgmlType;
+use bora_formats::quant::{GgmlType, WeightType};
 use bora_model::LoraTarget;
 
 use crate::adapter::AdapterConfig;
@@ -145,7 +145,8 @@ pub struct TrainSection {
 pub struct QloraSection {
     /// Quantize an unquantized base on load. Default false (a GGUF base stays as stored).
     pub enabled: bool,
-    /// The block type to quantize to: q4_0, q4_1 or q8_0. Default "q4_0".
+    /// The type to quantize to: nf4 (bitsandbytes' QLoRA format, what the GPU trainer uses),
+    /// q4_0, q4_1 or q8_0. Default "q4_0".
     pub quant: String,
 }
 
@@ -153,17 +154,18 @@ impl QloraSection {
     /// The block type the frozen base is quantized to on load (`None`: loaded as stored).
     /// Public because everything that reloads a run's base (eval, serve, export) must load
     /// the same base the adapter was trained on.
-    pub fn quantize(&self) -> Result<Option<GgmlType>> {
+    pub fn quantize(&self) -> Result<Option<WeightType>> {
         if !self.enabled {
             return Ok(None);
         }
         match self.quant.as_str() {
-            "q4_0" => Ok(Some(GgmlType::Q4_0)),
-            "q4_1" => Ok(Some(GgmlType::Q4_1)),
-            "q8_0" => Ok(Some(GgmlType::Q8_0)),
+            "nf4" => Ok(Some(WeightType::Nf4)),
+            "q4_0" => Ok(Some(WeightType::Ggml(GgmlType::Q4_0))),
+            "q4_1" => Ok(Some(WeightType::Ggml(GgmlType::Q4_1))),
+            "q8_0" => Ok(Some(WeightType::Ggml(GgmlType::Q8_0))),
             other => Err(TrainError::Config {
                 key: "qlora.quant".into(),
-                reason: format!("{other:?} is not one of q4_0, q4_1, q8_0"),
+                reason: format!("{other:?} is not one of {}", QLORA_QUANTS.join(", ")),
             }),
         }
     }
@@ -285,7 +287,7 @@ impl Default for QloraSection {
     }
 }
 
-const QLORA_QUANTS: [&str; 3] = ["q4_0", "q4_1", "q8_0"];
+const QLORA_QUANTS: [&str; 4] = ["nf4", "q4_0", "q4_1", "q8_0"];
 
 fn bad(key: &str, reason: impl Into<String>) -> TrainError {
     TrainError::Config {

@@ -61,6 +61,9 @@ pub enum TrainError {
         parts: String,
         advice: String,
     },
+    /// The torch trainer could not be set up or stopped before the end.
+    #[error("torch trainer: {what}")]
+    Trainer { what: String },
     /// Training diverged: continuing would only write NaN weights into the adapter.
     #[error("step {step}: {what} is {value}; lower optim.lr, set optim.max_grad_norm, or check the data")]
     NonFinite { step: u64, what: String, value: f32 },

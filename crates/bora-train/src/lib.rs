@@ -25,6 +25,7 @@ mod resolve;
 mod rng;
 mod run;
 mod schedule;
+mod torch;
 
 pub use adapter::AdapterConfig;
 pub use bora_data::DataPosition;
@@ -57,3 +58,4 @@ pub use resolve::NewRun;
 pub use rng::{init_lora, kaiming_uniform_bound, Rng, RngState, Stream};
 pub use run::{create_run_dir, open_run_dir};
 pub use schedule::{LrSchedule, ScheduleKind};
+pub use torch::{run_torch, TorchEnv, REQUIREMENTS, TRAINER_PY};

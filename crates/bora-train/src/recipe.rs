@@ -13,7 +13,7 @@ use bora_data::{available_memory, generation_memory, preflight, ModelShape, Pref
 use bora_data::{
     fit, load, split, Batch, BatchConfig, Encoder, FitReport, Holdout, Loader, Overlong, Sample,
 };
-use bora_formats::quant::GgmlType;
+use bora_formats::quant::WeightType;
 use bora_model::{CheckpointInfo, LoadOptions, Lora, LoraSpec, Model, TrainBatch, Trainer};
 use bora_run::{MetricSink, Metrics, RunDir, Timing};
 use bora_tokenizer::Tokenizer;
@@ -28,6 +28,7 @@ use crate::grad::{
 use crate::optim::AdamW;
 use crate::rng::{init_lora, Rng, Stream};
 use crate::run::{create_run_dir, open_run_dir};
+use crate::schedule::LrSchedule;
 
 /// How a run starts.
 #[derive(Debug, Clone)]
@@ -91,10 +92,19 @@ pub struct Summary {
 /// whether the run succeeded.
 pub fn run(
     start: Start,
-    mut sinks: Vec<Box<dyn MetricSink>>,
+    sinks: Vec<Box<dyn MetricSink>>,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Summary> {
-    let result = train(start, &mut sinks, on_event);
+    closing_sinks(sinks, |sinks| train(start, sinks, on_event))
+}
+
+/// Runs `steps` with `sinks`, then closes every sink with whether it succeeded (a close
+/// error counts only when the steps did not already fail).
+pub(crate) fn closing_sinks(
+    mut sinks: Vec<Box<dyn MetricSink>>,
+    steps: impl FnOnce(&mut [Box<dyn MetricSink>]) -> Result<Summary>,
+) -> Result<Summary> {
+    let result = steps(&mut sinks);
     for sink in &mut sinks {
         let closed = sink.close(result.is_ok());
         if result.is_ok() {
@@ -104,11 +114,29 @@ pub fn run(
     result
 }
 
-fn train(
-    start: Start,
-    sinks: &mut [Box<dyn MetricSink>],
-    on_event: &mut dyn FnMut(Event<'_>),
-) -> Result<Summary> {
+/// Everything a run needs before its first step, fresh or from the last checkpoint; the
+/// same wherever the steps run (`--on cpu|torch`).
+pub(crate) struct SetUp {
+    pub config: RunConfig,
+    pub model: Model,
+    pub data: DataPlan,
+    pub batches: BatchConfig,
+    pub run_dir: RunDir,
+    pub total_steps: u64,
+    pub schedule: LrSchedule,
+    pub spec: LoraSpec,
+    pub lora: Lora,
+    pub params: Vec<ParamSpec>,
+    pub optimizer: AdamW,
+    pub dropout_rng: Rng,
+    pub position: bora_data::DataPosition,
+    pub first_step: u64,
+    pub elapsed: f64,
+}
+
+/// Validates the config, loads model, tokenizer and data, makes (or opens) the run
+/// directory and initializes (or restores) the adapter, optimizer, RNG and data position.
+pub(crate) fn set_up(start: Start) -> Result<SetUp> {
     // ---- Set up: the config, validated whole before any work.
     let (config, place, model_dir) = match start {
         Start::New {
@@ -186,7 +214,7 @@ fn train(
     } else {
         None
     };
-    let (mut optimizer, mut dropout_rng, position, first_step, mut elapsed) = match checkpoint {
+    let (optimizer, dropout_rng, position, first_step, elapsed) = match checkpoint {
         Some(ckpt) => {
             if ckpt.adapter_config != config.adapter_config() {
                 return Err(TrainError::Mismatch {
@@ -226,6 +254,48 @@ fn train(
             )
         }
     };
+    Ok(SetUp {
+        config,
+        model,
+        data,
+        batches,
+        run_dir,
+        total_steps,
+        schedule,
+        spec,
+        lora,
+        params,
+        optimizer,
+        dropout_rng,
+        position,
+        first_step,
+        elapsed,
+    })
+}
+
+fn train(
+    start: Start,
+    sinks: &mut [Box<dyn MetricSink>],
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Summary> {
+    let SetUp {
+        config,
+        model,
+        data,
+        batches,
+        run_dir,
+        total_steps,
+        schedule,
+        spec,
+        mut lora,
+        params,
+        mut optimizer,
+        mut dropout_rng,
+        position,
+        first_step,
+        mut elapsed,
+    } = set_up(start)?;
+    let t = &config.train;
     let mut loader = Loader::new(&data.train, batches, position)?;
     let mut trainer = Trainer::new(&model, &spec, t.batch_size, t.seq_len, t.recompute)?;
     let mut grads = Lora::zeros(&model.config, &spec);
@@ -356,12 +426,7 @@ fn train(
         &config.adapter_config(),
         &named_tensors(&lora),
     )?;
-    let timing = Timing {
-        steps: step,
-        train_seconds: elapsed,
-        seconds_per_step: elapsed / step.max(1) as f64,
-    };
-    timing.write(&run_dir)?;
+    let timing = write_timing(&run_dir, step, elapsed)?;
     Ok(Summary {
         run_dir: run_dir.path().to_path_buf(),
         adapter_dir: run_dir.adapter_dir(),
@@ -382,7 +447,18 @@ fn lora_spec(config: &RunConfig) -> LoraSpec {
     }
 }
 
-fn named_tensors(lora: &Lora) -> Vec<NamedTensor> {
+/// How long the run's steps took, written for eval reports.
+pub(crate) fn write_timing(run_dir: &RunDir, steps: u64, seconds: f64) -> Result<Timing> {
+    let timing = Timing {
+        steps,
+        train_seconds: seconds,
+        seconds_per_step: seconds / steps.max(1) as f64,
+    };
+    timing.write(run_dir)?;
+    Ok(timing)
+}
+
+pub(crate) fn named_tensors(lora: &Lora) -> Vec<NamedTensor> {
     lora.tensors()
         .into_iter()
         .map(|(name, shape, values)| NamedTensor {
@@ -459,7 +535,7 @@ pub fn load_base(config: &RunConfig, model_path: &Path) -> Result<Model> {
 
 /// The numbers of `info`'s model that memory and time depend on, its weights as loaded with
 /// `quantize`.
-pub fn model_shape(info: &CheckpointInfo, quantize: Option<GgmlType>) -> ModelShape {
+pub fn model_shape(info: &CheckpointInfo, quantize: Option<WeightType>) -> ModelShape {
     let c = &info.config;
     ModelShape {
         hidden: c.hidden_size,
@@ -496,14 +572,14 @@ pub fn train_memory(config: &RunConfig, info: &CheckpointInfo) -> Result<Preflig
 pub fn memory_by_use(
     config: &RunConfig,
     info: &CheckpointInfo,
-    generate_quant: Option<GgmlType>,
+    generate_quant: Option<WeightType>,
     context: usize,
 ) -> Result<Vec<(String, u64)>> {
     let generate = generation_memory(&model_shape(info, generate_quant), context);
     let mut rows = vec![(format!("generate, {context} tokens"), generate.peak_bytes)];
     let mut ways = vec![("LoRA, base as stored", None)];
     if info.unquantized() {
-        ways.extend(["q8_0", "q4_0", "q4_1"].map(|q| (q, Some(q))));
+        ways.extend(["nf4", "q8_0", "q4_0", "q4_1"].map(|q| (q, Some(q))));
     }
     let mut c = config.clone();
     for (label, quant) in ways {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use bora_formats::quant::GgmlType;
+use bora_formats::quant::{GgmlType, WeightType};
 use bora_model::{
     CheckpointInfo, GenerateOptions, Generation, Generator, JsonConstraint, JsonSchema,
     LoadOptions, Model, SamplingParams, VocabIndex, Workspace,
@@ -44,12 +44,13 @@ impl QuantArg {
     /// The type to load `path` with: the one asked for, else
     /// [`CheckpointInfo::inference_quant`]; `fallback` (a run's QLoRA type) comes before the
     /// default.
-    pub fn resolve(&self, path: &Path, fallback: Option<GgmlType>) -> Result<Option<GgmlType>> {
+    pub fn resolve(&self, path: &Path, fallback: Option<WeightType>) -> Result<Option<WeightType>> {
+        let ggml = |ty| Some(WeightType::Ggml(ty));
         Ok(match self.quant.as_deref() {
-            Some("q8_0") => Some(GgmlType::Q8_0),
-            Some("q4_0") => Some(GgmlType::Q4_0),
-            Some("q4_1") => Some(GgmlType::Q4_1),
-            Some(_) => Some(GgmlType::BF16),
+            Some("q8_0") => ggml(GgmlType::Q8_0),
+            Some("q4_0") => ggml(GgmlType::Q4_0),
+            Some("q4_1") => ggml(GgmlType::Q4_1),
+            Some(_) => ggml(GgmlType::BF16),
             None if fallback.is_some() => fallback,
             None => CheckpointInfo::open(path)
                 .with_context(|| format!("reading model {}", path.display()))?
@@ -470,7 +471,7 @@ pub fn info(args: &InfoArgs) -> Result<()> {
 /// Estimated peak memory to generate at the model's context, and to train at `bora train`'s
 /// default batch, sequence length and rank, each way the base can be held; marks what does
 /// not fit the memory available now.
-fn print_memory_needs(model: &Model, quant: Option<GgmlType>) -> Result<()> {
+fn print_memory_needs(model: &Model, quant: Option<WeightType>) -> Result<()> {
     let info = CheckpointInfo::open(model.source())?;
     let available = bora_data::available_memory()?;
     let mark = |bytes: u64| {

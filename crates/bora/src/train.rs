@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bora_hub::wandb::{Target, TrackedRun, WandbTracking};
 use bora_run::{MetricSink, RunDir, RunFiles};
-use bora_train::{run, Event, ModelSection, NewRun, RunConfig, Start, TrackingSection};
+use bora_train::{
+    run, run_torch, Event, ModelSection, NewRun, RunConfig, Start, TorchEnv, TrackingSection,
+};
 use clap::Args;
 
 #[derive(Args)]
@@ -79,7 +81,8 @@ pub struct TrainArgs {
     /// `train.seed`
     #[arg(long)]
     seed: Option<u64>,
-    /// QLoRA: quantize the base's linear weights on load (`qlora.quant`): Q8_0, Q4_0 or Q4_1.
+    /// QLoRA: quantize the base's linear weights on load (`qlora.quant`): NF4, Q8_0, Q4_0 or
+    /// Q4_1.
     #[arg(long, value_name = "TYPE")]
     qlora: Option<String>,
     /// `train.packing`
@@ -126,6 +129,11 @@ pub struct TrainArgs {
     /// that uploads the run's TensorBoard files later.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     wandb_offline: Option<bool>,
+    /// Where the steps run: `cpu` (bora's kernels) or `torch` (the PyTorch trainer on this
+    /// machine's GPU, or its CPU in f32; its environment is created under the bora cache on
+    /// first use, or BORA_TORCH_PYTHON names one). The run directory is the same either way.
+    #[arg(long, default_value = "cpu", value_name = "WHERE")]
+    on: String,
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
@@ -154,7 +162,16 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         sinks.push(Box::new(tracking));
     }
     let mut progress = Progress::new();
-    let summary = run(start, sinks, &mut |event| progress.event(event))?;
+    let mut on_event = |event: Event<'_>| progress.event(event);
+    let summary = match args.on.as_str() {
+        "cpu" => run(start, sinks, &mut on_event)?,
+        "torch" => {
+            let cache = bora_formats::cache::bora_home();
+            let env = TorchEnv::resolve(&cache, &mut |line| eprintln!("{line}"))?;
+            run_torch(start, &env, sinks, &mut on_event)?
+        }
+        other => bail!("--on {other:?}: expected cpu or torch"),
+    };
     println!(
         "trained {} steps in {:.1}s; adapter: {}",
         summary.steps,
