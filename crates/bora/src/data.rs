@@ -28,7 +28,7 @@ pub struct DataArgs {
 enum DataCommand {
     /// Validate a JSONL dataset and print token statistics, the step count and a memory/time
     /// preflight for the chosen settings.
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Make a dataset with a teacher model over an OpenAI-compatible chat API (Mistral's by
     /// default): train/val/test JSONL and synth.json in --out; rerun to continue.
     Synth(Box<crate::synth::SynthArgs>),

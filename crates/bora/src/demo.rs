@@ -124,13 +124,17 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         "trained {} steps in {:.1}s ({:.2} s/step)",
         summary.steps, summary.timing.train_seconds, summary.timing.seconds_per_step
     );
+    let test = data_dir.join("test.jsonl");
+    let examples = crate::eval::Examples {
+        data: &test,
+        metric: Metric::Json,
+        limit: None,
+        max_tokens: 64,
+    };
     let (results, report) = crate::eval::eval_run(
         &summary.run_dir,
         &crate::generate::QuantArg::default(),
-        &data_dir.join("test.jsonl"),
-        Metric::Json,
-        None,
-        64,
+        examples,
         &bora_eval::Decoding::default(),
         None,
     )?;

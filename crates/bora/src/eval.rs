@@ -126,16 +126,13 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     };
     let (results, report) = match &args.run {
         Some(run) => {
-            let evaluated = eval_run(
-                run,
-                &args.quant,
-                &args.data,
+            let examples = Examples {
+                data: &args.data,
                 metric,
-                args.limit,
-                args.max_tokens,
-                &args.decoding(),
-                judge,
-            )?;
+                limit: args.limit,
+                max_tokens: args.max_tokens,
+            };
+            let evaluated = eval_run(run, &args.quant, examples, &args.decoding(), judge)?;
             if let Some(tracking) = tracking {
                 track(tracking, run, &evaluated.0)?;
             }
@@ -173,18 +170,31 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// The held-out examples a run is evaluated on, and how its answers are scored.
+pub struct Examples<'a> {
+    pub data: &'a Path,
+    pub metric: Metric,
+    /// Only the first N examples.
+    pub limit: Option<usize>,
+    /// Most tokens an answer may have.
+    pub max_tokens: usize,
+}
+
 /// Evaluates a run's final adapter against its base model, writes `RUN/eval/` and logs the
 /// scores to the run; returns the results and the HTML report's path.
 pub fn eval_run(
     run: &Path,
     quant: &crate::generate::QuantArg,
-    data: &Path,
-    metric: Metric,
-    limit: Option<usize>,
-    max_tokens: usize,
+    examples: Examples<'_>,
     decoding: &Decoding,
     judge: Option<(&dyn JudgeModel, &JudgeConfig)>,
 ) -> Result<(EvalResults, PathBuf)> {
+    let Examples {
+        data,
+        metric,
+        limit,
+        max_tokens,
+    } = examples;
     let (dir, config) = open_run_dir(run)?;
     let adapter = dir.adapter_dir();
     if !dir.has_adapter() {
