@@ -133,20 +133,15 @@ impl Metric {
 pub fn tool_calls(text: &str) -> Option<Vec<(String, serde_json::Value)>> {
     use serde_json::Value;
     let items: Vec<Value> = if text.contains("<tool_call>") {
-        text.split("<tool_call>")
+        let blocks: Vec<Value> = text
+            .split("<tool_call>")
             .skip(1)
             .map(|block| serde_json::from_str(block.split("</tool_call>").next()?.trim()).ok())
-            .collect::<Option<_>>()?
+            .collect::<Option<_>>()?;
+        (!blocks.is_empty()).then_some(blocks)?
     } else {
-        match serde_json::from_str(text.trim()).ok()? {
-            Value::Array(items) => items,
-            one @ Value::Object(_) => vec![one],
-            _ => return None,
-        }
+        bora_tokenizer::chat::tool_call_items(text)?
     };
-    if items.is_empty() {
-        return None;
-    }
     items
         .into_iter()
         .map(|item| {

@@ -203,16 +203,7 @@ pub(crate) struct Call {
 /// call object). A call without a valid id of its own gets a fresh one of Mistral's shape
 /// (9 characters a-z, A-Z, 0-9). `None` when the text is not such a list.
 pub(crate) fn parse_calls(text: &str, fresh_id: &mut impl FnMut() -> String) -> Option<Vec<Call>> {
-    let value: Value = serde_json::from_str(text.trim()).ok()?;
-    let items = match value {
-        Value::Array(items) => items,
-        one @ Value::Object(_) => vec![one],
-        _ => return None,
-    };
-    if items.is_empty() {
-        return None;
-    }
-    items
+    bora_tokenizer::chat::tool_call_items(text)?
         .into_iter()
         .map(|item| {
             let name = item.get("name")?.as_str()?.to_string();

@@ -676,3 +676,17 @@ fn validate(
     }
     Ok(())
 }
+
+/// The calls a Mistral model writes after `[TOOL_CALLS]` (the control token decoded away): a
+/// JSON list of call objects, or one call object. `None` when the text is neither or the list
+/// is empty. Serving turns the items into OpenAI `tool_calls`, evaluation compares them with
+/// the expected calls; both read the text as this one function does.
+pub fn tool_call_items(text: &str) -> Option<Vec<serde_json::Value>> {
+    use serde_json::Value;
+    let items = match serde_json::from_str(text.trim()).ok()? {
+        Value::Array(items) => items,
+        one @ Value::Object(_) => vec![one],
+        _ => return None,
+    };
+    (!items.is_empty()).then_some(items)
+}

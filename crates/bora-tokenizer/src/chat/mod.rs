@@ -21,7 +21,7 @@ mod mistral;
 pub use conversation::{Content, Conversation, Message, Role, Tool, ToolCall};
 pub use jinja::JinjaFormat;
 pub use json::JsonValue;
-pub use mistral::{InstructVersion, MistralFormat};
+pub use mistral::{tool_call_items, InstructVersion, MistralFormat};
 
 use crate::{Tokenizer, TokenizerKind};
 
