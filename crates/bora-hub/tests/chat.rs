@@ -124,7 +124,7 @@ fn retries_429_after_the_wait_retry_after_asks_for() {
 }
 
 #[test]
-fn survives_500s_a_dropped_connection_a_malformed_answer_and_a_stall() {
+fn survives_500s_a_dropped_connection_a_malformed_or_truncated_answer_and_a_stall() {
     let server = FakeMistral::start(echo());
     for f in [
         Fault::Status(500, None),
@@ -141,6 +141,10 @@ fn survives_500s_a_dropped_connection_a_malformed_answer_and_a_stall() {
     server.fault(Fault::Malformed);
     assert_eq!(ask(&c).unwrap(), "echo: hello");
     assert_eq!(waits.lock().unwrap().len(), 5);
+
+    server.fault(Fault::Truncated);
+    assert_eq!(ask(&c).unwrap(), "echo: hello");
+    assert_eq!(waits.lock().unwrap().len(), 6);
 }
 
 #[test]

@@ -170,7 +170,7 @@ impl WandbRun {
         };
         check_run_id(&state.id)?;
         write_state(&state_path, &state)?;
-        // `_runtime` continues from where the last session left it.
+        // `_runtime` continues from where the run's previous process left it (a resumed run).
         let runtime_before = progress
             .summary
             .get("_runtime")

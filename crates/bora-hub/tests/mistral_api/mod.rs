@@ -29,6 +29,9 @@ pub enum Fault {
     Stall(u64),
     /// Answer 200 with a body cut in the middle of the JSON.
     Malformed,
+    /// Answer 200 with the whole answer's `content-length`, send half of it, then close the
+    /// connection (an answer truncated in transit).
+    Truncated,
 }
 
 /// How the server writes an answer's content from the request body. Usage is counted as
@@ -151,7 +154,7 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, answerer: &Answerer) {
                 continue;
             }
             Some(Fault::Stall(ms)) => std::thread::sleep(std::time::Duration::from_millis(ms)),
-            None => {}
+            Some(Fault::Truncated) | None => {}
         }
         let body: Value = serde_json::from_slice(&req.body).unwrap();
         let content = answerer(&body);
@@ -167,6 +170,16 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, answerer: &Answerer) {
             (prompt_chars / 4) as u64,
             (content.len() / 4) as u64 + 1,
         );
-        respond(&mut stream, 200, &[], a.to_string().as_bytes());
+        let bytes = a.to_string().into_bytes();
+        if fault == Some(Fault::Truncated) {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                bytes.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&bytes[..bytes.len() / 2]);
+            return;
+        }
+        respond(&mut stream, 200, &[], &bytes);
     }
 }
