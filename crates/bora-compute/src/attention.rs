@@ -249,38 +249,43 @@ mod x86_512 {
         scale: f32,
         scores: &mut Vec<f32>,
     ) {
-        let hd = 16 * NV;
-        assert!(qr.len() == hd && o.len() == hd);
-        let mut qv = [_mm512_setzero_ps(); NV];
-        for (c, r) in qv.iter_mut().enumerate() {
-            *r = _mm512_loadu_ps(qr.as_ptr().add(16 * c));
-        }
-        scores.clear();
-        let mut m = f32::NEG_INFINITY;
-        for j in keys.clone() {
-            let kp = k[j * kvw..][..hd].as_ptr();
-            let mut acc = _mm512_setzero_ps();
-            for (c, q) in qv.iter().enumerate() {
-                acc = _mm512_fmadd_ps(*q, _mm512_loadu_ps(kp.add(16 * c)), acc);
+        // SAFETY: the caller guarantees AVX-512F (this function's contract); the raw loads and
+        // stores stay inside `qr` and `o` (16·NV floats, asserted) and the key/value rows, sliced
+        // to `hd` floats by the checked indexing above each pointer.
+        unsafe {
+            let hd = 16 * NV;
+            assert!(qr.len() == hd && o.len() == hd);
+            let mut qv = [_mm512_setzero_ps(); NV];
+            for (c, r) in qv.iter_mut().enumerate() {
+                *r = _mm512_loadu_ps(qr.as_ptr().add(16 * c));
             }
-            let s = _mm512_reduce_add_ps(acc) * scale;
-            m = m.max(s);
-            scores.push(s);
-        }
-        let mut ov = [_mm512_setzero_ps(); NV];
-        let mut l = 0f32;
-        for (j, s) in keys.zip(scores.iter()) {
-            let p = (s - m).exp();
-            l += p;
-            let vp = v[j * kvw..][..hd].as_ptr();
-            let pv = _mm512_set1_ps(p);
-            for (c, r) in ov.iter_mut().enumerate() {
-                *r = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vp.add(16 * c)), *r);
+            scores.clear();
+            let mut m = f32::NEG_INFINITY;
+            for j in keys.clone() {
+                let kp = k[j * kvw..][..hd].as_ptr();
+                let mut acc = _mm512_setzero_ps();
+                for (c, q) in qv.iter().enumerate() {
+                    acc = _mm512_fmadd_ps(*q, _mm512_loadu_ps(kp.add(16 * c)), acc);
+                }
+                let s = _mm512_reduce_add_ps(acc) * scale;
+                m = m.max(s);
+                scores.push(s);
             }
-        }
-        let inv = _mm512_set1_ps(1.0 / l);
-        for (c, r) in ov.iter().enumerate() {
-            _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), _mm512_mul_ps(*r, inv));
+            let mut ov = [_mm512_setzero_ps(); NV];
+            let mut l = 0f32;
+            for (j, s) in keys.zip(scores.iter()) {
+                let p = (s - m).exp();
+                l += p;
+                let vp = v[j * kvw..][..hd].as_ptr();
+                let pv = _mm512_set1_ps(p);
+                for (c, r) in ov.iter_mut().enumerate() {
+                    *r = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vp.add(16 * c)), *r);
+                }
+            }
+            let inv = _mm512_set1_ps(1.0 / l);
+            for (c, r) in ov.iter().enumerate() {
+                _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), _mm512_mul_ps(*r, inv));
+            }
         }
     }
 }
@@ -317,17 +322,21 @@ unsafe fn block_abt(
     nk: usize,
     hd: usize,
 ) {
-    gemm_raw(
-        nq,
-        nk,
-        hd,
-        dst.as_mut_ptr(),
-        (nk, 1),
-        false,
-        (a.add(av.at(r0)), av.stride, 1),
-        (b.add(bv.at(k0)), 1, bv.stride),
-        false,
-    );
+    // SAFETY: the rows of `a` and `b` read are in bounds by this function's contract, and `dst` is
+    // the dense nq×nk block gemm writes.
+    unsafe {
+        gemm_raw(
+            nq,
+            nk,
+            hd,
+            dst.as_mut_ptr(),
+            (nk, 1),
+            false,
+            (a.add(av.at(r0)), av.stride, 1),
+            (b.add(bv.at(k0)), 1, bv.stride),
+            false,
+        );
+    }
 }
 
 /// Training/prefill forward over packed sequences.
@@ -446,9 +455,13 @@ unsafe fn forward_blocks(
                 let l = exp_sum(&mut row[vis.clone()], shape.scale, m);
                 scale_row(&mut row[vis], (1.0 / l) as f32);
                 if let Some(lse) = lse {
+                    // SAFETY: row i0+r, column `head` lies inside `lse`'s [rows, n_heads] (function
+                    // contract), and only this task writes it.
                     unsafe { *lse.get().add((i0 + r) * h + head) = m + (l as f32).ln() };
                 }
             }
+            // SAFETY: rows i0..i1 of head `head` in `out` are in bounds and written by this task
+            // alone (function contract); `p` is the dense nq×nk block and `v` holds keys `keys`.
             unsafe {
                 gemm_raw(
                     nq,
@@ -592,6 +605,7 @@ pub fn attention_backward(
         // g·group..(g+1)·group in dq (tasks differ in segment or kv head, and each query
         // head belongs to exactly one kv head); all rows are in bounds by the length checks.
         for row in start..end {
+            // SAFETY: as above: this task alone owns rows start..end of kv head `g` in dk and dv.
             unsafe {
                 std::slice::from_raw_parts_mut(dkp.get().add(kv.at(row)), hd).fill(0.0);
                 std::slice::from_raw_parts_mut(dvp.get().add(kv.at(row)), hd).fill(0.0);
@@ -608,6 +622,8 @@ pub fn attention_backward(
                 let (nq, nk) = (i1 - i0, keys.len());
                 with_block_scratch(2 * nq * nk, |buf| {
                     let (p, ds) = buf.split_at_mut(nq * nk);
+                    // SAFETY: as above: rows i0..i1 of query head `head` and keys `keys` of kv head
+                    // `g` are in bounds.
                     unsafe {
                         block_abt(
                             p,
@@ -646,6 +662,8 @@ pub fn attention_backward(
                         let (pv, dv) = (&mut prow[vis.clone()], &mut dsrow[vis]);
                         probability_gradient(pv, dv, shape.scale, li, delta);
                     }
+                    // SAFETY: as above: this task alone writes these rows of dq, dk and dv, and
+                    // every row read is in bounds.
                     unsafe {
                         let (ks, kst) = (k.as_ptr().add(kv.at(keys.start)), kv.stride);
                         gemm_raw(

@@ -27,6 +27,8 @@
 //! because a trait with a single CPU implementation would only fix the wrong abstraction in
 //! place before the second implementation shows what the seam must carry.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 mod activation;
 mod arena;
 mod attention;

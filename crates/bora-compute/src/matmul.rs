@@ -100,30 +100,61 @@ pub(crate) unsafe fn gemm_raw(
     (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
     parallel: bool,
 ) {
-    let parallelism = if parallel {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    };
-    let (dst_cs, dst_rs) = (dst_cs as isize, dst_rs as isize);
-    let (lhs_cs, lhs_rs) = (lhs_cs as isize, lhs_rs as isize);
-    let (rhs_cs, rhs_rs) = (rhs_cs as isize, rhs_rs as isize);
-    // gemm picks its kernel from the CPU's features alone (no setting), so the narrower
-    // paths call its AVX2 and scalar kernels the way its own dispatch does.
-    macro_rules! basic {
-        ($simd:expr, $module:ident, $n:expr) => {{
-            use gemm_f32::microkernel::$module::f32::{H_M, H_N, H_UKR, MR_DIV_N, NR, UKR};
-            gemm_common::gemm::gemm_basic_generic::<
-                _,
-                f32,
-                $n,
-                { MR_DIV_N * $n },
-                NR,
-                MR_DIV_N,
-                H_M,
-                H_N,
-            >(
-                $simd,
+    // SAFETY: the operands and `dst` are valid and unaliased for the extent of the product (this
+    // function's contract), which is all gemm reads and writes.
+    unsafe {
+        let parallelism = if parallel {
+            Parallelism::Rayon(0)
+        } else {
+            Parallelism::None
+        };
+        let (dst_cs, dst_rs) = (dst_cs as isize, dst_rs as isize);
+        let (lhs_cs, lhs_rs) = (lhs_cs as isize, lhs_rs as isize);
+        let (rhs_cs, rhs_rs) = (rhs_cs as isize, rhs_rs as isize);
+        // gemm picks its kernel from the CPU's features alone (no setting), so the narrower
+        // paths call its AVX2 and scalar kernels the way its own dispatch does.
+        macro_rules! basic {
+            ($simd:expr, $module:ident, $n:expr) => {{
+                use gemm_f32::microkernel::$module::f32::{H_M, H_N, H_UKR, MR_DIV_N, NR, UKR};
+                gemm_common::gemm::gemm_basic_generic::<
+                    _,
+                    f32,
+                    $n,
+                    { MR_DIV_N * $n },
+                    NR,
+                    MR_DIV_N,
+                    H_M,
+                    H_N,
+                >(
+                    $simd,
+                    m,
+                    n,
+                    k,
+                    dst,
+                    dst_cs,
+                    dst_rs,
+                    accumulate,
+                    lhs,
+                    lhs_cs,
+                    lhs_rs,
+                    rhs,
+                    rhs_cs,
+                    rhs_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    |a, b, c| a * b + c,
+                    &UKR,
+                    &H_UKR,
+                    false,
+                    parallelism,
+                )
+            }};
+        }
+        match crate::cpu_path() {
+            crate::CpuPath::Avx512 => gemm::gemm(
                 m,
                 n,
                 k,
@@ -142,43 +173,16 @@ pub(crate) unsafe fn gemm_raw(
                 false,
                 false,
                 false,
-                |a, b, c| a * b + c,
-                &UKR,
-                &H_UKR,
-                false,
                 parallelism,
-            )
-        }};
-    }
-    match crate::cpu_path() {
-        crate::CpuPath::Avx512 => gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs,
-            dst_rs,
-            accumulate,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        ),
-        #[cfg(target_arch = "x86_64")]
-        crate::CpuPath::Avx2 => basic!(
-            gemm_common::simd::V3::try_new().expect("the AVX2 path runs on AVX2 CPUs"),
-            fma,
-            8
-        ),
-        _ => basic!(gemm_common::simd::Scalar, scalar, 1),
+            ),
+            #[cfg(target_arch = "x86_64")]
+            crate::CpuPath::Avx2 => basic!(
+                gemm_common::simd::V3::try_new().expect("the AVX2 path runs on AVX2 CPUs"),
+                fma,
+                8
+            ),
+            _ => basic!(gemm_common::simd::Scalar, scalar, 1),
+        }
     }
 }
 

@@ -132,40 +132,45 @@ fn quantize_blocks(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
-    for (((xb, qb), db), sb) in x
-        .chunks_exact(QK)
-        .zip(q.chunks_exact_mut(QK))
-        .zip(d.iter_mut())
-        .zip(sums.iter_mut())
-    {
-        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xb.as_ptr().add(8 * i)));
-        let m = _mm256_max_ps(
-            _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
-            _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
-        );
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
-        let scale = amax / 32767.0;
-        let inv = _mm256_set1_ps(if scale == 0.0 { 0.0 } else { 1.0 / scale });
-        let i: [__m256i; 4] = std::array::from_fn(|k| _mm256_cvtps_epi32(_mm256_mul_ps(v[k], inv)));
-        // `packs` works within 128-bit lanes; the permute puts the halves back in order.
-        let order = |p: __m256i| _mm256_permute4x64_epi64::<0b11_01_10_00>(p);
-        _mm256_storeu_si256(
-            qb.as_mut_ptr() as *mut __m256i,
-            order(_mm256_packs_epi32(i[0], i[1])),
-        );
-        _mm256_storeu_si256(
-            qb.as_mut_ptr().add(16) as *mut __m256i,
-            order(_mm256_packs_epi32(i[2], i[3])),
-        );
-        *db = scale;
-        let s = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
-        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        *sb = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+    // SAFETY: the caller guarantees AVX2 and FMA; loads and stores cover whole blocks of QK
+    // elements taken by `chunks_exact`.
+    unsafe {
+        use std::arch::x86_64::*;
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        for (((xb, qb), db), sb) in x
+            .chunks_exact(QK)
+            .zip(q.chunks_exact_mut(QK))
+            .zip(d.iter_mut())
+            .zip(sums.iter_mut())
+        {
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xb.as_ptr().add(8 * i)));
+            let m = _mm256_max_ps(
+                _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
+                _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
+            );
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+            let scale = amax / 32767.0;
+            let inv = _mm256_set1_ps(if scale == 0.0 { 0.0 } else { 1.0 / scale });
+            let i: [__m256i; 4] =
+                std::array::from_fn(|k| _mm256_cvtps_epi32(_mm256_mul_ps(v[k], inv)));
+            // `packs` works within 128-bit lanes; the permute puts the halves back in order.
+            let order = |p: __m256i| _mm256_permute4x64_epi64::<0b11_01_10_00>(p);
+            _mm256_storeu_si256(
+                qb.as_mut_ptr() as *mut __m256i,
+                order(_mm256_packs_epi32(i[0], i[1])),
+            );
+            _mm256_storeu_si256(
+                qb.as_mut_ptr().add(16) as *mut __m256i,
+                order(_mm256_packs_epi32(i[2], i[3])),
+            );
+            *db = scale;
+            let s = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
+            let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            *sb = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+        }
     }
 }
 
@@ -180,29 +185,33 @@ unsafe fn quantize_blocks_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &m
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn quantize_blocks_512(x: &[f32], q: &mut [i16], d: &mut [f32], sums: &mut [f32]) {
-    use std::arch::x86_64::*;
-    for (((xb, qb), db), sb) in x
-        .chunks_exact(QK)
-        .zip(q.chunks_exact_mut(QK))
-        .zip(d.iter_mut())
-        .zip(sums.iter_mut())
-    {
-        let (a, b) = (
-            _mm512_loadu_ps(xb.as_ptr()),
-            _mm512_loadu_ps(xb.as_ptr().add(16)),
-        );
-        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-        let scale = amax / 32767.0;
-        let inv = _mm512_set1_ps(if scale == 0.0 { 0.0 } else { 1.0 / scale });
-        let to_i16 = |v: __m512| {
-            _mm512_cvtsepi32_epi16(_mm512_cvt_roundps_epi32::<
-                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
-            >(_mm512_mul_ps(v, inv)))
-        };
-        _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, to_i16(a));
-        _mm256_storeu_si256(qb.as_mut_ptr().add(16) as *mut __m256i, to_i16(b));
-        *db = scale;
-        *sb = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+    // SAFETY: the caller guarantees AVX-512F; loads and stores cover whole blocks of QK elements
+    // taken by `chunks_exact`.
+    unsafe {
+        use std::arch::x86_64::*;
+        for (((xb, qb), db), sb) in x
+            .chunks_exact(QK)
+            .zip(q.chunks_exact_mut(QK))
+            .zip(d.iter_mut())
+            .zip(sums.iter_mut())
+        {
+            let (a, b) = (
+                _mm512_loadu_ps(xb.as_ptr()),
+                _mm512_loadu_ps(xb.as_ptr().add(16)),
+            );
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+            let scale = amax / 32767.0;
+            let inv = _mm512_set1_ps(if scale == 0.0 { 0.0 } else { 1.0 / scale });
+            let to_i16 = |v: __m512| {
+                _mm512_cvtsepi32_epi16(_mm512_cvt_roundps_epi32::<
+                    { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                >(_mm512_mul_ps(v, inv)))
+            };
+            _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, to_i16(a));
+            _mm256_storeu_si256(qb.as_mut_ptr().add(16) as *mut __m256i, to_i16(b));
+            *db = scale;
+            *sb = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+        }
     }
 }
 
@@ -330,23 +339,31 @@ mod x86 {
 
     #[inline(always)]
     unsafe fn f16_at(p: *const u8) -> f32 {
-        let bits = u16::from_le_bytes([*p, *p.add(1)]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        // SAFETY: `p` is valid for two bytes (caller's contract) and the caller's target features
+        // include F16C.
+        unsafe {
+            let bits = u16::from_le_bytes([*p, *p.add(1)]);
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        }
     }
 
     /// Σ w[i]·x[i] over 16 quants already widened to i16 and 16 activations at `x`, as 8
     /// i32 partial sums.
     #[inline(always)]
     unsafe fn madd16(w: __m256i, x: *const i16) -> __m256i {
-        _mm256_madd_epi16(w, _mm256_loadu_si256(x as *const __m256i))
+        // SAFETY: `x` is valid for 16 i16 (caller's contract).
+        unsafe { _mm256_madd_epi16(w, _mm256_loadu_si256(x as *const __m256i)) }
     }
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
+        // SAFETY: register operations only, of AVX, which the caller's target features provide.
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
     }
 
     /// One weight row of a classic 32-element type against `R` activation rows: each block's
@@ -360,49 +377,55 @@ mod x86 {
         bb: usize,
         xs: &[XRow<'_>],
     ) -> [f32; R] {
-        let q: [*const i16; R] = std::array::from_fn(|r| xs[r].q.as_ptr());
-        let xd: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
-        let sums: [*const f32; R] = std::array::from_fn(|r| xs[r].sums.as_ptr());
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let mut offset = [[0f32; 2]; R];
-        let m4 = _mm_set1_epi8(0x0F);
-        for b in 0..nb {
-            let blk = w.add(b * bb);
-            let d = f16_at(blk);
-            let (lo, hi) = if T == T_Q8_0 {
-                (
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(2) as *const __m128i)),
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(18) as *const __m128i)),
-                )
-            } else {
-                let qs = blk.add(if T == T_Q4_1 { 4 } else { 2 });
-                let v = _mm_loadu_si128(qs as *const __m128i);
-                (
-                    _mm256_cvtepu8_epi16(_mm_and_si128(v, m4)),
-                    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), m4)),
-                )
-            };
-            // The block's additive term: `m` for Q4_1, `−8·d` for Q4_0 (quants are stored
-            // +8), through the activation block sum.
-            let min = match T {
-                T_Q4_1 => f16_at(blk.add(2)),
-                T_Q4_0 => -8.0 * d,
-                _ => 0.0,
-            };
-            for r in 0..R {
-                let xq = q[r].add(b * QK);
-                let p =
-                    _mm256_cvtepi32_ps(_mm256_add_epi32(madd16(lo, xq), madd16(hi, xq.add(16))));
-                let s = _mm256_set1_ps(d * *xd[r].add(b));
-                acc[r][b & 1] = _mm256_fmadd_ps(s, p, acc[r][b & 1]);
-                if T != T_Q8_0 {
-                    offset[r][b & 1] += min * *sums[r].add(b);
+        // SAFETY: `w` points at `nb` blocks of type `T` of `bb` bytes, and each activation row at
+        // `nb` blocks' quants (caller's contract).
+        unsafe {
+            let q: [*const i16; R] = std::array::from_fn(|r| xs[r].q.as_ptr());
+            let xd: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
+            let sums: [*const f32; R] = std::array::from_fn(|r| xs[r].sums.as_ptr());
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let mut offset = [[0f32; 2]; R];
+            let m4 = _mm_set1_epi8(0x0F);
+            for b in 0..nb {
+                let blk = w.add(b * bb);
+                let d = f16_at(blk);
+                let (lo, hi) = if T == T_Q8_0 {
+                    (
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(2) as *const __m128i)),
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(18) as *const __m128i)),
+                    )
+                } else {
+                    let qs = blk.add(if T == T_Q4_1 { 4 } else { 2 });
+                    let v = _mm_loadu_si128(qs as *const __m128i);
+                    (
+                        _mm256_cvtepu8_epi16(_mm_and_si128(v, m4)),
+                        _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), m4)),
+                    )
+                };
+                // The block's additive term: `m` for Q4_1, `−8·d` for Q4_0 (quants are stored
+                // +8), through the activation block sum.
+                let min = match T {
+                    T_Q4_1 => f16_at(blk.add(2)),
+                    T_Q4_0 => -8.0 * d,
+                    _ => 0.0,
+                };
+                for r in 0..R {
+                    let xq = q[r].add(b * QK);
+                    let p = _mm256_cvtepi32_ps(_mm256_add_epi32(
+                        madd16(lo, xq),
+                        madd16(hi, xq.add(16)),
+                    ));
+                    let s = _mm256_set1_ps(d * *xd[r].add(b));
+                    acc[r][b & 1] = _mm256_fmadd_ps(s, p, acc[r][b & 1]);
+                    if T != T_Q8_0 {
+                        offset[r][b & 1] += min * *sums[r].add(b);
+                    }
                 }
             }
+            std::array::from_fn(|r| {
+                hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + offset[r][0] + offset[r][1]
+            })
         }
-        std::array::from_fn(|r| {
-            hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + offset[r][0] + offset[r][1]
-        })
     }
 
     /// # Safety
@@ -418,8 +441,12 @@ mod x86 {
         out: &mut [f32],
         accumulate: bool,
     ) {
-        let bb = ty.block_bytes();
-        macro_rules! classic {
+        // SAFETY: the caller guarantees AVX2, FMA and F16C; `rows` holds `out.len()` rows of
+        // `row_bytes` bytes and each activation row covers them (function contract), so every block
+        // pointer below stays inside.
+        unsafe {
+            let bb = ty.block_bytes();
+            macro_rules! classic {
             ($t:ident) => {{
                 macro_rules! kernel {
                     ($r:literal, $w:ident, $nb:ident, $bb:expr, $xc:ident) => {
@@ -439,19 +466,20 @@ mod x86 {
                 )
             }};
         }
-        match ty {
-            GgmlType::Q4_0 => classic!(T_Q4_0),
-            GgmlType::Q4_1 => classic!(T_Q4_1),
-            GgmlType::Q8_0 => classic!(T_Q8_0),
-            _ => {
-                // K-quants: super-blocks of 256 with packed sub-block scales, one row at a time.
-                for (row, o) in rows
-                    .chunks_exact(row_bytes)
-                    .zip(out.chunks_exact_mut(xs.len()))
-                {
-                    for (xr, o) in xs.iter().zip(o) {
-                        let v = row_dot_k(ty, row, xr);
-                        *o = if accumulate { *o + v } else { v };
+            match ty {
+                GgmlType::Q4_0 => classic!(T_Q4_0),
+                GgmlType::Q4_1 => classic!(T_Q4_1),
+                GgmlType::Q8_0 => classic!(T_Q8_0),
+                _ => {
+                    // K-quants: super-blocks of 256 with packed sub-block scales, one row at a time.
+                    for (row, o) in rows
+                        .chunks_exact(row_bytes)
+                        .zip(out.chunks_exact_mut(xs.len()))
+                    {
+                        for (xr, o) in xs.iter().zip(o) {
+                            let v = row_dot_k(ty, row, xr);
+                            *o = if accumulate { *o + v } else { v };
+                        }
                     }
                 }
             }
@@ -464,105 +492,116 @@ mod x86 {
     /// As [`rows_dot`], for `ty` Q4_K or Q6_K.
     #[inline(always)]
     unsafe fn row_dot_k(ty: GgmlType, row: &[u8], xr: &XRow<'_>) -> f32 {
-        let bb = ty.block_bytes();
-        let nb = row.len() / bb;
-        let (w, q, xd, sums) = (row.as_ptr(), xr.q.as_ptr(), xr.d.as_ptr(), xr.sums.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut offset = [0f32; 2];
-        match ty {
-            GgmlType::Q4_K => {
-                let m = _mm_set1_epi8(0x0F);
-                for sb in 0..nb {
-                    let blk = w.add(sb * bb);
-                    let (d, dmin) = (f16_at(blk), f16_at(blk.add(2)));
-                    let scales = std::slice::from_raw_parts(blk.add(4), 12);
-                    for chunk in 0..4 {
-                        let qs = blk.add(16 + 32 * chunk);
-                        let v0 = _mm_loadu_si128(qs as *const __m128i);
-                        let v1 = _mm_loadu_si128(qs.add(16) as *const __m128i);
+        // SAFETY: `row` holds whole K-quant blocks of `ty` and `xr` their activations (the contract
+        // of `rows_dot`); pointers below step through them block by block.
+        unsafe {
+            let bb = ty.block_bytes();
+            let nb = row.len() / bb;
+            let (w, q, xd, sums) = (row.as_ptr(), xr.q.as_ptr(), xr.d.as_ptr(), xr.sums.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut offset = [0f32; 2];
+            match ty {
+                GgmlType::Q4_K => {
+                    let m = _mm_set1_epi8(0x0F);
+                    for sb in 0..nb {
+                        let blk = w.add(sb * bb);
+                        let (d, dmin) = (f16_at(blk), f16_at(blk.add(2)));
+                        let scales = std::slice::from_raw_parts(blk.add(4), 12);
+                        for chunk in 0..4 {
+                            let qs = blk.add(16 + 32 * chunk);
+                            let v0 = _mm_loadu_si128(qs as *const __m128i);
+                            let v1 = _mm_loadu_si128(qs.add(16) as *const __m128i);
+                            for half in 0..2 {
+                                let (a, c) = if half == 0 {
+                                    (_mm_and_si128(v0, m), _mm_and_si128(v1, m))
+                                } else {
+                                    (
+                                        _mm_and_si128(_mm_srli_epi16(v0, 4), m),
+                                        _mm_and_si128(_mm_srli_epi16(v1, 4), m),
+                                    )
+                                };
+                                let sub = 2 * chunk + half;
+                                let (sc, mn) = q4_k_scale_min(scales, sub);
+                                let b = sb * (QK_K / QK) + sub;
+                                let xq = q.add(b * QK);
+                                let p = _mm256_add_epi32(
+                                    madd16(_mm256_cvtepu8_epi16(a), xq),
+                                    madd16(_mm256_cvtepu8_epi16(c), xq.add(16)),
+                                );
+                                let s = d * sc as f32 * *xd.add(b);
+                                acc[half] = _mm256_fmadd_ps(
+                                    _mm256_set1_ps(s),
+                                    _mm256_cvtepi32_ps(p),
+                                    acc[half],
+                                );
+                                offset[half] -= dmin * mn as f32 * *sums.add(b);
+                            }
+                        }
+                    }
+                }
+                GgmlType::Q6_K => {
+                    let (m4, m3, thirty_two) = (
+                        _mm256_set1_epi8(0x0F),
+                        _mm256_set1_epi8(3),
+                        _mm256_set1_epi8(32),
+                    );
+                    for sb in 0..nb {
+                        let blk = w.add(sb * bb);
+                        let d = f16_at(blk.add(208));
                         for half in 0..2 {
-                            let (a, c) = if half == 0 {
-                                (_mm_and_si128(v0, m), _mm_and_si128(v1, m))
-                            } else {
-                                (
-                                    _mm_and_si128(_mm_srli_epi16(v0, 4), m),
-                                    _mm_and_si128(_mm_srli_epi16(v1, 4), m),
-                                )
-                            };
-                            let sub = 2 * chunk + half;
-                            let (sc, mn) = q4_k_scale_min(scales, sub);
-                            let b = sb * (QK_K / QK) + sub;
-                            let xq = q.add(b * QK);
-                            let p = _mm256_add_epi32(
-                                madd16(_mm256_cvtepu8_epi16(a), xq),
-                                madd16(_mm256_cvtepu8_epi16(c), xq.add(16)),
-                            );
-                            let s = d * sc as f32 * *xd.add(b);
-                            acc[half] = _mm256_fmadd_ps(
-                                _mm256_set1_ps(s),
-                                _mm256_cvtepi32_ps(p),
-                                acc[half],
-                            );
-                            offset[half] -= dmin * mn as f32 * *sums.add(b);
+                            let ql0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
+                            let ql1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
+                            let qh = _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
+                            let high = |h: __m256i| _mm256_slli_epi16(_mm256_and_si256(h, m3), 4);
+                            let groups = [
+                                _mm256_or_si256(_mm256_and_si256(ql0, m4), high(qh)),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(ql1, m4),
+                                    high(_mm256_srli_epi16(qh, 2)),
+                                ),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                    high(_mm256_srli_epi16(qh, 4)),
+                                ),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                    high(_mm256_srli_epi16(qh, 6)),
+                                ),
+                            ];
+                            for (kq, g) in groups.into_iter().enumerate() {
+                                // Element l of group kq sits at 128·half + 32·kq + l: one activation
+                                // block, whose two 16-element halves have their own scales.
+                                let qs = _mm256_sub_epi8(g, thirty_two);
+                                let b = sb * (QK_K / QK) + half * 4 + kq;
+                                let xq = q.add(b * QK);
+                                let lo =
+                                    madd16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(qs)), xq);
+                                let hi = madd16(
+                                    _mm256_cvtepi8_epi16(_mm256_extracti128_si256(qs, 1)),
+                                    xq.add(16),
+                                );
+                                let sc = half * 8 + 2 * kq;
+                                let dx = d * *xd.add(b);
+                                let s0 = dx * *blk.add(192 + sc) as i8 as f32;
+                                let s1 = dx * *blk.add(192 + sc + 1) as i8 as f32;
+                                acc[0] = _mm256_fmadd_ps(
+                                    _mm256_set1_ps(s0),
+                                    _mm256_cvtepi32_ps(lo),
+                                    acc[0],
+                                );
+                                acc[1] = _mm256_fmadd_ps(
+                                    _mm256_set1_ps(s1),
+                                    _mm256_cvtepi32_ps(hi),
+                                    acc[1],
+                                );
+                            }
                         }
                     }
                 }
+                _ => unreachable!("row_dot_k called for {ty}"),
             }
-            GgmlType::Q6_K => {
-                let (m4, m3, thirty_two) = (
-                    _mm256_set1_epi8(0x0F),
-                    _mm256_set1_epi8(3),
-                    _mm256_set1_epi8(32),
-                );
-                for sb in 0..nb {
-                    let blk = w.add(sb * bb);
-                    let d = f16_at(blk.add(208));
-                    for half in 0..2 {
-                        let ql0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
-                        let ql1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
-                        let qh = _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
-                        let high = |h: __m256i| _mm256_slli_epi16(_mm256_and_si256(h, m3), 4);
-                        let groups = [
-                            _mm256_or_si256(_mm256_and_si256(ql0, m4), high(qh)),
-                            _mm256_or_si256(
-                                _mm256_and_si256(ql1, m4),
-                                high(_mm256_srli_epi16(qh, 2)),
-                            ),
-                            _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                high(_mm256_srli_epi16(qh, 4)),
-                            ),
-                            _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                high(_mm256_srli_epi16(qh, 6)),
-                            ),
-                        ];
-                        for (kq, g) in groups.into_iter().enumerate() {
-                            // Element l of group kq sits at 128·half + 32·kq + l: one activation
-                            // block, whose two 16-element halves have their own scales.
-                            let qs = _mm256_sub_epi8(g, thirty_two);
-                            let b = sb * (QK_K / QK) + half * 4 + kq;
-                            let xq = q.add(b * QK);
-                            let lo = madd16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(qs)), xq);
-                            let hi = madd16(
-                                _mm256_cvtepi8_epi16(_mm256_extracti128_si256(qs, 1)),
-                                xq.add(16),
-                            );
-                            let sc = half * 8 + 2 * kq;
-                            let dx = d * *xd.add(b);
-                            let s0 = dx * *blk.add(192 + sc) as i8 as f32;
-                            let s1 = dx * *blk.add(192 + sc + 1) as i8 as f32;
-                            acc[0] =
-                                _mm256_fmadd_ps(_mm256_set1_ps(s0), _mm256_cvtepi32_ps(lo), acc[0]);
-                            acc[1] =
-                                _mm256_fmadd_ps(_mm256_set1_ps(s1), _mm256_cvtepi32_ps(hi), acc[1]);
-                        }
-                    }
-                }
-            }
-            _ => unreachable!("row_dot_k called for {ty}"),
+            hsum(_mm256_add_ps(acc[0], acc[1])) + offset[0] + offset[1]
         }
-        hsum(_mm256_add_ps(acc[0], acc[1])) + offset[0] + offset[1]
     }
 }
 
@@ -590,11 +629,14 @@ mod x86_512 {
     /// Widens the 32 nibbles at `qs` (low nibbles are elements 0..16) to i16.
     #[inline(always)]
     unsafe fn nibbles_i16(qs: *const u8) -> __m512i {
-        let v = _mm_loadu_si128(qs as *const __m128i);
-        let m = _mm_set1_epi8(0x0F);
-        let lo = _mm_and_si128(v, m);
-        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
-        _mm512_cvtepu8_epi16(_mm256_set_m128i(hi, lo))
+        // SAFETY: `qs` is valid for 16 bytes (the 32 nibbles of one block; caller's contract).
+        unsafe {
+            let v = _mm_loadu_si128(qs as *const __m128i);
+            let m = _mm_set1_epi8(0x0F);
+            let lo = _mm_and_si128(v, m);
+            let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+            _mm512_cvtepu8_epi16(_mm256_set_m128i(hi, lo))
+        }
     }
 
     /// Bytes of a block of type code `T`.
@@ -624,17 +666,21 @@ mod x86_512 {
     impl Headers {
         #[inline(always)]
         unsafe fn new<const T: u8>() -> Self {
-            let word = |lane: usize| block_bytes::<T>() / 2 * (lane % 16) + lane / 16;
-            Headers {
-                idx: {
-                    let at: [i16; 32] = std::array::from_fn(|lane| (word(lane) % 64) as i16);
-                    _mm512_loadu_si512(at.as_ptr() as *const __m512i)
-                },
-                lanes: std::array::from_fn(|p| {
-                    (0..32)
-                        .filter(|&lane| word(lane) / 64 == p)
-                        .fold(0, |m, lane| m | 1 << lane)
-                }),
+            // SAFETY: only register operations of AVX-512F/BW, which the caller's target features
+            // provide.
+            unsafe {
+                let word = |lane: usize| block_bytes::<T>() / 2 * (lane % 16) + lane / 16;
+                Headers {
+                    idx: {
+                        let at: [i16; 32] = std::array::from_fn(|lane| (word(lane) % 64) as i16);
+                        _mm512_loadu_si512(at.as_ptr() as *const __m512i)
+                    },
+                    lanes: std::array::from_fn(|p| {
+                        (0..32)
+                            .filter(|&lane| word(lane) / 64 == p)
+                            .fold(0, |m, lane| m | 1 << lane)
+                    }),
+                }
             }
         }
 
@@ -643,29 +689,37 @@ mod x86_512 {
         /// are all unmasked but the last, their masks known at compile time.
         #[inline(always)]
         unsafe fn words<const T: u8>(&self, p: *const u8, cnt: usize) -> __m512i {
-            if cnt == GROUP {
-                self.picked::<T>(p, GROUP * block_bytes::<T>())
-            } else {
-                self.picked::<T>(p, cnt * block_bytes::<T>())
+            // SAFETY: `p` is valid for `cnt` blocks of type `T` (caller's contract).
+            unsafe {
+                if cnt == GROUP {
+                    self.picked::<T>(p, GROUP * block_bytes::<T>())
+                } else {
+                    self.picked::<T>(p, cnt * block_bytes::<T>())
+                }
             }
         }
 
         #[inline(always)]
         unsafe fn picked<const T: u8>(&self, p: *const u8, len: usize) -> __m512i {
-            let load = |k: usize| {
-                let valid = len.saturating_sub(64 * k).min(64);
-                let mask: __mmask64 = if valid == 64 { !0 } else { (1 << valid) - 1 };
-                _mm512_maskz_loadu_epi8(mask, p.add(64 * k) as *const i8)
-            };
-            let permutes = (GROUP * block_bytes::<T>() / 2 + 1).div_ceil(64);
-            let mut out = _mm512_setzero_si512();
-            for j in 0..permutes {
-                if len > 128 * j {
-                    let picked = _mm512_permutex2var_epi16(load(2 * j), self.idx, load(2 * j + 1));
-                    out = _mm512_mask_mov_epi16(out, self.lanes[j], picked);
+            // SAFETY: `p` is valid for `len` bytes (caller's contract); the masked loads read no
+            // further.
+            unsafe {
+                let load = |k: usize| {
+                    let valid = len.saturating_sub(64 * k).min(64);
+                    let mask: __mmask64 = if valid == 64 { !0 } else { (1 << valid) - 1 };
+                    _mm512_maskz_loadu_epi8(mask, p.add(64 * k) as *const i8)
+                };
+                let permutes = (GROUP * block_bytes::<T>() / 2 + 1).div_ceil(64);
+                let mut out = _mm512_setzero_si512();
+                for j in 0..permutes {
+                    if len > 128 * j {
+                        let picked =
+                            _mm512_permutex2var_epi16(load(2 * j), self.idx, load(2 * j + 1));
+                        out = _mm512_mask_mov_epi16(out, self.lanes[j], picked);
+                    }
                 }
+                out
             }
-            out
         }
     }
 
@@ -680,114 +734,120 @@ mod x86_512 {
         headers: &Headers,
         xs: &[XRow<'_>],
     ) -> [f32; R] {
-        let bb = block_bytes::<T>();
-        let q: [*const i16; R] = std::array::from_fn(|r| xs[r].q.as_ptr());
-        let pairs: [*const i16; R] = std::array::from_fn(|r| xs[r].pairs.as_ptr());
-        let xd: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
-        let sums: [*const f32; R] = std::array::from_fn(|r| xs[r].sums.as_ptr());
-        // Two accumulators per row (held in registers, not memory, once the loops over `R`
-        // unroll), so one block's FMA need not wait for the previous block's.
-        let mut acc0 = [_mm512_setzero_ps(); R];
-        let mut acc1 = [_mm512_setzero_ps(); R];
-        let mut b0 = 0;
-        while b0 < nb {
-            let cnt = (nb - b0).min(GROUP);
-            let mask: __mmask16 = if cnt == GROUP { !0 } else { (1 << cnt) - 1 };
-            let words = headers.words::<T>(w.add(b0 * bb), cnt);
-            let d = _mm512_cvtph_ps(_mm512_castsi512_si256(words));
-            let min = match T {
-                T_Q4_1 => _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(words)),
-                _ => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
-            };
-            let mut scale = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                scale[r] = _mm512_mul_ps(d, _mm512_maskz_loadu_ps(mask, xd[r].add(b0)));
-                if T != T_Q8_0 {
-                    let bsum = _mm512_maskz_loadu_ps(mask, sums[r].add(b0));
-                    acc0[r] = _mm512_fmadd_ps(min, bsum, acc0[r]);
+        // SAFETY: the caller guarantees the target features and that `w` points at `nb` blocks of
+        // type `T` and each activation row at `nb` blocks' quants.
+        unsafe {
+            let bb = block_bytes::<T>();
+            let q: [*const i16; R] = std::array::from_fn(|r| xs[r].q.as_ptr());
+            let pairs: [*const i16; R] = std::array::from_fn(|r| xs[r].pairs.as_ptr());
+            let xd: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
+            let sums: [*const f32; R] = std::array::from_fn(|r| xs[r].sums.as_ptr());
+            // Two accumulators per row (held in registers, not memory, once the loops over `R`
+            // unroll), so one block's FMA need not wait for the previous block's.
+            let mut acc0 = [_mm512_setzero_ps(); R];
+            let mut acc1 = [_mm512_setzero_ps(); R];
+            let mut b0 = 0;
+            while b0 < nb {
+                let cnt = (nb - b0).min(GROUP);
+                let mask: __mmask16 = if cnt == GROUP { !0 } else { (1 << cnt) - 1 };
+                let words = headers.words::<T>(w.add(b0 * bb), cnt);
+                let d = _mm512_cvtph_ps(_mm512_castsi512_si256(words));
+                let min = match T {
+                    T_Q4_1 => _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(words)),
+                    _ => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+                };
+                let mut scale = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    scale[r] = _mm512_mul_ps(d, _mm512_maskz_loadu_ps(mask, xd[r].add(b0)));
+                    if T != T_Q8_0 {
+                        let bsum = _mm512_maskz_loadu_ps(mask, sums[r].add(b0));
+                        acc0[r] = _mm512_fmadd_ps(min, bsum, acc0[r]);
+                    }
                 }
-            }
-            let mut i = 0;
-            if T != T_Q8_0 {
-                // Two blocks per register: their 2×16 nibble bytes widened at once, low
-                // nibbles masked and high ones shifted down in place, dotted with the
-                // interleaved activations; lanes 0..8 then hold block i, 8..16 block i+1.
-                let qoff = if T == T_Q4_1 { 4 } else { 2 };
-                let m4 = _mm512_set1_epi16(0x0F);
-                let first = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-                macro_rules! pair {
+                let mut i = 0;
+                if T != T_Q8_0 {
+                    // Two blocks per register: their 2×16 nibble bytes widened at once, low
+                    // nibbles masked and high ones shifted down in place, dotted with the
+                    // interleaved activations; lanes 0..8 then hold block i, 8..16 block i+1.
+                    let qoff = if T == T_Q4_1 { 4 } else { 2 };
+                    let m4 = _mm512_set1_epi16(0x0F);
+                    let first = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+                    macro_rules! pair {
+                        ($i:expr, $acc:ident) => {{
+                            let b = b0 + $i;
+                            let qa = _mm_loadu_si128(w.add(b * bb + qoff) as *const __m128i);
+                            let qb = _mm_loadu_si128(w.add((b + 1) * bb + qoff) as *const __m128i);
+                            let v = _mm512_cvtepu8_epi16(_mm256_set_m128i(qb, qa));
+                            let (lo, hi) = (_mm512_and_si512(v, m4), _mm512_srli_epi16(v, 4));
+                            let idx = _mm512_add_epi32(first, _mm512_set1_epi32($i as i32));
+                            for r in 0..R {
+                                let xp = pairs[r].add(b * QK);
+                                let (xlo, xhi) = (
+                                    _mm512_loadu_si512(xp as *const __m512i),
+                                    _mm512_loadu_si512(xp.add(QK) as *const __m512i),
+                                );
+                                // The same i32 sums either way; VNNI fuses the second `madd` and
+                                // the add.
+                                let p = if VNNI {
+                                    _mm512_dpwssd_epi32(_mm512_madd_epi16(lo, xlo), hi, xhi)
+                                } else {
+                                    _mm512_add_epi32(
+                                        _mm512_madd_epi16(lo, xlo),
+                                        _mm512_madd_epi16(hi, xhi),
+                                    )
+                                };
+                                let s = _mm512_permutexvar_ps(idx, scale[r]);
+                                $acc[r] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), $acc[r]);
+                            }
+                        }};
+                    }
+                    // Pairs alternate between the two accumulators, unrolled so the choice is
+                    // made at compile time.
+                    while i + 3 < cnt {
+                        pair!(i, acc0);
+                        pair!(i + 2, acc1);
+                        i += 4;
+                    }
+                    if i + 1 < cnt {
+                        pair!(i, acc0);
+                        i += 2;
+                    }
+                }
+                // Single blocks: every Q8_0 block, and a last unpaired Q4 block; even blocks to
+                // one accumulator, odd ones to the other.
+                macro_rules! single {
                     ($i:expr, $acc:ident) => {{
                         let b = b0 + $i;
-                        let qa = _mm_loadu_si128(w.add(b * bb + qoff) as *const __m128i);
-                        let qb = _mm_loadu_si128(w.add((b + 1) * bb + qoff) as *const __m128i);
-                        let v = _mm512_cvtepu8_epi16(_mm256_set_m128i(qb, qa));
-                        let (lo, hi) = (_mm512_and_si512(v, m4), _mm512_srli_epi16(v, 4));
-                        let idx = _mm512_add_epi32(first, _mm512_set1_epi32($i as i32));
+                        let blk = w.add(b * bb);
+                        let wq = match T {
+                            T_Q4_0 => nibbles_i16(blk.add(2)),
+                            T_Q4_1 => nibbles_i16(blk.add(4)),
+                            _ => _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                                blk.add(2) as *const __m256i
+                            )),
+                        };
+                        // Lane i of the 16 scales, broadcast without leaving the registers.
+                        let lane = _mm512_set1_epi32($i as i32);
                         for r in 0..R {
-                            let xp = pairs[r].add(b * QK);
-                            let (xlo, xhi) = (
-                                _mm512_loadu_si512(xp as *const __m512i),
-                                _mm512_loadu_si512(xp.add(QK) as *const __m512i),
-                            );
-                            // The same i32 sums either way; VNNI fuses the second `madd` and
-                            // the add.
-                            let p = if VNNI {
-                                _mm512_dpwssd_epi32(_mm512_madd_epi16(lo, xlo), hi, xhi)
-                            } else {
-                                _mm512_add_epi32(
-                                    _mm512_madd_epi16(lo, xlo),
-                                    _mm512_madd_epi16(hi, xhi),
-                                )
-                            };
-                            let s = _mm512_permutexvar_ps(idx, scale[r]);
-                            $acc[r] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(p), $acc[r]);
+                            let xq = _mm512_loadu_si512(q[r].add(b * QK) as *const __m512i);
+                            let p = _mm512_cvtepi32_ps(_mm512_madd_epi16(wq, xq));
+                            let s = _mm512_permutexvar_ps(lane, scale[r]);
+                            $acc[r] = _mm512_fmadd_ps(s, p, $acc[r]);
                         }
                     }};
                 }
-                // Pairs alternate between the two accumulators, unrolled so the choice is
-                // made at compile time.
-                while i + 3 < cnt {
-                    pair!(i, acc0);
-                    pair!(i + 2, acc1);
-                    i += 4;
-                }
-                if i + 1 < cnt {
-                    pair!(i, acc0);
+                while i + 1 < cnt {
+                    single!(i, acc0);
+                    single!(i + 1, acc1);
                     i += 2;
                 }
+                if i < cnt {
+                    single!(i, acc0);
+                }
+                b0 += cnt;
             }
-            // Single blocks: every Q8_0 block, and a last unpaired Q4 block; even blocks to
-            // one accumulator, odd ones to the other.
-            macro_rules! single {
-                ($i:expr, $acc:ident) => {{
-                    let b = b0 + $i;
-                    let blk = w.add(b * bb);
-                    let wq = match T {
-                        T_Q4_0 => nibbles_i16(blk.add(2)),
-                        T_Q4_1 => nibbles_i16(blk.add(4)),
-                        _ => _mm512_cvtepi8_epi16(_mm256_loadu_si256(blk.add(2) as *const __m256i)),
-                    };
-                    // Lane i of the 16 scales, broadcast without leaving the registers.
-                    let lane = _mm512_set1_epi32($i as i32);
-                    for r in 0..R {
-                        let xq = _mm512_loadu_si512(q[r].add(b * QK) as *const __m512i);
-                        let p = _mm512_cvtepi32_ps(_mm512_madd_epi16(wq, xq));
-                        let s = _mm512_permutexvar_ps(lane, scale[r]);
-                        $acc[r] = _mm512_fmadd_ps(s, p, $acc[r]);
-                    }
-                }};
-            }
-            while i + 1 < cnt {
-                single!(i, acc0);
-                single!(i + 1, acc1);
-                i += 2;
-            }
-            if i < cnt {
-                single!(i, acc0);
-            }
-            b0 += cnt;
+            std::array::from_fn(|r| _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r])))
         }
-        std::array::from_fn(|r| _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r])))
     }
 
     /// # Safety
@@ -804,8 +864,12 @@ mod x86_512 {
         out: &mut [f32],
         accumulate: bool,
     ) {
-        let bb = ty.block_bytes();
-        macro_rules! classic {
+        // SAFETY: the caller runs this inside a function enabling AVX-512F/BW, F16C and FMA (VNNI
+        // too when `VNNI`), and `rows` holds whole rows of `row_bytes` bytes, so every block
+        // pointer below stays inside it.
+        unsafe {
+            let bb = ty.block_bytes();
+            macro_rules! classic {
             ($t:ident) => {{
                 let headers = Headers::new::<$t>();
                 macro_rules! kernel {
@@ -826,10 +890,11 @@ mod x86_512 {
                 )
             }};
         }
-        match ty {
-            GgmlType::Q4_0 => classic!(T_Q4_0),
-            GgmlType::Q4_1 => classic!(T_Q4_1),
-            _ => classic!(T_Q8_0),
+            match ty {
+                GgmlType::Q4_0 => classic!(T_Q4_0),
+                GgmlType::Q4_1 => classic!(T_Q4_1),
+                _ => classic!(T_Q8_0),
+            }
         }
     }
 
@@ -844,7 +909,9 @@ mod x86_512 {
         out: &mut [f32],
         accumulate: bool,
     ) {
-        rows_dot_with::<false>(ty, rows, row_bytes, xs, out, accumulate)
+        // SAFETY: the caller guarantees the features this function enables and the bounds of
+        // `rows_dot_with`.
+        unsafe { rows_dot_with::<false>(ty, rows, row_bytes, xs, out, accumulate) }
     }
 
     /// # Safety
@@ -858,7 +925,9 @@ mod x86_512 {
         out: &mut [f32],
         accumulate: bool,
     ) {
-        rows_dot_with::<true>(ty, rows, row_bytes, xs, out, accumulate)
+        // SAFETY: the caller guarantees the features this function enables and the bounds of
+        // `rows_dot_with`.
+        unsafe { rows_dot_with::<true>(ty, rows, row_bytes, xs, out, accumulate) }
     }
 }
 
@@ -934,9 +1003,9 @@ fn rows_dot_on(
                 }
             };
         }
-        // SAFETY: as above, for AVX2, FMA and F16C (part of both paths).
         CpuPath::Avx512 | CpuPath::Avx2 => {
-            return unsafe { x86::rows_dot(ty, rows, row_bytes, xs, out, accumulate) }
+            // SAFETY: as above, for AVX2, FMA and F16C (part of both paths).
+            return unsafe { x86::rows_dot(ty, rows, row_bytes, xs, out, accumulate) };
         }
         CpuPath::Portable => {}
     }

@@ -218,43 +218,48 @@ mod x86 {
         row0: usize,
         accumulate: bool,
     ) {
-        macro_rules! each {
-            ($t:ident) => {{
-                for (t, tile) in tiles.chunks_exact(TILE_ROWS * row_bytes).enumerate() {
-                    let first = row0 + t * TILE_ROWS;
-                    for (c, xc) in xs.chunks(MAX_ROWS).enumerate() {
-                        macro_rules! run {
-                            ($r:literal) => {{
-                                let acc = tile_dot::<$t, $r>(tile.as_ptr(), nb, xc);
-                                for (i, a) in acc.iter().enumerate() {
-                                    let o = y.add((c * MAX_ROWS + i) * n + first);
-                                    let v = if accumulate {
-                                        _mm512_add_ps(_mm512_loadu_ps(o), *a)
-                                    } else {
-                                        *a
-                                    };
-                                    _mm512_storeu_ps(o, v);
-                                }
-                            }};
-                        }
-                        match xc.len() {
-                            1 => run!(1),
-                            2 => run!(2),
-                            3 => run!(3),
-                            4 => run!(4),
-                            5 => run!(5),
-                            6 => run!(6),
-                            7 => run!(7),
-                            _ => run!(8),
+        // SAFETY: the caller guarantees the features this function enables and the bounds
+        // `super::tiles_dot` checks: `tiles` holds whole tiles of `nb` blocks, `y` is valid for `n`
+        // rows from `row0`.
+        unsafe {
+            macro_rules! each {
+                ($t:ident) => {{
+                    for (t, tile) in tiles.chunks_exact(TILE_ROWS * row_bytes).enumerate() {
+                        let first = row0 + t * TILE_ROWS;
+                        for (c, xc) in xs.chunks(MAX_ROWS).enumerate() {
+                            macro_rules! run {
+                                ($r:literal) => {{
+                                    let acc = tile_dot::<$t, $r>(tile.as_ptr(), nb, xc);
+                                    for (i, a) in acc.iter().enumerate() {
+                                        let o = y.add((c * MAX_ROWS + i) * n + first);
+                                        let v = if accumulate {
+                                            _mm512_add_ps(_mm512_loadu_ps(o), *a)
+                                        } else {
+                                            *a
+                                        };
+                                        _mm512_storeu_ps(o, v);
+                                    }
+                                }};
+                            }
+                            match xc.len() {
+                                1 => run!(1),
+                                2 => run!(2),
+                                3 => run!(3),
+                                4 => run!(4),
+                                5 => run!(5),
+                                6 => run!(6),
+                                7 => run!(7),
+                                _ => run!(8),
+                            }
                         }
                     }
-                }
-            }};
-        }
-        match ty {
-            GgmlType::Q4_0 => each!(T_Q4_0),
-            GgmlType::Q4_1 => each!(T_Q4_1),
-            _ => each!(T_Q8_0),
+                }};
+            }
+            match ty {
+                GgmlType::Q4_0 => each!(T_Q4_0),
+                GgmlType::Q4_1 => each!(T_Q4_1),
+                _ => each!(T_Q8_0),
+            }
         }
     }
 
@@ -267,57 +272,63 @@ mod x86 {
         nb: usize,
         xs: &[XRow<'_>],
     ) -> [__m512; R] {
-        let (hb, bb) = match T {
-            T_Q4_0 => (2, 18),
-            T_Q4_1 => (4, 20),
-            _ => (2, 34),
-        };
-        let q: [*const i32; R] = std::array::from_fn(|r| xs[r].q.as_ptr() as *const i32);
-        let mut acc = [_mm512_setzero_ps(); R];
-        let m4 = _mm512_set1_epi16(0x0F);
-        for b in 0..nb {
-            let blk = w.add(b * TILE_ROWS * bb);
-            let quants = blk.add(TILE_ROWS * hb);
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
-            let mut isum = [_mm512_setzero_si512(); R];
-            // Each activation row's pair of 16-bit values at element `e`, broadcast.
-            let x2 =
-                |r: usize, e: usize| _mm512_set1_epi32(q[r].add((b * QK + e) / 2).read_unaligned());
-            if T == T_Q8_0 {
-                for c in 0..QK / 2 {
-                    let v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-                        quants.add(32 * c) as *const __m256i
-                    ));
-                    for (r, s) in isum.iter_mut().enumerate() {
-                        *s = _mm512_dpwssd_epi32(*s, v, x2(r, 2 * c));
-                    }
-                }
-            } else {
-                for c in 0..QK / 4 {
-                    let v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(
-                        quants.add(32 * c) as *const __m256i
-                    ));
-                    let (lo, hi) = (_mm512_and_si512(v, m4), _mm512_srli_epi16(v, 4));
-                    for (r, s) in isum.iter_mut().enumerate() {
-                        *s = _mm512_dpwssd_epi32(*s, lo, x2(r, 2 * c));
-                        *s = _mm512_dpwssd_epi32(*s, hi, x2(r, 2 * c + QK / 2));
-                    }
-                }
-            }
-            let min = match T {
-                T_Q4_1 => _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i)),
-                _ => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+        // SAFETY: `w` points at one tile of `nb` blocks and each activation row at `nb` blocks'
+        // quants (caller's contract); the caller's target features include AVX-512F/BW, VNNI, F16C
+        // and FMA.
+        unsafe {
+            let (hb, bb) = match T {
+                T_Q4_0 => (2, 18),
+                T_Q4_1 => (4, 20),
+                _ => (2, 34),
             };
-            for r in 0..R {
-                let s = _mm512_mul_ps(d, _mm512_set1_ps(*xs[r].d.as_ptr().add(b)));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), s, acc[r]);
-                if T != T_Q8_0 {
-                    let sum = _mm512_set1_ps(*xs[r].sums.as_ptr().add(b));
-                    acc[r] = _mm512_fmadd_ps(min, sum, acc[r]);
+            let q: [*const i32; R] = std::array::from_fn(|r| xs[r].q.as_ptr() as *const i32);
+            let mut acc = [_mm512_setzero_ps(); R];
+            let m4 = _mm512_set1_epi16(0x0F);
+            for b in 0..nb {
+                let blk = w.add(b * TILE_ROWS * bb);
+                let quants = blk.add(TILE_ROWS * hb);
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+                let mut isum = [_mm512_setzero_si512(); R];
+                // Each activation row's pair of 16-bit values at element `e`, broadcast.
+                let x2 = |r: usize, e: usize| {
+                    _mm512_set1_epi32(q[r].add((b * QK + e) / 2).read_unaligned())
+                };
+                if T == T_Q8_0 {
+                    for c in 0..QK / 2 {
+                        let v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                            quants.add(32 * c) as *const __m256i
+                        ));
+                        for (r, s) in isum.iter_mut().enumerate() {
+                            *s = _mm512_dpwssd_epi32(*s, v, x2(r, 2 * c));
+                        }
+                    }
+                } else {
+                    for c in 0..QK / 4 {
+                        let v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(
+                            quants.add(32 * c) as *const __m256i
+                        ));
+                        let (lo, hi) = (_mm512_and_si512(v, m4), _mm512_srli_epi16(v, 4));
+                        for (r, s) in isum.iter_mut().enumerate() {
+                            *s = _mm512_dpwssd_epi32(*s, lo, x2(r, 2 * c));
+                            *s = _mm512_dpwssd_epi32(*s, hi, x2(r, 2 * c + QK / 2));
+                        }
+                    }
+                }
+                let min = match T {
+                    T_Q4_1 => _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i)),
+                    _ => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+                };
+                for r in 0..R {
+                    let s = _mm512_mul_ps(d, _mm512_set1_ps(*xs[r].d.as_ptr().add(b)));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), s, acc[r]);
+                    if T != T_Q8_0 {
+                        let sum = _mm512_set1_ps(*xs[r].sums.as_ptr().add(b));
+                        acc[r] = _mm512_fmadd_ps(min, sum, acc[r]);
+                    }
                 }
             }
+            acc
         }
-        acc
     }
 }
 
@@ -354,41 +365,45 @@ mod x86_avx2 {
         row0: usize,
         accumulate: bool,
     ) {
-        macro_rules! each {
-            ($t:ident) => {{
-                for (t, tile) in tiles.chunks_exact(TILE_ROWS * row_bytes).enumerate() {
-                    for h in 0..2 {
-                        let first = row0 + t * TILE_ROWS + h * HALF;
-                        for (c, xc) in xs.chunks(MAX_ROWS_AVX2).enumerate() {
-                            macro_rules! run {
-                                ($r:literal) => {{
-                                    let acc = half_dot::<$t, $r>(tile.as_ptr(), h, nb, xc);
-                                    for (i, a) in acc.iter().enumerate() {
-                                        let o = y.add((c * MAX_ROWS_AVX2 + i) * n + first);
-                                        let v = if accumulate {
-                                            _mm256_add_ps(_mm256_loadu_ps(o), *a)
-                                        } else {
-                                            *a
-                                        };
-                                        _mm256_storeu_ps(o, v);
-                                    }
-                                }};
-                            }
-                            match xc.len() {
-                                1 => run!(1),
-                                2 => run!(2),
-                                3 => run!(3),
-                                _ => run!(4),
+        // SAFETY: the caller guarantees AVX2, FMA and F16C and the bounds `super::tiles_dot`
+        // checks: `tiles` holds whole tiles of `nb` blocks, `y` is valid for `n` rows from `row0`.
+        unsafe {
+            macro_rules! each {
+                ($t:ident) => {{
+                    for (t, tile) in tiles.chunks_exact(TILE_ROWS * row_bytes).enumerate() {
+                        for h in 0..2 {
+                            let first = row0 + t * TILE_ROWS + h * HALF;
+                            for (c, xc) in xs.chunks(MAX_ROWS_AVX2).enumerate() {
+                                macro_rules! run {
+                                    ($r:literal) => {{
+                                        let acc = half_dot::<$t, $r>(tile.as_ptr(), h, nb, xc);
+                                        for (i, a) in acc.iter().enumerate() {
+                                            let o = y.add((c * MAX_ROWS_AVX2 + i) * n + first);
+                                            let v = if accumulate {
+                                                _mm256_add_ps(_mm256_loadu_ps(o), *a)
+                                            } else {
+                                                *a
+                                            };
+                                            _mm256_storeu_ps(o, v);
+                                        }
+                                    }};
+                                }
+                                match xc.len() {
+                                    1 => run!(1),
+                                    2 => run!(2),
+                                    3 => run!(3),
+                                    _ => run!(4),
+                                }
                             }
                         }
                     }
-                }
-            }};
-        }
-        match ty {
-            GgmlType::Q4_0 => each!(T_Q4_0),
-            GgmlType::Q4_1 => each!(T_Q4_1),
-            _ => each!(T_Q8_0),
+                }};
+            }
+            match ty {
+                GgmlType::Q4_0 => each!(T_Q4_0),
+                GgmlType::Q4_1 => each!(T_Q4_1),
+                _ => each!(T_Q8_0),
+            }
         }
     }
 
@@ -402,59 +417,66 @@ mod x86_avx2 {
         nb: usize,
         xs: &[XRow<'_>],
     ) -> [__m256; R] {
-        let (hb, bb) = match T {
-            T_Q4_0 => (2, 18),
-            T_Q4_1 => (4, 20),
-            _ => (2, 34),
-        };
-        let q: [*const i32; R] = std::array::from_fn(|r| xs[r].q.as_ptr() as *const i32);
-        let mut acc = [_mm256_setzero_ps(); R];
-        let m4 = _mm256_set1_epi16(0x0F);
-        for b in 0..nb {
-            let blk = w.add(b * TILE_ROWS * bb);
-            let quants = blk.add(TILE_ROWS * hb + 2 * HALF * h);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(2 * HALF * h) as *const __m128i));
-            let mut isum = [_mm256_setzero_si256(); R];
-            // Each activation row's pair of 16-bit values at element `e`, broadcast.
-            let x2 =
-                |r: usize, e: usize| _mm256_set1_epi32(q[r].add((b * QK + e) / 2).read_unaligned());
-            let chunk = |c: usize| _mm_loadu_si128(quants.add(2 * TILE_ROWS * c) as *const __m128i);
-            if T == T_Q8_0 {
-                for c in 0..QK / 2 {
-                    let v = _mm256_cvtepi8_epi16(chunk(c));
-                    for (r, s) in isum.iter_mut().enumerate() {
-                        *s = _mm256_add_epi32(*s, _mm256_madd_epi16(v, x2(r, 2 * c)));
-                    }
-                }
-            } else {
-                for c in 0..QK / 4 {
-                    let v = _mm256_cvtepu8_epi16(chunk(c));
-                    let (lo, hi) = (_mm256_and_si256(v, m4), _mm256_srli_epi16(v, 4));
-                    for (r, s) in isum.iter_mut().enumerate() {
-                        let p = _mm256_add_epi32(
-                            _mm256_madd_epi16(lo, x2(r, 2 * c)),
-                            _mm256_madd_epi16(hi, x2(r, 2 * c + QK / 2)),
-                        );
-                        *s = _mm256_add_epi32(*s, p);
-                    }
-                }
-            }
-            let min = match T {
-                T_Q4_1 => _mm256_cvtph_ps(_mm_loadu_si128(
-                    blk.add(2 * TILE_ROWS + 2 * HALF * h) as *const __m128i
-                )),
-                _ => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+        // SAFETY: `w` points at half `h` of a tile of `nb` blocks and each activation row at `nb`
+        // blocks' quants (caller's contract); the caller's target features include AVX2, FMA and
+        // F16C.
+        unsafe {
+            let (hb, bb) = match T {
+                T_Q4_0 => (2, 18),
+                T_Q4_1 => (4, 20),
+                _ => (2, 34),
             };
-            for r in 0..R {
-                let s = _mm256_mul_ps(d, _mm256_set1_ps(*xs[r].d.as_ptr().add(b)));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), s, acc[r]);
-                if T != T_Q8_0 {
-                    let sum = _mm256_set1_ps(*xs[r].sums.as_ptr().add(b));
-                    acc[r] = _mm256_fmadd_ps(min, sum, acc[r]);
+            let q: [*const i32; R] = std::array::from_fn(|r| xs[r].q.as_ptr() as *const i32);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let m4 = _mm256_set1_epi16(0x0F);
+            for b in 0..nb {
+                let blk = w.add(b * TILE_ROWS * bb);
+                let quants = blk.add(TILE_ROWS * hb + 2 * HALF * h);
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(2 * HALF * h) as *const __m128i));
+                let mut isum = [_mm256_setzero_si256(); R];
+                // Each activation row's pair of 16-bit values at element `e`, broadcast.
+                let x2 = |r: usize, e: usize| {
+                    _mm256_set1_epi32(q[r].add((b * QK + e) / 2).read_unaligned())
+                };
+                let chunk =
+                    |c: usize| _mm_loadu_si128(quants.add(2 * TILE_ROWS * c) as *const __m128i);
+                if T == T_Q8_0 {
+                    for c in 0..QK / 2 {
+                        let v = _mm256_cvtepi8_epi16(chunk(c));
+                        for (r, s) in isum.iter_mut().enumerate() {
+                            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(v, x2(r, 2 * c)));
+                        }
+                    }
+                } else {
+                    for c in 0..QK / 4 {
+                        let v = _mm256_cvtepu8_epi16(chunk(c));
+                        let (lo, hi) = (_mm256_and_si256(v, m4), _mm256_srli_epi16(v, 4));
+                        for (r, s) in isum.iter_mut().enumerate() {
+                            let p = _mm256_add_epi32(
+                                _mm256_madd_epi16(lo, x2(r, 2 * c)),
+                                _mm256_madd_epi16(hi, x2(r, 2 * c + QK / 2)),
+                            );
+                            *s = _mm256_add_epi32(*s, p);
+                        }
+                    }
+                }
+                let min = match T {
+                    T_Q4_1 => _mm256_cvtph_ps(_mm_loadu_si128(
+                        blk.add(2 * TILE_ROWS + 2 * HALF * h) as *const __m128i,
+                    )),
+                    _ => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+                };
+                for r in 0..R {
+                    let s = _mm256_mul_ps(d, _mm256_set1_ps(*xs[r].d.as_ptr().add(b)));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), s, acc[r]);
+                    if T != T_Q8_0 {
+                        let sum = _mm256_set1_ps(*xs[r].sums.as_ptr().add(b));
+                        acc[r] = _mm256_fmadd_ps(min, sum, acc[r]);
+                    }
                 }
             }
+            acc
         }
-        acc
     }
 }
 

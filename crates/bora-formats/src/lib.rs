@@ -5,6 +5,8 @@
 //! Nothing here trusts a size read from a file: every count and offset is checked against
 //! the bytes actually present before anything is allocated or sliced.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod arch;
 pub mod atomic;
 pub mod cache;

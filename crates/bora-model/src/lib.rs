@@ -12,6 +12,8 @@
 //! next to its forward) that computes input and LoRA gradients only: the base is frozen, so
 //! it may stay quantized ([`LoadOptions::quantize`] for QLoRA on an HF checkpoint).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod config;
 mod constrain;
 mod error;

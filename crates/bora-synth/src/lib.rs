@@ -13,6 +13,8 @@
 //! The teacher is reached through [`bora_hub::chat::ChatClient`]; this crate holds the
 //! pipeline (prompts, budget, log, dataset), which a client library must not.
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod job;
 mod prompt;
