@@ -602,3 +602,53 @@ fn the_environment_decides_endpoint_cache_token_and_offline() {
     let e = bora_hub::hub::locate_model("org/two", None, offline, &mut quiet()).unwrap_err();
     assert!(matches!(e, HubError::NotCached { .. }), "{e}");
 }
+
+#[test]
+fn a_blob_another_process_is_fetching_is_waited_for_and_not_fetched_again() {
+    let hub = FakeHub::start();
+    let (repo, _) = both_formats("mistralai/Both");
+    hub.add_model(repo);
+    let dir = tempfile::tempdir().unwrap();
+    let d = downloader(&hub, dir.path(), false);
+    let shard = "model-00001-of-00002.safetensors";
+    let bytes = pattern(5000, 1);
+    let etag = sha256(&bytes);
+    // The lock huggingface_hub takes for this blob, held here as another process would.
+    let locks = dir.path().join(".locks/models--mistralai--Both");
+    std::fs::create_dir_all(&locks).unwrap();
+    let held = std::fs::File::create(locks.join(format!("{etag}.lock"))).unwrap();
+    held.lock().unwrap();
+    let repo_id = RepoId::parse("mistralai/Both").unwrap();
+    let (events, waiting) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let fetch = s.spawn(|| {
+            d.file(&repo_id, "main", shard, &mut |e| {
+                if let DownloadEvent::Waiting { file } = e {
+                    events.send(file.to_owned()).unwrap();
+                }
+            })
+        });
+        let file = waiting
+            .recv_timeout(Duration::from_secs(120))
+            .expect("bora waits for the lock another process holds");
+        assert_eq!(file, shard);
+        // The other process finishes: its verified blob appears, then it lets go.
+        let blobs = dir.path().join("models--mistralai--Both/blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(blobs.join(&etag), &bytes).unwrap();
+        drop(held);
+        let path = fetch.join().unwrap().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), bytes);
+    });
+    let fetched: Vec<String> = hub
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.target.contains(shard))
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(
+        fetched,
+        Vec::<String>::new(),
+        "the blob was downloaded twice"
+    );
+}

@@ -126,6 +126,9 @@ impl Progress {
                 }
                 eprintln!("{file}: {why}; resuming at byte {at}");
             }
+            DownloadEvent::Waiting { file } => {
+                eprintln!("{file}: another process is downloading it into the same cache; waiting")
+            }
             DownloadEvent::UsingCache { why } => {
                 eprintln!("the Hub could not be asked ({why}); using the cached copy")
             }

@@ -225,6 +225,43 @@ impl HubCache {
         path.is_file().then_some(path)
     }
 
+    /// Holds the lock `huggingface_hub` takes before fetching a blob
+    /// (`.locks/models--ORG--NAME/<etag>.lock`, an exclusive `flock`), so bora, transformers
+    /// and `huggingface-cli` sharing this cache never download the same file twice at once
+    /// or write into each other's `.incomplete` file. Released when the returned file drops.
+    fn lock_blob(
+        &self,
+        repo: &RepoId,
+        etag: &str,
+        file: &str,
+        on: &mut dyn FnMut(DownloadEvent<'_>),
+    ) -> Result<File> {
+        let repo_dir = self.repo_dir(repo);
+        let folder = repo_dir.file_name().unwrap_or_default();
+        let dir = self.root.join(".locks").join(folder);
+        let path = dir.join(format!("{etag}.lock"));
+        let io = |source| HubError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(&dir).map_err(io)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                on(DownloadEvent::Waiting { file });
+                lock.lock().map_err(io)?;
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
+        }
+        Ok(lock)
+    }
+
     fn write_ref(&self, repo: &RepoId, revision: &str, commit: &str) -> Result<()> {
         if revision == commit {
             return Ok(());
@@ -422,6 +459,9 @@ pub enum DownloadEvent<'a> {
     },
     /// The connection failed at byte `at`; the download goes on from there.
     Retry { file: &'a str, at: u64, why: String },
+    /// Another process (bora, transformers, `huggingface-cli`) is downloading the file into
+    /// the same cache; this one waits for it and then uses its blob.
+    Waiting { file: &'a str },
     /// The file is verified and in the cache.
     Done { file: &'a str },
     /// The Hub could not be asked; the cached copy is used.
@@ -833,7 +873,11 @@ impl Downloader {
         }
         let blob = self.cache.repo_dir(repo).join("blobs").join(&meta.etag);
         if !blob.is_file() {
-            self.download(&meta, &blob, file, on)?;
+            let _lock = self.cache.lock_blob(repo, &meta.etag, file, on)?;
+            // Another process may have finished this blob while we waited for its lock.
+            if !blob.is_file() {
+                self.download(&meta, &blob, file, on)?;
+            }
         }
         link(&blob, &pointer, file)?;
         Ok((meta.commit, pointer))
