@@ -652,3 +652,56 @@ fn a_blob_another_process_is_fetching_is_waited_for_and_not_fetched_again() {
         "the blob was downloaded twice"
     );
 }
+
+#[test]
+fn a_tokenizer_alone_is_fetched_without_the_weights() {
+    let hub = FakeHub::start();
+    let (repo, commit) = both_formats("mistralai/Both");
+    hub.add_model(repo);
+    let dir = tempfile::tempdir().unwrap();
+    let d = downloader(&hub, dir.path(), false);
+    let got = d
+        .tokenizer(&ModelRef::parse("mistralai/Both").unwrap(), &mut quiet())
+        .unwrap();
+    assert_eq!(
+        got,
+        HubCache::new(dir.path()).snapshot_dir(&RepoId::parse("mistralai/Both").unwrap(), &commit)
+    );
+    assert_eq!(
+        snapshot_files(&got),
+        [
+            "chat_template.jinja",
+            "tokenizer.json",
+            "tokenizer.model.v3",
+            "tokenizer_config.json"
+        ]
+    );
+    // Offline, and at a pinned commit, the cached tokenizer is used with no request.
+    hub.clear_requests();
+    let offline = downloader(&hub, dir.path(), false).offline(true);
+    let again = offline
+        .tokenizer(&ModelRef::parse("mistralai/Both").unwrap(), &mut quiet())
+        .unwrap();
+    assert_eq!(again, got);
+    let pinned = ModelRef::parse(&format!("mistralai/Both@{commit}")).unwrap();
+    assert_eq!(d.tokenizer(&pinned, &mut quiet()).unwrap(), got);
+    assert_eq!(hub.requests().len(), 0);
+
+    let mut weights_only = ModelRepo::new("someone/NoTokenizer");
+    weights_only.commit(
+        &["main"],
+        &[
+            ("config.json", b(r#"{"model_type": "mistral"}"#)),
+            ("model.safetensors", pattern(100, 5)),
+        ],
+    );
+    hub.add_model(weights_only);
+    let err = d
+        .tokenizer(
+            &ModelRef::parse("someone/NoTokenizer").unwrap(),
+            &mut quiet(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no tokenizer file"), "{err}");
+}

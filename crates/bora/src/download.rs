@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bora_hub::hub::{locate_model, DownloadEvent, Downloader, Located, ModelRef};
+use bora_hub::hub::{locate_model, locate_tokenizer, DownloadEvent, Downloader, Located, ModelRef};
 use bora_train::ModelSection;
 use clap::Args;
 
@@ -43,6 +43,14 @@ pub fn locate(text: &str, revision: Option<&str>) -> Result<Located> {
     let mut progress = Progress::new();
     locate_model(text, revision, env, &mut |e| progress.event(e))
         .with_context(|| format!("model {text}"))
+}
+
+/// The path to load for a `--tokenizer` argument: a path that exists, else a Hub id whose
+/// tokenizer files (not its weights) are fetched when the cache does not hold them.
+pub fn tokenizer_path(text: &str) -> Result<PathBuf> {
+    let mut progress = Progress::new();
+    locate_tokenizer(text, env, &mut |e| progress.event(e))
+        .with_context(|| format!("tokenizer {text}"))
 }
 
 /// The path to load for a `--model` argument.

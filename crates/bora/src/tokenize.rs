@@ -13,9 +13,10 @@ use clap::{ArgGroup, Args};
 #[command(group(ArgGroup::new("input").required(true).args(["text", "file", "chat"])))]
 pub struct TokenizeArgs {
     /// Tokenizer: a Mistral `.model[.vN]`, a Tekken `.json`, a `tokenizer.json`, a model
-    /// directory or a `.gguf` file.
-    #[arg(long, value_name = "PATH")]
-    tokenizer: PathBuf,
+    /// directory, a `.gguf` file, or a Hub model `ORG/NAME[@REVISION][:FILE.gguf]` (only its
+    /// tokenizer files are downloaded).
+    #[arg(long, value_name = "PATH|ORG/NAME")]
+    tokenizer: String,
     /// Text to encode as ordinary text (no BOS/EOS; control tokens in it stay text).
     #[arg(long)]
     text: Option<String>,
@@ -38,14 +39,15 @@ pub fn run(args: &TokenizeArgs) -> Result<()> {
     if args.add_generation_prompt && args.chat.is_none() {
         anyhow::bail!("--add-generation-prompt applies to --chat only");
     }
-    let tok = Tokenizer::from_file(&args.tokenizer)
-        .with_context(|| format!("loading tokenizer {}", args.tokenizer.display()))?;
+    let path = crate::download::tokenizer_path(&args.tokenizer)?;
+    let tok = Tokenizer::from_file(&path)
+        .with_context(|| format!("loading tokenizer {}", path.display()))?;
     let (ids, mask) = if let Some(path) = &args.chat {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let conv = Conversation::from_json(&text).with_context(|| format!("{}", path.display()))?;
         let format = ChatFormat::from_tokenizer(&tok)
-            .with_context(|| format!("tokenizer {}", args.tokenizer.display()))?;
+            .with_context(|| format!("tokenizer {}", path.display()))?;
         let EncodedChat { ids, mask } = format
             .encode(&tok, &conv, args.add_generation_prompt)
             .with_context(|| format!("formatting {}", path.display()))?;

@@ -226,3 +226,49 @@ fn gated_and_missing_models_say_what_to_do_without_showing_the_token() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("HF_HUB_OFFLINE"));
 }
+
+#[test]
+fn tokenize_by_hub_name_fetches_the_tokenizer_and_not_the_weights() {
+    let hub = FakeHub::start();
+    let (repo, _) = llama_repo("bora-test/llama", false);
+    hub.add_model(repo);
+    let home = tempfile::tempdir().unwrap();
+    let by_name = bora_env(
+        &hub.url,
+        home.path(),
+        &[],
+        &[
+            "tokenize",
+            "--tokenizer",
+            "bora-test/llama",
+            "--text",
+            "hello world",
+            "--json",
+        ],
+    );
+    assert_ok(&by_name);
+    assert!(
+        !hub.calls().iter().any(|c| c.1.contains("safetensors")),
+        "{:?}",
+        hub.calls()
+    );
+    // The same ids as the tokenizer read from its files directly.
+    let dir = tempfile::tempdir().unwrap();
+    write_tokenizer(dir.path());
+    let direct = bora_env(
+        &hub.url,
+        home.path(),
+        &[],
+        &[
+            "tokenize",
+            "--tokenizer",
+            dir.path().join("tokenizer.json").to_str().unwrap(),
+            "--text",
+            "hello world",
+            "--json",
+        ],
+    );
+    assert_ok(&direct);
+    assert_eq!(text(&by_name.stdout), text(&direct.stdout));
+    assert!(text(&by_name.stdout).contains("\"ids\""));
+}

@@ -539,6 +539,70 @@ impl Downloader {
         self.fetch_model(model, on)
     }
 
+    /// A model's tokenizer without its weights: the repo's tokenizer and chat-template files
+    /// (a few megabytes where the weights of a 7B model are 14 GB), from the cache when it
+    /// holds them at that revision, else fetched. A `:FILE.gguf` reference is that whole file,
+    /// whose vocabulary is inside it. Returns the snapshot directory (or the GGUF file).
+    pub fn tokenizer(
+        &self,
+        model: &ModelRef,
+        on: &mut dyn FnMut(DownloadEvent<'_>),
+    ) -> Result<PathBuf> {
+        if model.file.is_some() {
+            return Ok(self.model(model, on)?.path);
+        }
+        let revision = model.revision();
+        let cached = self.cache.commit(&model.repo, revision).and_then(|commit| {
+            let snapshot = self.cache.snapshot_dir(&model.repo, &commit);
+            let files = fs::read_dir(&snapshot).ok()?;
+            let has_tokenizer = files
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .any(|name| is_tokenizer_file(&name));
+            has_tokenizer.then_some(snapshot)
+        });
+        if let Some(snapshot) = &cached {
+            if self.offline || is_commit(revision) {
+                return Ok(snapshot.clone());
+            }
+        }
+        if self.offline {
+            return Err(HubError::NotCached {
+                model: model.to_string(),
+                cache: self.cache.root.clone(),
+            });
+        }
+        let (commit, listing) = match self.listing(&model.repo, revision) {
+            Ok(listing) => listing,
+            Err(e @ (HubError::Transport { .. } | HubError::Status { .. })) => {
+                let Some(snapshot) = cached else {
+                    return Err(e);
+                };
+                on(DownloadEvent::UsingCache { why: e.to_string() });
+                return Ok(snapshot);
+            }
+            Err(e) => return Err(e),
+        };
+        let files: Vec<&String> = listing
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| is_tokenizer_file(name))
+            .collect();
+        if files.is_empty() {
+            return Err(HubError::NoModel {
+                repo: model.repo.to_string(),
+                revision: revision.to_owned(),
+                what: "no tokenizer file (tekken.json, tokenizer.model*, tokenizer.json); \
+                       for a GGUF repo name the file: ORG/NAME:FILE.gguf"
+                    .to_owned(),
+            });
+        }
+        self.cache.write_ref(&model.repo, revision, &commit)?;
+        for file in files {
+            self.fetch_file(&model.repo, &commit, file, on)?;
+        }
+        Ok(self.cache.snapshot_dir(&model.repo, &commit))
+    }
+
     /// The model at the commit its revision names on the Hub now (`bora download`): files
     /// already cached are not fetched again. When the Hub cannot be reached (or offline),
     /// a complete cached copy is used instead.
@@ -1230,6 +1294,33 @@ pub struct Located {
     pub hub: Option<LocalModel>,
 }
 
+/// Resolves a `--tokenizer` argument as [`locate_model`] resolves `--model`, fetching only
+/// the tokenizer files of a Hub model ([`Downloader::tokenizer`]).
+pub fn locate_tokenizer(
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+    on: &mut dyn FnMut(DownloadEvent<'_>),
+) -> Result<PathBuf> {
+    let path = Path::new(text);
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let model = parse_missing_path(text)?;
+    Downloader::from_env(env)?.tokenizer(&model, on)
+}
+
+/// A `--model`/`--tokenizer` argument that is not an existing path, read as a Hub id; the
+/// error says both what was tried as a path and why it is not an id.
+fn parse_missing_path(text: &str) -> Result<ModelRef> {
+    ModelRef::parse(text).map_err(|e| match e {
+        HubError::BadModelRef { text, why } => HubError::BadModelRef {
+            text,
+            why: format!("no such file or directory, and {why}"),
+        },
+        e => e,
+    })
+}
+
 /// Resolves a `--model` argument: a local path that exists always wins; otherwise it is a
 /// Hub id, `ORG/NAME[@REVISION][:FILE.gguf]`, found in the cache or fetched into it.
 /// `revision` (a run's pinned commit) replaces the one in the text.
@@ -1246,13 +1337,7 @@ pub fn locate_model(
             hub: None,
         });
     }
-    let model = ModelRef::parse(text).map_err(|e| match e {
-        HubError::BadModelRef { text, why } => HubError::BadModelRef {
-            text,
-            why: format!("no such file or directory, and {why}"),
-        },
-        e => e,
-    })?;
+    let model = parse_missing_path(text)?;
     let model = match revision {
         Some(rev) => model.at(rev),
         None => model,
