@@ -279,7 +279,7 @@ fn fake_player(dir: &Path, name: &str) -> std::path::PathBuf {
     let script = dir.join(name);
     std::fs::write(
         &script,
-        format!("#!/bin/sh\ncat > '{}'\n", played.display()),
+        format!("#!/bin/sh\nexec /bin/cat > '{}'\n", played.display()),
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
