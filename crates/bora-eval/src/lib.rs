@@ -32,11 +32,12 @@ pub use judge::{
 };
 pub use metric::{wilson, Metric, Z95};
 pub use output::{
-    eval_scalars, log_to_run, sample_rows, tracking_summary, write_eval_dir, REPORT_HTML,
-    REPORT_MD, RESULTS_FILE, SAMPLES_FILE, SAMPLE_COLUMNS,
+    eval_scalars, log_to_run, sample_rows, tracking_summary, write_eval_dir,
+    write_eval_dir_with_audio, REPORT_HTML, REPORT_MD, RESULTS_FILE, SAMPLES_FILE, SAMPLE_COLUMNS,
 };
 pub use report::{
-    card_section, loss_chart_svg, render_html, render_markdown, score_table, RunInfo,
+    card_section, loss_chart_svg, render_html, render_html_with_audio, render_markdown,
+    samples_to_speak, score_table, RunInfo, SpokenSample,
 };
 pub use runner::{
     example_seed, masked_nll, run_side, run_side_constrained, JsonAnswers, SideOutput,

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{io_err, EvalError, Result};
 use crate::eval::{EvalResults, SampleRow};
-use crate::report::{render_html, render_markdown, RunInfo};
+use crate::report::{render_html_with_audio, render_markdown, RunInfo, SpokenSample};
 
 pub const RESULTS_FILE: &str = "results.json";
 pub const SAMPLES_FILE: &str = "samples.jsonl";
@@ -34,6 +34,17 @@ pub fn write_eval_dir(
     samples: &[SampleRow],
     run: Option<&RunInfo>,
 ) -> Result<PathBuf> {
+    write_eval_dir_with_audio(dir, results, samples, run, &[])
+}
+
+/// [`write_eval_dir`] with the answers of `spoken` read aloud in the HTML report.
+pub fn write_eval_dir_with_audio(
+    dir: &Path,
+    results: &EvalResults,
+    samples: &[SampleRow],
+    run: Option<&RunInfo>,
+    spoken: &[SpokenSample],
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     write_atomic(&dir.join(RESULTS_FILE), to_json(results, dir)?.as_bytes())?;
     let mut lines = String::new();
@@ -47,7 +58,10 @@ pub fn write_eval_dir(
         render_markdown(results, samples, run).as_bytes(),
     )?;
     let html = dir.join(REPORT_HTML);
-    write_atomic(&html, render_html(results, samples, run).as_bytes())?;
+    write_atomic(
+        &html,
+        render_html_with_audio(results, samples, run, spoken).as_bytes(),
+    )?;
     Ok(html)
 }
 

@@ -1,5 +1,7 @@
 //! The evaluation report in two forms: Markdown for a model card, and one self-contained HTML
 //! page (inline SVG charts and CSS, no scripts, no network) that opens offline anywhere.
+//! Spoken answers, when asked for, go into the page as `data:` URIs for the same reason: the
+//! page stays one file that can be mailed, uploaded or opened from anywhere.
 
 use std::fmt::Write;
 
@@ -21,6 +23,30 @@ pub struct RunInfo {
 
 /// Examples shown per "fixed" / "broken" list.
 const SHOWN: usize = 5;
+
+/// One example's answers read aloud (MP3), for the HTML report's audio players.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpokenSample {
+    /// The example's line in the data file.
+    pub line: usize,
+    pub base: Vec<u8>,
+    pub tuned: Option<Vec<u8>>,
+}
+
+/// The `n` examples worth hearing: those tuning fixed, then those it broke, then the others
+/// where the two answers differ, then the rest, each group in file order.
+pub fn samples_to_speak(samples: &[SampleRow], n: usize) -> Vec<&SampleRow> {
+    let rank = |s: &SampleRow| match (s.base_score, s.tuned_score) {
+        (b, Some(t)) if b < 1.0 && t == 1.0 => 0,
+        (b, Some(t)) if b == 1.0 && t == 0.0 => 1,
+        _ if s.tuned.as_ref().is_some_and(|t| *t != s.base) => 2,
+        _ => 3,
+    };
+    let mut ranked: Vec<&SampleRow> = samples.iter().collect();
+    ranked.sort_by_key(|s| rank(s));
+    ranked.truncate(n);
+    ranked
+}
 
 /// The examples that say most about what tuning did: those it fixed (base wrong, tuned right)
 /// and those it broke (base right, tuned wrong). Without an adapter: the base model's misses.
@@ -255,6 +281,57 @@ const TUNED_COLOR: &str = "#2f6fed";
 
 /// One self-contained HTML page.
 pub fn render_html(r: &EvalResults, samples: &[SampleRow], run: Option<&RunInfo>) -> String {
+    render_html_with_audio(r, samples, run, &[])
+}
+
+/// The answers of `spoken`, each beside an audio player that holds its speech.
+fn spoken_html(h: &mut String, samples: &[SampleRow], spoken: &[SpokenSample]) {
+    use base64::Engine as _;
+    h.push_str("<h2>Spoken answers</h2><div class=\"card\">");
+    for audio in spoken {
+        let Some(s) = samples.iter().find(|s| s.line == audio.line) else {
+            continue;
+        };
+        let _ = write!(
+            h,
+            "<div class=\"ex\"><span class=\"k\">line {}</span><span></span><span class=\"k\">prompt</span><code>{}</code>",
+            s.line,
+            esc(&s.prompt)
+        );
+        let answers = [
+            ("base", Some(&s.base), Some(&audio.base)),
+            ("tuned", s.tuned.as_ref(), audio.tuned.as_ref()),
+        ];
+        for (name, text, mp3) in answers {
+            let (Some(text), Some(mp3)) = (text, mp3) else {
+                continue;
+            };
+            let player = if mp3.is_empty() {
+                "<i>nothing to read aloud</i>".to_owned()
+            } else {
+                format!(
+                    "<audio controls preload=\"none\" src=\"data:audio/mpeg;base64,{}\"></audio>",
+                    base64::engine::general_purpose::STANDARD.encode(mp3)
+                )
+            };
+            let _ = write!(
+                h,
+                "<span class=\"k {name}\">{name}</span><div>{player}<br><code>{}</code></div>",
+                esc(text)
+            );
+        }
+        h.push_str("</div>");
+    }
+    h.push_str("</div>");
+}
+
+/// [`render_html`] with the answers of `spoken` read aloud in a section of their own.
+pub fn render_html_with_audio(
+    r: &EvalResults,
+    samples: &[SampleRow],
+    run: Option<&RunInfo>,
+    spoken: &[SpokenSample],
+) -> String {
     let mut h = String::new();
     let title = title(r, run);
     let _ = write!(
@@ -310,6 +387,9 @@ pub fn render_html(r: &EvalResults, samples: &[SampleRow], run: Option<&RunInfo>
         }
         h.push_str(&loss_svg(&info.train_loss, &info.val_loss));
         h.push_str("</div>");
+    }
+    if !spoken.is_empty() {
+        spoken_html(&mut h, samples, spoken);
     }
     for (title, rows) in instructive(samples) {
         let _ = write!(h, "<h2>{title}</h2><div class=\"card\">");

@@ -12,7 +12,7 @@ use crate::error::{FormatError, Result};
 /// only after its bytes are synced, so a reader never sees a half-written file and a crash
 /// leaves the previous version intact. Dropped without [`AtomicFile::commit`], it removes
 /// the temporary file.
-pub(crate) struct AtomicFile {
+pub struct AtomicFile {
     dest: PathBuf,
     tmp: PathBuf,
     out: Option<BufWriter<File>>,
@@ -20,7 +20,7 @@ pub(crate) struct AtomicFile {
 }
 
 impl AtomicFile {
-    pub(crate) fn create(dest: &Path) -> Result<Self> {
+    pub fn create(dest: &Path) -> Result<Self> {
         sweep_leftovers(dest);
         let name = dest.file_name().ok_or_else(|| FormatError::Invalid {
             path: dest.to_path_buf(),
@@ -46,7 +46,7 @@ impl AtomicFile {
         &self.dest
     }
 
-    pub(crate) fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         let tmp = &self.tmp;
         match self.out.as_mut() {
             Some(out) => out.write_all(bytes).map_err(|source| FormatError::Io {
@@ -70,7 +70,7 @@ impl AtomicFile {
 
     /// Flushes, fsyncs, renames over the destination and fsyncs the directory so the rename
     /// itself survives a power loss.
-    pub(crate) fn commit(self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
         self.commit_checked(|_| Ok(()))
     }
 

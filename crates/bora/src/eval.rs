@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bora_eval::{
-    evaluate_with, log_to_run, sample_rows, summary_json, tracking_summary, write_eval_dir,
-    Decoding, EvalConfig, EvalResults, JudgeConfig, JudgeModel, Metric, Progress, RunInfo,
-    SAMPLE_COLUMNS,
+    evaluate_with, log_to_run, sample_rows, summary_json, tracking_summary,
+    write_eval_dir_with_audio, Decoding, EvalConfig, EvalResults, JudgeConfig, JudgeModel, Metric,
+    Progress, RunInfo, SampleRow, SpokenSample, SAMPLE_COLUMNS,
 };
+use bora_hub::speech::{SpeechClient, SpeechError};
 use bora_hub::wandb::{Table, WandbTracking};
 use bora_model::SamplingParams;
 use bora_run::{MetricSink, RunDir};
@@ -82,6 +83,13 @@ pub struct EvalArgs {
     /// Constrain every answer to valid JSON (constrained decoding), e.g. with `--metric json`.
     #[arg(long)]
     constrain_json: bool,
+    /// Read the base and tuned answers of N examples aloud (those tuning fixed first) with
+    /// ElevenLabs text to speech, as audio players in the HTML report (key from
+    /// ELEVENLABS_API_KEY).
+    #[arg(long, value_name = "N")]
+    speak: Option<usize>,
+    #[command(flatten)]
+    voice: crate::speak::VoiceArgs,
 }
 
 impl EvalArgs {
@@ -105,6 +113,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         Some(_) => Metric::Exact,
         None => args.metric.parse()?,
     };
+    let speech_client = match args.speak {
+        Some(n) if n > 0 => Some((args.voice.client()?, n)),
+        _ => None,
+    };
+    let speech = speech_client.as_ref().map(|(c, n)| (c, *n));
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("eval"));
     let judge = judge_model
         .map(|m| {
@@ -132,7 +145,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 limit: args.limit,
                 max_tokens: args.max_tokens,
             };
-            let evaluated = eval_run(run, &args.quant, examples, &args.decoding(), judge)?;
+            let evaluated = eval_run(run, &args.quant, examples, &args.decoding(), judge, speech)?;
             if let Some(tracking) = tracking {
                 track(tracking, run, &evaluated.0)?;
             }
@@ -157,7 +170,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             if let Some((model, judge_config)) = judge {
                 results.judge = Some(bora_eval::judge(&samples, model, judge_config)?);
             }
-            let report = write_eval_dir(&out, &results, &samples, None)?;
+            let (spoken, failure) = spoken(speech, &samples);
+            let report = write_eval_dir_with_audio(&out, &results, &samples, None, &spoken)?;
+            speech_outcome(failure, &report)?;
             (results, report)
         }
     };
@@ -180,14 +195,43 @@ pub struct Examples<'a> {
     pub max_tokens: usize,
 }
 
-/// Evaluates a run's final adapter against its base model, writes `RUN/eval/` and logs the
-/// scores to the run; returns the results and the HTML report's path.
+/// The answers of `n` examples read aloud for the report. A speech failure leaves them out
+/// and is returned, so the report is still written before it is told.
+fn spoken(
+    speech: Option<(&SpeechClient, usize)>,
+    samples: &[SampleRow],
+) -> (Vec<SpokenSample>, Option<SpeechError>) {
+    let Some((client, n)) = speech else {
+        return (Vec::new(), None);
+    };
+    eprintln!("reading {n} examples' answers aloud");
+    match crate::speak::speak_samples(client, samples, n) {
+        Ok(spoken) => (spoken, None),
+        Err(e) => (Vec::new(), Some(e)),
+    }
+}
+
+/// An error for a speech failure, once the evaluation it belonged to is safely written.
+fn speech_outcome(failure: Option<SpeechError>, report: &Path) -> Result<()> {
+    match failure {
+        None => Ok(()),
+        Some(e) => bail!(
+            "speech failed: {e} (the evaluation is complete; its report, without audio, is {})",
+            report.display()
+        ),
+    }
+}
+
+/// Evaluates a run's final adapter against its base model, writes `RUN/eval/` (with the
+/// answers of `speech`'s examples read aloud) and logs the scores to the run; returns the
+/// results and the HTML report's path.
 pub fn eval_run(
     run: &Path,
     quant: &crate::generate::QuantArg,
     examples: Examples<'_>,
     decoding: &Decoding,
     judge: Option<(&dyn JudgeModel, &JudgeConfig)>,
+    speech: Option<(&SpeechClient, usize)>,
 ) -> Result<(EvalResults, PathBuf)> {
     let Examples {
         data,
@@ -219,8 +263,11 @@ pub fn eval_run(
     if let Some((model, judge_config)) = judge {
         results.judge = Some(bora_eval::judge(&samples, model, judge_config)?);
     }
-    let report = write_eval_dir(&dir.eval_dir(), &results, &samples, Some(&info))?;
+    let (spoken, failure) = spoken(speech, &samples);
+    let report =
+        write_eval_dir_with_audio(&dir.eval_dir(), &results, &samples, Some(&info), &spoken)?;
     log_to_run(run, &results, info.last_step())?;
+    speech_outcome(failure, &report)?;
     Ok((results, report))
 }
 

@@ -15,6 +15,8 @@ use bora_tokenizer::chat::{ChatFormat, Content, Conversation, Message, Role};
 use bora_tokenizer::Tokenizer;
 use clap::Args;
 
+use crate::speak::Speech;
+
 /// Where the model comes from and how long a sequence it may run.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
@@ -122,6 +124,8 @@ pub struct GenerateArgs {
     /// Print timing and the generated ids to stderr as one JSON object (for `bench/decode.py`).
     #[arg(long)]
     stats_json: bool,
+    #[command(flatten)]
+    speak: crate::speak::SpeakArgs,
 }
 
 #[derive(Args, Debug)]
@@ -133,6 +137,8 @@ pub struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    speak: crate::speak::SpeakArgs,
 }
 
 #[derive(Args, Debug)]
@@ -225,11 +231,13 @@ fn chat_format(tok: &Tokenizer, model: &Path) -> Result<ChatFormat> {
     ChatFormat::from_tokenizer(tok).with_context(|| format!("{}: no chat format", model.display()))
 }
 
+/// Generates, printing the text as it comes and handing it to `speech` too.
 fn stream(
     gen: &mut Generator<'_>,
     tok: &Tokenizer,
     ids: &[u32],
     opts: &GenerateOptions,
+    mut speech: Option<&mut Speech>,
 ) -> Result<Generation> {
     let mut out = std::io::stdout().lock();
     let mut failed = None;
@@ -239,7 +247,13 @@ fn stream(
                 failed = Some(e);
             }
         }
+        if let Some(speech) = speech.as_deref_mut() {
+            speech.push(text);
+        }
     })?;
+    if let Some(speech) = speech {
+        speech.end_answer();
+    }
     if let Some(e) = failed {
         return Err(e).context("writing to stdout");
     }
@@ -308,8 +322,12 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
         let vocab = Arc::new(VocabIndex::new(&tok));
         gen.constrain_next(JsonConstraint::new(vocab, Arc::new(schema)));
     }
-    let g = stream(&mut gen, &tok, &ids, &opts)?;
+    let mut speech = args.speak.start()?;
+    let g = stream(&mut gen, &tok, &ids, &opts, speech.as_mut())?;
     println!();
+    if let Some(speech) = speech {
+        speech.finish()?;
+    }
     if args.stats {
         print_stats(&g);
     }
@@ -348,6 +366,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         );
     }
     let mut gen = Generator::new(&model);
+    let mut speech = args.speak.start()?;
     let mut lines = std::io::stdin().lock().lines();
     loop {
         if interactive {
@@ -360,11 +379,14 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         }
         conv.messages.push(message(Role::User, &line));
         let ids = format.encode(&tok, &conv, true)?.ids;
-        let g = stream(&mut gen, &tok, &ids, &opts)?;
+        let g = stream(&mut gen, &tok, &ids, &opts, speech.as_mut())?;
         println!();
         conv.messages.push(message(Role::Assistant, &g.text));
     }
-    Ok(())
+    match speech {
+        Some(speech) => speech.finish(),
+        None => Ok(()),
+    }
 }
 
 pub fn perplexity(args: &PerplexityArgs) -> Result<()> {

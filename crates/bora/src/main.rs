@@ -12,6 +12,7 @@ mod generate;
 mod judge;
 mod push;
 mod serve;
+mod speak;
 mod synth;
 mod tokenize;
 mod train;

@@ -96,6 +96,9 @@ pub struct HubClient {
     /// the Hub) and bounds each read rather than the whole body, which may take hours.
     pub(super) download_agent: ureq::Agent,
     pub(super) retry: Retry,
+    /// The header the token goes in: `authorization` as a bearer token unless a service
+    /// names its own (ElevenLabs' `xi-api-key`), which then carries the token as it is.
+    key_header: Option<&'static str>,
 }
 
 /// What a request sends.
@@ -119,14 +122,16 @@ pub(crate) struct Req<'a> {
     pub body: Body<'a>,
 }
 
-pub(crate) struct Resp {
+/// An answer; `B` is how its body was read (text for the APIs, bytes for audio).
+pub(crate) struct Resp<B = String> {
     pub status: u16,
     pub etag: Option<String>,
     /// `X-Error-Code`: how the Hub tells a gated repo from a missing one.
     pub error_code: Option<String>,
     /// What `Retry-After` (or `retry-after-ms`) asked for.
     pub retry_after: Option<Duration>,
-    pub body: String,
+    pub content_type: Option<String>,
+    pub body: B,
 }
 
 /// A URL without its query: presigned storage URLs carry signatures there.
@@ -181,6 +186,16 @@ impl HubClient {
             agent: agent(Duration::from_secs(300)),
             download_agent: download_agent(),
             retry: Retry::default(),
+            key_header: None,
+        }
+    }
+
+    /// A client that sends `token` as it is in the header `header` (services whose keys are
+    /// not bearer tokens).
+    pub(crate) fn with_key_header(endpoint: &str, token: Token, header: &'static str) -> HubClient {
+        HubClient {
+            key_header: Some(header),
+            ..HubClient::new(endpoint, token)
         }
     }
 
@@ -224,9 +239,28 @@ impl HubClient {
     /// asks for, else the backoff); any other status is the caller's to judge. The body is
     /// read inside the attempt, so a connection that drops mid-answer is retried too.
     pub(crate) fn send(&self, req: &Req) -> Result<Resp> {
+        self.send_reading(req, |mut body| body.read_to_string())
+    }
+
+    /// [`HubClient::send`] for a binary answer (audio) of at most `limit` bytes: a longer
+    /// one fails the attempt rather than filling memory. Error answers come back as text.
+    pub(crate) fn send_for_bytes(&self, req: &Req, limit: u64) -> Result<Resp<Vec<u8>>> {
+        self.send_reading(req, |body| {
+            body.into_with_config().limit(limit).read_to_vec()
+        })
+    }
+
+    fn send_reading<B>(
+        &self,
+        req: &Req,
+        read: impl Fn(ureq::Body) -> std::result::Result<B, ureq::Error>,
+    ) -> Result<Resp<B>>
+    where
+        B: AsRef<[u8]>,
+    {
         let mut attempt = 1;
         loop {
-            let outcome = self.attempt(req);
+            let outcome = self.attempt(req, &read);
             let again = match &outcome {
                 Ok(r) => r.status == 429 || r.status >= 500,
                 Err(AttemptError::Http(e)) => retryable(e),
@@ -286,9 +320,10 @@ impl HubClient {
     }
 
     /// An error for an answer the caller does not accept.
-    pub(crate) fn status_error(&self, req: &Req, r: Resp) -> HubError {
-        let mut body: String = r.body.chars().take(500).collect();
-        if body.len() < r.body.len() {
+    pub(crate) fn status_error<B: AsRef<[u8]>>(&self, req: &Req, r: Resp<B>) -> HubError {
+        let text = String::from_utf8_lossy(r.body.as_ref());
+        let mut body: String = text.chars().take(500).collect();
+        if body.len() < text.len() {
             body.push('…');
         }
         HubError::Status {
@@ -299,10 +334,20 @@ impl HubClient {
         }
     }
 
-    fn attempt(&self, req: &Req) -> std::result::Result<Resp, AttemptError> {
+    fn attempt<B>(
+        &self,
+        req: &Req,
+        read: impl Fn(ureq::Body) -> std::result::Result<B, ureq::Error>,
+    ) -> std::result::Result<Resp<B>, AttemptError> {
         let mut builder = Request::builder().method(req.method).uri(&req.url);
-        if let Some(bearer) = self.bearer().filter(|_| req.auth) {
-            builder = builder.header("authorization", bearer);
+        match (&self.token, self.key_header) {
+            (Some(token), Some(header)) if req.auth => {
+                builder = builder.header(header, token.secret())
+            }
+            (Some(token), None) if req.auth => {
+                builder = builder.header("authorization", token.bearer())
+            }
+            _ => {}
         }
         for (k, v) in &req.headers {
             builder = builder.header(*k, *v);
@@ -345,15 +390,14 @@ impl HubClient {
         let etag = header("etag");
         let error_code = header("x-error-code");
         let retry_after = retry_after(response.headers());
-        let body = response
-            .into_body()
-            .read_to_string()
-            .map_err(AttemptError::Http)?;
+        let content_type = header("content-type");
+        let body = read(response.into_body()).map_err(AttemptError::Http)?;
         Ok(Resp {
             status,
             etag,
             error_code,
             retry_after,
+            content_type,
             body,
         })
     }

@@ -164,6 +164,11 @@ impl Token {
     fn bearer(&self) -> String {
         format!("Bearer {}", self.0)
     }
+
+    /// The token as it is, for a service that takes it in a header of its own.
+    fn secret(&self) -> &str {
+        &self.0
+    }
 }
 
 #[cfg(test)]
