@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use bora_eval::{
     evaluate_with, log_to_run, sample_rows, summary_json, tracking_summary, write_eval_dir,
     Decoding, EvalConfig, EvalResults, JudgeConfig, JudgeModel, Metric, Progress, RunInfo,
-    SAMPLE_COLUMNS,
+    SampleRow, SAMPLE_COLUMNS,
 };
 use bora_hub::wandb::{Table, WandbTracking};
 use bora_model::SamplingParams;
@@ -67,6 +67,10 @@ pub struct EvalArgs {
     /// which hold the scores (the table stays in RUN/eval/samples.jsonl).
     #[arg(long, requires = "wandb")]
     wandb_offline: bool,
+    /// Record the evaluation in W&B Weave, as the `weave` library records an Evaluation of
+    /// two models: PROJECT or PROJECT/ENTITY (`weave.init` writes it ENTITY/PROJECT).
+    #[arg(long, value_name = "PROJECT[/ENTITY]")]
+    weave: Option<String>,
     /// Examples in flight together (answers are exactly those of one at a time).
     #[arg(long, default_value_t = Decoding::DEFAULT_BATCH)]
     batch_size: usize,
@@ -113,6 +117,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         })
         .transpose()?;
     let judge = judge.as_ref().map(|(m, c)| (m as &dyn JudgeModel, c));
+    let weave = args.weave.as_deref().map(crate::weave::connect).transpose()?;
     let tracking = match (&args.run, &args.wandb) {
         (Some(run), Some(wandb)) => {
             let (_, config) = open_run_dir(run)?;
@@ -124,7 +129,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         }
         _ => None,
     };
-    let (results, report) = match &args.run {
+    let (results, samples, report) = match &args.run {
         Some(run) => {
             let examples = Examples {
                 data: &args.data,
@@ -158,9 +163,22 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 results.judge = Some(bora_eval::judge(&samples, model, judge_config)?);
             }
             let report = write_eval_dir(&out, &results, &samples, None)?;
-            (results, report)
+            (results, samples, report)
         }
     };
+    if let Some(client) = &weave {
+        let tuned = args.run.as_deref().or(args.adapter.as_deref());
+        let tuned = tuned
+            .and_then(Path::file_name)
+            .map_or_else(|| "tuned".to_owned(), |n| n.to_string_lossy().into_owned());
+        let names = crate::weave::EvalNames {
+            data: &args.data,
+            tuned: &tuned,
+        };
+        crate::weave::record_eval(client, &results, &samples, &names).with_context(|| {
+            format!("the evaluation itself is saved: {}", report.display())
+        })?;
+    }
     if args.json {
         println!("{}", summary_json(&results));
     } else {
@@ -181,14 +199,14 @@ pub struct Examples<'a> {
 }
 
 /// Evaluates a run's final adapter against its base model, writes `RUN/eval/` and logs the
-/// scores to the run; returns the results and the HTML report's path.
+/// scores to the run; returns the results, the samples and the HTML report's path.
 pub fn eval_run(
     run: &Path,
     quant: &crate::generate::QuantArg,
     examples: Examples<'_>,
     decoding: &Decoding,
     judge: Option<(&dyn JudgeModel, &JudgeConfig)>,
-) -> Result<(EvalResults, PathBuf)> {
+) -> Result<(EvalResults, Vec<SampleRow>, PathBuf)> {
     let Examples {
         data,
         metric,
@@ -221,7 +239,7 @@ pub fn eval_run(
     }
     let report = write_eval_dir(&dir.eval_dir(), &results, &samples, Some(&info))?;
     log_to_run(run, &results, info.last_step())?;
-    Ok((results, report))
+    Ok((results, samples, report))
 }
 
 /// Sends the results to W&B: the summary values and the samples as the table

@@ -15,6 +15,7 @@ mod serve;
 mod synth;
 mod tokenize;
 mod train;
+mod weave;
 
 #[derive(Parser)]
 #[command(
