@@ -22,7 +22,10 @@ const KEY: &str = "weave-test-key-0123456789abcdef";
 const PROJECT: &str = "bora-evals";
 
 fn recording() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/weave_eval.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/weave_eval.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -50,7 +53,11 @@ fn record_like_the_recording() -> EvalRecord {
         ("Opposite of hot?", "cold"),
     ];
     let answers = [
-        ("base", "SmolLM2-135M-Instruct", [("Lyon", 12, 3), ("4", 7, 1), ("warm", 8, 2)]),
+        (
+            "base",
+            "SmolLM2-135M-Instruct",
+            [("Lyon", 12, 3), ("4", 7, 1), ("warm", 8, 2)],
+        ),
         (
             "tuned",
             "SmolLM2-135M-Instruct+demo-adapter",
@@ -205,10 +212,17 @@ fn an_evaluation_of_two_models_is_sent_as_weave_sends_it() {
 
     // Headers: W&B's basic auth with the key, JSON both ways, the trace id on starts/ends.
     let basic = requests[0].header("authorization").unwrap().to_owned();
-    let theirs_basic = rec["requests"][0]["headers"]["authorization"].as_str().unwrap();
+    let theirs_basic = rec["requests"][0]["headers"]["authorization"]
+        .as_str()
+        .unwrap();
     assert!(basic.starts_with("Basic ") && theirs_basic.starts_with("Basic "));
     for r in &requests {
-        assert_eq!(r.header("authorization"), Some(basic.as_str()), "{}", r.target);
+        assert_eq!(
+            r.header("authorization"),
+            Some(basic.as_str()),
+            "{}",
+            r.target
+        );
         if r.path().ends_with("/call/start") || r.path().ends_with("/call/end") {
             assert_eq!(
                 r.header("x-weave-trace-id"),
@@ -233,7 +247,12 @@ fn an_evaluation_of_two_models_is_sent_as_weave_sends_it() {
     let objects = |reqs: &[(String, Value)]| -> HashMap<String, Value> {
         reqs.iter()
             .filter(|(p, _)| p.ends_with("/obj/create"))
-            .map(|(_, b)| (b["obj"]["object_id"].as_str().unwrap().to_owned(), b["obj"].clone()))
+            .map(|(_, b)| {
+                (
+                    b["obj"]["object_id"].as_str().unwrap().to_owned(),
+                    b["obj"].clone(),
+                )
+            })
             .collect()
     };
     let ours_json = json_requests(&requests);
@@ -243,7 +262,9 @@ fn an_evaluation_of_two_models_is_sent_as_weave_sends_it() {
         if name == "bora.serve.chat" {
             continue;
         }
-        let ours = ours_objs.get(name).unwrap_or_else(|| panic!("no {name} object"));
+        let ours = ours_objs
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} object"));
         assert_eq!(keys(ours), keys(theirs), "{name}");
         assert_eq!(keys(&ours["val"]), keys(&theirs["val"]), "{name}");
         assert_eq!(ours["val"]["_type"], theirs["val"]["_type"], "{name}");
@@ -257,9 +278,15 @@ fn an_evaluation_of_two_models_is_sent_as_weave_sends_it() {
         .clone();
     assert_eq!(
         recorded.dataset,
-        format!("weave:///{ENTITY}/{PROJECT}/object/bora-test-rows:{}", their_dataset_digest.as_str().unwrap())
+        format!(
+            "weave:///{ENTITY}/{PROJECT}/object/bora-test-rows:{}",
+            their_dataset_digest.as_str().unwrap()
+        )
     );
-    assert_eq!(ours_objs["tuned"]["val"]["artifact"], theirs_objs["tuned"]["val"]["artifact"]);
+    assert_eq!(
+        ours_objs["tuned"]["val"]["artifact"],
+        theirs_objs["tuned"]["val"]["artifact"]
+    );
 
     // Calls: per op, the same fields in the call, its inputs, output and summary.
     let (ours_calls, ours_starts, ours_ends) = calls_sent(&ours_json);
@@ -272,7 +299,10 @@ fn an_evaluation_of_two_models_is_sent_as_weave_sends_it() {
         out
     };
     let (ours_by_op, theirs_by_op) = (by_op(&ours_calls), by_op(&theirs_calls));
-    let mut ops: Vec<&String> = theirs_by_op.keys().filter(|o| *o != "bora.serve.chat").collect();
+    let mut ops: Vec<&String> = theirs_by_op
+        .keys()
+        .filter(|o| *o != "bora.serve.chat")
+        .collect();
     ops.sort();
     let mut our_ops: Vec<&String> = ours_by_op.keys().collect();
     our_ops.sort();
@@ -285,7 +315,11 @@ fn an_evaluation_of_two_models_is_sent_as_weave_sends_it() {
             for field in ["inputs", "output", "summary", "attributes"] {
                 assert_eq!(keys(&o[field]), keys(&t[field]), "{op} {field}");
             }
-            assert_eq!(keys(&o["summary"]["usage"]), keys(&t["summary"]["usage"]), "{op}");
+            assert_eq!(
+                keys(&o["summary"]["usage"]),
+                keys(&t["summary"]["usage"]),
+                "{op}"
+            );
         }
     }
     assert_eq!(ours_starts.len(), 2);
@@ -320,7 +354,10 @@ fn an_evaluation_of_two_models_is_sent_as_weave_sends_it() {
 
     // Op files: the same form fields.
     let form = |fields: Vec<String>| -> BTreeSet<String> { fields.into_iter().collect() };
-    let file_request = requests.iter().find(|r| r.path().ends_with("/file/create")).unwrap();
+    let file_request = requests
+        .iter()
+        .find(|r| r.path().ends_with("/file/create"))
+        .unwrap();
     let (fields, _) = multipart(file_request);
     let theirs_form = recorded_requests(&rec)
         .into_iter()
@@ -328,7 +365,14 @@ fn an_evaluation_of_two_models_is_sent_as_weave_sends_it() {
         .unwrap();
     assert_eq!(
         form(fields.keys().cloned().collect()),
-        form(theirs_form["form"].as_object().unwrap().keys().cloned().collect())
+        form(
+            theirs_form["form"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect()
+        )
     );
 
     check_refs(&ours_json);
@@ -362,7 +406,7 @@ fn check_refs(requests: &[(String, Value)]) {
                 assert!(digest.chars().all(|c| c.is_ascii_alphanumeric()), "{r}");
                 if !path.is_empty() {
                     let parts: Vec<&str> = path.split('/').collect();
-                    assert!(parts.len() % 2 == 0, "{r}");
+                    assert!(parts.len().is_multiple_of(2), "{r}");
                     for pair in parts.chunks(2) {
                         assert!(["attr", "id", "key", "index"].contains(&pair[0]), "{r}");
                     }
@@ -394,7 +438,9 @@ fn rebuild_and_compare(server: &FakeWeave, recorded: &RecordedEvaluation, record
         assert_eq!(op_name(&Value::Object(root.clone())), "Evaluation.evaluate");
         assert!(root.contains_key("ended_at") && root.contains_key("started_at"));
         assert_eq!(root["inputs"]["self"], recorded.evaluation.as_str());
-        let (model_obj, _) = server.resolve(root["inputs"]["model"].as_str().unwrap()).unwrap();
+        let (model_obj, _) = server
+            .resolve(root["inputs"]["model"].as_str().unwrap())
+            .unwrap();
         assert_eq!(model_obj["name"], model.name.as_str());
         let (evaluation, _) = server.resolve(&recorded.evaluation).unwrap();
         assert_eq!(evaluation["dataset"], recorded.dataset.as_str());
@@ -405,11 +451,16 @@ fn rebuild_and_compare(server: &FakeWeave, recorded: &RecordedEvaluation, record
             .collect();
         assert_eq!(rows.len(), record.rows.len());
         for (i, row_call) in rows.iter().enumerate() {
-            let row = server.row(row_call["inputs"]["example"].as_str().unwrap()).unwrap();
+            let row = server
+                .row(row_call["inputs"]["example"].as_str().unwrap())
+                .unwrap();
             assert_eq!(row["prompt"], record.rows[i].prompt.as_str());
             let p = &model.predictions[i];
             assert_eq!(row_call["output"]["output"]["answer"], p.answer.as_str());
-            assert_eq!(row_call["output"]["scores"]["exact_match"]["correct"], p.correct);
+            assert_eq!(
+                row_call["output"]["scores"]["exact_match"]["correct"],
+                p.correct
+            );
             let predict = children(row_call["id"].as_str().unwrap());
             assert_eq!(predict.len(), 2);
             let usage = &predict[0]["summary"]["usage"][model.model_id.as_str()];
@@ -417,7 +468,10 @@ fn rebuild_and_compare(server: &FakeWeave, recorded: &RecordedEvaluation, record
             assert_eq!(usage["completion_tokens"], p.completion_tokens);
         }
         let correct = model.predictions.iter().filter(|p| p.correct).count();
-        assert_eq!(root["output"]["exact_match"]["correct"]["true_count"], correct);
+        assert_eq!(
+            root["output"]["exact_match"]["correct"]["true_count"],
+            correct
+        );
     }
 }
 
@@ -433,7 +487,11 @@ fn a_failing_server_is_retried_then_reported_without_the_key() {
     let text = err.to_string();
     assert!(text.contains("503"), "{text}");
     assert!(!text.contains(KEY) && !format!("{err:?}").contains(KEY));
-    assert_eq!(server.requests().len() - before, 6, "six attempts, then the error");
+    assert_eq!(
+        server.requests().len() - before,
+        6,
+        "six attempts, then the error"
+    );
 }
 
 #[test]
@@ -443,7 +501,10 @@ fn a_rejected_key_is_not_retried() {
     server.fail_from(0, Failure::Status(401));
     let before = server.requests().len();
     let err = record_evaluation(&client, &record_like_the_recording()).unwrap_err();
-    assert!(matches!(err, WandbError::Status { status: 401, .. }), "{err}");
+    assert!(
+        matches!(err, WandbError::Status { status: 401, .. }),
+        "{err}"
+    );
     assert!(!err.to_string().contains(KEY));
     assert_eq!(server.requests().len() - before, 1);
 }
@@ -456,7 +517,11 @@ fn a_hanging_server_costs_one_timeout() {
     let before = server.requests().len();
     let err = record_evaluation(&client, &record_like_the_recording()).unwrap_err();
     assert!(matches!(err, WandbError::Transport { .. }), "{err}");
-    assert_eq!(server.requests().len() - before, 1, "a timeout is not retried");
+    assert_eq!(
+        server.requests().len() - before,
+        1,
+        "a timeout is not retried"
+    );
 }
 
 fn traced(i: usize) -> TracedRequest {
@@ -492,7 +557,10 @@ fn served_requests_become_calls_shaped_as_weave_traces_an_op() {
     assert_eq!((sent, dropped, failed), (3, 0, 0));
     let (ours, _, _) = calls_sent(&json_requests(&server.requests()));
     let (theirs, _, _) = calls_sent(&recorded_json(&rec));
-    let theirs = theirs.iter().find(|c| op_name(c) == "bora.serve.chat").unwrap();
+    let theirs = theirs
+        .iter()
+        .find(|c| op_name(c) == "bora.serve.chat")
+        .unwrap();
     assert_eq!(ours.len(), 3);
     for call in &ours {
         assert_eq!(op_name(call), "bora.serve.chat");

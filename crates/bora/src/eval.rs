@@ -117,7 +117,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         })
         .transpose()?;
     let judge = judge.as_ref().map(|(m, c)| (m as &dyn JudgeModel, c));
-    let weave = args.weave.as_deref().map(crate::weave::connect).transpose()?;
+    let weave = args
+        .weave
+        .as_deref()
+        .map(crate::weave::connect)
+        .transpose()?;
     let tracking = match (&args.run, &args.wandb) {
         (Some(run), Some(wandb)) => {
             let (_, config) = open_run_dir(run)?;
@@ -175,9 +179,8 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             data: &args.data,
             tuned: &tuned,
         };
-        crate::weave::record_eval(client, &results, &samples, &names).with_context(|| {
-            format!("the evaluation itself is saved: {}", report.display())
-        })?;
+        crate::weave::record_eval(client, &results, &samples, &names)
+            .with_context(|| format!("the evaluation itself is saved: {}", report.display()))?;
     }
     if args.json {
         println!("{}", summary_json(&results));

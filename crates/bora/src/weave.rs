@@ -51,7 +51,9 @@ pub fn record_eval(
             metric: results.metric.clone(),
             judge: Some((
                 j.judge.clone(),
-                j.rubric.clone().unwrap_or_else(|| GENERAL_RUBRIC.to_owned()),
+                j.rubric
+                    .clone()
+                    .unwrap_or_else(|| GENERAL_RUBRIC.to_owned()),
             )),
         },
         None => ScorerRecord {

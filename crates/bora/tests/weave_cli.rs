@@ -47,9 +47,25 @@ fn trained_run(tmp: &Path, server: &FakeWeave) -> (String, String) {
     let run = tmp.join("runs/tiny");
     let out = command(
         &[
-            "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(),
-            "--out", run.to_str().unwrap(), "--max-steps", "3", "--batch-size", "2",
-            "--seq-len", "32", "--rank", "4", "--lr", "0.01", "--seed", "1",
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "32",
+            "--rank",
+            "4",
+            "--lr",
+            "0.01",
+            "--seed",
+            "1",
         ],
         tmp,
         server,
@@ -66,7 +82,16 @@ fn trained_run(tmp: &Path, server: &FakeWeave) -> (String, String) {
 
 fn eval_args<'a>(run: &'a str, data: &'a str) -> Vec<&'a str> {
     vec![
-        "eval", "--run", run, "--data", data, "--limit", "4", "--max-tokens", "3", "--weave",
+        "eval",
+        "--run",
+        run,
+        "--data",
+        data,
+        "--limit",
+        "4",
+        "--max-tokens",
+        "3",
+        "--weave",
         "bora-evals/bora-team",
     ]
 }
@@ -85,7 +110,13 @@ fn files(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
 
 fn op(call: &serde_json::Map<String, Value>) -> String {
     let op = call["op_name"].as_str().unwrap();
-    op.split("/op/").nth(1).unwrap().split(':').next().unwrap().to_owned()
+    op.split("/op/")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 /// The evaluation rebuilt from what the trace server received matches the run's own
@@ -100,7 +131,10 @@ fn eval_records_base_and_tuned_as_two_weave_evaluations() {
         .unwrap();
     assert_ok(&out);
     let err = stderr(&out);
-    assert!(err.contains(&format!("in project {ENTITY}/bora-evals")), "{err}");
+    assert!(
+        err.contains(&format!("in project {ENTITY}/bora-evals")),
+        "{err}"
+    );
 
     let samples: Vec<Value> = std::fs::read_to_string(Path::new(&run).join("eval/samples.jsonl"))
         .unwrap()
@@ -116,9 +150,14 @@ fn eval_records_base_and_tuned_as_two_weave_evaluations() {
         .collect();
     roots.sort_by_key(|c| c["started_at"].as_str().unwrap().to_owned());
     assert_eq!(roots.len(), 2);
-    assert_eq!(roots[0]["inputs"]["self"], roots[1]["inputs"]["self"], "one Evaluation");
+    assert_eq!(
+        roots[0]["inputs"]["self"], roots[1]["inputs"]["self"],
+        "one Evaluation"
+    );
     for (root, side) in roots.iter().zip(["base", "tuned"]) {
-        let (model, _) = server.resolve(root["inputs"]["model"].as_str().unwrap()).unwrap();
+        let (model, _) = server
+            .resolve(root["inputs"]["model"].as_str().unwrap())
+            .unwrap();
         assert_eq!(model["name"], if side == "base" { "base" } else { "tiny" });
         let mut rows: Vec<_> = calls
             .values()
@@ -129,7 +168,9 @@ fn eval_records_base_and_tuned_as_two_weave_evaluations() {
         assert_eq!(rows.len(), samples.len());
         let mut correct = 0;
         for (row, sample) in rows.iter().zip(&samples) {
-            let example = server.row(row["inputs"]["example"].as_str().unwrap()).unwrap();
+            let example = server
+                .row(row["inputs"]["example"].as_str().unwrap())
+                .unwrap();
             assert_eq!(example["prompt"], sample["prompt"]);
             assert_eq!(example["expected"], sample["expected"]);
             let output = &row["output"];
@@ -138,8 +179,14 @@ fn eval_records_base_and_tuned_as_two_weave_evaluations() {
             correct += usize::from(right);
             assert_eq!(output["scores"]["exact"]["correct"], right);
             let usage = &sample[format!("{side}_usage")];
-            assert_eq!(output["output"]["usage"]["prompt_tokens"], usage["prompt_tokens"]);
-            assert_eq!(output["output"]["usage"]["completion_tokens"], usage["completion_tokens"]);
+            assert_eq!(
+                output["output"]["usage"]["prompt_tokens"],
+                usage["prompt_tokens"]
+            );
+            assert_eq!(
+                output["output"]["usage"]["completion_tokens"],
+                usage["completion_tokens"]
+            );
             assert!(usage["completion_tokens"].as_u64().unwrap() >= 1);
         }
         assert_eq!(root["output"]["exact"]["correct"]["true_count"], correct);
@@ -168,7 +215,10 @@ fn a_rejected_key_fails_the_command_after_the_evaluation_is_saved() {
         .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("401") && err.contains("evaluation itself is saved"), "{err}");
+    assert!(
+        err.contains("401") && err.contains("evaluation itself is saved"),
+        "{err}"
+    );
     assert!(!err.contains(KEY));
     assert!(Path::new(&run).join("eval/results.json").is_file());
 }
@@ -189,16 +239,29 @@ fn a_missing_key_stops_before_any_work() {
 
 #[test]
 fn a_bad_weave_target_is_refused() {
-    let out = bora(&["eval", "--model", "m.gguf", "--data", "d.jsonl", "--weave", "my project"]);
+    let out = bora(&[
+        "eval",
+        "--model",
+        "m.gguf",
+        "--data",
+        "d.jsonl",
+        "--weave",
+        "my project",
+    ]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("--weave \"my project\" is not PROJECT or PROJECT/ENTITY"), "{err}");
+    assert!(
+        err.contains("--weave \"my project\" is not PROJECT or PROJECT/ENTITY"),
+        "{err}"
+    );
 }
 
 /// A POST of `body` to `path`; the response body.
 fn post(addr: &str, path: &str, body: &Value) -> Value {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
     let body = body.to_string();
     write!(
         stream,
@@ -220,7 +283,12 @@ fn serve_traces_each_answered_request_as_a_weave_call() {
     let model = model_dir(tmp.path(), "llama");
     let mut child = command(
         &[
-            "serve", "--model", model.to_str().unwrap(), "--port", "0", "--weave",
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--port",
+            "0",
+            "--weave",
             "bora-evals/bora-team",
         ],
         tmp.path(),
@@ -232,7 +300,10 @@ fn serve_traces_each_answered_request_as_a_weave_call() {
     .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
-        let line = lines.next().expect("bora serve prints its address").unwrap();
+        let line = lines
+            .next()
+            .expect("bora serve prints its address")
+            .unwrap();
         if let Some(at) = line.split("on http://").nth(1) {
             break at.trim().to_owned();
         }
@@ -265,7 +336,10 @@ fn serve_traces_each_answered_request_as_a_weave_call() {
             .expect("the response traced as sent");
         assert_eq!(&call["output"], answer);
         let usage = &call["summary"]["usage"]["llama"];
-        assert_eq!(usage["completion_tokens"], answer["usage"]["completion_tokens"]);
+        assert_eq!(
+            usage["completion_tokens"],
+            answer["usage"]["completion_tokens"]
+        );
         assert_eq!(usage["requests"], 1);
         assert!(call["inputs"]["prompt"].is_string());
     }

@@ -24,8 +24,8 @@ mod client;
 mod run;
 mod sink;
 
-pub use auth::{netrc_password, ApiKey};
 pub(crate) use auth::netloc;
+pub use auth::{netrc_password, ApiKey};
 pub(crate) use client::read_response;
 pub use client::{base_url_from_env, Client};
 pub use run::{generate_run_id, read_state, RunProgress, RunSpec, RunState, Table, WandbRun};

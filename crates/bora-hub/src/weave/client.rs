@@ -136,7 +136,10 @@ impl WeaveClient {
         }
         let vars = json!({"name": name, "entity": entity, "description": null});
         let made = self.wandb.graphql("UpsertModel", UPSERT_MODEL, vars)?;
-        if made.pointer("/upsertModel/model").is_some_and(Value::is_object) {
+        if made
+            .pointer("/upsertModel/model")
+            .is_some_and(Value::is_object)
+        {
             Ok(())
         } else {
             Err(WandbError::Response {

@@ -285,7 +285,12 @@ fn record_model(
         "otel_dump": null, "wb_user_id": null, "wb_run_id": null, "wb_run_step": null,
     }});
     let v2 = format!("/v2/{}/{}", project.entity, project.name);
-    client.post("call/start", &format!("{v2}/call/start"), &start, Some(&trace))?;
+    client.post(
+        "call/start",
+        &format!("{v2}/call/start"),
+        &start,
+        Some(&trace),
+    )?;
 
     let score_key = shared.scorer_name;
     let mut calls = Vec::new();
@@ -308,39 +313,49 @@ fn record_model(
         let row_end = row_start + p.latency;
         *clock = row_end;
         let (pas, predict, score) = (uuid7(row_start), uuid7(row_start), uuid7(row_end));
-        let call = |id: &str, parent: &str, op: &str, times: (SystemTime, SystemTime)| {
-            CallItem {
-                project,
-                id: id.to_owned(),
-                trace: trace.clone(),
-                parent: Some(parent.to_owned()),
-                op: op.to_owned(),
-                times,
-            }
+        let call = |id: &str, parent: &str, op: &str, times: (SystemTime, SystemTime)| CallItem {
+            project,
+            id: id.to_owned(),
+            trace: trace.clone(),
+            parent: Some(parent.to_owned()),
+            op: op.to_owned(),
+            times,
         };
         let score_row = json!({
             "output": output, "scores": {score_key: verdict},
             "model_latency": p.latency.as_secs_f64(),
         });
-        calls.push(call(&pas, &root, &shared.ops.predict_and_score, (row_start, row_end)).json(
-            attributes(true, false),
-            json!({"self": shared.evaluation, "model": model_ref, "example": row_ref}),
-            score_row.clone(),
-            json!({"usage": usage, "status_counts": {"success": 3, "error": 0}}),
-        ));
-        calls.push(call(&predict, &pas, &shared.ops.predict, (row_start, row_end)).json(
-            attributes(true, false),
-            json!({"self": model_ref, "prompt": format!("{row_ref}/key/prompt")}),
-            output.clone(),
-            json!({"usage": usage, "status_counts": {"success": 1, "error": 0}}),
-        ));
-        calls.push(call(&score, &pas, &shared.ops.score, (row_end, row_end)).json(
-            attributes(true, true),
-            json!({"self": shared.scorer, "output": output,
+        calls.push(
+            call(
+                &pas,
+                &root,
+                &shared.ops.predict_and_score,
+                (row_start, row_end),
+            )
+            .json(
+                attributes(true, false),
+                json!({"self": shared.evaluation, "model": model_ref, "example": row_ref}),
+                score_row.clone(),
+                json!({"usage": usage, "status_counts": {"success": 3, "error": 0}}),
+            ),
+        );
+        calls.push(
+            call(&predict, &pas, &shared.ops.predict, (row_start, row_end)).json(
+                attributes(true, false),
+                json!({"self": model_ref, "prompt": format!("{row_ref}/key/prompt")}),
+                output.clone(),
+                json!({"usage": usage, "status_counts": {"success": 1, "error": 0}}),
+            ),
+        );
+        calls.push(
+            call(&score, &pas, &shared.ops.score, (row_end, row_end)).json(
+                attributes(true, true),
+                json!({"self": shared.scorer, "output": output,
                    "expected": format!("{row_ref}/key/expected")}),
-            verdict.clone(),
-            json!({"status_counts": {"success": 1, "error": 0}}),
-        ));
+                verdict.clone(),
+                json!({"status_counts": {"success": 1, "error": 0}}),
+            ),
+        );
         feedback.push(json!({
             "project_id": project.id(), "weave_ref": project.call_ref(&predict),
             "feedback_type": format!("wandb.runnable.{score_key}"),
@@ -535,7 +550,12 @@ fn create_table(client: &WeaveClient, rows: Vec<Value>) -> Result<(String, Vec<S
     let row_digests: Vec<String> = answer
         .get("row_digests")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     if row_digests.len() != n || row_digests.iter().any(|d| !is_digest(d)) {
         return Err(WandbError::Response {

@@ -29,7 +29,9 @@ pub(crate) fn random_hex(n: usize) -> String {
 
 /// A UUIDv7 for a call or feedback started at `at`.
 pub fn uuid7(at: SystemTime) -> String {
-    let ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let (a, b) = (random_u64(), random_u64());
     let mut bytes = [0u8; 16];
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);

@@ -67,7 +67,6 @@ impl Project {
     pub fn call_ref(&self, id: &str) -> String {
         format!("weave:///{}/call/{id}", self.id())
     }
-
 }
 
 /// An object name Weave accepts, as weave's `sanitize_object_name` makes it: each run of

@@ -172,7 +172,9 @@ fn send_loop(
                 counts.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
-                counts.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                counts
+                    .failed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 failures += 1;
                 // The first failure and then one in a hundred, so a Weave outage does not
                 // flood the server's log.

@@ -181,7 +181,10 @@ fn answer(request: &Request, state: &mut State) -> (u16, String) {
                 json!({"project": null})
             }
         } else {
-            return (200, json!({"errors": [{"message": "unknown query"}]}).to_string());
+            return (
+                200,
+                json!({"errors": [{"message": "unknown query"}]}).to_string(),
+            );
         };
         return (200, json!({"data": data}).to_string());
     }
