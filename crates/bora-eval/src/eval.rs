@@ -126,6 +126,16 @@ impl SamplingRecord {
     }
 }
 
+/// What one answer cost: its prompt and answer token counts and the seconds from the
+/// prompt going in to the answer's last token (other examples of its batch decoded beside
+/// it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnswerUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub seconds: f64,
+}
+
 /// One line of `samples.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleRow {
@@ -138,6 +148,10 @@ pub struct SampleRow {
     pub base_score: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned_score: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_usage: Option<AnswerUsage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned_usage: Option<AnswerUsage>,
 }
 
 /// Progress of the two generation passes.
@@ -337,6 +351,8 @@ fn sample_rows(
             tuned: tuned.map(|t| t.answers[i].clone()),
             base_score: as_f(base_scores[i]),
             tuned_score: tuned_scores.map(|s| as_f(s[i])),
+            base_usage: Some(base.usage[i]),
+            tuned_usage: tuned.map(|t| t.usage[i]),
         })
         .collect()
 }

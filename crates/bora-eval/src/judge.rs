@@ -105,7 +105,8 @@ const PAIR_SYSTEM: &str = "You are an impartial judge. You compare two answers, 
 
 const SCORE_SYSTEM: &str = "You are an impartial judge. You rate one answer to a prompt from 1 (useless) to 10 (perfect). Judge by this rubric:\n\n{rubric}\n\nReply with only a JSON object, no other text: {\"reason\": \"<one or two sentences>\", \"score\": <integer from 1 to 10>}";
 
-const GENERAL_RUBRIC: &str = "The better answer does what the prompt asks, is correct (agrees with the reference answer when one is given), complete and clear.";
+/// The rubric a judge is given when the user gives none.
+pub const GENERAL_RUBRIC: &str = "The better answer does what the prompt asks, is correct (agrees with the reference answer when one is given), complete and clear.";
 
 const REMINDER: &str =
     "That reply is not the JSON object asked for. Reply with only the JSON object.";

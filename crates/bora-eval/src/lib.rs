@@ -23,12 +23,12 @@ mod task;
 pub use demo::{demo_example, demo_splits};
 pub use error::{EvalError, Result};
 pub use eval::{
-    evaluate, evaluate_with, summary_json, Decoding, EvalConfig, EvalResults, Progress, SampleRow,
-    SamplingRecord, Side, SideScore,
+    evaluate, evaluate_with, summary_json, AnswerUsage, Decoding, EvalConfig, EvalResults,
+    Progress, SampleRow, SamplingRecord, Side, SideScore,
 };
 pub use judge::{
     judge, judge_markdown, parse_score, parse_verdict, JudgeConfig, JudgeMode, JudgeModel,
-    JudgeResults, JudgedExample, MeanScore, Rate, Verdict,
+    JudgeResults, JudgedExample, MeanScore, Rate, Verdict, GENERAL_RUBRIC,
 };
 pub use metric::{wilson, Metric, Z95};
 pub use output::{

@@ -9,6 +9,7 @@
 //! queue runs dry.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bora_model::{
     decode_step, GenerateOptions, JsonConstraint, JsonSchema, KvCache, Logits, Lora, Model, Rng,
@@ -17,12 +18,15 @@ use bora_model::{
 use bora_tokenizer::Tokenizer;
 
 use crate::error::Result;
+use crate::eval::AnswerUsage;
 use crate::task::EvalItem;
 
 /// What one side produced.
 #[derive(Debug, Clone)]
 pub struct SideOutput {
     pub answers: Vec<String>,
+    /// Each answer's token counts and latency, in item order.
+    pub usage: Vec<AnswerUsage>,
     /// Mean negative log-likelihood (nats) per answer token, over all items.
     pub nll: f64,
     /// Answer tokens scored.
@@ -81,6 +85,7 @@ pub fn run_side_constrained(
         .map_err(bora_model::ModelError::Sampling)?;
     let batch_size = batch_size.max(1);
     let mut answers = vec![String::new(); items.len()];
+    let mut usage = vec![AnswerUsage::default(); items.len()];
     let mut ws = Workspace::new();
     let mut spare: Vec<KvCache> = Vec::new();
     let mut active: Vec<Row> = Vec::with_capacity(batch_size);
@@ -106,7 +111,16 @@ pub fn run_side_constrained(
             match active[i].seq.advance(&opts.stop_tokens).1 {
                 None => i += 1,
                 Some(stop) => {
-                    let Row { index, seq } = active.swap_remove(i);
+                    let Row {
+                        index,
+                        seq,
+                        started,
+                    } = active.swap_remove(i);
+                    usage[index] = AnswerUsage {
+                        prompt_tokens: items[index].prompt_ids.len() as u64,
+                        completion_tokens: seq.generated() as u64,
+                        seconds: started.elapsed().as_secs_f64(),
+                    };
                     let (_, answer, cache) = seq.finish(stop);
                     answers[index] = answer;
                     spare.push(cache);
@@ -121,6 +135,7 @@ pub fn run_side_constrained(
     }
     Ok(SideOutput {
         answers,
+        usage,
         nll: if nll_tokens == 0 {
             f64::NAN
         } else {
@@ -135,6 +150,10 @@ struct Row<'t> {
     /// Its place in the items (answers are returned in item order).
     index: usize,
     seq: Sequence<'t>,
+    /// When its prompt went in: its answer's latency runs from here to its last token (the
+    /// expected answer's NLL, scored in the same pass when it continues the prompt,
+    /// included).
+    started: Instant,
 }
 
 impl<'t> Row<'t> {
@@ -172,6 +191,7 @@ impl<'t> Row<'t> {
             masked_nll(model, adapter, &item.ids, &item.mask, &mut cache, ws)?
         };
         cache.clear();
+        let started = Instant::now();
         let logits = model
             .forward_adapted(&item.prompt_ids, &mut cache, ws, Logits::Last, adapter)?
             .to_vec();
@@ -213,7 +233,14 @@ impl<'t> Row<'t> {
             seq = seq.with_constraint(JsonConstraint::new(j.vocab.clone(), j.schema.clone()));
         }
         seq.prefilled(logits);
-        Ok((Row { index, seq }, nll))
+        Ok((
+            Row {
+                index,
+                seq,
+                started,
+            },
+            nll,
+        ))
     }
 }
 

@@ -28,6 +28,8 @@ fn sample(line: usize, base: f64, tuned: f64) -> SampleRow {
         tuned: Some("{\"a\": 1}".into()),
         base_score: base,
         tuned_score: Some(tuned),
+        base_usage: None,
+        tuned_usage: None,
     }
 }
 

@@ -28,4 +28,4 @@ mod tools;
 
 pub use conn::Limits;
 pub use error::{ApiError, ServeError};
-pub use server::{shutdown_signal, ServeOptions, Server};
+pub use server::{shutdown_signal, AnsweredRequest, RequestObserver, ServeOptions, Server};

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use bora_model::{SampledToken, StopReason};
 use bora_tokenizer::Tokenizer;
 use serde_json::{json, Value};
@@ -214,7 +213,7 @@ fn calls_json(calls: &[Call]) -> Value {
 pub(crate) async fn whole_response(
     meta: Meta,
     mut rx: UnboundedReceiver<(usize, Event)>,
-) -> Result<Response, ApiError> {
+) -> Result<Value, ApiError> {
     let mut choices: Vec<Choice> = (0..meta.n).map(|_| Choice::default()).collect();
     let mut left = meta.n;
     while left > 0 {
@@ -264,7 +263,7 @@ pub(crate) async fn whole_response(
     }
     let mut body = meta.envelope(false, Value::Array(out));
     body["usage"] = meta.usage(completion_tokens);
-    Ok(Json(body).into_response())
+    Ok(body)
 }
 
 fn sse(value: &Value) -> Bytes {

@@ -47,6 +47,29 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     /// Connections, heads, bodies and stalled writes.
     pub limits: Limits,
+    /// Sees every answered request (`bora serve --weave` traces them); none by default.
+    pub observer: Option<Arc<dyn RequestObserver>>,
+}
+
+/// Something told of each answered (non-streamed) request, after its response is built and
+/// before it is sent. It runs on an I/O thread, so it must return at once: queue the
+/// request, never send it from here.
+pub trait RequestObserver: Send + Sync + std::fmt::Debug {
+    fn answered(&self, request: AnsweredRequest);
+}
+
+/// One answered request.
+#[derive(Debug, Clone)]
+pub struct AnsweredRequest {
+    /// `/v1/chat/completions` (else `/v1/completions`).
+    pub chat: bool,
+    /// The request body as sent.
+    pub request: Value,
+    /// The response body: the answer, `model` and `usage`.
+    pub response: Value,
+    /// When the request arrived, and how long it took to answer.
+    pub arrived: SystemTime,
+    pub latency: Duration,
 }
 
 impl ServeOptions {
@@ -59,6 +82,7 @@ impl ServeOptions {
             max_queue: 64,
             request_timeout: Duration::from_secs(600),
             limits: Limits::default(),
+            observer: None,
         }
     }
 }
@@ -87,6 +111,7 @@ struct AppState {
     models: Vec<Served>,
     api_key: Option<String>,
     timeout: Duration,
+    observer: Option<Arc<dyn RequestObserver>>,
     created: u64,
     next_id: AtomicU64,
     /// The vocabulary arranged for constrained decoding, built by the first request that
@@ -223,6 +248,7 @@ impl Server {
                 models,
                 api_key: options.api_key,
                 timeout: options.request_timeout,
+                observer: options.observer,
                 created,
                 next_id: AtomicU64::new(1),
                 vocab_index: OnceLock::new(),
@@ -387,6 +413,7 @@ async fn start(
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
+    let arrived_at = SystemTime::now();
     let body = body.map_err(|e| ApiError {
         status: e.status(),
         ..ApiError::bad_request(e.body_text())
@@ -394,6 +421,11 @@ async fn start(
     let raw = body;
     let body = parse_body(&raw)?;
     let params = Params::read(&body, endpoint == Endpoint::Chat)?;
+    let observed = state
+        .observer
+        .clone()
+        .filter(|_| !params.stream)
+        .map(|o| (o, body.clone()));
     let Some(served) = state.models.iter().find(|m| m.id == params.model) else {
         let names: Vec<String> = state.models.iter().map(|m| m.id.clone()).collect();
         return Err(ApiError::unknown_model(&params.model, &names));
@@ -476,10 +508,19 @@ async fn start(
         id_seed: seed,
     };
     if params.stream {
-        Ok(stream_response(meta, rx, params.stream_usage))
-    } else {
-        whole_response(meta, rx).await
+        return Ok(stream_response(meta, rx, params.stream_usage));
     }
+    let response = whole_response(meta, rx).await?;
+    if let Some((observer, request)) = observed {
+        observer.answered(AnsweredRequest {
+            chat: endpoint == Endpoint::Chat,
+            request,
+            response: response.clone(),
+            arrived: arrived_at,
+            latency: arrived.elapsed(),
+        });
+    }
+    Ok(Json(response).into_response())
 }
 
 /// `raw` is the body as sent: the conversation is read from it directly because tool

@@ -131,7 +131,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         limit: None,
         max_tokens: 64,
     };
-    let (results, report) = crate::eval::eval_run(
+    let (results, _, report) = crate::eval::eval_run(
         &summary.run_dir,
         &crate::generate::QuantArg::default(),
         examples,

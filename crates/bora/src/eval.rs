@@ -68,6 +68,10 @@ pub struct EvalArgs {
     /// which hold the scores (the table stays in RUN/eval/samples.jsonl).
     #[arg(long, requires = "wandb")]
     wandb_offline: bool,
+    /// Record the evaluation in W&B Weave, as the `weave` library records an Evaluation of
+    /// two models: PROJECT or PROJECT/ENTITY (`weave.init` writes it ENTITY/PROJECT).
+    #[arg(long, value_name = "PROJECT[/ENTITY]")]
+    weave: Option<String>,
     /// Examples in flight together (answers are exactly those of one at a time).
     #[arg(long, default_value_t = Decoding::DEFAULT_BATCH)]
     batch_size: usize,
@@ -126,6 +130,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         })
         .transpose()?;
     let judge = judge.as_ref().map(|(m, c)| (m as &dyn JudgeModel, c));
+    let weave = args
+        .weave
+        .as_deref()
+        .map(crate::weave::connect)
+        .transpose()?;
     let tracking = match (&args.run, &args.wandb) {
         (Some(run), Some(wandb)) => {
             let (_, config) = open_run_dir(run)?;
@@ -137,7 +146,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         }
         _ => None,
     };
-    let (results, report) = match &args.run {
+    let (results, samples, report) = match &args.run {
         Some(run) => {
             let examples = Examples {
                 data: &args.data,
@@ -173,9 +182,21 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             let (spoken, failure) = spoken(speech, &samples);
             let report = write_eval_dir_with_audio(&out, &results, &samples, None, &spoken)?;
             speech_outcome(failure, &report)?;
-            (results, report)
+            (results, samples, report)
         }
     };
+    if let Some(client) = &weave {
+        let tuned = args.run.as_deref().or(args.adapter.as_deref());
+        let tuned = tuned
+            .and_then(Path::file_name)
+            .map_or_else(|| "tuned".to_owned(), |n| n.to_string_lossy().into_owned());
+        let names = crate::weave::EvalNames {
+            data: &args.data,
+            tuned: &tuned,
+        };
+        crate::weave::record_eval(client, &results, &samples, &names)
+            .with_context(|| format!("the evaluation itself is saved: {}", report.display()))?;
+    }
     if args.json {
         println!("{}", summary_json(&results));
     } else {
@@ -224,7 +245,7 @@ fn speech_outcome(failure: Option<SpeechError>, report: &Path) -> Result<()> {
 
 /// Evaluates a run's final adapter against its base model, writes `RUN/eval/` (with the
 /// answers of `speech`'s examples read aloud) and logs the scores to the run; returns the
-/// results and the HTML report's path.
+/// results, the samples and the HTML report's path.
 pub fn eval_run(
     run: &Path,
     quant: &crate::generate::QuantArg,
@@ -232,7 +253,7 @@ pub fn eval_run(
     decoding: &Decoding,
     judge: Option<(&dyn JudgeModel, &JudgeConfig)>,
     speech: Option<(&SpeechClient, usize)>,
-) -> Result<(EvalResults, PathBuf)> {
+) -> Result<(EvalResults, Vec<SampleRow>, PathBuf)> {
     let Examples {
         data,
         metric,
@@ -268,7 +289,7 @@ pub fn eval_run(
         write_eval_dir_with_audio(&dir.eval_dir(), &results, &samples, Some(&info), &spoken)?;
     log_to_run(run, &results, info.last_step())?;
     speech_outcome(failure, &report)?;
-    Ok((results, report))
+    Ok((results, samples, report))
 }
 
 /// Sends the results to W&B: the summary values and the samples as the table

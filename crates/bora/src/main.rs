@@ -16,6 +16,7 @@ mod speak;
 mod synth;
 mod tokenize;
 mod train;
+mod weave;
 
 #[derive(Parser)]
 #[command(

@@ -1,12 +1,18 @@
 //! `bora serve`: an OpenAI-compatible HTTP server (see `bora_serve`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bora_hub::wandb::{base_url_from_env, ApiKey, Target};
+use bora_hub::weave::{ServeTracer, TracedRequest, WeaveClient, TRACE_QUEUE};
 use bora_model::LoadOptions;
-use bora_serve::{Limits, ServeOptions, Server};
+use bora_serve::{AnsweredRequest, Limits, RequestObserver, ServeOptions, Server};
 use clap::Args;
+
+/// How long a stopping server waits for queued traces to reach Weave.
+const TRACE_FLUSH: Duration = Duration::from_secs(10);
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -59,6 +65,39 @@ pub struct ServeArgs {
     /// is closed and its request cancelled.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().stall_timeout.as_secs())]
     stall_timeout: u64,
+    /// Trace each answered request as a W&B Weave call (prompt, answer, model or adapter,
+    /// latency, tokens): PROJECT or PROJECT/ENTITY. Traces are sent in the background and
+    /// dropped, never waited for, when Weave is slow.
+    #[arg(long, value_name = "PROJECT[/ENTITY]")]
+    weave: Option<String>,
+}
+
+/// Hands answered requests to the Weave tracer's queue.
+#[derive(Debug)]
+struct WeaveObserver(Arc<ServeTracer>);
+
+impl RequestObserver for WeaveObserver {
+    fn answered(&self, r: AnsweredRequest) {
+        self.0.trace(TracedRequest {
+            chat: r.chat,
+            request: r.request,
+            response: r.response,
+            started: r.arrived,
+            ended: r.arrived + r.latency,
+        });
+    }
+}
+
+/// The tracer `--weave` asks for. The key is looked up now, so a missing one stops the
+/// server before it loads; W&B and Weave are reached from the tracer's own thread.
+fn weave_tracer(target: &str) -> Result<ServeTracer> {
+    let target = Target::parse(target, "--weave")?;
+    ApiKey::from_env(&base_url_from_env()).context("--weave asks for W&B Weave")?;
+    Ok(ServeTracer::start(
+        move || WeaveClient::from_env(&target),
+        TRACE_QUEUE,
+        |line| eprintln!("{line}"),
+    ))
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -76,7 +115,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "bora".into()),
     };
+    let tracer = args
+        .weave
+        .as_deref()
+        .map(weave_tracer)
+        .transpose()?
+        .map(Arc::new);
     let options = ServeOptions {
+        observer: tracer
+            .clone()
+            .map(|t| Arc::new(WeaveObserver(t)) as Arc<dyn RequestObserver>),
         model_id: name.clone(),
         api_key: args.api_key.clone(),
         max_batch: args.max_batch,
@@ -115,8 +163,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         server
             .serve(listener, bora_serve::shutdown_signal())
             .await?;
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(())
+    })?;
+    if let Some(tracer) = tracer {
+        let (sent, dropped, failed) = tracer.finish(TRACE_FLUSH);
+        eprintln!("weave: {sent} request(s) traced, {dropped} dropped, {failed} not sent");
+    }
+    Ok(())
 }
 
 fn parse_adapter(arg: &str) -> Result<(String, PathBuf), String> {

@@ -162,7 +162,7 @@ fn download_agent() -> ureq::Agent {
         .new_agent()
 }
 
-pub(super) fn retryable(e: &ureq::Error) -> bool {
+pub(crate) fn retryable(e: &ureq::Error) -> bool {
     matches!(
         e,
         ureq::Error::Io(_)

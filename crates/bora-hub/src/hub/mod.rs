@@ -9,7 +9,7 @@
 mod auth;
 mod download;
 mod error;
-mod http;
+pub(crate) mod http;
 mod upload;
 
 use std::fmt;

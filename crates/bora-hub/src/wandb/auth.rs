@@ -51,14 +51,14 @@ impl ApiKey {
         Err(WandbError::MissingKey { host })
     }
 
-    pub(super) fn basic_auth(&self) -> String {
+    pub(crate) fn basic_auth(&self) -> String {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("api:{}", self.0));
         format!("Basic {token}")
     }
 }
 
 /// The `host[:port]` of a URL, which is how the wandb SDK names its netrc machine.
-pub(super) fn netloc(url: &str) -> Result<String> {
+pub(crate) fn netloc(url: &str) -> Result<String> {
     let bad = |what: &str| WandbError::BaseUrl {
         url: url.to_owned(),
         what: what.to_owned(),

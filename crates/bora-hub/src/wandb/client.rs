@@ -48,6 +48,14 @@ files: $files}) {
   }
 }";
 
+/// W&B's API as the SDK finds it: `WANDB_BASE_URL`, else [`DEFAULT_BASE_URL`].
+pub fn base_url_from_env() -> String {
+    std::env::var("WANDB_BASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned())
+}
+
 /// The HTTP side: base URL, key and one connection agent.
 #[derive(Debug)]
 pub struct Client {
@@ -75,10 +83,7 @@ impl Client {
     /// and the key from [`ApiKey::from_env`]. Call it before any long work, so a missing key
     /// stops a command before it starts rather than after.
     pub fn from_env() -> Result<Self> {
-        let base_url = std::env::var("WANDB_BASE_URL")
-            .ok()
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+        let base_url = base_url_from_env();
         let key = ApiKey::from_env(&base_url)?;
         Self::new(&base_url, key)
     }
@@ -109,7 +114,7 @@ impl Client {
     }
 
     /// One GraphQL operation; GraphQL reports its errors with HTTP 200 and an `errors` list.
-    pub(super) fn graphql(
+    pub(crate) fn graphql(
         &self,
         operation: &'static str,
         query: &str,
@@ -213,7 +218,7 @@ impl Client {
     }
 }
 
-fn read_response(
+pub(crate) fn read_response(
     what: &'static str,
     url: &str,
     result: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,

@@ -24,8 +24,10 @@ mod client;
 mod run;
 mod sink;
 
+pub(crate) use auth::netloc;
 pub use auth::{netrc_password, ApiKey};
-pub use client::Client;
+pub(crate) use client::read_response;
+pub use client::{base_url_from_env, Client};
 pub use run::{generate_run_id, read_state, RunProgress, RunSpec, RunState, Table, WandbRun};
 pub use sink::{metrics_row, TrackedRun, WandbSink, WandbTracking};
 
@@ -87,6 +89,34 @@ pub struct Target {
 }
 
 impl Target {
+    /// Reads `PROJECT` or `PROJECT/ENTITY` given to `flag` (bora's order for every W&B
+    /// flag; `weave.init` writes the same pair as `ENTITY/PROJECT`).
+    pub fn parse(text: &str, flag: &str) -> Result<Target> {
+        let (project, entity) = match text.split_once('/') {
+            Some((p, e)) => (p, Some(e)),
+            None => (text, None),
+        };
+        let usable = |part: &str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| !c.is_whitespace() && !c.is_control() && !"/\\#?%:".contains(c))
+        };
+        if !std::iter::once(project).chain(entity).all(usable) {
+            return Err(WandbError::Response {
+                what: "target",
+                message: format!(
+                    "{flag} {text:?} is not PROJECT or PROJECT/ENTITY (names without spaces or \
+                     any of / \\ # ? % :)"
+                ),
+            });
+        }
+        Ok(Target {
+            project: project.to_owned(),
+            entity: entity.map(str::to_owned),
+        })
+    }
+
     /// The command that uploads a run's TensorBoard files to this project later
     /// (`--wandb-offline`); `wandb sync` reads `events.out.tfevents.*` in the directory.
     pub fn sync_command(&self, run_dir: &Path) -> String {
