@@ -15,6 +15,7 @@ mod serve;
 mod synth;
 mod tokenize;
 mod train;
+mod wandb_models;
 
 #[derive(Parser)]
 #[command(
