@@ -14,7 +14,8 @@ must send the same operations with the same variables, and its manifest digests 
 ones wandb computed here.
 
 What is stripped, being specific to this machine or this moment: the run ids (fixed by
-`WANDB_RUN_ID`), the server's port (recorded as `http://wandb.local`), the client's
+`WANDB_RUN_ID`), the server's port (recorded as `http://wandb.local`), the checkout's
+path in the run's `program` (recorded as `.`), the client's
 `User-Agent` and tracing headers, and the bodies of run files that are not artifacts
 (`wandb-metadata.json`, `output.log`, `requirements.txt`, `config.yaml`), recorded as their
 names only. Upload bodies are recorded as size and base64 MD5 (and text when small).
@@ -490,7 +491,7 @@ def record_adapter_lineage(tmp):
 
 def write(path):
     text = json.dumps(SERVER.recorded, indent=1, sort_keys=True)
-    text = text.replace(SERVER.url, "http://wandb.local")
+    text = text.replace(SERVER.url, "http://wandb.local").replace(str(ROOT), ".")
     path.write_text(text + "\n")
     unanswered = [r for r in SERVER.recorded if r.get("unanswered")]
     print(f"{len(SERVER.recorded)} requests -> {path}; unanswered: "

@@ -369,7 +369,7 @@ fn linking_and_using_send_what_wandb_sends() {
     }
     assert_eq!(
         server.links()["team-org/wandb-registry-model/demo-collection"],
-        [logged.id.clone()]
+        vec![logged.id.clone()]
     );
 
     let eval_dir = tempfile::tempdir().unwrap();

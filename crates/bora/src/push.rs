@@ -142,13 +142,7 @@ fn log_to_wandb(args: &PushArgs, config: &RunConfig, what: &[What], target: &str
             What::Merged | What::Gguf => {
                 let dir = run.join("export").join(w.name());
                 if !dir.is_dir() {
-                    bail!(
-                        "{} holds no {} export; write it first with `bora export --run {} --format {}`",
-                        dir.display(),
-                        w.name(),
-                        run.display(),
-                        w.name()
-                    );
+                    return Err(no_export(run, &dir, *w));
                 }
                 crate::wandb_models::export_request(run, config, w.name(), dir, target)
             }
@@ -173,6 +167,17 @@ fn log_to_wandb(args: &PushArgs, config: &RunConfig, what: &[What], target: &str
     Ok(())
 }
 
+/// The error for a `--what` export that `bora export` has not written yet.
+fn no_export(run: &Path, dir: &Path, what: What) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} holds no {} export; write it first with `bora export --run {} --format {}`",
+        dir.display(),
+        what.name(),
+        run.display(),
+        what.name()
+    )
+}
+
 /// The Hub side of `bora push`: files, card, repo, upload.
 fn push_to_hub(args: &PushArgs, config: &RunConfig, what: &[What], repo: RepoId) -> Result<()> {
     let run = &args.run;
@@ -193,13 +198,7 @@ fn push_to_hub(args: &PushArgs, config: &RunConfig, what: &[What], repo: RepoId)
                 let dir = run.join("export").join(w.name());
                 let found = files_under(&dir, w.name())?;
                 if found.is_empty() {
-                    bail!(
-                        "{} holds no {} export; write it first with `bora export --run {} --format {}`",
-                        dir.display(),
-                        w.name(),
-                        run.display(),
-                        w.name()
-                    );
+                    return Err(no_export(run, &dir, *w));
                 }
                 if *w == What::Merged {
                     contents.merged = Some("merged".into());
@@ -228,7 +227,7 @@ fn push_to_hub(args: &PushArgs, config: &RunConfig, what: &[What], repo: RepoId)
             .or_else(|| gguf_license(&config.model.path)),
         datasets: args.datasets.clone(),
         contents,
-        config_toml: Some(shareable_config(&config)?),
+        config_toml: Some(shareable_config(config)?),
         eval: eval_section(run)?,
         loss_chart: chart.map(|_| LOSS_CHART.to_owned()),
     };

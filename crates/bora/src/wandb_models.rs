@@ -95,8 +95,8 @@ fn final_loss(run: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(RunDir::at(run).metrics_path()).ok()?;
     let last = text
         .lines()
-        .filter_map(|l| serde_json::from_str::<Metrics>(l).ok())
-        .last()?;
+        .rev()
+        .find_map(|l| serde_json::from_str::<Metrics>(l).ok())?;
     last.loss.to_string().parse().ok()
 }
 

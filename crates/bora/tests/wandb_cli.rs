@@ -557,7 +557,7 @@ fn push_and_export_log_model_artifacts_in_one_lineage() {
     assert_eq!(committed[0].files, dir_files(&run.join("adapter")));
     assert_eq!(
         server.links()["team-org/wandb-registry-model/tuned"],
-        [committed[0].stored.id.clone()]
+        vec![committed[0].stored.id.clone()]
     );
 
     let out = bora_env(&push, s.tmp.path(), Some(&server), true);

@@ -486,8 +486,8 @@ fn artifact_operation(op: &str, vars: &Value, state: &mut State) -> Option<Resul
             let latest = artifacts
                 .versions
                 .iter()
-                .filter(|a| a.collection == collection && a.committed)
-                .last()
+                .rev()
+                .find(|a| a.collection == collection && a.committed)
                 .cloned();
             let artifact = match &latest {
                 Some(l) if l.digest == digest && input["enableDigestDeduplication"] == true => {
