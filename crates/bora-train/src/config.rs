@@ -180,6 +180,11 @@ pub struct TrackingSection {
     /// Send nothing to W&B; the run's TensorBoard files go up later with the `wandb sync`
     /// command `bora train` prints. Default false.
     pub wandb_offline: bool,
+    /// The W&B registry collection the final adapter is linked to, once logged as a model
+    /// artifact: `COLLECTION` (in the `model` registry) or `REGISTRY/COLLECTION`. Default
+    /// empty: not linked.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub wandb_registry: String,
 }
 
 impl TrackingSection {

@@ -61,7 +61,8 @@ pub struct EvalArgs {
     #[arg(long)]
     json: bool,
     /// Add the scores and the per-example table to the run's Weights & Biases run (the one
-    /// training tracked, else a new one): PROJECT or PROJECT/ENTITY.
+    /// training tracked, else a new one): PROJECT or PROJECT/ENTITY. The run's adapter
+    /// artifact, where one was logged, becomes an input of that run.
     #[arg(long, value_name = "PROJECT[/ENTITY]", requires = "run")]
     wandb: Option<String>,
     /// Send nothing to W&B; print the `wandb sync` command for the run's TensorBoard files,
@@ -141,6 +142,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             let section = TrackingSection {
                 wandb: wandb.clone(),
                 wandb_offline: args.wandb_offline,
+                wandb_registry: String::new(),
             };
             wandb_tracking(&section, &config)?
         }
@@ -300,6 +302,7 @@ fn track(mut tracking: WandbTracking, run: &Path, results: &EvalResults) -> Resu
     let summary = tracking_summary(results);
     let rows = sample_rows(&dir.eval_dir())?;
     tracking.start(&dir, 0)?;
+    tracking.use_recorded_artifact("adapter");
     let table = Table {
         key: "eval/samples",
         step,

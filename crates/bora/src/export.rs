@@ -9,8 +9,8 @@ use bora_model::export::hf::{write_merged, MergedOptions, DEFAULT_SHARD_BYTES};
 use bora_model::export::verify::Verification;
 use bora_model::export::{gguf, mistral, peft, FloatType};
 use bora_model::{LoadOptions, Lora, Model};
-use bora_run::ADAPTER_CONFIG_FILE;
-use bora_train::open_run_dir;
+use bora_run::{MetricSink, RunDir, ADAPTER_CONFIG_FILE};
+use bora_train::{open_run_dir, TrackingSection};
 use clap::{Args, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +70,10 @@ pub struct ExportArgs {
     /// Replace an existing non-empty output.
     #[arg(long)]
     force: bool,
+    /// Log the export to Weights & Biases as a `model` artifact of the run's W&B run (the
+    /// one training tracked, beside its adapter artifact), PROJECT or PROJECT/ENTITY.
+    #[arg(long, value_name = "PROJECT[/ENTITY]", requires = "run")]
+    wandb: Option<String>,
 }
 
 /// Where the model, adapter and default output come from.
@@ -156,6 +160,21 @@ fn ggml_type(dtype: Option<&str>, default: GgmlType) -> Result<GgmlType> {
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
+    // Asked for W&B: the key is checked before the export, which may take minutes.
+    let tracking = match (&args.run, &args.wandb) {
+        (Some(run), Some(target)) => {
+            let (_, config) = open_run_dir(run)?;
+            let section = TrackingSection {
+                wandb: target.clone(),
+                wandb_offline: false,
+                wandb_registry: String::new(),
+            };
+            let tracking = crate::train::wandb_tracking(&section, &config)?
+                .context("--wandb names no W&B project")?;
+            Some((run, target, config, tracking))
+        }
+        _ => None,
+    };
     let src = source(args)?;
     let format = args.format;
     let out = match (&args.out, &src.default_out) {
@@ -251,6 +270,16 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         eprintln!("note: {note}");
     }
     report(verification.as_ref());
+    if let Some((run, target, config, mut tracking)) = tracking {
+        let request =
+            crate::wandb_models::export_request(run, &config, format.name(), out.clone(), target);
+        tracking.start(&RunDir::at(run), 0)?;
+        let logged = tracking.log_artifact(&request).is_some();
+        tracking.close(logged)?;
+        if !logged {
+            bail!("the export was written but not logged to W&B (see the warning above)");
+        }
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@ mod synth;
 mod tokenize;
 mod train;
 mod weave;
+mod wandb_models;
 
 #[derive(Parser)]
 #[command(

@@ -1,5 +1,5 @@
 //! `bora push`: publish a run to the Hugging Face Hub with a model card, through
-//! `bora_hub::hub`. Every check that can fail without the network (repo id, run directory,
+//! `bora_hub::hub`, and/or log it to W&B as `model` artifacts (`--wandb-artifact`). Every check that can fail without the network (repo id, run directory,
 //! exports, token) runs before the first request, and the token check runs before anything is
 //! created or uploaded.
 //!
@@ -19,9 +19,12 @@ use bora_hub::hub::{
     resolve_endpoint, FileOutcome, HubClient, LocalFile, ModelRef, RepoId, Token, UploadEvent,
     UploadMode,
 };
+use bora_run::MetricSink;
 use bora_run::{RunDir, ADAPTER_CONFIG_FILE};
-use bora_train::RunConfig;
+use bora_train::{RunConfig, TrackingSection};
 use clap::{Args, ValueEnum};
+
+use crate::train::wandb_tracking;
 
 /// The Hub id of the default model's weights: its GGUF file does not record where it came
 /// from, and a card's `base_model` must be a Hub id.
@@ -34,8 +37,25 @@ pub struct PushArgs {
     #[arg(long, value_name = "RUN_DIR")]
     run: PathBuf,
     /// The Hub repo, ORG/NAME; created if it does not exist.
-    #[arg(long, value_name = "ORG/NAME")]
-    repo: String,
+    #[arg(
+        long,
+        value_name = "ORG/NAME",
+        required_unless_present = "wandb_artifact"
+    )]
+    repo: Option<String>,
+    /// Log what --what names to Weights & Biases as `model` artifacts of the run's W&B run
+    /// (the one training tracked, else a new one), PROJECT or PROJECT/ENTITY: the adapter,
+    /// versioned by content, and the exports. With or without --repo.
+    #[arg(long, value_name = "PROJECT[/ENTITY]")]
+    wandb_artifact: Option<String>,
+    /// Link the logged adapter to this W&B registry collection: COLLECTION (in the `model`
+    /// registry) or REGISTRY/COLLECTION.
+    #[arg(
+        long,
+        value_name = "[REGISTRY/]COLLECTION",
+        requires = "wandb_artifact"
+    )]
+    wandb_registry: Option<String>,
     /// What to upload: the adapter, and the `merged` / `gguf` exports of `bora export`.
     #[arg(long, value_delimiter = ',', default_value = "adapter")]
     what: Vec<What>,
@@ -81,13 +101,86 @@ impl What {
 }
 
 pub fn run(args: &PushArgs) -> Result<()> {
-    let repo = RepoId::parse(&args.repo)?;
+    let repo = args.repo.as_deref().map(RepoId::parse).transpose()?;
     let run = &args.run;
     let config = RunConfig::load_unchecked(RunDir::at(run).config_path())
         .with_context(|| format!("{} is not a bora run directory", run.display()))?;
     let mut what = args.what.clone();
     what.sort_by_key(|w| *w as u8);
     what.dedup();
+    if let Some(repo) = repo {
+        push_to_hub(args, &config, &what, repo)?;
+    }
+    if let Some(target) = &args.wandb_artifact {
+        log_to_wandb(args, &config, &what, target)?;
+    }
+    Ok(())
+}
+
+/// Logs each part `what` names as a `model` artifact of the run's W&B run; fails when any
+/// was not logged (the warning says why and how to retry).
+fn log_to_wandb(args: &PushArgs, config: &RunConfig, what: &[What], target: &str) -> Result<()> {
+    let run = &args.run;
+    let section = TrackingSection {
+        wandb: target.to_owned(),
+        wandb_offline: false,
+        wandb_registry: args.wandb_registry.clone().unwrap_or_default(),
+    };
+    let registry = crate::wandb_models::registry(&section)?;
+    let mut requests = Vec::new();
+    for w in what {
+        let request = match w {
+            What::Adapter => {
+                if !RunDir::at(run).has_adapter() {
+                    bail!(
+                        "{}: the run has no final adapter yet",
+                        RunDir::at(run).adapter_dir().display()
+                    );
+                }
+                crate::wandb_models::adapter_request(run, config, target, registry.clone())
+            }
+            What::Merged | What::Gguf => {
+                let dir = run.join("export").join(w.name());
+                if !dir.is_dir() {
+                    return Err(no_export(run, &dir, *w));
+                }
+                crate::wandb_models::export_request(run, config, w.name(), dir, target)
+            }
+        };
+        requests.push(request);
+    }
+    let mut tracking =
+        wandb_tracking(&section, config)?.context("--wandb-artifact names no W&B project")?;
+    tracking.start(&RunDir::at(run), 0)?;
+    let logged = requests
+        .iter()
+        .filter(|r| tracking.log_artifact(r).is_some())
+        .count();
+    tracking.close(logged == requests.len())?;
+    if logged < requests.len() {
+        bail!(
+            "{} of {} artifacts were not logged to W&B (see the warning above)",
+            requests.len() - logged,
+            requests.len()
+        );
+    }
+    Ok(())
+}
+
+/// The error for a `--what` export that `bora export` has not written yet.
+fn no_export(run: &Path, dir: &Path, what: What) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} holds no {} export; write it first with `bora export --run {} --format {}`",
+        dir.display(),
+        what.name(),
+        run.display(),
+        what.name()
+    )
+}
+
+/// The Hub side of `bora push`: files, card, repo, upload.
+fn push_to_hub(args: &PushArgs, config: &RunConfig, what: &[What], repo: RepoId) -> Result<()> {
+    let run = &args.run;
 
     let base_model = args
         .base_model
@@ -95,7 +188,7 @@ pub fn run(args: &PushArgs) -> Result<()> {
         .or_else(|| hub_id_of(&config.model.path));
     let mut files = Vec::new();
     let mut contents = RepoContents::default();
-    for w in &what {
+    for w in what {
         match w {
             What::Adapter => {
                 files.extend(adapter_files(run, base_model.as_deref())?);
@@ -105,13 +198,7 @@ pub fn run(args: &PushArgs) -> Result<()> {
                 let dir = run.join("export").join(w.name());
                 let found = files_under(&dir, w.name())?;
                 if found.is_empty() {
-                    bail!(
-                        "{} holds no {} export; write it first with `bora export --run {} --format {}`",
-                        dir.display(),
-                        w.name(),
-                        run.display(),
-                        w.name()
-                    );
+                    return Err(no_export(run, &dir, *w));
                 }
                 if *w == What::Merged {
                     contents.merged = Some("merged".into());
@@ -140,7 +227,7 @@ pub fn run(args: &PushArgs) -> Result<()> {
             .or_else(|| gguf_license(&config.model.path)),
         datasets: args.datasets.clone(),
         contents,
-        config_toml: Some(shareable_config(&config)?),
+        config_toml: Some(shareable_config(config)?),
         eval: eval_section(run)?,
         loss_chart: chart.map(|_| LOSS_CHART.to_owned()),
     };

@@ -23,7 +23,7 @@ pub struct TrainArgs {
         "batch_size", "grad_accum", "seq_len", "rank", "alpha", "dropout", "targets", "rslora",
         "seed", "qlora", "pack", "warmup_steps", "schedule", "weight_decay", "max_grad_norm",
         "checkpoint_every", "keep_checkpoints", "eval_every", "recompute", "skip_bad_lines",
-        "val_fraction", "drop_overlong", "wandb", "wandb_offline",
+        "val_fraction", "drop_overlong", "wandb", "wandb_offline", "wandb_registry",
     ])]
     resume: Option<PathBuf>,
     /// Base model (`model.path`): a `.gguf` file, a model directory, or a Hub id
@@ -129,6 +129,11 @@ pub struct TrainArgs {
     /// that uploads the run's TensorBoard files later.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     wandb_offline: Option<bool>,
+    /// `tracking.wandb_registry`: link the final adapter, which a tracked run logs as a W&B
+    /// `model` artifact, to this registry collection: COLLECTION (in the `model` registry)
+    /// or REGISTRY/COLLECTION.
+    #[arg(long, value_name = "[REGISTRY/]COLLECTION")]
+    wandb_registry: Option<String>,
     /// Where the steps run: `cpu` (bora's kernels) or `torch` (the PyTorch trainer on this
     /// machine's GPU, or its CPU in f32; its environment is created under the bora cache on
     /// first use, or BORA_TORCH_PYTHON names one). The run directory is the same either way.
@@ -157,8 +162,19 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             (start, config)
         }
     };
+    let run_dir = match (&args.resume, &args.out) {
+        (Some(dir), _) | (None, Some(dir)) => dir.clone(),
+        (None, None) => bail!("--out runs/NAME is required for a new run (or --resume runs/NAME)"),
+    };
+    let registry = crate::wandb_models::registry(&config.tracking)?;
     let mut sinks: Vec<Box<dyn MetricSink>> = vec![Box::new(RunFiles::default())];
-    if let Some(tracking) = wandb_tracking(&config.tracking, &config)? {
+    if let Some(mut tracking) = wandb_tracking(&config.tracking, &config)? {
+        tracking.log_adapter_at_close(crate::wandb_models::adapter_request(
+            &run_dir,
+            &config,
+            &config.tracking.wandb,
+            registry,
+        ));
         sinks.push(Box::new(tracking));
     }
     let mut progress = Progress::new();
@@ -242,6 +258,7 @@ fn resolve_config(args: &TrainArgs) -> Result<(PathBuf, RunConfig)> {
     r.value("data.drop_overlong", args.drop_overlong);
     r.string("tracking.wandb", args.wandb.as_deref());
     r.value("tracking.wandb_offline", args.wandb_offline);
+    r.string("tracking.wandb_registry", args.wandb_registry.as_deref());
     for item in &args.set {
         r.set(item)?;
     }

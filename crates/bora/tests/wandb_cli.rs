@@ -5,6 +5,7 @@ mod common;
 #[path = "../../bora-hub/tests/wandb_server/mod.rs"]
 mod wandb_server;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -110,6 +111,42 @@ fn operation(r: &Request) -> Option<String> {
     (r.path() == "/graphql").then(|| r.json()["operationName"].as_str().unwrap().to_owned())
 }
 
+/// Every file under `dir`, by `/`-separated relative path.
+fn dir_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, prefix)) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+            if e.file_type().unwrap().is_dir() {
+                stack.push((e.path(), format!("{name}/")));
+            } else {
+                out.insert(name, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// No file under `dir` holds the key.
+fn assert_no_key_under(dir: &Path) {
+    for (name, bytes) in dir_files(dir) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(KEY),
+            "{name} holds the key"
+        );
+    }
+}
+
 fn steps(history: &[Value]) -> Vec<u64> {
     history
         .iter()
@@ -138,9 +175,15 @@ fn train_and_eval_go_to_one_wandb_run() {
     let requests = server.requests();
     let auth = requests[0].header("authorization").unwrap().to_owned();
     assert!(auth.starts_with("Basic "));
+    // Storage upload URLs are presigned: they get no key.
     assert!(requests
         .iter()
+        .filter(|r| !r.path().starts_with("/storage/"))
         .all(|r| r.header("authorization") == Some(auth.as_str())));
+    assert!(requests
+        .iter()
+        .filter(|r| r.path().starts_with("/storage/"))
+        .all(|r| r.header("authorization").is_none()));
     assert_eq!(operation(&requests[0]).as_deref(), Some("UpsertBucket"));
     let vars = &requests[0].json()["variables"];
     assert_eq!(vars["displayName"], "tiny");
@@ -183,6 +226,42 @@ fn train_and_eval_go_to_one_wandb_run() {
         serde_json::from_str(&std::fs::read_to_string(run.join("wandb.json")).unwrap()).unwrap();
     assert_eq!(state["id"], id.as_str());
 
+    // The adapter, logged by this run before it finished, rebuilt from the uploads.
+    let committed = server.committed();
+    assert_eq!(committed.len(), 1);
+    let adapter = &committed[0];
+    assert_eq!(adapter.stored.collection, "tiny-adapter");
+    assert_eq!(adapter.stored.run, id);
+    assert_eq!(adapter.files, dir_files(&run.join("adapter")));
+    let metadata = &adapter.stored.metadata;
+    assert_eq!(metadata["base_model"], json!(s.model));
+    assert_eq!(metadata["lora"]["rank"], 4);
+    assert_eq!(
+        metadata["data_sha256"],
+        json!(sha256_hex(Path::new(&s.data)))
+    );
+    let last_loss = metrics(&run).last().unwrap()["loss"].as_f64().unwrap();
+    assert_eq!(
+        metadata["final_loss"].as_f64().unwrap() as f32,
+        last_loss as f32
+    );
+    let commit_index = requests
+        .iter()
+        .position(|r| operation(r).as_deref() == Some("CommitArtifact"))
+        .unwrap();
+    assert!(
+        commit_index < requests.len() - 1,
+        "logged before the run finished"
+    );
+    assert!(
+        err.contains("W&B artifact: team/proj/tiny-adapter:latest (new version"),
+        "{err}"
+    );
+    let recorded: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("wandb-artifacts.json")).unwrap())
+            .unwrap();
+    assert_eq!(recorded["adapter"]["id"], json!(adapter.stored.id));
+
     let out = bora_env(
         &[
             "eval",
@@ -205,15 +284,17 @@ fn train_and_eval_go_to_one_wandb_run() {
     let eval_requests = &server.requests()[requests.len()..];
     let ops: Vec<Option<String>> = eval_requests.iter().map(operation).collect();
     assert_eq!(
-        ops[..3],
+        ops[..4],
         [
             Some("RunResumeStatus".to_owned()),
             Some("UpsertBucket".to_owned()),
+            Some("UseArtifact".to_owned()),
             Some("CreateRunFiles".to_owned())
         ]
     );
     assert_eq!(eval_requests[1].json()["variables"]["name"], id.as_str());
-    assert_eq!(eval_requests[3].method, "PUT");
+    assert_eq!(server.uses(), [(id.clone(), adapter.stored.id.clone())]);
+    assert_eq!(eval_requests[4].method, "PUT");
     let summary = server.summary("team", "proj", &id);
     assert!(
         summary["train/loss"].is_number(),
@@ -443,4 +524,111 @@ fn bad_tracking_settings_are_refused() {
         assert!(stderr(&out).contains(key), "{key}: {}", stderr(&out));
         assert!(!run.exists());
     }
+}
+
+/// `bora push --wandb-artifact` logs an untracked run's adapter and links it to a registry
+/// collection; pushing it again keeps its version; `bora export --wandb` logs the export
+/// from the same W&B run.
+#[test]
+fn push_and_export_log_model_artifacts_in_one_lineage() {
+    let s = setup();
+    let server = FakeWandb::start();
+    let run = s.tmp.path().join("runs/plain");
+    let run_arg = run.to_str().unwrap();
+    assert_ok(&bora(&train_args(&s.model, &s.data, run_arg, "2")));
+    let push = [
+        "push",
+        "--run",
+        run_arg,
+        "--wandb-artifact",
+        "proj/team",
+        "--wandb-registry",
+        "tuned",
+    ];
+    let out = bora_env(&push, s.tmp.path(), Some(&server), true);
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("W&B registry: linked to wandb-registry-model/tuned as v0"),
+        "{err}"
+    );
+    let committed = server.committed();
+    assert_eq!(committed.len(), 1);
+    assert_eq!(committed[0].files, dir_files(&run.join("adapter")));
+    assert_eq!(
+        server.links()["team-org/wandb-registry-model/tuned"],
+        vec![committed[0].stored.id.clone()]
+    );
+
+    let out = bora_env(&push, s.tmp.path(), Some(&server), true);
+    assert_ok(&out);
+    assert!(stderr(&out).contains("unchanged: W&B already has these files"));
+    assert_eq!(
+        server.artifacts().len(),
+        1,
+        "the same files keep their version"
+    );
+
+    let out = bora_env(
+        &[
+            "export",
+            "--run",
+            run_arg,
+            "--format",
+            "merged",
+            "--no-verify",
+            "--wandb",
+            "proj/team",
+        ],
+        s.tmp.path(),
+        Some(&server),
+        true,
+    );
+    assert_ok(&out);
+    let committed = server.committed();
+    assert_eq!(committed.len(), 2);
+    let export = &committed[1];
+    assert_eq!(export.stored.collection, "plain-merged");
+    assert_eq!(export.stored.metadata["format"], "merged");
+    assert_eq!(export.stored.run, committed[0].stored.run, "same W&B run");
+    assert_eq!(export.files, dir_files(&run.join("export/merged")));
+    assert!(!stderr(&out).contains(KEY));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(KEY));
+    assert_no_key_under(&run);
+}
+
+/// An upload that fails leaves training successful and finished on W&B, commits nothing,
+/// and prints the command that logs the adapter again; that command then completes it.
+#[test]
+fn a_failed_adapter_upload_prints_how_to_retry() {
+    let s = setup();
+    let server = FakeWandb::start();
+    server.fail_next("PUT /storage/", Failure::Unauthorized, 1);
+    let run = s.tmp.path().join("runs/retry");
+    let mut args = train_args(&s.model, &s.data, run.to_str().unwrap(), "2");
+    args.extend(["--wandb", "proj/team"]);
+    let out = bora_env(&args, s.tmp.path(), Some(&server), true);
+    assert_ok(&out);
+    let err = stderr(&out);
+    let retry = format!(
+        "bora push --run {} --wandb-artifact proj/team",
+        run.display()
+    );
+    assert!(err.contains("no version was committed"), "{err}");
+    assert!(err.contains(&retry), "{err}");
+    assert!(!err.contains(KEY));
+    assert!(server.committed().is_empty());
+    let last = file_streams(&server.requests()).pop().unwrap();
+    assert_eq!(
+        (&last["complete"], &last["exitcode"]),
+        (&json!(true), &json!(0))
+    );
+
+    let retry_args: Vec<&str> = retry.split(' ').skip(1).collect();
+    let out = bora_env(&retry_args, s.tmp.path(), Some(&server), true);
+    assert_ok(&out);
+    let committed = server.committed();
+    assert_eq!(committed.len(), 1);
+    assert_eq!(committed[0].files, dir_files(&run.join("adapter")));
+    assert_no_key_under(&run);
 }

@@ -118,7 +118,7 @@ pub(crate) struct Req<'a> {
     pub method: &'static str,
     pub url: String,
     pub auth: bool,
-    pub headers: Vec<(&'static str, &'static str)>,
+    pub headers: Vec<(&'a str, &'a str)>,
     pub body: Body<'a>,
 }
 

@@ -11,6 +11,10 @@
 //! it has, so `bora train --resume` continues at the right offset, and `bora eval --run` adds
 //! its scores and samples to the same run.
 //!
+//! The adapter and exports are logged as versioned `model` artifacts of the run, used by
+//! later runs and linked to registry collections (`artifact`).
+//!
+//! - `artifact`: artifacts, their manifests and digests, use and registry links;
 //! - `auth`: the API key, from `WANDB_API_KEY` or netrc as the SDK finds it;
 //! - `client`: the HTTP side (GraphQL, `file_stream`, uploads);
 //! - `run`: one W&B run and the run-directory state that names it;
@@ -19,17 +23,22 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod artifact;
 mod auth;
 mod client;
 mod run;
 mod sink;
 
 pub(crate) use auth::netloc;
+pub use artifact::{
+    read_artifacts, record_artifact, sha256_file, ArtifactFile, ArtifactSpec, LoggedArtifact,
+    Manifest, Multipart, RegistryTarget, ARTIFACTS_FILE, MULTIPART_PART_SIZE, MULTIPART_THRESHOLD,
+};
 pub use auth::{netrc_password, ApiKey};
 pub(crate) use client::read_response;
 pub use client::{base_url_from_env, Client};
 pub use run::{generate_run_id, read_state, RunProgress, RunSpec, RunState, Table, WandbRun};
-pub use sink::{metrics_row, TrackedRun, WandbSink, WandbTracking};
+pub use sink::{metrics_row, ArtifactRequest, TrackedRun, WandbSink, WandbTracking};
 
 /// Where W&B's cloud API lives; `WANDB_BASE_URL` points elsewhere (a dedicated or local
 /// server), as it does for the wandb SDK.
@@ -70,6 +79,10 @@ pub enum WandbError {
     },
     #[error("W&B {what}: {message}")]
     Response { what: &'static str, message: String },
+    #[error("W&B registry {name:?}: {what}")]
+    Registry { name: String, what: String },
+    #[error("W&B upload of {file}: {message}")]
+    Upload { file: String, message: String },
     #[error(transparent)]
     Format(#[from] bora_formats::FormatError),
     #[error("{}: {source}", path.display())]

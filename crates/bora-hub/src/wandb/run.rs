@@ -18,6 +18,16 @@ const SUMMARY_FILE: &str = "wandb-summary.json";
 /// A W&B run id: 8 characters of `[a-z0-9]` as the wandb SDK makes them, drawn from the
 /// run's seed, the time and the process id so two runs of one config get different ids.
 pub fn generate_run_id(seed: u64) -> String {
+    random_string(seed, 8)
+}
+
+/// A fresh random id of `len` characters of `[a-z0-9]`, as wandb makes the client ids of an
+/// artifact and its collection.
+pub(super) fn random_id(len: usize) -> String {
+    random_string(0x5eed_a27f_ac75, len)
+}
+
+fn random_string(seed: u64, len: usize) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -27,7 +37,7 @@ pub fn generate_run_id(seed: u64) -> String {
         seed ^ nanos.rotate_left(17) ^ u64::from(std::process::id()).rotate_left(41),
     );
     const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    (0..8)
+    (0..len)
         .map(|_| ALPHABET[(rng.next_u64() % 36) as usize] as char)
         .collect()
 }
@@ -99,8 +109,8 @@ pub struct Table<'a> {
 /// A W&B run being written: history lines batched and streamed, summary, media, finish.
 #[derive(Debug)]
 pub struct WandbRun {
-    client: Client,
-    state: RunState,
+    pub(super) client: Client,
+    pub(super) state: RunState,
     progress: RunProgress,
     /// History lines not yet sent, with the step of each.
     pending: Vec<(u64, String)>,
@@ -217,6 +227,14 @@ impl WandbRun {
         )
     }
 
+    /// The last step logged in this run, sent or not.
+    pub(super) fn last_logged_step(&self) -> Option<u64> {
+        self.pending
+            .last()
+            .map(|(s, _)| *s)
+            .or(self.progress.last_step)
+    }
+
     fn runtime(&self) -> f64 {
         self.runtime_before + self.session_start.elapsed().as_secs_f64()
     }
@@ -225,11 +243,7 @@ impl WandbRun {
     /// does. Steps W&B already has (a resumed run repeats those after its checkpoint) are
     /// skipped. Sends when the interval since the last send has passed.
     pub fn log(&mut self, step: u64, values: &Map<String, Value>) -> Result<()> {
-        let latest = self
-            .pending
-            .last()
-            .map(|(s, _)| *s)
-            .or(self.progress.last_step);
+        let latest = self.last_logged_step();
         if latest.is_some_and(|last| step <= last) {
             return Ok(());
         }

@@ -7,9 +7,14 @@ use std::path::{Path, PathBuf};
 use bora_run::{MetricSink, Metrics, RunDir};
 use serde_json::{json, Map, Value};
 
+use super::artifact::{
+    read_artifacts, record_artifact, ArtifactFile, ArtifactSpec, LoggedArtifact, Manifest,
+    Multipart, RegistryTarget,
+};
 use super::client::Client;
 use super::run::{generate_run_id, RunSpec, Table, WandbRun};
-use super::{Result, Target};
+use super::{Result, Target, WandbError};
+use crate::hub::Retry;
 
 /// Training metrics under the names TensorBoard shows them by, so a run synced from its
 /// TensorBoard files later (`--wandb-offline`) has the same keys as one tracked live.
@@ -60,6 +65,11 @@ impl WandbSink {
     /// The warning of the failure that stopped tracking, once.
     pub fn take_warning(&mut self) -> Option<String> {
         self.warning.take()
+    }
+
+    /// The live run, for artifact calls whose failures are reported on their own.
+    fn run_mut(&mut self) -> Option<&mut WandbRun> {
+        self.run.as_mut()
     }
 
     /// Whether W&B is still being written.
@@ -114,6 +124,24 @@ pub struct TrackedRun {
     pub seed: u64,
 }
 
+/// A file or directory to log as a `model` artifact of the tracked run.
+#[derive(Debug, Clone)]
+pub struct ArtifactRequest {
+    /// The key the run directory records it under ([`super::ARTIFACTS_FILE`]): `adapter`,
+    /// `export-gguf`, ...
+    pub role: String,
+    /// The artifact collection: versions of one model share it.
+    pub name: String,
+    /// A directory (its files, by relative path) or one file (by its file name).
+    pub source: PathBuf,
+    pub description: String,
+    pub metadata: Map<String, Value>,
+    /// A registry collection to link the logged version to.
+    pub registry: Option<RegistryTarget>,
+    /// The command that logs it again, printed when logging fails or is skipped.
+    pub retry_command: String,
+}
+
 /// Weights & Biases for one command, live or offline (nothing sent; the run's TensorBoard
 /// files are synced later), with the whole run lifecycle: start or continue the W&B run the
 /// run directory records, backfill what a resumed run logged only locally, finish with the
@@ -130,6 +158,12 @@ pub struct WandbTracking {
     /// The run directory, once started.
     run_dir: Option<PathBuf>,
     notify: Box<dyn FnMut(&str)>,
+    /// The adapter to log when the command ends well (`bora train`); the last training loss
+    /// goes into its metadata.
+    adapter_at_close: Option<ArtifactRequest>,
+    last_loss: Option<f64>,
+    retry: Retry,
+    multipart: Multipart,
 }
 
 impl WandbTracking {
@@ -155,7 +189,113 @@ impl WandbTracking {
             sink: None,
             run_dir: None,
             notify,
+            adapter_at_close: None,
+            last_loss: None,
+            retry: Retry::default(),
+            multipart: Multipart::default(),
         })
+    }
+
+    /// How artifact uploads and calls are retried, and which files go up in parts (tests
+    /// wait less and use small parts).
+    pub fn with_uploads(mut self, retry: Retry, multipart: Multipart) -> Self {
+        self.retry = retry;
+        self.multipart = multipart;
+        self
+    }
+
+    /// Logs `request` (the run's adapter) when the command closes successfully, with the
+    /// last training loss as `final_loss`.
+    pub fn log_adapter_at_close(&mut self, request: ArtifactRequest) {
+        self.adapter_at_close = Some(request);
+    }
+
+    /// Logs `request` as an artifact of the run, records it in the run directory and links
+    /// it to its registry collection. A failure is one warning with the command that logs it
+    /// again; W&B never shows a partly uploaded version, and the run goes on.
+    pub fn log_artifact(&mut self, request: &ArtifactRequest) -> Option<LoggedArtifact> {
+        let retry = self.retry.clone();
+        let multipart = self.multipart;
+        let run_dir = self.run_dir.clone();
+        let mut lines = Vec::new();
+        let outcome = match (self.sink.as_mut().and_then(WandbSink::run_mut), &run_dir) {
+            (Some(run), Some(run_dir)) => {
+                let logged = log_recorded(run, run_dir, request, &retry, &multipart, &mut lines);
+                if let (Ok(logged), Some(target)) = (&logged, &request.registry) {
+                    match run.link_artifact(logged, target, &retry) {
+                        Ok(version) => lines.push(format!(
+                            "W&B registry: linked to {}/{} as v{version}",
+                            target.project(),
+                            target.collection
+                        )),
+                        Err(e) => lines.push(format!(
+                            "warning: W&B: {} was logged but not linked to {}/{}: {e}; \
+                             link it again with\n  {}",
+                            logged.reference(),
+                            target.project(),
+                            target.collection,
+                            request.retry_command
+                        )),
+                    }
+                }
+                logged.map(Some)
+            }
+            _ => Ok(None),
+        };
+        for line in lines {
+            (self.notify)(&line);
+        }
+        match outcome {
+            Ok(Some(logged)) => Some(logged),
+            Ok(None) => {
+                let why = if self.offline {
+                    "W&B offline"
+                } else {
+                    "W&B tracking is off"
+                };
+                (self.notify)(&format!(
+                    "{why}: the {} was not logged as an artifact; log it later with\n  {}",
+                    request.role, request.retry_command
+                ));
+                None
+            }
+            Err(e) => {
+                (self.notify)(&format!(
+                    "warning: W&B: the {} was not logged as an artifact: {e}; no version was \
+                     committed and the run is unaffected; log it again with\n  {}",
+                    request.role, request.retry_command
+                ));
+                None
+            }
+        }
+    }
+
+    /// Declares the artifact the run directory recorded under `role` an input of the run
+    /// (`run.use_artifact`): `bora eval` uses the adapter it evaluates. Nothing recorded,
+    /// nothing to do.
+    pub fn use_recorded_artifact(&mut self, role: &str) {
+        let retry = self.retry.clone();
+        let (Some(run_dir), Some(run)) = (
+            self.run_dir.clone(),
+            self.sink.as_mut().and_then(WandbSink::run_mut),
+        ) else {
+            return;
+        };
+        let outcome = read_artifacts(&run_dir).and_then(|all| match all.get(role) {
+            Some(artifact) => run
+                .use_artifact(artifact, &retry)
+                .map(|()| Some(artifact.clone())),
+            None => Ok(None),
+        });
+        match outcome {
+            Ok(Some(artifact)) => {
+                (self.notify)(&format!("W&B: this run uses {}", artifact.reference()))
+            }
+            Ok(None) => {}
+            Err(e) => (self.notify)(&format!(
+                "warning: W&B: the {role} artifact could not be marked as used: {e}"
+            )),
+        }
     }
 
     /// Creates the W&B run, or continues the one `run_dir` records.
@@ -233,6 +373,7 @@ impl MetricSink for WandbTracking {
     }
 
     fn log(&mut self, metrics: &Metrics) -> bora_run::Result<()> {
+        self.last_loss = Some(f64::from(metrics.loss));
         self.with_sink(|s| {
             let _ = s.log(metrics);
         });
@@ -248,6 +389,17 @@ impl MetricSink for WandbTracking {
 
     /// Ends the W&B run with the command's exit code, or prints how to sync it later.
     fn close(&mut self, ok: bool) -> bora_run::Result<()> {
+        if let (true, Some(mut request)) = (ok, self.adapter_at_close.take()) {
+            if let Some(loss) = self.last_loss {
+                // Through the f32's shortest decimal, as the history shows it.
+                let loss = (loss as f32).to_string().parse::<f64>().unwrap_or(loss);
+                request.metadata.insert("final_loss".into(), json!(loss));
+            }
+            self.with_sink(|s| {
+                let _ = s.flush();
+            });
+            self.log_artifact(&request);
+        }
         if let Some(sink) = self.sink.take() {
             if let Some(warning) = sink.finish(i32::from(!ok)) {
                 (self.notify)(&format!("warning: {warning}"));
@@ -261,6 +413,51 @@ impl MetricSink for WandbTracking {
         }
         Ok(())
     }
+}
+
+/// Hashes `request.source`, logs it on `run` and records it in `run_dir`; the line to show
+/// the user goes to `lines`.
+fn log_recorded(
+    run: &mut WandbRun,
+    run_dir: &Path,
+    request: &ArtifactRequest,
+    retry: &Retry,
+    multipart: &Multipart,
+    lines: &mut Vec<String>,
+) -> Result<LoggedArtifact> {
+    let manifest = if request.source.is_dir() {
+        Manifest::from_dir(&request.source, "", multipart)?
+    } else {
+        let name = request
+            .source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| WandbError::Io {
+                path: request.source.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file"),
+            })?;
+        Manifest::from_files(vec![ArtifactFile::hash(&name, &request.source, multipart)?])
+    };
+    let spec = ArtifactSpec {
+        name: &request.name,
+        kind: "model",
+        description: (!request.description.is_empty()).then_some(request.description.as_str()),
+        metadata: &request.metadata,
+        manifest: &manifest,
+    };
+    let logged = run.log_artifact(&spec, retry)?;
+    record_artifact(run_dir, &request.role, &logged)?;
+    let how = if logged.reused {
+        "unchanged: W&B already has these files"
+    } else {
+        "new version"
+    };
+    lines.push(format!(
+        "W&B artifact: {} ({how}, digest {})",
+        logged.reference(),
+        logged.digest
+    ));
+    Ok(logged)
 }
 
 #[cfg(test)]

@@ -41,6 +41,15 @@ impl Request {
 /// Reads one request; `None` when the client closed or sent something that is not one.
 /// Bodies must come with a `Content-Length` (bora's clients never chunk a request).
 pub fn read_request(stream: &TcpStream) -> Option<Request> {
+    read_request_cut(stream, |_, _| None)
+}
+
+/// Reads one request, but only as much of its body as `cut(method, target)` allows (all of
+/// it for `None`): a server that drops the connection in the middle of an upload.
+pub fn read_request_cut(
+    stream: &TcpStream,
+    cut: impl FnOnce(&str, &str) -> Option<usize>,
+) -> Option<Request> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -67,6 +76,7 @@ pub fn read_request(stream: &TcpStream) -> Option<Request> {
         .find(|h| h.0 == "content-length")
         .map(|h| h.1.parse().unwrap())
         .unwrap_or(0);
+    let len = cut(&method, &target).map_or(len, |limit| limit.min(len));
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body).ok()?;
     Some(Request {
