@@ -19,7 +19,7 @@ use bora_model::{
     JsonConstraint, KvCache, LoadOptions, Logits, Lora, Model, SamplingParams, VocabIndex,
     Workspace,
 };
-use bora_tokenizer::chat::{ChatFormat, Conversation, JsonValue};
+use bora_tokenizer::chat::{ChatFormat, Conversation, JinjaFormat, JsonValue};
 use bora_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::unbounded_channel;
@@ -47,6 +47,9 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     /// Connections, heads, bodies and stalled writes.
     pub limits: Limits,
+    /// A Jinja chat template used instead of the model's own (for a model that ships none,
+    /// or one without tool use).
+    pub chat_template: Option<String>,
 }
 
 impl ServeOptions {
@@ -59,6 +62,7 @@ impl ServeOptions {
             max_queue: 64,
             request_timeout: Duration::from_secs(600),
             limits: Limits::default(),
+            chat_template: None,
         }
     }
 }
@@ -183,15 +187,21 @@ impl Server {
         if models[0].id.is_empty() {
             return Err(ServeError::Option("the model name is empty".into()));
         }
-        let chat = match ChatFormat::from_tokenizer(&tokenizer) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::warn!(
-                    "{}: no chat format ({e}); only /v1/completions will work",
-                    model.source().display()
-                );
-                None
-            }
+        let chat = match &options.chat_template {
+            Some(template) => Some(ChatFormat::Jinja(Box::new(
+                JinjaFormat::new(&tokenizer, template)
+                    .map_err(|e| ServeError::Option(format!("--chat-template: {e}")))?,
+            ))),
+            None => match ChatFormat::from_tokenizer(&tokenizer) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: no chat format ({e}); only /v1/completions will work",
+                        model.source().display()
+                    );
+                    None
+                }
+            },
         };
         let mut stop_tokens = model.config.eos_token_ids.clone();
         stop_tokens.extend(tokenizer.eos_id());
@@ -471,7 +481,8 @@ async fn start(
         prompt_tokens,
         n: params.n,
         logprobs: params.logprobs.is_some(),
-        tool_token: shape.tool_token,
+        calls: shape.calls,
+        marker_token: shape.marker_token,
         tokenizer: state.tokenizer.clone(),
         id_seed: seed,
     };

@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// is closed and its request cancelled.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().stall_timeout.as_secs())]
     stall_timeout: u64,
+    /// A Jinja chat template file to format chats with instead of the model's own (for
+    /// tool use with a model whose template has none, say).
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -76,7 +80,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "bora".into()),
     };
+    let chat_template = args
+        .chat_template
+        .as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the chat template {}", p.display()))
+        })
+        .transpose()?;
     let options = ServeOptions {
+        chat_template,
         model_id: name.clone(),
         api_key: args.api_key.clone(),
         max_batch: args.max_batch,
