@@ -1,6 +1,8 @@
 //! Constrained decoding to JSON: the answer is always a JSON value, and with a schema a value
-//! of that schema's subset (types, properties, required, enum/const, items, nesting, anyOf of
-//! distinct types, local `$ref`s).
+//! of that schema's subset (types, properties, required, enum/const, items, min/maxItems,
+//! min/maxLength, pattern, format, minimum/maximum and their exclusive forms, nesting, anyOf
+//! of alternatives that differ in their first character or in a string `const` property
+//! written first, local `$ref`s). docs/serve.md lists what each keyword guarantees.
 //!
 //! A byte-level pushdown recognizer ([`Recognizer`]) follows the text written so far. Which
 //! tokens may come next is decided on the tokenizer's real vocabulary: every token's bytes go
@@ -8,16 +10,22 @@
 //! that stops at the first byte the recognizer refuses, so a step visits the few thousand
 //! nodes that can follow, not all tokens. Inside a string, where nearly every token fits, the
 //! tokens made only of ordinary string characters are allowed from a precomputed bit set and
-//! the walk covers only the rest (quotes, backslashes, partial UTF-8).
+//! the walk covers only the rest (quotes, backslashes, partial UTF-8). A `pattern` runs as a
+//! dense DFA (regex-automata) over the string's decoded bytes, stepped with the recognizer.
 //!
-//! Written here rather than taken from a crate: llguidance/toktrie (the maintained Rust
-//! engines) bring a regex-automaton stack that takes minutes to compile on the 2-core
-//! machines this project builds on, and bora needs only JSON and a JSON-schema subset over
-//! token bytes it already has.
+//! Written here rather than taken from llguidance/toktrie (the maintained Rust engines, which
+//! support all of JSON schema): the recognizer works on the vocabulary bora already has and
+//! costs no new dependency beyond regex-automata, already in the build; docs/serve.md records
+//! the comparison (llguidance's build time and dependencies measured on this project's
+//! machines) and when a switch would pay.
 
 use std::sync::Arc;
 
 use bora_tokenizer::Tokenizer;
+use regex_automata::dfa::{dense, Automaton};
+use regex_automata::util::primitives::StateID;
+use regex_automata::util::start;
+use regex_automata::Anchored;
 use serde_json::Value;
 
 /// A schema bora cannot enforce, or one that is malformed; the message names the place
@@ -45,15 +53,182 @@ const ANY: u32 = 0;
 const ANY_OBJECT: u32 = 1;
 const ANY_ARRAY: u32 = 2;
 const ANY_STRING: u32 = 3;
+const ANY_NUMBER: u32 = 4;
+/// Significant digits of a number with bounds: below 2^53, so its value is exact in a double
+/// and the bounds are checked on the value a parser reads.
+const MAX_BOUNDED_DIGITS: u32 = 15;
+/// Largest DFA a `pattern` or `format` may compile to.
+const MAX_DFA_BYTES: usize = 4 << 20;
+
+/// `minimum`/`maximum` and their exclusive forms; infinite where not given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Bounds {
+    lo: f64,
+    lo_exclusive: bool,
+    hi: f64,
+    hi_exclusive: bool,
+}
+
+impl Bounds {
+    const NONE: Bounds = Bounds {
+        lo: f64::NEG_INFINITY,
+        lo_exclusive: false,
+        hi: f64::INFINITY,
+        hi_exclusive: false,
+    };
+
+    fn is_none(&self) -> bool {
+        *self == Bounds::NONE
+    }
+
+    fn contains(&self, x: f64) -> bool {
+        (x > self.lo || !self.lo_exclusive && x == self.lo)
+            && (x < self.hi || !self.hi_exclusive && x == self.hi)
+    }
+
+    /// Whether some value in `[a, b)` lies within (`a == b`: the point `a`).
+    fn meets(&self, a: f64, b: f64) -> bool {
+        if a == b {
+            return self.contains(a);
+        }
+        (a < self.hi || !self.hi_exclusive && a == self.hi) && b > self.lo
+    }
+
+    /// The bounds on `-x` where these bound `x`.
+    fn negated(&self) -> Bounds {
+        Bounds {
+            lo: -self.hi,
+            lo_exclusive: self.hi_exclusive,
+            hi: -self.lo,
+            hi_exclusive: self.lo_exclusive,
+        }
+    }
+}
+
+/// A compiled `pattern` (or `format`): a DFA over the string's decoded bytes that accepts
+/// the strings containing a match, as JSON schema's unanchored `pattern` does.
+#[derive(Debug, Clone)]
+struct Pattern {
+    source: String,
+    dfa: dense::DFA<Vec<u32>>,
+    start: StateID,
+    /// For each state reachable from `start`, the fewest characters that lead from it to a
+    /// match (absent: none does), so `maxLength` never lets in a string that cannot end.
+    distance: std::collections::HashMap<StateID, u32>,
+}
+
+impl Pattern {
+    /// Characters still needed after reaching `state` (`u32::MAX`: no match can follow).
+    fn distance(&self, state: StateID) -> u32 {
+        self.distance.get(&state).copied().unwrap_or(u32::MAX)
+    }
+}
+
+/// Bytes a JSON string's text can get where a pattern applies: printable bytes and UTF-8,
+/// and the control characters with short escapes (`\b \f \n \r \t`).
+fn string_byte(b: u8) -> bool {
+    b >= 0x20 || matches!(b, 0x08 | 0x0C | b'\n' | b'\r' | b'\t')
+}
+
+/// The fewest characters from each state reachable from `start` to a match: a breadth-first
+/// walk backwards from the accepting states, where a UTF-8 continuation byte costs nothing.
+fn match_distances(
+    dfa: &dense::DFA<Vec<u32>>,
+    start: StateID,
+) -> std::collections::HashMap<StateID, u32> {
+    use std::collections::{HashMap, VecDeque};
+    let mut index: HashMap<StateID, usize> = HashMap::from([(start, 0)]);
+    let mut states = vec![start];
+    let mut back: Vec<Vec<(usize, u32)>> = vec![Vec::new()];
+    let mut i = 0;
+    while i < states.len() {
+        let s = states[i];
+        for b in (0..=255u8).filter(|&b| string_byte(b)) {
+            let t = dfa.next_state(s, b);
+            if dfa.is_dead_state(t) || dfa.is_quit_state(t) {
+                continue;
+            }
+            let j = *index.entry(t).or_insert_with(|| {
+                states.push(t);
+                back.push(Vec::new());
+                states.len() - 1
+            });
+            back[j].push((i, u32::from(!(0x80..=0xBF).contains(&b))));
+        }
+        i += 1;
+    }
+    let mut distance = vec![u32::MAX; states.len()];
+    let mut queue = VecDeque::new();
+    for (k, &s) in states.iter().enumerate() {
+        if dfa.is_match_state(dfa.next_eoi_state(s)) {
+            distance[k] = 0;
+            queue.push_back(k);
+        }
+    }
+    while let Some(k) = queue.pop_front() {
+        for &(from, cost) in &back[k] {
+            let d = distance[k] + cost;
+            if d < distance[from] {
+                distance[from] = d;
+                if cost == 0 {
+                    queue.push_front(from);
+                } else {
+                    queue.push_back(from);
+                }
+            }
+        }
+    }
+    states
+        .into_iter()
+        .zip(distance)
+        .filter(|&(_, d)| d != u32::MAX)
+        .collect()
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.source == other.source
+    }
+}
+
+/// Formats enforced as patterns. Dates are checked for their shape and field ranges (month
+/// 01-12, day 01-31), not for the days of each month.
+const FORMATS: &[(&str, &str)] = &[
+    (
+        "date",
+        r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$",
+    ),
+    (
+        "date-time",
+        r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
+    ),
+    (
+        "time",
+        r"^([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
+    ),
+    (
+        "email",
+        r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$",
+    ),
+    (
+        "uuid",
+        r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+    ),
+];
 
 #[derive(Debug, Clone, PartialEq)]
 enum Node {
     Any,
     Null,
     Boolean,
-    Integer,
-    Number,
-    String,
+    Integer(Bounds),
+    Number(Bounds),
+    /// Length bounds in characters, and the index of a pattern in [`JsonSchema::patterns`].
+    String {
+        min: u32,
+        max: u32,
+        pattern: Option<u32>,
+    },
     /// Compact JSON texts of the allowed values, sorted and deduplicated, so the values that
     /// share a prefix form one range.
     Enum(Vec<Vec<u8>>),
@@ -72,6 +247,14 @@ enum Node {
     },
     /// Alternatives told apart by their first byte.
     Choice(Vec<u32>),
+    /// Objects told apart by the value of one string property, written first: `key` is
+    /// JSON-encoded, `tags` are the sorted JSON texts of its values, and `variants[i]` is the
+    /// object node for `tags[i]` with the index of `key` among that object's keys.
+    Tagged {
+        key: Vec<u8>,
+        tags: Vec<Vec<u8>>,
+        variants: Vec<(u32, u32)>,
+    },
 }
 
 /// A compiled schema: nodes addressed by index, the root first after the three built-in
@@ -79,6 +262,7 @@ enum Node {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonSchema {
     nodes: Vec<Node>,
+    patterns: Vec<Pattern>,
     root: u32,
 }
 
@@ -87,6 +271,7 @@ impl JsonSchema {
     pub fn any_object() -> JsonSchema {
         JsonSchema {
             nodes: builtin_nodes(),
+            patterns: Vec::new(),
             root: ANY_OBJECT,
         }
     }
@@ -95,6 +280,7 @@ impl JsonSchema {
     pub fn any_value() -> JsonSchema {
         JsonSchema {
             nodes: builtin_nodes(),
+            patterns: Vec::new(),
             root: ANY,
         }
     }
@@ -106,12 +292,14 @@ impl JsonSchema {
     pub fn compile(schema: &Value) -> Result<JsonSchema, SchemaError> {
         let mut c = Compiler {
             nodes: builtin_nodes(),
+            patterns: Vec::new(),
             root: schema,
             refs: Vec::new(),
         };
         let root = c.node(schema, "$", 0)?;
         Ok(JsonSchema {
             nodes: c.nodes,
+            patterns: c.patterns,
             root,
         })
     }
@@ -131,12 +319,18 @@ fn builtin_nodes() -> Vec<Node> {
             min: 0,
             max: u32::MAX,
         },
-        Node::String,
+        Node::String {
+            min: 0,
+            max: u32::MAX,
+            pattern: None,
+        },
+        Node::Number(Bounds::NONE),
     ]
 }
 
 struct Compiler<'a> {
     nodes: Vec<Node>,
+    patterns: Vec<Pattern>,
     root: &'a Value,
     /// `$ref`s being expanded, to refuse recursive schemas.
     refs: Vec<String>,
@@ -182,6 +376,14 @@ impl<'a> Compiler<'a> {
             "items",
             "minItems",
             "maxItems",
+            "minLength",
+            "maxLength",
+            "pattern",
+            "format",
+            "minimum",
+            "maximum",
+            "exclusiveMinimum",
+            "exclusiveMaximum",
             "enum",
             "const",
             "anyOf",
@@ -194,7 +396,7 @@ impl<'a> Compiler<'a> {
             .collect();
         if !unsupported.is_empty() {
             return Err(err(format!(
-                "unsupported keyword(s): {}; bora enforces type, properties, required, additionalProperties, items, minItems, maxItems, enum, const, anyOf and local $ref",
+                "unsupported keyword(s): {}; bora enforces type, properties, required, additionalProperties, items, minItems, maxItems, minLength, maxLength, pattern, format, minimum, maximum, exclusiveMinimum, exclusiveMaximum, enum, const, anyOf and local $ref",
                 unsupported.join(", ")
             )));
         }
@@ -284,9 +486,15 @@ impl<'a> Compiler<'a> {
             ids.push(match t {
                 "null" => self.push(Node::Null),
                 "boolean" => self.push(Node::Boolean),
-                "integer" => self.push(Node::Integer),
-                "number" => self.push(Node::Number),
-                "string" => self.push(Node::String),
+                "integer" => {
+                    let bounds = self.bounds(obj, path)?;
+                    self.push(Node::Integer(bounds))
+                }
+                "number" => {
+                    let bounds = self.bounds(obj, path)?;
+                    self.push(Node::Number(bounds))
+                }
+                "string" => self.string(obj, path)?,
                 "object" => self.object(obj, path, depth)?,
                 "array" => self.array(obj, path, depth)?,
                 other => return Err(err(format!("unknown type {other:?}"))),
@@ -308,6 +516,20 @@ impl<'a> Compiler<'a> {
                 _ => flat.push(id),
             }
         }
+        let objects: Vec<u32> = flat
+            .iter()
+            .copied()
+            .filter(|&id| matches!(self.nodes[id as usize], Node::Object { .. }))
+            .collect();
+        if objects.len() > 1 {
+            if let Some(tagged) = self.tagged(&objects) {
+                flat.retain(|id| !objects.contains(id));
+                flat.push(tagged);
+                if flat.len() == 1 {
+                    return Ok(tagged);
+                }
+            }
+        }
         for &id in &flat {
             for b in 0..=255u8 {
                 if starts(&self.nodes, id, b) {
@@ -322,6 +544,154 @@ impl<'a> Compiler<'a> {
             }
         }
         Ok(self.push(Node::Choice(flat)))
+    }
+
+    /// One node for `objects` when one property, required in each, holds a string constant
+    /// (or enum) that tells them apart: the discriminated unions of tool calls (`name`) and
+    /// of tagged data types. `None` when there is no such property.
+    fn tagged(&mut self, objects: &[u32]) -> Option<u32> {
+        let first_keys = match &self.nodes[objects[0] as usize] {
+            Node::Object { keys, .. } => keys.clone(),
+            _ => return None,
+        };
+        'key: for key in first_keys {
+            let mut entries: Vec<(Vec<u8>, (u32, u32))> = Vec::new();
+            for &id in objects {
+                let Node::Object {
+                    keys,
+                    values,
+                    required,
+                    ..
+                } = &self.nodes[id as usize]
+                else {
+                    return None;
+                };
+                let Some(k) = keys.iter().position(|x| *x == key) else {
+                    continue 'key;
+                };
+                if required & (1 << k) == 0 {
+                    continue 'key;
+                }
+                let Node::Enum(texts) = &self.nodes[values[k] as usize] else {
+                    continue 'key;
+                };
+                if !texts.iter().all(|t| t.first() == Some(&b'"')) {
+                    continue 'key;
+                }
+                entries.extend(texts.iter().map(|t| (t.clone(), (id, k as u32))));
+            }
+            entries.sort();
+            if entries.windows(2).any(|w| w[0].0 == w[1].0) {
+                continue;
+            }
+            let (tags, variants) = entries.into_iter().unzip();
+            return Some(self.push(Node::Tagged {
+                key,
+                tags,
+                variants,
+            }));
+        }
+        None
+    }
+
+    /// `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum` (numbers, as since
+    /// draft 6).
+    fn bounds(
+        &self,
+        obj: &serde_json::Map<String, Value>,
+        path: &str,
+    ) -> Result<Bounds, SchemaError> {
+        let mut b = Bounds::NONE;
+        for (key, exclusive, upper) in [
+            ("minimum", false, false),
+            ("exclusiveMinimum", true, false),
+            ("maximum", false, true),
+            ("exclusiveMaximum", true, true),
+        ] {
+            let Some(v) = obj.get(key) else { continue };
+            let x = v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| SchemaError {
+                    path: path.to_string(),
+                    reason: format!("`{key}` must be a number"),
+                })?;
+            if upper {
+                if x < b.hi || x == b.hi && exclusive {
+                    (b.hi, b.hi_exclusive) = (x, exclusive);
+                }
+            } else if x > b.lo || x == b.lo && exclusive {
+                (b.lo, b.lo_exclusive) = (x, exclusive);
+            }
+        }
+        if b.lo > b.hi || b.lo == b.hi && (b.lo_exclusive || b.hi_exclusive) {
+            return Err(SchemaError {
+                path: path.to_string(),
+                reason: "the bounds (minimum, maximum, exclusiveMinimum, exclusiveMaximum) leave no value".into(),
+            });
+        }
+        Ok(b)
+    }
+
+    /// A string node: `minLength`, `maxLength` and one of `pattern` or `format`.
+    fn string(
+        &mut self,
+        obj: &serde_json::Map<String, Value>,
+        path: &str,
+    ) -> Result<u32, SchemaError> {
+        let err = |reason: String| SchemaError {
+            path: path.to_string(),
+            reason,
+        };
+        let length = |key: &str| -> Result<Option<u32>, SchemaError> {
+            obj.get(key)
+                .map(|v| {
+                    v.as_u64()
+                        .map(|n| n.min(u32::MAX as u64) as u32)
+                        .ok_or_else(|| err(format!("`{key}` must be a non-negative integer")))
+                })
+                .transpose()
+        };
+        let min = length("minLength")?.unwrap_or(0);
+        let max = length("maxLength")?.unwrap_or(u32::MAX);
+        if min > max {
+            return Err(err(format!("minLength {min} exceeds maxLength {max}")));
+        }
+        let source =
+            match (obj.get("pattern"), obj.get("format")) {
+                (None, None) => None,
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "`pattern` together with `format`: give one of them".into()
+                    ))
+                }
+                (Some(Value::String(p)), None) => Some(("pattern", p.clone())),
+                (Some(_), None) => return Err(err("`pattern` must be a string".into())),
+                (None, Some(f)) => {
+                    let name = f.as_str().unwrap_or_default();
+                    let regex =
+                        FORMATS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+                            err(format!(
+                            "unsupported keyword value: format {f}; bora enforces the formats {}",
+                            FORMATS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        ))
+                        })?;
+                    Some(("format", regex.1.to_string()))
+                }
+            };
+        let pattern = match source {
+            None => None,
+            Some((keyword, source)) => {
+                let compiled = compile_pattern(&source).map_err(|reason| {
+                    err(format!(
+                        "unsupported keyword value: {keyword} {source:?}: {reason}"
+                    ))
+                })?;
+                self.patterns.push(compiled);
+                Some(self.patterns.len() as u32 - 1)
+            }
+        };
+        Ok(self.push(Node::String { min, max, pattern }))
     }
 
     fn object(
@@ -431,17 +801,73 @@ impl<'a> Compiler<'a> {
     }
 }
 
+/// Compiles a JSON-schema `pattern` (an ECMA-262 regular expression, searched anywhere in
+/// the string) to a DFA over UTF-8 bytes. The subset is what regex-automata supports:
+/// literals, `.`, classes (`[a-z]`, `\d`, `\w`, `\s` and negations; `\d` and `\w` are
+/// ASCII as in ECMA-262), groups, alternation, `?`, `*`, `+`, `{n,m}` (lazy forms
+/// match the same strings), `^` and `$`. Look-around and back-references are refused.
+fn compile_pattern(source: &str) -> Result<Pattern, String> {
+    let mut ascii = String::with_capacity(source.len() + 16);
+    let mut chars = source.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            ascii.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => ascii.push_str("[0-9]"),
+            Some('D') => ascii.push_str("[^0-9]"),
+            Some('w') => ascii.push_str("[0-9A-Za-z_]"),
+            Some('W') => ascii.push_str("[^0-9A-Za-z_]"),
+            Some(other) => {
+                ascii.push('\\');
+                ascii.push(other);
+            }
+            None => return Err("ends with a lone backslash".into()),
+        }
+    }
+    // Unanchored, as JSON schema searches: any text around a match.
+    let regex = format!("(?s:.)*(?:{ascii})(?s:.)*");
+    let dfa = dense::Builder::new()
+        .configure(
+            // Minimal, so that every state from which no match can be reached is the dead
+            // state: the constraint then never lets a string in that cannot end.
+            dense::Config::new()
+                .minimize(true)
+                .dfa_size_limit(Some(MAX_DFA_BYTES))
+                .determinize_size_limit(Some(MAX_DFA_BYTES)),
+        )
+        .build(&regex)
+        .map_err(|e| {
+            let text = e.to_string();
+            match std::error::Error::source(&e) {
+                Some(cause) => format!("{text}: {cause}"),
+                None => text,
+            }
+        })?;
+    let start = dfa
+        .start_state(&start::Config::new().anchored(Anchored::Yes))
+        .map_err(|e| e.to_string())?;
+    let distance = match_distances(&dfa, start);
+    Ok(Pattern {
+        source: source.to_string(),
+        dfa,
+        start,
+        distance,
+    })
+}
+
 /// Whether a value of node `id` can start with byte `b` (whitespace not counted).
 fn starts(nodes: &[Node], id: u32, b: u8) -> bool {
     match &nodes[id as usize] {
         Node::Any => b"{[\"-0123456789tfn".contains(&b),
         Node::Null => b == b'n',
         Node::Boolean => b == b't' || b == b'f',
-        Node::Integer | Node::Number => b == b'-' || b.is_ascii_digit(),
-        Node::String => b == b'"',
+        Node::Integer(_) | Node::Number(_) => b == b'-' || b.is_ascii_digit(),
+        Node::String { .. } => b == b'"',
         Node::Enum(texts) => texts.iter().any(|t| t[0] == b),
         Node::Array { .. } => b == b'[',
-        Node::Object { .. } => b == b'{',
+        Node::Object { .. } | Node::Tagged { .. } => b == b'{',
         Node::Choice(alts) => alts.iter().any(|&a| starts(nodes, a, b)),
     }
 }
@@ -503,10 +929,39 @@ enum Frame {
         need: u8,
         lo: u8,
         hi: u8,
+        /// The string node (its length bounds and pattern), characters so far, and the
+        /// pattern's DFA state after the decoded bytes so far.
+        node: u32,
+        chars: u32,
+        dfa: StateID,
     },
-    /// The grammar state, whether only integers are allowed, and the digits of the current
-    /// part (integer, fraction or exponent) so far.
-    Number(Num, bool, u8),
+    /// A number so far: its grammar state, its node (integer or not, bounds), the digits of
+    /// the current part (integer, fraction or exponent), its sign, and, for bounds, its
+    /// digits as an integer and how many of them are fraction digits.
+    Number {
+        state: Num,
+        node: u32,
+        digits: u8,
+        negative: bool,
+        mantissa: u64,
+        fraction: u8,
+    },
+    /// A tagged union's object before its tag: `pos` bytes of the tag key matched.
+    TagKey {
+        node: u32,
+        pos: u32,
+    },
+    /// After the tag key: `:`.
+    TagColon {
+        node: u32,
+    },
+    /// The tag value: the tags in `lo..hi` match the `pos` bytes so far.
+    TagValue {
+        node: u32,
+        lo: u32,
+        hi: u32,
+        pos: u32,
+    },
     /// After `[` (`count` 0) or after `,` (`count` items so far): a value, or `]` after `[`.
     ArrayOpen {
         node: u32,
@@ -566,7 +1021,7 @@ impl Recognizer {
         let n = self.stack.len();
         match self.stack[n - 1] {
             Frame::Done => true,
-            Frame::Number(s, _, _) => s.terminal() && n == 2,
+            Frame::Number { .. } => n == 2 && self.number_can_end(self.stack[n - 1]),
             Frame::Enum { node, lo, hi, pos } => n == 2 && self.enum_complete(node, lo, hi, pos),
             _ => false,
         }
@@ -610,22 +1065,40 @@ impl Recognizer {
                 b'{' => return self.start_value(ANY_OBJECT, b),
                 b'[' => return self.start_value(ANY_ARRAY, b),
                 b'"' => return self.start_value(ANY_STRING, b),
+                b'-' | b'0'..=b'9' => return self.start_value(ANY_NUMBER, b),
                 b't' | b'f' => Frame::Literal(if b == b't' { b"true" } else { b"false" }, 1),
                 b'n' => Frame::Literal(b"null", 1),
-                b'-' | b'0'..=b'9' => Frame::Number(Num::Minus, false, 0),
                 _ => return false,
             },
             Node::Null if b == b'n' => Frame::Literal(b"null", 1),
             Node::Boolean if b == b't' => Frame::Literal(b"true", 1),
             Node::Boolean if b == b'f' => Frame::Literal(b"false", 1),
-            Node::String if b == b'"' => Frame::Str {
+            Node::String { pattern, .. } if b == b'"' => Frame::Str {
                 esc: 0,
                 need: 0,
                 lo: 0,
                 hi: 0,
+                node,
+                chars: 0,
+                dfa: pattern.map_or(StateID::ZERO, |p| self.schema.patterns[p as usize].start),
             },
-            Node::Integer | Node::Number if b == b'-' || b.is_ascii_digit() => {
-                Frame::Number(Num::Minus, matches!(nodes[node as usize], Node::Integer), 0)
+            Node::Integer(_) | Node::Number(_) if b == b'-' || b.is_ascii_digit() => {
+                // The sign or first digit goes through the number grammar.
+                *top(&mut self.stack) = Frame::Number {
+                    state: Num::Minus,
+                    node,
+                    digits: 0,
+                    negative: b == b'-',
+                    mantissa: 0,
+                    fraction: 0,
+                };
+                if b != b'-' {
+                    return self.step(b);
+                }
+                let bounds = self.bounds(node);
+                let integer = matches!(self.schema.nodes[node as usize], Node::Integer(_));
+                return bounds.is_none()
+                    || Recognizer::number_reachable(bounds, integer, Num::Minus, 0, true, 0, 0);
             }
             Node::Enum(texts) => {
                 *top(&mut self.stack) = Frame::Enum {
@@ -642,18 +1115,93 @@ impl Recognizer {
                 seen: 0,
                 first: true,
             },
+            Node::Tagged { .. } if b == b'{' && depth_left => Frame::TagKey { node, pos: 0 },
             _ => return false,
         };
-        if let Frame::Number(_, integer, _) = frame {
-            // The sign or first digit goes through the number grammar.
-            *top(&mut self.stack) = Frame::Number(Num::Minus, integer, 0);
-            if b == b'-' {
-                return true;
-            }
-            return self.step(b);
-        }
         *top(&mut self.stack) = frame;
         true
+    }
+
+    /// Whether a number frame may end here: a complete number within its bounds.
+    fn number_can_end(&self, frame: Frame) -> bool {
+        let Frame::Number {
+            state,
+            node,
+            negative,
+            mantissa,
+            fraction,
+            ..
+        } = frame
+        else {
+            return false;
+        };
+        if !state.terminal() {
+            return false;
+        }
+        let bounds = self.bounds(node);
+        if bounds.is_none() {
+            return true;
+        }
+        let magnitude = mantissa as f64 / 10f64.powi(fraction as i32);
+        bounds.contains(if negative { -magnitude } else { magnitude })
+    }
+
+    fn bounds(&self, node: u32) -> Bounds {
+        match self.schema.nodes[node as usize] {
+            Node::Integer(b) | Node::Number(b) => b,
+            _ => Bounds::NONE,
+        }
+    }
+
+    /// Whether a number with this prefix can still end within `bounds`: the values its
+    /// continuations reach, as ranges of the magnitude, meet the bounds on the magnitude.
+    fn number_reachable(
+        bounds: Bounds,
+        integer: bool,
+        state: Num,
+        digits: u8,
+        negative: bool,
+        mantissa: u64,
+        fraction: u8,
+    ) -> bool {
+        let b = if negative { bounds.negated() } else { bounds };
+        let v = mantissa as f64 / 10f64.powi(fraction as i32);
+        // The smallest and largest allowed integers.
+        let lo_int = if b.lo_exclusive {
+            b.lo.floor() + 1.0
+        } else {
+            b.lo.ceil()
+        };
+        let hi_int = if b.hi_exclusive {
+            b.hi.ceil() - 1.0
+        } else {
+            b.hi.floor()
+        };
+        // Whether [a, end) holds an allowed value (integers: a and end are whole).
+        let meets = |a: f64, end: f64| {
+            if integer {
+                a <= hi_int && end - 1.0 >= lo_int
+            } else {
+                b.meets(a, end)
+            }
+        };
+        match state {
+            Num::Minus => b.meets(0.0, f64::INFINITY),
+            Num::Zero => b.contains(0.0) || !integer && b.meets(0.0, 1.0),
+            Num::Int => {
+                if b.contains(v) || !integer && b.meets(v, v + 1.0) {
+                    return true;
+                }
+                let room = MAX_BOUNDED_DIGITS.saturating_sub(digits as u32);
+                (1..=room as i32).any(|j| {
+                    let scale = 10f64.powi(j);
+                    meets(v * scale, (v + 1.0) * scale)
+                })
+            }
+            Num::Dot => b.meets(v, v + 1.0),
+            Num::Frac => b.meets(v, v + 10f64.powi(-(fraction as i32))),
+            Num::Exp | Num::ExpSign | Num::ExpDigits => false,
+        }
     }
 
     fn byte(&mut self, b: u8) -> bool {
@@ -716,16 +1264,40 @@ impl Recognizer {
                     None => false,
                 }
             }
-            Frame::Str { esc, need, lo, hi } => {
+            Frame::Str {
+                esc,
+                need,
+                lo,
+                hi,
+                node,
+                chars,
+                dfa,
+            } => {
+                let Node::String { min, max, pattern } = self.schema.nodes[node as usize] else {
+                    unreachable!("string frames point at string nodes")
+                };
+                // The byte the string's text gets (escapes decoded), if this byte settles one.
+                let mut decoded = None;
+                let mut starts_char = false;
                 let next = if need > 0 {
+                    decoded = Some(b);
                     (lo..=hi).contains(&b).then_some((0, need - 1, 0x80, 0xBF))
                 } else {
                     match esc {
                         1 => match b {
                             b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
+                                decoded = Some(match b {
+                                    b'b' => 0x08,
+                                    b'f' => 0x0C,
+                                    b'n' => b'\n',
+                                    b'r' => b'\r',
+                                    b't' => b'\t',
+                                    other => other,
+                                });
                                 Some((0, 0, 0, 0))
                             }
-                            b'u' => Some((2, 0, 0, 0)),
+                            // A pattern reads decoded bytes; `\u` escapes are not decoded.
+                            b'u' if pattern.is_none() => Some((2, 0, 0, 0)),
                             _ => None,
                         },
                         2 if b == b'd' || b == b'D' => Some((6, 0, 0, 0)),
@@ -734,46 +1306,196 @@ impl Recognizer {
                         }
                         6 if (b'0'..=b'7').contains(&b) => Some((4, 0, 0, 0)),
                         2..=6 => None,
-                        _ => match b {
-                            b'"' => {
-                                self.stack.pop();
-                                return true;
+                        _ => {
+                            starts_char = b != b'"';
+                            if b >= 0x20 && b != b'"' && b != b'\\' {
+                                decoded = Some(b);
                             }
-                            b'\\' => Some((1, 0, 0, 0)),
-                            0..=0x1F => None,
-                            0x20..=0x7F => Some((0, 0, 0, 0)),
-                            0xC2..=0xDF => Some((0, 1, 0x80, 0xBF)),
-                            0xE0 => Some((0, 2, 0xA0, 0xBF)),
-                            0xED => Some((0, 2, 0x80, 0x9F)),
-                            0xE1..=0xEF => Some((0, 2, 0x80, 0xBF)),
-                            0xF0 => Some((0, 3, 0x90, 0xBF)),
-                            0xF1..=0xF3 => Some((0, 3, 0x80, 0xBF)),
-                            0xF4 => Some((0, 3, 0x80, 0x8F)),
-                            _ => None,
-                        },
+                            match b {
+                                b'"' => {
+                                    let matched = pattern.is_none_or(|p| {
+                                        let d = &self.schema.patterns[p as usize].dfa;
+                                        d.is_match_state(d.next_eoi_state(dfa))
+                                    });
+                                    if chars < min || !matched {
+                                        return false;
+                                    }
+                                    self.stack.pop();
+                                    return true;
+                                }
+                                // With a pattern, only where some escape can follow.
+                                b'\\' => pattern
+                                    .is_none_or(|p| {
+                                        let p = &self.schema.patterns[p as usize];
+                                        b"\"\\/\x08\x0C\n\r\t".iter().any(|&e| {
+                                            let needed = p.distance(p.dfa.next_state(dfa, e));
+                                            needed != u32::MAX
+                                                && chars.saturating_add(1).saturating_add(needed)
+                                                    <= max
+                                        })
+                                    })
+                                    .then_some((1, 0, 0, 0)),
+                                0..=0x1F => None,
+                                0x20..=0x7F => Some((0, 0, 0, 0)),
+                                0xC2..=0xDF => Some((0, 1, 0x80, 0xBF)),
+                                0xE0 => Some((0, 2, 0xA0, 0xBF)),
+                                0xED => Some((0, 2, 0x80, 0x9F)),
+                                0xE1..=0xEF => Some((0, 2, 0x80, 0xBF)),
+                                0xF0 => Some((0, 3, 0x90, 0xBF)),
+                                0xF1..=0xF3 => Some((0, 3, 0x80, 0xBF)),
+                                0xF4 => Some((0, 3, 0x80, 0x8F)),
+                                _ => None,
+                            }
+                        }
                     }
                 };
-                match next {
-                    Some((esc, need, lo, hi)) => {
-                        *top(&mut self.stack) = Frame::Str { esc, need, lo, hi };
+                let Some((esc, need, lo, hi)) = next else {
+                    return false;
+                };
+                let chars = chars + u32::from(starts_char);
+                if chars > max {
+                    return false;
+                }
+                let mut dfa = dfa;
+                if let (Some(p), Some(byte)) = (pattern, decoded) {
+                    let p = &self.schema.patterns[p as usize];
+                    dfa = p.dfa.next_state(dfa, byte);
+                    // A match must stay reachable within the length left.
+                    let needed = p.distance(dfa);
+                    if needed == u32::MAX || chars.saturating_add(needed) > max {
+                        return false;
+                    }
+                }
+                *top(&mut self.stack) = Frame::Str {
+                    esc,
+                    need,
+                    lo,
+                    hi,
+                    node,
+                    chars,
+                    dfa,
+                };
+                true
+            }
+            Frame::Number {
+                state,
+                node,
+                digits,
+                negative,
+                mantissa,
+                fraction,
+            } => {
+                let integer = matches!(self.schema.nodes[node as usize], Node::Integer(_));
+                match state.next(b, integer) {
+                    Some(s) => {
+                        let digits = if s == state { digits + 1 } else { 1 };
+                        let most = if s == Num::ExpDigits { 2 } else { MAX_DIGITS };
+                        if digits > most {
+                            return false;
+                        }
+                        let bounds = self.bounds(node);
+                        let (mut mantissa, mut fraction) = (mantissa, fraction);
+                        if !bounds.is_none() {
+                            if b.is_ascii_digit() {
+                                mantissa = mantissa * 10 + u64::from(b - b'0');
+                                fraction += u8::from(s == Num::Frac);
+                            }
+                            let exact = mantissa < 10u64.pow(MAX_BOUNDED_DIGITS);
+                            if !exact
+                                || !Recognizer::number_reachable(
+                                    bounds, integer, s, digits, negative, mantissa, fraction,
+                                )
+                            {
+                                return false;
+                            }
+                        }
+                        *top(&mut self.stack) = Frame::Number {
+                            state: s,
+                            node,
+                            digits,
+                            negative,
+                            mantissa,
+                            fraction,
+                        };
                         true
+                    }
+                    None if self.number_can_end(frame) => {
+                        self.stack.pop();
+                        self.step(b)
                     }
                     None => false,
                 }
             }
-            Frame::Number(state, integer, digits) => match state.next(b, integer) {
-                Some(s) => {
-                    let digits = if s == state { digits + 1 } else { 1 };
-                    let most = if s == Num::ExpDigits { 2 } else { MAX_DIGITS };
-                    *top(&mut self.stack) = Frame::Number(s, integer, digits);
-                    digits <= most
+            Frame::TagKey { node, pos } => {
+                let Node::Tagged { key, .. } = &self.schema.nodes[node as usize] else {
+                    unreachable!("tag frames point at tagged nodes")
+                };
+                if pos == 0 && space(&mut self.ws, b) {
+                    return true;
                 }
-                None if state.terminal() => {
-                    self.stack.pop();
-                    self.step(b)
+                if key[pos as usize] != b {
+                    return false;
                 }
-                None => false,
-            },
+                *top(&mut self.stack) = if pos as usize + 1 == key.len() {
+                    Frame::TagColon { node }
+                } else {
+                    Frame::TagKey { node, pos: pos + 1 }
+                };
+                true
+            }
+            Frame::TagColon { node } => {
+                if space(&mut self.ws, b) {
+                    return true;
+                }
+                let Node::Tagged { tags, .. } = &self.schema.nodes[node as usize] else {
+                    unreachable!("tag frames point at tagged nodes")
+                };
+                if b != b':' {
+                    return false;
+                }
+                *top(&mut self.stack) = Frame::TagValue {
+                    node,
+                    lo: 0,
+                    hi: tags.len() as u32,
+                    pos: 0,
+                };
+                true
+            }
+            Frame::TagValue { node, lo, hi, pos } => {
+                if pos == 0 && space(&mut self.ws, b) {
+                    return true;
+                }
+                let Node::Tagged { tags, variants, .. } = &self.schema.nodes[node as usize] else {
+                    unreachable!("tag frames point at tagged nodes")
+                };
+                let p = pos as usize;
+                let range = &tags[lo as usize..hi as usize];
+                let Some(f) = range.iter().position(|t| t.get(p) == Some(&b)) else {
+                    return false;
+                };
+                let n = range[f..]
+                    .iter()
+                    .take_while(|t| t.get(p) == Some(&b))
+                    .count() as u32;
+                let lo = lo + f as u32;
+                *top(&mut self.stack) = if tags[lo as usize].len() == p + 1 {
+                    // A complete tag (a JSON string) is no other tag's prefix: the object
+                    // goes on as the variant it names, its tag key seen.
+                    let (object, key) = variants[lo as usize];
+                    Frame::ObjectNext {
+                        node: object,
+                        seen: 1 << key,
+                    }
+                } else {
+                    Frame::TagValue {
+                        node,
+                        lo,
+                        hi: lo + n,
+                        pos: pos + 1,
+                    }
+                };
+                true
+            }
             Frame::ArrayOpen { node, count } => {
                 let Node::Array { items, min, max } = self.schema.nodes[node as usize] else {
                     unreachable!("array frames point at array nodes")
@@ -842,6 +1564,9 @@ impl Recognizer {
                         need: 0,
                         lo: 0,
                         hi: 0,
+                        node: ANY_STRING,
+                        chars: 0,
+                        dfa: StateID::ZERO,
                     });
                     return true;
                 }
@@ -979,17 +1704,25 @@ impl Recognizer {
         self.ws = other.ws;
     }
 
-    /// Inside a free string with no escape or character pending: every plain-text token
-    /// continues it and leaves the state as it is.
+    /// Inside a free string (no maximum length, no pattern) with no escape or character
+    /// pending: every plain-text token continues it and is allowed whatever the state.
     fn in_plain_string(&self) -> bool {
-        matches!(
-            self.stack.last(),
-            Some(Frame::Str {
+        match self.stack.last() {
+            Some(&Frame::Str {
                 esc: 0,
                 need: 0,
+                node,
                 ..
-            })
-        )
+            }) => matches!(
+                self.schema.nodes[node as usize],
+                Node::String {
+                    max: u32::MAX,
+                    pattern: None,
+                    ..
+                }
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -1279,14 +2012,44 @@ mod tests {
     fn unsupported_keywords_are_named() {
         let e = JsonSchema::compile(&json!({
             "type": "object",
-            "properties": {"age": {"type": "integer", "minimum": 0, "format": "x"}}
+            "properties": {"age": {"type": "integer", "multipleOf": 2, "uniqueItems": true}}
         }))
         .unwrap_err();
         assert_eq!(e.path, "$.properties.age");
         assert!(
-            e.reason.contains("minimum") && e.reason.contains("format"),
+            e.reason.contains("multipleOf") && e.reason.contains("uniqueItems"),
             "{e}"
         );
+        for (schema, keyword) in [
+            (json!({"type": "string", "pattern": "(?=a)b"}), "pattern"),
+            (json!({"type": "string", "pattern": "(a)\\1"}), "pattern"),
+            (json!({"type": "string", "pattern": "a("}), "pattern"),
+            (json!({"type": "string", "format": "ipv4"}), "format"),
+            (
+                json!({"type": "string", "minLength": 3, "maxLength": 2}),
+                "minLength",
+            ),
+            (json!({"type": "string", "maxLength": -1}), "maxLength"),
+            (
+                json!({"type": "integer", "minimum": 3, "maximum": 2}),
+                "bounds",
+            ),
+            (
+                json!({"type": "number", "exclusiveMinimum": 1, "maximum": 1}),
+                "bounds",
+            ),
+            (
+                json!({"type": "number", "exclusiveMinimum": true}),
+                "exclusiveMinimum",
+            ),
+            (
+                json!({"type": "string", "pattern": "a", "format": "date"}),
+                "pattern",
+            ),
+        ] {
+            let e = JsonSchema::compile(&schema).unwrap_err();
+            assert!(e.reason.contains(keyword), "{schema}: {e}");
+        }
         assert!(JsonSchema::compile(&json!({"type": ["integer", "number"]})).is_err());
         assert!(JsonSchema::compile(
             &json!({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}})
@@ -1350,6 +2113,9 @@ mod tests {
         if let Some(options) = s.get("enum") {
             return options.as_array().unwrap().contains(v);
         }
+        if let Some(c) = s.get("const") {
+            return v == c;
+        }
         if let Some(alts) = s.get("anyOf") {
             return alts.as_array().unwrap().iter().any(|a| valid(v, a));
         }
@@ -1377,10 +2143,10 @@ mod tests {
             }
             ("object", Value::Object(o)) => {
                 let props = s["properties"].as_object().unwrap();
-                s["required"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
+                s.get("required")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
                     .all(|r| o.contains_key(r.as_str().unwrap()))
                     && o.iter()
                         .all(|(k, x)| props.get(k).is_some_and(|p| valid(x, p)))
@@ -1429,6 +2195,217 @@ mod tests {
             }
         }
         assert!(ended > 250, "only {ended} of 300 answers ended");
+    }
+
+    /// Samples an answer to `schema` from random logits over [`vocabulary`]; `None` if it
+    /// did not end within 300 tokens.
+    fn sample_answer(schema: &Value, index: &Arc<VocabIndex>, rng: &mut Rng) -> Option<Value> {
+        let vocab = vocabulary();
+        let eos = vocab.len() as u32;
+        let compiled = Arc::new(JsonSchema::compile(schema).unwrap());
+        let mut c = JsonConstraint::new(index.clone(), compiled);
+        let mut text = Vec::new();
+        let mut logits = vec![0f32; vocab.len() + 1];
+        for _ in 0..300 {
+            for l in logits.iter_mut() {
+                *l = (rng.next_f64() * 8.0) as f32;
+            }
+            logits[eos as usize] += 4.0;
+            assert!(
+                c.mask_logits(&mut logits, &[eos]),
+                "{schema}: dead end after {:?}",
+                String::from_utf8_lossy(&text)
+            );
+            let t = crate::sample::argmax(&logits);
+            if t == eos {
+                return Some(serde_json::from_slice(&text).unwrap_or_else(|e| {
+                    panic!("{schema}: {e}: {:?}", String::from_utf8_lossy(&text))
+                }));
+            }
+            c.accept(t);
+            text.extend_from_slice(&vocab[t as usize]);
+        }
+        None
+    }
+
+    /// Each keyword with random "model" preferences, many seeds: every answer that ends
+    /// satisfies the keyword, checked here from its definition in the JSON-schema spec.
+    #[test]
+    fn keywords_hold_for_random_logits_and_many_seeds() {
+        let index = Arc::new(VocabIndex::from_token_bytes(vocabulary()));
+        let string = |v: &Value| v.as_str().unwrap().to_string();
+        let number = |v: &Value| v.as_f64().unwrap();
+        let is_date = |s: &str| {
+            let b = s.as_bytes();
+            let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+            let field = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(0);
+            b.len() == 10
+                && digits(0..4)
+                && b[4] == b'-'
+                && digits(5..7)
+                && b[7] == b'-'
+                && digits(8..10)
+                && (1..=12).contains(&field(5..7))
+                && (1..=31).contains(&field(8..10))
+        };
+        type Check = Box<dyn Fn(&Value) -> bool>;
+        let cases: Vec<(Value, Check)> = vec![
+            (
+                json!({"type": "string", "minLength": 3, "maxLength": 5}),
+                Box::new(move |v| (3..=5).contains(&string(v).chars().count())),
+            ),
+            (
+                json!({"type": "string", "maxLength": 0}),
+                Box::new(move |v| string(v).is_empty()),
+            ),
+            (
+                json!({"type": "string", "pattern": "^[a-c]{2}-[0-9]+$"}),
+                Box::new(move |v| {
+                    let s = string(v);
+                    let (head, tail) = s.split_at(2.min(s.len()));
+                    head.len() == 2
+                        && head.bytes().all(|b| (b'a'..=b'c').contains(&b))
+                        && tail.len() > 1
+                        && tail.as_bytes()[0] == b'-'
+                        && tail[1..].bytes().all(|b| b.is_ascii_digit())
+                }),
+            ),
+            (
+                // Unanchored: the string contains the match somewhere.
+                json!({"type": "string", "pattern": "\\d\\d", "maxLength": 6}),
+                Box::new(move |v| {
+                    let s = string(v);
+                    s.chars().count() <= 6
+                        && s.as_bytes()
+                            .windows(2)
+                            .any(|w| w.iter().all(u8::is_ascii_digit))
+                }),
+            ),
+            (
+                json!({"type": "string", "format": "date"}),
+                Box::new(move |v| is_date(&string(v))),
+            ),
+            (
+                json!({"type": "string", "format": "date-time"}),
+                Box::new(move |v| {
+                    let s = string(v);
+                    s.len() >= 20
+                        && is_date(&s[..10])
+                        && (s.ends_with('Z')
+                            || s.ends_with('z')
+                            || s[s.len() - 6..].starts_with(['+', '-']))
+                }),
+            ),
+            (
+                json!({"type": "string", "format": "email"}),
+                Box::new(move |v| {
+                    let s = string(v);
+                    let (local, domain) = s.split_once('@').unwrap_or(("", ""));
+                    !local.is_empty()
+                        && domain.contains('.')
+                        && !domain.starts_with('.')
+                        && !domain.ends_with('.')
+                }),
+            ),
+            (
+                json!({"type": "string", "format": "uuid"}),
+                Box::new(move |v| {
+                    let s = string(v);
+                    s.len() == 36
+                        && s.char_indices().all(|(i, c)| {
+                            if [8, 13, 18, 23].contains(&i) {
+                                c == '-'
+                            } else {
+                                c.is_ascii_hexdigit()
+                            }
+                        })
+                }),
+            ),
+            (
+                json!({"type": "integer", "minimum": -3, "maximum": 250}),
+                Box::new(move |v| v.as_i64().is_some_and(|x| (-3..=250).contains(&x))),
+            ),
+            (
+                json!({"type": "integer", "exclusiveMinimum": 10, "exclusiveMaximum": 13}),
+                Box::new(move |v| v.as_i64().is_some_and(|x| x == 11 || x == 12)),
+            ),
+            (
+                json!({"type": "integer", "minimum": 1000}),
+                Box::new(move |v| v.as_i64().is_some_and(|x| x >= 1000)),
+            ),
+            (
+                json!({"type": "number", "exclusiveMinimum": 0, "maximum": 0.5}),
+                Box::new(move |v| number(v) > 0.0 && number(v) <= 0.5),
+            ),
+            (
+                json!({"type": "number", "minimum": -1.25, "exclusiveMaximum": -1}),
+                Box::new(move |v| number(v) >= -1.25 && number(v) < -1.0),
+            ),
+            (
+                json!({"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 3}),
+                Box::new(move |v| (2..=3).contains(&v.as_array().unwrap().len())),
+            ),
+        ];
+        let mut rng = Rng::new(7);
+        for (schema, check) in &cases {
+            let mut ended = 0;
+            for _ in 0..60 {
+                if let Some(v) = sample_answer(schema, &index, &mut rng) {
+                    assert!(check(&v), "{schema}: {v}");
+                    ended += 1;
+                }
+            }
+            assert!(ended >= 20, "{schema}: only {ended} of 60 answers ended");
+        }
+    }
+
+    /// Several tool calls in one `anyOf`, told apart by `name`: the name written first picks
+    /// the arguments schema, whichever tool the random logits lean to.
+    #[test]
+    fn the_name_written_first_picks_the_arguments_schema() {
+        let call = |name: &str, arguments: Value| {
+            json!({"type": "object",
+                   "properties": {"name": {"const": name}, "arguments": arguments},
+                   "required": ["name", "arguments"], "additionalProperties": false})
+        };
+        let schema = json!({"anyOf": [
+            call("get_weather", json!({"type": "object", "properties": {"city": {"enum": ["Paris", "Lyon"]}}, "required": ["city"]})),
+            call("add", json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]})),
+            call("ping", json!({"type": "object", "properties": {}, "additionalProperties": false})),
+        ]});
+        let compiled = JsonSchema::compile(&schema).unwrap();
+        assert!(compiled
+            .nodes
+            .iter()
+            .any(|n| matches!(n, Node::Tagged { .. })));
+        assert!(accepts(
+            &schema,
+            r#"{"name": "add", "arguments": {"a": 1, "b": 2}}"#
+        ));
+        assert!(!accepts(
+            &schema,
+            r#"{"name": "add", "arguments": {"city": "Paris"}}"#
+        ));
+        assert!(!accepts(
+            &schema,
+            r#"{"arguments": {"a": 1, "b": 2}, "name": "add"}"#
+        ));
+        let index = Arc::new(VocabIndex::from_token_bytes(vocabulary()));
+        let mut rng = Rng::new(11);
+        let mut names = std::collections::BTreeSet::new();
+        for _ in 0..120 {
+            if let Some(v) = sample_answer(&schema, &index, &mut rng) {
+                assert!(valid(&v, &schema), "{v}");
+                names.insert(v["name"].as_str().unwrap().to_string());
+            }
+        }
+        assert_eq!(names.len(), 3, "{names:?}");
+        // A union with no property to tell its objects apart is still refused.
+        assert!(JsonSchema::compile(&json!({"anyOf": [
+            {"type": "object", "properties": {"a": {"type": "string"}}},
+            {"type": "object", "properties": {"b": {"type": "string"}}},
+        ]}))
+        .is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod calls;
 mod conn;
 mod engine;
 mod error;

@@ -13,9 +13,11 @@ use bora_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::calls::{CallReader, Piece};
 use crate::engine::Event;
 use crate::error::ApiError;
-use crate::tools::{mistral_id, parse_calls, Call};
+use crate::tools::{call_id, is_mistral_id};
+use bora_tokenizer::chat::ToolCallSyntax;
 
 /// Which endpoint a response is for: object names and where the text goes differ.
 #[derive(Clone, Copy, PartialEq)]
@@ -42,25 +44,55 @@ pub(crate) struct Meta {
     pub prompt_tokens: usize,
     pub n: usize,
     pub logprobs: bool,
-    /// With tools on: the token after which the model writes tool calls.
-    pub tool_token: Option<u32>,
+    /// With tools on: how the model writes its calls.
+    pub calls: Option<ToolCallSyntax>,
+    /// The control token that opens the calls, where the syntax's marker is one.
+    pub marker_token: Option<u32>,
     pub tokenizer: Arc<Tokenizer>,
-    /// Seeds the ids given to calls that come without one.
+    /// Seeds the ids given to calls.
     pub id_seed: u64,
 }
 
 /// One choice as its events arrive.
-#[derive(Default)]
 struct Choice {
+    reader: CallReader,
+    /// Content so far (whole responses).
     text: String,
-    /// Text written after each tool-call token (mistral-common reads every `[TOOL_CALLS]`
-    /// as the start of another list).
-    tool_text: Vec<String>,
+    /// Calls so far (whole responses): id, name and arguments text.
+    calls: Vec<(String, String, String)>,
     /// Log-probability entries not yet sent (streaming) or all of them.
     logprobs: Vec<Value>,
     /// Completions' character offset of the next token.
     offset: usize,
     done: Option<(StopReason, usize)>,
+    /// Seeds the ids of this choice's calls.
+    id_seed: u64,
+}
+
+impl Choice {
+    /// Choice `index` of a request described by `meta`.
+    fn new(meta: &Meta, index: usize) -> Choice {
+        Choice {
+            id_seed: meta.id_seed.wrapping_add(index as u64),
+            reader: CallReader::new(meta.calls),
+            text: String::new(),
+            calls: Vec::new(),
+            logprobs: Vec::new(),
+            offset: 0,
+            done: None,
+        }
+    }
+
+    /// Adds `pieces` to the whole answer.
+    fn collect(&mut self, pieces: Vec<Piece>) {
+        for piece in pieces {
+            match piece {
+                Piece::Content(t) => self.text.push_str(&t),
+                Piece::Start { id, name, .. } => self.calls.push((id, name, String::new())),
+                Piece::Arguments { index, text } => self.calls[index].2.push_str(&text),
+            }
+        }
+    }
 }
 
 impl Meta {
@@ -100,39 +132,35 @@ impl Meta {
         (String::from_utf8_lossy(&bytes).into_owned(), bytes)
     }
 
-    /// Takes one event into `choice`; returns text to show now (not tool-call text).
-    fn absorb(&self, choice: &mut Choice, event: Event) -> Result<Option<String>, ApiError> {
+    /// Takes one event into `choice`; returns what it settles, in order.
+    fn absorb(&self, choice: &mut Choice, event: Event) -> Result<Vec<Piece>, ApiError> {
+        let mut out = Vec::new();
         match event {
             Event::Token(t) => {
-                if Some(t.id) == self.tool_token {
-                    choice.tool_text.push(String::new());
-                    return Ok(None);
-                }
-                if self.logprobs {
+                if self.marker_token.is_some() && Some(t.id) == self.marker_token {
+                    choice.reader.marker_token(&mut out);
+                } else if self.logprobs {
                     let entry = self.logprob_entry(choice, &t);
                     choice.logprobs.push(entry);
                 }
-                Ok(None)
             }
-            Event::Text(t) => match choice.tool_text.last_mut() {
-                Some(tool) => {
-                    tool.push_str(&t);
-                    Ok(None)
-                }
-                None => {
-                    choice.text.push_str(&t);
-                    Ok(Some(t))
-                }
-            },
+            Event::Text(t) => {
+                let syntax = self.calls;
+                let seed = &mut choice.id_seed;
+                choice
+                    .reader
+                    .text(&t, &mut || call_id(syntax, seed), &mut out)
+            }
             Event::Done {
                 stop,
                 completion_tokens,
             } => {
+                choice.reader.finish(&mut out);
                 choice.done = Some((stop, completion_tokens));
-                Ok(None)
             }
-            Event::Failed(e) => Err(e),
+            Event::Failed(e) => return Err(e),
         }
+        Ok(out)
     }
 
     fn logprob_entry(&self, choice: &mut Choice, t: &SampledToken) -> Value {
@@ -178,18 +206,6 @@ impl Meta {
             }),
         }
     }
-
-    /// The calls of a finished choice that wrote the tool-call token, if they parse.
-    fn calls(&self, choice: &Choice, seed: &mut u64) -> Option<Vec<Call>> {
-        if choice.tool_text.is_empty() {
-            return None;
-        }
-        let mut calls = Vec::new();
-        for text in &choice.tool_text {
-            calls.extend(parse_calls(text, &mut || mistral_id(seed))?);
-        }
-        Some(calls)
-    }
 }
 
 fn finish_reason(stop: StopReason) -> &'static str {
@@ -199,34 +215,23 @@ fn finish_reason(stop: StopReason) -> &'static str {
     }
 }
 
-fn calls_json(calls: &[Call]) -> Value {
-    calls
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            json!({"index": i, "id": c.id, "type": "function",
-                   "function": {"name": c.name, "arguments": c.arguments}})
-        })
-        .collect()
-}
-
 pub(crate) async fn whole_response(
     meta: Meta,
     mut rx: UnboundedReceiver<(usize, Event)>,
 ) -> Result<Value, ApiError> {
-    let mut choices: Vec<Choice> = (0..meta.n).map(|_| Choice::default()).collect();
+    let mut choices: Vec<Choice> = (0..meta.n).map(|i| Choice::new(&meta, i)).collect();
     let mut left = meta.n;
     while left > 0 {
         let (i, event) = rx.recv().await.ok_or_else(ApiError::unavailable)?;
         let Some(choice) = choices.get_mut(i) else {
             continue;
         };
-        meta.absorb(choice, event)?;
+        let pieces = meta.absorb(choice, event)?;
+        choice.collect(pieces);
         if choice.done.is_some() {
             left -= 1;
         }
     }
-    let mut seed = meta.id_seed;
     let mut completion_tokens = 0;
     let mut out = Vec::new();
     for (i, mut c) in choices.into_iter().enumerate() {
@@ -237,21 +242,30 @@ pub(crate) async fn whole_response(
         out.push(match meta.endpoint {
             Endpoint::Chat => {
                 let mut message = json!({"role": "assistant", "content": c.text});
-                match meta.calls(&c, &mut seed) {
-                    Some(calls) => {
-                        if c.text.is_empty() {
-                            message["content"] = Value::Null;
-                        }
-                        message["tool_calls"] = calls_json(&calls);
-                        if stop == StopReason::EndToken {
-                            finish = "tool_calls";
-                        }
+                if c.reader.has_calls() {
+                    if c.text.is_empty() {
+                        message["content"] = Value::Null;
                     }
-                    // Unreadable calls are returned as the text the model wrote.
-                    None => {
-                        if !c.tool_text.is_empty() {
-                            message["content"] = json!(format!("{}{}", c.text, c.tool_text.concat()));
-                        }
+                    // A whole answer keeps the ids a Mistral model wrote, as mistral-common
+                    // decodes them; a stream sent its own before the model's came.
+                    let model_ids = c.reader.model_ids();
+                    let calls: Vec<Value> = c
+                        .calls
+                        .iter()
+                        .zip(model_ids)
+                        .enumerate()
+                        .map(|(k, ((id, name, arguments), model_id))| {
+                            let id = match model_id {
+                                Some(m) if is_mistral_id(&m) => m,
+                                _ => id.clone(),
+                            };
+                            json!({"index": k, "id": id, "type": "function",
+                                   "function": {"name": name, "arguments": arguments}})
+                        })
+                        .collect();
+                    message["tool_calls"] = Value::Array(calls);
+                    if stop == StopReason::EndToken {
+                        finish = "tool_calls";
                     }
                 }
                 json!({"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish})
@@ -270,12 +284,14 @@ fn sse(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
 }
 
-/// Server-sent events: a role chunk per choice (chat), one chunk per piece of text, a chunk
-/// per tool call once a choice's calls are complete (id, name and the whole
-/// `function.arguments`, as Mistral's API streams them: the `mistralai` client refuses a
-/// delta without the name, and OpenAI's clients join a whole call as they join pieces), a
-/// chunk with each finish reason, optionally one with usage, then `[DONE]`. Dropping the body (the client went away) drops the receiver,
-/// which the scheduler sees and stops the sequences.
+/// Server-sent events: a role chunk per choice (chat), one chunk per piece of text, tool
+/// calls as OpenAI streams them (a first delta with the call's index, id, type, name and
+/// empty arguments, then deltas with fragments of `function.arguments` as the model writes
+/// them), a chunk with each finish reason, optionally one with usage, then `[DONE]`. Fragment
+/// deltas carry `"name": ""`: the `mistralai` client's models require a name in every call
+/// delta, and OpenAI's stream accumulation joins strings, so the name stays whole. Dropping
+/// the body (the client went away) drops the receiver, which the scheduler sees and stops
+/// the sequences.
 pub(crate) fn stream_response(
     meta: Meta,
     rx: UnboundedReceiver<(usize, Event)>,
@@ -289,7 +305,6 @@ pub(crate) fn stream_response(
         }
     }
     struct St {
-        seed: u64,
         choices: Vec<Choice>,
         left: usize,
         completion_tokens: usize,
@@ -300,8 +315,7 @@ pub(crate) fn stream_response(
         include_usage: bool,
     }
     let state = St {
-        seed: meta.id_seed,
-        choices: (0..meta.n).map(|_| Choice::default()).collect(),
+        choices: (0..meta.n).map(|i| Choice::new(&meta, i)).collect(),
         left: meta.n,
         completion_tokens: 0,
         meta,
@@ -329,7 +343,6 @@ pub(crate) fn stream_response(
                 pending,
                 completion_tokens,
                 left,
-                seed,
                 include_usage,
                 done,
                 ..
@@ -337,63 +350,62 @@ pub(crate) fn stream_response(
             let Some(choice) = choices.get_mut(i) else {
                 continue;
             };
-            match meta.absorb(choice, event) {
+            let pieces = match meta.absorb(choice, event) {
+                Ok(p) => p,
                 Err(e) => {
                     pending.push_back(sse(&e.body()));
                     *done = true;
+                    continue;
                 }
-                Ok(Some(text)) => {
-                    let lp = meta.logprobs_value(std::mem::take(&mut choice.logprobs));
-                    let c = match meta.endpoint {
-                        Endpoint::Chat => {
+            };
+            let chat = meta.endpoint == Endpoint::Chat;
+            for piece in pieces {
+                let c = match piece {
+                    Piece::Content(text) => {
+                        let lp = meta.logprobs_value(std::mem::take(&mut choice.logprobs));
+                        if chat {
                             json!({"index": i, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
-                        }
-                        Endpoint::Completion => {
+                        } else {
                             json!({"index": i, "text": text, "logprobs": lp, "finish_reason": null})
                         }
-                    };
-                    pending.push_back(sse(&meta.envelope(true, json!([c]))));
+                    }
+                    Piece::Start { index, id, name } => {
+                        let call = json!({"index": index, "id": id, "type": "function",
+                                          "function": {"name": name, "arguments": ""}});
+                        json!({"index": i, "delta": {"tool_calls": [call]}, "logprobs": null, "finish_reason": null})
+                    }
+                    Piece::Arguments { index, text } => {
+                        let call =
+                            json!({"index": index, "function": {"name": "", "arguments": text}});
+                        json!({"index": i, "delta": {"tool_calls": [call]}, "logprobs": null, "finish_reason": null})
+                    }
+                };
+                pending.push_back(sse(&meta.envelope(true, json!([c]))));
+            }
+            let Some((stop, tokens)) = choice.done else {
+                continue;
+            };
+            *completion_tokens += tokens;
+            *left -= 1;
+            let mut finish = finish_reason(stop);
+            if choice.reader.has_calls() && stop == StopReason::EndToken {
+                finish = "tool_calls";
+            }
+            let lp = meta.logprobs_value(std::mem::take(&mut choice.logprobs));
+            let c = if chat {
+                json!({"index": i, "delta": {}, "logprobs": lp, "finish_reason": finish})
+            } else {
+                json!({"index": i, "text": "", "logprobs": lp, "finish_reason": finish})
+            };
+            pending.push_back(sse(&meta.envelope(true, json!([c]))));
+            if *left == 0 {
+                if *include_usage {
+                    let mut last = meta.envelope(true, json!([]));
+                    last["usage"] = meta.usage(*completion_tokens);
+                    pending.push_back(sse(&last));
                 }
-                Ok(None) => {
-                    let Some((stop, tokens)) = choice.done else {
-                        continue;
-                    };
-                    *completion_tokens += tokens;
-                    *left -= 1;
-                    let mut finish = finish_reason(stop);
-                    let chat = meta.endpoint == Endpoint::Chat;
-                    let mut deltas = Vec::new();
-                    if let Some(calls) = meta.calls(choice, seed) {
-                        for call in calls_json(&calls).as_array().into_iter().flatten() {
-                            deltas.push(json!({"tool_calls": [call]}));
-                        }
-                        if stop == StopReason::EndToken {
-                            finish = "tool_calls";
-                        }
-                    } else if !choice.tool_text.concat().is_empty() {
-                        deltas.push(json!({"content": choice.tool_text.concat()}));
-                    }
-                    for d in deltas {
-                        let c = json!({"index": i, "delta": d, "logprobs": null, "finish_reason": null});
-                        pending.push_back(sse(&meta.envelope(true, json!([c]))));
-                    }
-                    let lp = meta.logprobs_value(std::mem::take(&mut choice.logprobs));
-                    let c = if chat {
-                        json!({"index": i, "delta": {}, "logprobs": lp, "finish_reason": finish})
-                    } else {
-                        json!({"index": i, "text": "", "logprobs": lp, "finish_reason": finish})
-                    };
-                    pending.push_back(sse(&meta.envelope(true, json!([c]))));
-                    if *left == 0 {
-                        if *include_usage {
-                            let mut last = meta.envelope(true, json!([]));
-                            last["usage"] = meta.usage(*completion_tokens);
-                            pending.push_back(sse(&last));
-                        }
-                        pending.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
-                        *done = true;
-                    }
-                }
+                pending.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                *done = true;
             }
         }
     });
@@ -436,7 +448,8 @@ mod tests {
                 prompt_tokens: 0,
                 n: 1,
                 logprobs: false,
-                tool_token: tok.token_id("[TOOL_CALLS]"),
+                calls: Some(ToolCallSyntax::Mistral),
+                marker_token: tok.token_id("[TOOL_CALLS]"),
                 tokenizer: tok.clone(),
                 id_seed: 1,
             };
@@ -448,7 +461,7 @@ mod tests {
                 .collect();
             // The scheduler stops at the end token: it is neither decoded nor sent.
             assert_eq!(Some(*ids.last().unwrap()), tok.eos_id());
-            let mut choice = Choice::default();
+            let mut choice = Choice::new(&meta, 0);
             let mut decoder = StreamDecoder::new(&tok, SpecialTokenPolicy::Skip);
             for &id in &ids[..ids.len() - 1] {
                 let token = SampledToken {
@@ -456,25 +469,35 @@ mod tests {
                     logprob: None,
                     top: Vec::new(),
                 };
-                meta.absorb(&mut choice, Event::Token(token)).unwrap();
+                let pieces = meta.absorb(&mut choice, Event::Token(token)).unwrap();
+                choice.collect(pieces);
                 let text = decoder.push(id);
                 if !text.is_empty() {
-                    meta.absorb(&mut choice, Event::Text(text)).unwrap();
+                    let pieces = meta.absorb(&mut choice, Event::Text(text)).unwrap();
+                    choice.collect(pieces);
                 }
             }
             let tail = decoder.finish();
             if !tail.is_empty() {
-                meta.absorb(&mut choice, Event::Text(tail)).unwrap();
+                let pieces = meta.absorb(&mut choice, Event::Text(tail)).unwrap();
+                choice.collect(pieces);
             }
-            let calls = meta
-                .calls(&choice, &mut 1)
-                .unwrap_or_else(|| panic!("{name}: {case}"));
+            let done = Event::Done {
+                stop: StopReason::EndToken,
+                completion_tokens: ids.len(),
+            };
+            let pieces = meta.absorb(&mut choice, done).unwrap();
+            choice.collect(pieces);
             let want = case["calls"].as_array().unwrap();
-            assert_eq!(calls.len(), want.len(), "{name}");
-            for (got, want) in calls.iter().zip(want) {
-                assert_eq!(got.id, want["id"], "{name}");
-                assert_eq!(got.name, want["name"], "{name}");
-                let args: Value = serde_json::from_str(&got.arguments).unwrap();
+            assert_eq!(choice.calls.len(), want.len(), "{name}: {case}");
+            let model_ids = choice.reader.model_ids();
+            for ((id, call_name, arguments), (want, model_id)) in
+                choice.calls.iter().zip(want.iter().zip(model_ids))
+            {
+                assert!(is_mistral_id(id), "{name}: a fresh id {id:?}");
+                assert_eq!(model_id.as_deref(), want["id"].as_str(), "{name}");
+                assert_eq!(call_name, &want["name"], "{name}");
+                let args: Value = serde_json::from_str(arguments).unwrap();
                 assert_eq!(args, want["arguments"], "{name}");
             }
             assert_eq!(choice.text, case["content"].as_str().unwrap(), "{name}");

@@ -19,7 +19,7 @@ use bora_model::{
     JsonConstraint, KvCache, LoadOptions, Logits, Lora, Model, SamplingParams, VocabIndex,
     Workspace,
 };
-use bora_tokenizer::chat::{ChatFormat, Conversation, JsonValue};
+use bora_tokenizer::chat::{ChatFormat, Conversation, JinjaFormat, JsonValue};
 use bora_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::unbounded_channel;
@@ -49,6 +49,9 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Sees every answered request (`bora serve --weave` traces them); none by default.
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// A Jinja chat template used instead of the model's own (for a model that ships none,
+    /// or one without tool use).
+    pub chat_template: Option<String>,
 }
 
 /// Something told of each answered (non-streamed) request, after its response is built and
@@ -83,6 +86,7 @@ impl ServeOptions {
             request_timeout: Duration::from_secs(600),
             limits: Limits::default(),
             observer: None,
+            chat_template: None,
         }
     }
 }
@@ -208,15 +212,21 @@ impl Server {
         if models[0].id.is_empty() {
             return Err(ServeError::Option("the model name is empty".into()));
         }
-        let chat = match ChatFormat::from_tokenizer(&tokenizer) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::warn!(
-                    "{}: no chat format ({e}); only /v1/completions will work",
-                    model.source().display()
-                );
-                None
-            }
+        let chat = match &options.chat_template {
+            Some(template) => Some(ChatFormat::Jinja(Box::new(
+                JinjaFormat::new(&tokenizer, template)
+                    .map_err(|e| ServeError::Option(format!("--chat-template: {e}")))?,
+            ))),
+            None => match ChatFormat::from_tokenizer(&tokenizer) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: no chat format ({e}); only /v1/completions will work",
+                        model.source().display()
+                    );
+                    None
+                }
+            },
         };
         let mut stop_tokens = model.config.eos_token_ids.clone();
         stop_tokens.extend(tokenizer.eos_id());
@@ -503,7 +513,8 @@ async fn start(
         prompt_tokens,
         n: params.n,
         logprobs: params.logprobs.is_some(),
-        tool_token: shape.tool_token,
+        calls: shape.calls,
+        marker_token: shape.marker_token,
         tokenizer: state.tokenizer.clone(),
         id_seed: seed,
     };

@@ -1,19 +1,18 @@
 //! What a chat request asks of the answer's shape: tool calls (`tools`, `tool_choice`) and
-//! structured outputs (`response_format`), turned into a decoding constraint, and the
-//! model's tool-call output turned back into OpenAI `tool_calls`.
+//! structured outputs (`response_format`), turned into a decoding constraint; the model's
+//! tool-call output is read back by [`crate::calls`].
 //!
-//! Mistral models write tool calls as the `[TOOL_CALLS]` control token followed by a JSON
-//! list of `{"name", "arguments"}` objects (mistral-common's v2/v3/v7 format, the one
-//! training uses), then end the turn. `tool_choice: "required"` or a named function forces
-//! that token and a list that names a declared function (with the named function's
-//! parameters schema); `"none"` forbids the token. Calls are sent to the client once a
-//! choice has ended: Mistral's format writes a call's id after its arguments, and OpenAI's
-//! first delta of a call carries the id.
+//! Two ways of writing calls are read ([`ToolCallSyntax`]): Mistral's `[TOOL_CALLS]` control
+//! token followed by a JSON list of `{"name", "arguments"}` objects (mistral-common's
+//! v2/v3/v7 format, the one training uses), and the Hermes `<tool_call>{...}</tool_call>` of
+//! Jinja templates such as Qwen's. `tool_choice: "required"` or a named function forces the
+//! marker and then a call whose arguments follow the chosen tool's parameters schema (with
+//! several tools, the name written first picks the schema); `"none"` forbids the marker.
 
 use std::sync::Arc;
 
 use bora_model::{JsonSchema, SchemaError};
-use bora_tokenizer::chat::ChatFormat;
+use bora_tokenizer::chat::{ChatFormat, ToolCallSyntax};
 use bora_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
@@ -26,9 +25,14 @@ pub(crate) struct Shape {
     pub constraint: Option<(Vec<u32>, Arc<JsonSchema>)>,
     /// Tokens never sampled.
     pub suppressed: Vec<u32>,
-    /// With tools on: the token after which the model writes its calls.
-    pub tool_token: Option<u32>,
+    /// With tools on: how the model writes its calls.
+    pub calls: Option<ToolCallSyntax>,
+    /// The control token that opens the calls (absent from decoded text), if the syntax's
+    /// marker is one.
+    pub marker_token: Option<u32>,
 }
+
+const TOOL_CHOICE_VALUES: &str = "`tool_choice` must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}";
 
 /// Reads `response_format` (either endpoint) and, for chat, `tools` and `tool_choice`.
 pub(crate) fn read_shape(
@@ -58,22 +62,28 @@ pub(crate) fn read_shape(
     let Some(format) = chat else {
         return Ok(shape);
     };
-    let tool_token = match format {
-        ChatFormat::Mistral(_) => tok.token_id("[TOOL_CALLS]").ok_or_else(|| {
-            ApiError::invalid("tools", "this model's tokenizer has no [TOOL_CALLS] token")
-        })?,
+    let syntax = match format {
         ChatFormat::Jinja(j) if !j.supports_tools() => {
             return Err(ApiError::invalid(
                 "tools",
-                "this model's chat template does not define tool use (it never reads `tools`), so the tools would not reach the model; leave `tools` out or serve a model whose template handles them",
+                "this model's chat template does not define tool use (it never reads `tools`), so the tools would not reach the model; leave `tools` out, serve a model whose template handles them, or give `bora serve --chat-template` one that does",
             ))
         }
-        ChatFormat::Jinja(_) => {
-            return Err(ApiError::invalid(
+        _ => format.tool_call_syntax().ok_or_else(|| {
+            ApiError::invalid(
                 "tools",
-                "bora reads tool calls back in Mistral's [TOOL_CALLS] format only; this model's Jinja template writes its own",
-            ))
-        }
+                "this model's chat template writes tool calls in a form bora does not read back; bora reads Hermes-style <tool_call>{...}</tool_call> and Mistral's [TOOL_CALLS] calls",
+            )
+        })?,
+    };
+    let marker = syntax.open_marker();
+    let marker_id = tok.token_id(marker);
+    let marker_token = match syntax {
+        ToolCallSyntax::Mistral => Some(marker_id.ok_or_else(|| {
+            ApiError::invalid("tools", "this model's tokenizer has no [TOOL_CALLS] token")
+        })?),
+        // A plain-text marker is found in the text; a control token is skipped there.
+        ToolCallSyntax::Hermes => marker_id.filter(|&id| tok.is_special(id)),
     };
     if shape.constraint.is_some() {
         return Err(ApiError::invalid(
@@ -95,66 +105,77 @@ pub(crate) fn read_shape(
                 })
         })
         .collect::<Result<Vec<&str>, _>>()?;
-    shape.tool_token = Some(tool_token);
-    let call = |name: Value, arguments: Value| {
-        json!({
-            "type": "object",
-            "properties": {"name": name, "arguments": arguments},
-            "required": ["name", "arguments"],
-        })
+    shape.calls = Some(syntax);
+    shape.marker_token = marker_token;
+    // The tokens that open a forced call: Mistral's control token, or Hermes' marker and
+    // the newline its templates write after it.
+    let forced_prefix = match syntax {
+        ToolCallSyntax::Mistral => marker_token.into_iter().collect(),
+        ToolCallSyntax::Hermes => tok.encode_with_special(&format!("{marker}\n")),
     };
+    // Calls of the tools in `chosen`: with several, the name (written first) picks the
+    // arguments schema.
+    let call = |chosen: &[usize]| {
+        let alternatives: Vec<Value> = chosen
+            .iter()
+            .map(|&k| {
+                json!({
+                    "type": "object",
+                    "properties": {"name": {"const": names[k]}, "arguments": parameters(&tools[k])},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": false,
+                })
+            })
+            .collect();
+        match <[Value; 1]>::try_from(alternatives) {
+            Ok([one]) => one,
+            Err(several) => json!({"anyOf": several}),
+        }
+    };
+    let forced =
+        |chosen: &[usize], at_most_one: bool| -> Result<(Vec<u32>, Arc<JsonSchema>), ApiError> {
+            let schema = match syntax {
+                ToolCallSyntax::Mistral => {
+                    let mut list = json!({"type": "array", "minItems": 1, "items": call(chosen)});
+                    if at_most_one {
+                        list["maxItems"] = json!(1);
+                    }
+                    list
+                }
+                // One call: the constraint ends the answer after one JSON value.
+                ToolCallSyntax::Hermes => call(chosen),
+            };
+            Ok((forced_prefix.clone(), Arc::new(compile(&schema, "tools")?)))
+        };
     match choice {
         None => {}
         Some(Value::String(c)) if c == "auto" => {}
-        Some(Value::String(c)) if c == "none" => shape.suppressed.push(tool_token),
+        Some(Value::String(c)) if c == "none" => {
+            shape.suppressed.extend(marker_id);
+            // Nothing is read back as a call: the answer is content.
+            shape.calls = None;
+            shape.marker_token = None;
+        }
         // "any" is the Mistral API's name for "required".
         Some(Value::String(c)) if c == "required" || c == "any" => {
-            // One tool: its parameters hold; several: any arguments object, since which
-            // schema applies depends on the name written before it.
-            let arguments = match tools {
-                [only] => parameters(only),
-                _ => json!({"type": "object"}),
-            };
-            let mut schema = json!({
-                "type": "array",
-                "minItems": 1,
-                "items": call(json!({"enum": names}), arguments),
-            });
-            if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
-                schema["maxItems"] = json!(1);
-            }
-            shape.constraint = Some((vec![tool_token], Arc::new(compile(&schema, "tools")?)));
+            let all: Vec<usize> = (0..tools.len()).collect();
+            let one = body.get("parallel_tool_calls") == Some(&Value::Bool(false));
+            shape.constraint = Some(forced(&all, one)?);
         }
         Some(named @ Value::Object(_)) => {
             let name = named
                 .pointer("/function/name")
                 .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "tool_choice",
-                        "`tool_choice` must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                    )
-                })?;
+                .ok_or_else(|| ApiError::invalid("tool_choice", TOOL_CHOICE_VALUES))?;
             let k = names.iter().position(|n| *n == name).ok_or_else(|| {
                 ApiError::invalid(
                     "tool_choice",
                     format!("`tool_choice` names {name:?}, which is not among `tools`"),
                 )
             })?;
-            let schema = json!({
-                "type": "array",
-                "minItems": 1,
-                "maxItems": 1,
-                "items": call(json!({"const": name}), parameters(&tools[k])),
-            });
-            shape.constraint = Some((vec![tool_token], Arc::new(compile(&schema, "tools")?)));
+            shape.constraint = Some(forced(&[k], true)?);
         }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "tool_choice",
-                "`tool_choice` must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
-            ))
-        }
+        Some(_) => return Err(ApiError::invalid("tool_choice", TOOL_CHOICE_VALUES)),
     }
     Ok(shape)
 }
@@ -190,76 +211,27 @@ fn response_format(body: &Value) -> Result<Option<JsonSchema>, ApiError> {
     }
 }
 
-/// One call as OpenAI returns it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Call {
-    pub id: String,
-    pub name: String,
-    /// The arguments object as JSON text.
-    pub arguments: String,
-}
-
-/// Reads the text a Mistral model wrote after `[TOOL_CALLS]`: a JSON list of calls (or one
-/// call object). A call without a valid id of its own gets a fresh one of Mistral's shape
-/// (9 characters a-z, A-Z, 0-9). `None` when the text is not such a list.
-pub(crate) fn parse_calls(text: &str, fresh_id: &mut impl FnMut() -> String) -> Option<Vec<Call>> {
-    bora_tokenizer::chat::tool_call_items(text)?
-        .into_iter()
-        .map(|item| {
-            let name = item.get("name")?.as_str()?.to_string();
-            let arguments = match item.get("arguments") {
-                None | Some(Value::Null) => "{}".to_string(),
-                Some(Value::String(s)) => s.clone(),
-                Some(v) => v.to_string(),
-            };
-            let id = match item.get("id").and_then(Value::as_str) {
-                Some(id) if is_mistral_id(id) => id.to_string(),
-                _ => fresh_id(),
-            };
-            Some(Call {
-                id,
-                name,
-                arguments,
-            })
-        })
-        .collect()
-}
-
-fn is_mistral_id(id: &str) -> bool {
+/// Whether `id` has the shape of Mistral's call ids: 9 characters a-z, A-Z, 0-9.
+pub(crate) fn is_mistral_id(id: &str) -> bool {
     id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// A call id in Mistral's shape from a counter-seeded generator (ids need to be unique within
-/// a conversation, not secret).
-pub(crate) fn mistral_id(state: &mut u64) -> String {
+/// A fresh id for a call in the model's own shape: Mistral's 9 characters, or OpenAI's
+/// `call_` and 24 characters for other templates.
+pub(crate) fn call_id(syntax: Option<ToolCallSyntax>, state: &mut u64) -> String {
+    match syntax {
+        Some(ToolCallSyntax::Hermes) => format!("call_{}", random_id(state, 24)),
+        _ => random_id(state, 9),
+    }
+}
+
+/// `len` characters a-z, A-Z, 0-9 from a counter-seeded generator (call ids need to be
+/// unique within a conversation, not secret).
+fn random_id(state: &mut u64, len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut rng = bora_model::Rng::new(*state);
     *state = rng.next_u64();
-    (0..9)
+    (0..len)
         .map(|_| ALPHABET[(rng.next_u64() % ALPHABET.len() as u64) as usize] as char)
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn calls_keep_the_models_ids_and_get_fresh_ones_otherwise() {
-        let mut n = 7u64;
-        let mut fresh = || mistral_id(&mut n);
-        let calls = parse_calls(
-            r#"[{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "abcDEF123"}, {"name": "f", "arguments": "{\"x\": 1}"}]"#,
-            &mut fresh,
-        )
-        .unwrap();
-        assert_eq!(calls[0].id, "abcDEF123");
-        assert_eq!(calls[0].arguments, r#"{"city":"Paris"}"#);
-        assert_eq!(calls[1].arguments, r#"{"x": 1}"#);
-        assert!(is_mistral_id(&calls[1].id));
-        assert_ne!(mistral_id(&mut 1), mistral_id(&mut 2));
-        assert!(parse_calls("[]", &mut fresh).is_none());
-        assert!(parse_calls("[{\"arguments\": {}}]", &mut fresh).is_none());
-        assert!(parse_calls("not json", &mut fresh).is_none());
-    }
 }

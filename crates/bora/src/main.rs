@@ -16,8 +16,8 @@ mod speak;
 mod synth;
 mod tokenize;
 mod train;
-mod weave;
 mod wandb_models;
+mod weave;
 
 #[derive(Parser)]
 #[command(

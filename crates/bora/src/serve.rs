@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// dropped, never waited for, when Weave is slow.
     #[arg(long, value_name = "PROJECT[/ENTITY]")]
     weave: Option<String>,
+    /// A Jinja chat template file to format chats with instead of the model's own (for
+    /// tool use with a model whose template has none, say).
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
 }
 
 /// Hands answered requests to the Weave tracer's queue.
@@ -121,10 +125,19 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .map(weave_tracer)
         .transpose()?
         .map(Arc::new);
+    let chat_template = args
+        .chat_template
+        .as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the chat template {}", p.display()))
+        })
+        .transpose()?;
     let options = ServeOptions {
         observer: tracer
             .clone()
             .map(|t| Arc::new(WeaveObserver(t)) as Arc<dyn RequestObserver>),
+        chat_template,
         model_id: name.clone(),
         api_key: args.api_key.clone(),
         max_batch: args.max_batch,

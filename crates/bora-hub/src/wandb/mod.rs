@@ -29,11 +29,11 @@ mod client;
 mod run;
 mod sink;
 
-pub(crate) use auth::netloc;
 pub use artifact::{
     read_artifacts, record_artifact, sha256_file, ArtifactFile, ArtifactSpec, LoggedArtifact,
     Manifest, Multipart, RegistryTarget, ARTIFACTS_FILE, MULTIPART_PART_SIZE, MULTIPART_THRESHOLD,
 };
+pub(crate) use auth::netloc;
 pub use auth::{netrc_password, ApiKey};
 pub(crate) use client::read_response;
 pub use client::{base_url_from_env, Client};

@@ -13,7 +13,7 @@ use minijinja::{Environment, Error, ErrorKind, Value};
 
 use super::conversation::{Conversation, Message, Tool};
 use super::json::JsonValue;
-use super::{ChatError, EncodedChat};
+use super::{ChatError, EncodedChat, ToolCallSyntax};
 use crate::Tokenizer;
 
 /// Instructions one render may execute: a chat template needs a few thousand per message, so
@@ -27,6 +27,7 @@ pub struct JinjaFormat {
     bos_token: String,
     eos_token: String,
     eos_id: Option<u32>,
+    tool_calls: Option<ToolCallSyntax>,
 }
 
 impl std::fmt::Debug for JinjaFormat {
@@ -70,11 +71,27 @@ impl JinjaFormat {
             .map_err(template_error)?;
         let token_text =
             |id: Option<u32>| id.and_then(|id| tok.id_to_piece(id)).unwrap_or_default();
+        let reads_tools = env
+            .get_template("chat")
+            .is_ok_and(|t| t.undeclared_variables(false).contains("tools"));
+        // A template shows how the model writes a call where it renders an assistant turn's
+        // `tool_calls`: Hermes-style templates wrap each in `<tool_call>`, Mistral's write
+        // `[TOOL_CALLS]`.
+        let tool_calls = if !reads_tools {
+            None
+        } else if template.contains("<tool_call>") {
+            Some(ToolCallSyntax::Hermes)
+        } else if template.contains("[TOOL_CALLS]") {
+            Some(ToolCallSyntax::Mistral)
+        } else {
+            None
+        };
         Ok(JinjaFormat {
             env,
             bos_token: token_text(tok.bos_id()),
             eos_token: token_text(tok.eos_id()),
             eos_id: tok.eos_id(),
+            tool_calls,
         })
     }
 
@@ -84,6 +101,21 @@ impl JinjaFormat {
         self.env
             .get_template("chat")
             .is_ok_and(|t| t.undeclared_variables(false).contains("tools"))
+    }
+
+    /// How the model this template is for writes tool calls, where the template reads
+    /// `tools` and writes calls in a syntax bora reads back (`<tool_call>` or `[TOOL_CALLS]`).
+    pub fn tool_call_syntax(&self) -> Option<ToolCallSyntax> {
+        self.tool_calls
+    }
+
+    /// The text the template makes of `conv` (what [`JinjaFormat::encode`] tokenizes).
+    pub fn render_conversation(
+        &self,
+        conv: &Conversation,
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        self.render(&conv.messages, &conv.tools, add_generation_prompt)
     }
 
     fn render(

@@ -61,6 +61,27 @@ pub enum ChatError {
     GenerationPromptAfterAssistant,
 }
 
+/// How a model writes the tool calls of an assistant turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolCallSyntax {
+    /// The `[TOOL_CALLS]` control token, then a JSON list of `{"name", "arguments"}` objects
+    /// (mistral-common's v2/v3/v7 format, and Mistral's own Jinja templates).
+    Mistral,
+    /// Each call a JSON object `{"name", "arguments"}` between `<tool_call>` and
+    /// `</tool_call>` (the Hermes format of Qwen 2.5/3, Hermes 2/3 and SmolLM3 templates).
+    Hermes,
+}
+
+impl ToolCallSyntax {
+    /// The text that opens a call (Mistral's is a control token, decoded away in text).
+    pub fn open_marker(self) -> &'static str {
+        match self {
+            ToolCallSyntax::Mistral => "[TOOL_CALLS]",
+            ToolCallSyntax::Hermes => "<tool_call>",
+        }
+    }
+}
+
 /// How a tokenizer's model expects conversations to be laid out.
 #[derive(Debug)]
 pub enum ChatFormat {
@@ -102,6 +123,15 @@ impl ChatFormat {
                     "it is not a Mistral tokenizer and carries no chat template".into(),
                 )),
             },
+        }
+    }
+
+    /// How this format's model writes tool calls; `None` for a template that does not
+    /// define tool use or writes calls in a syntax bora does not read.
+    pub fn tool_call_syntax(&self) -> Option<ToolCallSyntax> {
+        match self {
+            ChatFormat::Mistral(_) => Some(ToolCallSyntax::Mistral),
+            ChatFormat::Jinja(j) => j.tool_call_syntax(),
         }
     }
 
