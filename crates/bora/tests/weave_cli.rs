@@ -201,6 +201,13 @@ fn eval_records_base_and_tuned_as_two_weave_evaluations() {
         );
     }
     assert!(!err.contains(KEY) && !String::from_utf8_lossy(&out.stdout).contains(KEY));
+    for request in server.requests() {
+        assert!(
+            !String::from_utf8_lossy(&request.body).contains(KEY),
+            "{} carries the key in its body",
+            request.target
+        );
+    }
 }
 
 #[test]
