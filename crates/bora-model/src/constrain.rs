@@ -460,6 +460,13 @@ impl<'a> Compiler<'a> {
                 .enumerate()
                 .map(|(i, a)| self.node(a, &format!("{path}.anyOf[{i}]"), depth + 1))
                 .collect::<Result<Vec<_>, _>>()?;
+            // A union of one tagged object still has its tag written first, like a union of
+            // several (a tool call's name before its arguments).
+            if let [one] = ids[..] {
+                if matches!(self.nodes[one as usize], Node::Object { .. }) {
+                    return Ok(self.tagged(&[one]).unwrap_or(one));
+                }
+            }
             return self.choice(ids, path);
         }
         let types: Vec<&str> = match obj.get("type") {
@@ -503,7 +510,8 @@ impl<'a> Compiler<'a> {
         self.choice(ids, path)
     }
 
-    /// One node for several alternatives; each must start with bytes no other can.
+    /// One node for several alternatives; each must start with bytes no other can, except
+    /// objects told apart by a tag property ([`Compiler::tagged`]).
     fn choice(&mut self, ids: Vec<u32>, path: &str) -> Result<u32, SchemaError> {
         if ids.len() == 1 {
             return Ok(ids[0]);
@@ -2400,6 +2408,10 @@ mod tests {
             }
         }
         assert_eq!(names.len(), 3, "{names:?}");
+        // One tagged object in a union: its tag is written first too.
+        let one = json!({"anyOf": [call("add", json!({"type": "object"}))]});
+        assert!(accepts(&one, r#"{"name": "add", "arguments": {}}"#));
+        assert!(!accepts(&one, r#"{"arguments": {}, "name": "add"}"#));
         // A union with no property to tell its objects apart is still refused.
         assert!(JsonSchema::compile(&json!({"anyOf": [
             {"type": "object", "properties": {"a": {"type": "string"}}},
