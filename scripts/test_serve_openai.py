@@ -322,6 +322,21 @@ def accumulate_stream(client, **request):
     return final, fragments
 
 
+def mistral_stream_calls(m, **request):
+    """Calls joined from the mistralai client's stream: {index: {name, arguments}}, and the
+    finish reason."""
+    parts, finish = {}, None
+    for ev in m.chat.stream(**request):
+        choice = ev.data.choices[0]
+        finish = choice.finish_reason or finish
+        for d in choice.delta.tool_calls or []:
+            entry = parts.setdefault(d.index or 0, {"name": "", "arguments": ""})
+            entry["name"] += d.function.name or ""
+            args = d.function.arguments
+            entry["arguments"] += args if isinstance(args, str) else json.dumps(args)
+    return parts, finish
+
+
 def hermes_checks(openai, base_url):
     """SmolLM2 with a Hermes-style template (`--chat-template`): tools rendered into the prompt
     by the template, calls read back from `<tool_call>` text, one schema per tool."""
@@ -391,15 +406,9 @@ def hermes_checks(openai, base_url):
     from mistralai.client import Mistral
 
     m = Mistral(api_key=KEY, server_url=base_url)
-    parts, finish = {}, None
-    for ev in m.chat.stream(model="hermes", messages=messages, tools=[WEATHER, ADD], tool_choice="any", temperature=0, max_tokens=120):
-        choice = ev.data.choices[0]
-        finish = choice.finish_reason or finish
-        for d in choice.delta.tool_calls or []:
-            entry = parts.setdefault(d.index or 0, {"name": "", "arguments": ""})
-            entry["name"] += d.function.name or ""
-            args = d.function.arguments
-            entry["arguments"] += args if isinstance(args, str) else json.dumps(args)
+    parts, finish = mistral_stream_calls(
+        m, model="hermes", messages=messages, tools=[WEATHER, ADD], tool_choice="any", temperature=0, max_tokens=120
+    )
     check(
         "hermes: the mistralai client reads the streamed call pieces",
         finish == "tool_calls" and parts and all(p["name"] in schemas and json.loads(p["arguments"]) is not None for p in parts.values()),
@@ -504,15 +513,10 @@ def tool_checks(openai, base_url):
         r.choices[0].finish_reason == "tool_calls" and len(calls) >= 1 and all(is_mistral_id(t.id) for t in calls),
         r,
     )
-    parts, finish = {}, None
-    for ev in m.chat.stream(model="tiny", messages=messages, tools=[WEATHER], tool_choice="any", parallel_tool_calls=False, temperature=0, max_tokens=120):
-        choice = ev.data.choices[0]
-        finish = choice.finish_reason or finish
-        for d in choice.delta.tool_calls or []:
-            entry = parts.setdefault(d.index or 0, {"name": "", "arguments": ""})
-            entry["name"] += d.function.name or ""
-            args = d.function.arguments
-            entry["arguments"] += args if isinstance(args, str) else json.dumps(args)
+    parts, finish = mistral_stream_calls(
+        m, model="tiny", messages=messages, tools=[WEATHER], tool_choice="any", parallel_tool_calls=False,
+        temperature=0, max_tokens=120,
+    )
     check(
         "mistralai: streamed tool call parses",
         finish == "tool_calls" and all(json.loads(p["arguments"]) is not None for p in parts.values()) and parts,
