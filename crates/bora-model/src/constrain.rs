@@ -651,20 +651,7 @@ impl<'a> Compiler<'a> {
             path: path.to_string(),
             reason,
         };
-        let length = |key: &str| -> Result<Option<u32>, SchemaError> {
-            obj.get(key)
-                .map(|v| {
-                    v.as_u64()
-                        .map(|n| n.min(u32::MAX as u64) as u32)
-                        .ok_or_else(|| err(format!("`{key}` must be a non-negative integer")))
-                })
-                .transpose()
-        };
-        let min = length("minLength")?.unwrap_or(0);
-        let max = length("maxLength")?.unwrap_or(u32::MAX);
-        if min > max {
-            return Err(err(format!("minLength {min} exceeds maxLength {max}")));
-        }
+        let (min, max) = count_bounds(obj, path, "minLength", "maxLength")?;
         let source =
             match (obj.get("pattern"), obj.get("format")) {
                 (None, None) => None,
@@ -783,30 +770,42 @@ impl<'a> Compiler<'a> {
         path: &str,
         depth: usize,
     ) -> Result<u32, SchemaError> {
-        let err = |reason: String| SchemaError {
-            path: path.to_string(),
-            reason,
-        };
         let items = match obj.get("items") {
             None => ANY,
             Some(s) => self.node(s, &format!("{path}.items"), depth + 1)?,
         };
-        let count = |key: &str| -> Result<Option<u32>, SchemaError> {
-            obj.get(key)
-                .map(|v| {
-                    v.as_u64()
-                        .map(|n| n.min(u32::MAX as u64) as u32)
-                        .ok_or_else(|| err(format!("`{key}` must be a non-negative integer")))
-                })
-                .transpose()
-        };
-        let min = count("minItems")?.unwrap_or(0);
-        let max = count("maxItems")?.unwrap_or(u32::MAX);
-        if min > max {
-            return Err(err(format!("minItems {min} exceeds maxItems {max}")));
-        }
+        let (min, max) = count_bounds(obj, path, "minItems", "maxItems")?;
         Ok(self.push(Node::Array { items, min, max }))
     }
+}
+
+/// A pair of count keywords (`minItems`/`maxItems`, `minLength`/`maxLength`): 0 and
+/// `u32::MAX` where not given.
+fn count_bounds(
+    obj: &serde_json::Map<String, Value>,
+    path: &str,
+    min_key: &str,
+    max_key: &str,
+) -> Result<(u32, u32), SchemaError> {
+    let err = |reason: String| SchemaError {
+        path: path.to_string(),
+        reason,
+    };
+    let count = |key: &str| -> Result<Option<u32>, SchemaError> {
+        obj.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .map(|n| n.min(u32::MAX as u64) as u32)
+                    .ok_or_else(|| err(format!("`{key}` must be a non-negative integer")))
+            })
+            .transpose()
+    };
+    let min = count(min_key)?.unwrap_or(0);
+    let max = count(max_key)?.unwrap_or(u32::MAX);
+    if min > max {
+        return Err(err(format!("{min_key} {min} exceeds {max_key} {max}")));
+    }
+    Ok((min, max))
 }
 
 /// Compiles a JSON-schema `pattern` (an ECMA-262 regular expression, searched anywhere in
