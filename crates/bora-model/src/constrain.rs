@@ -1476,15 +1476,9 @@ impl Recognizer {
                     unreachable!("tag frames point at tagged nodes")
                 };
                 let p = pos as usize;
-                let range = &tags[lo as usize..hi as usize];
-                let Some(f) = range.iter().position(|t| t.get(p) == Some(&b)) else {
+                let Some((lo, hi)) = narrow(tags, lo, hi, p, b) else {
                     return false;
                 };
-                let n = range[f..]
-                    .iter()
-                    .take_while(|t| t.get(p) == Some(&b))
-                    .count() as u32;
-                let lo = lo + f as u32;
                 *top(&mut self.stack) = if tags[lo as usize].len() == p + 1 {
                     // A complete tag (a JSON string) is no other tag's prefix: the object
                     // goes on as the variant it names, its tag key seen.
@@ -1497,7 +1491,7 @@ impl Recognizer {
                     Frame::TagValue {
                         node,
                         lo,
-                        hi: lo + n,
+                        hi,
                         pos: pos + 1,
                     }
                 };
@@ -1598,16 +1592,9 @@ impl Recognizer {
                     unreachable!("object frames point at object nodes")
                 };
                 let p = pos as usize;
-                let range = &keys[lo as usize..hi as usize];
-                let Some(f) = range.iter().position(|k| k.get(p) == Some(&b)) else {
+                let Some((lo, hi)) = narrow(keys, lo, hi, p, b) else {
                     return false;
                 };
-                let n = range[f..]
-                    .iter()
-                    .take_while(|k| k.get(p) == Some(&b))
-                    .count() as u32;
-                let lo = lo + f as u32;
-                let hi = lo + n;
                 if !has_unseen(seen, lo, hi) {
                     return false;
                 }
@@ -1697,6 +1684,19 @@ fn space(ws: &mut u8, b: u8) -> bool {
 /// Whether an enum value's last byte leaves it open to more (a number: `1` may become `12`).
 fn ends_open(text: &[u8]) -> bool {
     text.last().is_some_and(|b| b.is_ascii_digit())
+}
+
+/// Of the sorted `texts[lo..hi]` that agree on their first `pos` bytes, the range whose next
+/// byte is `b`; `None` if none is.
+fn narrow(texts: &[Vec<u8>], lo: u32, hi: u32, pos: usize, b: u8) -> Option<(u32, u32)> {
+    let range = &texts[lo as usize..hi as usize];
+    let first = range.iter().position(|t| t.get(pos) == Some(&b))?;
+    let n = range[first..]
+        .iter()
+        .take_while(|t| t.get(pos) == Some(&b))
+        .count();
+    let lo = lo + first as u32;
+    Some((lo, lo + n as u32))
 }
 
 fn has_unseen(seen: u64, lo: u32, hi: u32) -> bool {
