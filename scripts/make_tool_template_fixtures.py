@@ -14,39 +14,27 @@ with pinned transformers and jinja2 if missing; no torch needed).
 import json
 
 from fixture_venv import ROOT, ensure_venv
+from make_chat_fixtures import ADD_TOOL, WEATHER_TOOL
 
 FIXTURES = ROOT / "crates" / "bora-tokenizer" / "tests" / "fixtures" / "chat"
 TEMPLATE = FIXTURES / "hermes_tools.jinja"
 OUT = FIXTURES / "hermes_tools.json"
 PACKAGES = ["transformers==5.24.0", "jinja2==3.1.6", "tokenizers==0.23.3"]
 
-WEATHER = {
+# Key order and escapes as clients send them: both show in the rendered prompt.
+LOOKUP = {
     "type": "function",
     "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
+        "name": "lookup",
+        "description": "Find a place named like Zoë's \"Paris\"",
         "parameters": {
             "type": "object",
-            "properties": {
-                "city": {"type": "string", "description": "City name, e.g. Zoë's \"Paris\""},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city"],
+            "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}},
+            "required": ["query"],
         },
     },
 }
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two numbers",
-        "parameters": {
-            "type": "object",
-            "properties": {"b": {"type": "number"}, "a": {"type": "number"}},
-            "required": ["a", "b"],
-        },
-    },
-}
+WEATHER, ADD = WEATHER_TOOL, ADD_TOOL
 
 
 def call(call_id, name, arguments):
@@ -54,7 +42,7 @@ def call(call_id, name, arguments):
 
 
 CASES = [
-    ({"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER, ADD]}, True),
+    ({"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER, ADD, LOOKUP]}, True),
     (
         {
             "messages": [

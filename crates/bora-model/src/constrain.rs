@@ -460,6 +460,13 @@ impl<'a> Compiler<'a> {
                 .enumerate()
                 .map(|(i, a)| self.node(a, &format!("{path}.anyOf[{i}]"), depth + 1))
                 .collect::<Result<Vec<_>, _>>()?;
+            // A union of one tagged object still has its tag written first, like a union of
+            // several (a tool call's name before its arguments).
+            if let [one] = ids[..] {
+                if matches!(self.nodes[one as usize], Node::Object { .. }) {
+                    return Ok(self.tagged(&[one]).unwrap_or(one));
+                }
+            }
             return self.choice(ids, path);
         }
         let types: Vec<&str> = match obj.get("type") {
@@ -503,7 +510,8 @@ impl<'a> Compiler<'a> {
         self.choice(ids, path)
     }
 
-    /// One node for several alternatives; each must start with bytes no other can.
+    /// One node for several alternatives; each must start with bytes no other can, except
+    /// objects told apart by a tag property ([`Compiler::tagged`]).
     fn choice(&mut self, ids: Vec<u32>, path: &str) -> Result<u32, SchemaError> {
         if ids.len() == 1 {
             return Ok(ids[0]);
@@ -643,20 +651,7 @@ impl<'a> Compiler<'a> {
             path: path.to_string(),
             reason,
         };
-        let length = |key: &str| -> Result<Option<u32>, SchemaError> {
-            obj.get(key)
-                .map(|v| {
-                    v.as_u64()
-                        .map(|n| n.min(u32::MAX as u64) as u32)
-                        .ok_or_else(|| err(format!("`{key}` must be a non-negative integer")))
-                })
-                .transpose()
-        };
-        let min = length("minLength")?.unwrap_or(0);
-        let max = length("maxLength")?.unwrap_or(u32::MAX);
-        if min > max {
-            return Err(err(format!("minLength {min} exceeds maxLength {max}")));
-        }
+        let (min, max) = count_bounds(obj, path, "minLength", "maxLength")?;
         let source =
             match (obj.get("pattern"), obj.get("format")) {
                 (None, None) => None,
@@ -775,30 +770,42 @@ impl<'a> Compiler<'a> {
         path: &str,
         depth: usize,
     ) -> Result<u32, SchemaError> {
-        let err = |reason: String| SchemaError {
-            path: path.to_string(),
-            reason,
-        };
         let items = match obj.get("items") {
             None => ANY,
             Some(s) => self.node(s, &format!("{path}.items"), depth + 1)?,
         };
-        let count = |key: &str| -> Result<Option<u32>, SchemaError> {
-            obj.get(key)
-                .map(|v| {
-                    v.as_u64()
-                        .map(|n| n.min(u32::MAX as u64) as u32)
-                        .ok_or_else(|| err(format!("`{key}` must be a non-negative integer")))
-                })
-                .transpose()
-        };
-        let min = count("minItems")?.unwrap_or(0);
-        let max = count("maxItems")?.unwrap_or(u32::MAX);
-        if min > max {
-            return Err(err(format!("minItems {min} exceeds maxItems {max}")));
-        }
+        let (min, max) = count_bounds(obj, path, "minItems", "maxItems")?;
         Ok(self.push(Node::Array { items, min, max }))
     }
+}
+
+/// A pair of count keywords (`minItems`/`maxItems`, `minLength`/`maxLength`): 0 and
+/// `u32::MAX` where not given.
+fn count_bounds(
+    obj: &serde_json::Map<String, Value>,
+    path: &str,
+    min_key: &str,
+    max_key: &str,
+) -> Result<(u32, u32), SchemaError> {
+    let err = |reason: String| SchemaError {
+        path: path.to_string(),
+        reason,
+    };
+    let count = |key: &str| -> Result<Option<u32>, SchemaError> {
+        obj.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .map(|n| n.min(u32::MAX as u64) as u32)
+                    .ok_or_else(|| err(format!("`{key}` must be a non-negative integer")))
+            })
+            .transpose()
+    };
+    let min = count(min_key)?.unwrap_or(0);
+    let max = count(max_key)?.unwrap_or(u32::MAX);
+    if min > max {
+        return Err(err(format!("{min_key} {min} exceeds {max_key} {max}")));
+    }
+    Ok((min, max))
 }
 
 /// Compiles a JSON-schema `pattern` (an ECMA-262 regular expression, searched anywhere in
@@ -1469,15 +1476,9 @@ impl Recognizer {
                     unreachable!("tag frames point at tagged nodes")
                 };
                 let p = pos as usize;
-                let range = &tags[lo as usize..hi as usize];
-                let Some(f) = range.iter().position(|t| t.get(p) == Some(&b)) else {
+                let Some((lo, hi)) = narrow(tags, lo, hi, p, b) else {
                     return false;
                 };
-                let n = range[f..]
-                    .iter()
-                    .take_while(|t| t.get(p) == Some(&b))
-                    .count() as u32;
-                let lo = lo + f as u32;
                 *top(&mut self.stack) = if tags[lo as usize].len() == p + 1 {
                     // A complete tag (a JSON string) is no other tag's prefix: the object
                     // goes on as the variant it names, its tag key seen.
@@ -1490,7 +1491,7 @@ impl Recognizer {
                     Frame::TagValue {
                         node,
                         lo,
-                        hi: lo + n,
+                        hi,
                         pos: pos + 1,
                     }
                 };
@@ -1591,16 +1592,9 @@ impl Recognizer {
                     unreachable!("object frames point at object nodes")
                 };
                 let p = pos as usize;
-                let range = &keys[lo as usize..hi as usize];
-                let Some(f) = range.iter().position(|k| k.get(p) == Some(&b)) else {
+                let Some((lo, hi)) = narrow(keys, lo, hi, p, b) else {
                     return false;
                 };
-                let n = range[f..]
-                    .iter()
-                    .take_while(|k| k.get(p) == Some(&b))
-                    .count() as u32;
-                let lo = lo + f as u32;
-                let hi = lo + n;
                 if !has_unseen(seen, lo, hi) {
                     return false;
                 }
@@ -1690,6 +1684,19 @@ fn space(ws: &mut u8, b: u8) -> bool {
 /// Whether an enum value's last byte leaves it open to more (a number: `1` may become `12`).
 fn ends_open(text: &[u8]) -> bool {
     text.last().is_some_and(|b| b.is_ascii_digit())
+}
+
+/// Of the sorted `texts[lo..hi]` that agree on their first `pos` bytes, the range whose next
+/// byte is `b`; `None` if none is.
+fn narrow(texts: &[Vec<u8>], lo: u32, hi: u32, pos: usize, b: u8) -> Option<(u32, u32)> {
+    let range = &texts[lo as usize..hi as usize];
+    let first = range.iter().position(|t| t.get(pos) == Some(&b))?;
+    let n = range[first..]
+        .iter()
+        .take_while(|t| t.get(pos) == Some(&b))
+        .count();
+    let lo = lo + first as u32;
+    Some((lo, lo + n as u32))
 }
 
 fn has_unseen(seen: u64, lo: u32, hi: u32) -> bool {
@@ -2159,46 +2166,21 @@ mod tests {
     /// parses and satisfies the schema once it ends.
     #[test]
     fn random_schemas_random_logits_always_valid_answers() {
-        let vocab = vocabulary();
-        let eos = vocab.len() as u32;
-        let index = Arc::new(VocabIndex::from_token_bytes(vocab.clone()));
+        let index = Arc::new(VocabIndex::from_token_bytes(vocabulary()));
         let mut rng = Rng::new(42);
         let mut ended = 0;
-        for case in 0..300 {
+        for _ in 0..300 {
             let schema = random_schema(&mut rng, 3);
-            let compiled = Arc::new(JsonSchema::compile(&schema).unwrap());
-            let mut c = JsonConstraint::new(index.clone(), compiled);
-            let mut text = Vec::new();
-            let mut logits = vec![0f32; vocab.len() + 1];
-            for _ in 0..400 {
-                for l in logits.iter_mut() {
-                    *l = (rng.next_f64() * 8.0) as f32;
-                }
-                // Lean towards ending, so most answers finish within the budget.
-                logits[eos as usize] += 6.0;
-                assert!(
-                    c.mask_logits(&mut logits, &[eos]),
-                    "case {case}: dead end after {:?}",
-                    String::from_utf8_lossy(&text)
-                );
-                let t = crate::sample::argmax(&logits);
-                if t == eos {
-                    let v: Value = serde_json::from_slice(&text).unwrap_or_else(|e| {
-                        panic!("case {case}: {e}: {:?}", String::from_utf8_lossy(&text))
-                    });
-                    assert!(valid(&v, &schema), "case {case}: {v} against {schema}");
-                    ended += 1;
-                    break;
-                }
-                c.accept(t);
-                text.extend_from_slice(&vocab[t as usize]);
+            if let Some(v) = sample_answer(&schema, &index, &mut rng) {
+                assert!(valid(&v, &schema), "{v} against {schema}");
+                ended += 1;
             }
         }
         assert!(ended > 250, "only {ended} of 300 answers ended");
     }
 
-    /// Samples an answer to `schema` from random logits over [`vocabulary`]; `None` if it
-    /// did not end within 300 tokens.
+    /// Samples an answer to `schema` from random logits over [`vocabulary`], leaning towards
+    /// ending so most answers finish; `None` if it did not end within 400 tokens.
     fn sample_answer(schema: &Value, index: &Arc<VocabIndex>, rng: &mut Rng) -> Option<Value> {
         let vocab = vocabulary();
         let eos = vocab.len() as u32;
@@ -2206,11 +2188,11 @@ mod tests {
         let mut c = JsonConstraint::new(index.clone(), compiled);
         let mut text = Vec::new();
         let mut logits = vec![0f32; vocab.len() + 1];
-        for _ in 0..300 {
+        for _ in 0..400 {
             for l in logits.iter_mut() {
                 *l = (rng.next_f64() * 8.0) as f32;
             }
-            logits[eos as usize] += 4.0;
+            logits[eos as usize] += 6.0;
             assert!(
                 c.mask_logits(&mut logits, &[eos]),
                 "{schema}: dead end after {:?}",
@@ -2400,6 +2382,10 @@ mod tests {
             }
         }
         assert_eq!(names.len(), 3, "{names:?}");
+        // One tagged object in a union: its tag is written first too.
+        let one = json!({"anyOf": [call("add", json!({"type": "object"}))]});
+        assert!(accepts(&one, r#"{"name": "add", "arguments": {}}"#));
+        assert!(!accepts(&one, r#"{"arguments": {}, "name": "add"}"#));
         // A union with no property to tell its objects apart is still refused.
         assert!(JsonSchema::compile(&json!({"anyOf": [
             {"type": "object", "properties": {"a": {"type": "string"}}},

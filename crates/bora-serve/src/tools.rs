@@ -113,8 +113,7 @@ pub(crate) fn read_shape(
         ToolCallSyntax::Mistral => marker_token.into_iter().collect(),
         ToolCallSyntax::Hermes => tok.encode_with_special(&format!("{marker}\n")),
     };
-    // Calls of the tools in `chosen`: with several, the name (written first) picks the
-    // arguments schema.
+    // Calls of the tools in `chosen`: the name, written first, picks the arguments schema.
     let call = |chosen: &[usize]| {
         let alternatives: Vec<Value> = chosen
             .iter()
@@ -127,10 +126,9 @@ pub(crate) fn read_shape(
                 })
             })
             .collect();
-        match <[Value; 1]>::try_from(alternatives) {
-            Ok([one]) => one,
-            Err(several) => json!({"anyOf": several}),
-        }
+        // As a union even for one tool: the name is then written first, so a stream can
+        // start the call before its arguments.
+        json!({"anyOf": alternatives})
     };
     let forced =
         |chosen: &[usize], at_most_one: bool| -> Result<(Vec<u32>, Arc<JsonSchema>), ApiError> {
