@@ -85,6 +85,8 @@ fn samples() -> Vec<SampleRow> {
                 }),
                 base_score: 0.0,
                 tuned_score: None,
+                deployed: None,
+                deployed_score: None,
             }
         })
         .collect()

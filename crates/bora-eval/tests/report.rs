@@ -28,6 +28,8 @@ fn sample(line: usize, base: f64, tuned: f64) -> SampleRow {
         tuned: Some("{\"a\": 1}".into()),
         base_score: base,
         tuned_score: Some(tuned),
+        deployed: None,
+        deployed_score: None,
     }
 }
 
@@ -44,6 +46,7 @@ fn results(samples: &[SampleRow]) -> EvalResults {
         eval_seconds: 1.0,
         sampling: None,
         judge: None,
+        deployed: None,
     }
 }
 

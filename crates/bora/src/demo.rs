@@ -137,6 +137,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         examples,
         &bora_eval::Decoding::default(),
         None,
+        None,
     )?;
     let tuned = results.tuned.as_ref().map(|t| t.score).unwrap_or(f64::NAN);
     println!(

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bora_eval::{
-    evaluate_with, log_to_run, sample_rows, summary_json, tracking_summary, write_eval_dir,
-    Decoding, EvalConfig, EvalResults, JudgeConfig, JudgeModel, Metric, Progress, RunInfo,
-    SAMPLE_COLUMNS,
+    add_deployed, evaluate_with, log_to_run, sample_rows, summary_json, tracking_summary,
+    write_eval_dir, Decoding, DeployedAnswer, EvalConfig, EvalResults, JudgeConfig, JudgeModel,
+    Metric, Progress, RunInfo, SAMPLE_COLUMNS,
 };
 use bora_hub::wandb::{Table, WandbTracking};
 use bora_model::SamplingParams;
@@ -82,6 +82,10 @@ pub struct EvalArgs {
     /// Constrain every answer to valid JSON (constrained decoding), e.g. with `--metric json`.
     #[arg(long)]
     constrain_json: bool,
+    /// Also ask the model deployed to Amazon Bedrock (`bora deploy bedrock`) every prompt, and
+    /// show its scores beside the local ones.
+    #[command(flatten)]
+    bedrock: crate::bedrock::BedrockModelArg,
 }
 
 impl EvalArgs {
@@ -124,6 +128,32 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         }
         _ => None,
     };
+    let deployed = match &args.bedrock.bedrock {
+        Some(arn) => {
+            let model = match (&args.run, &args.model) {
+                (Some(run), _) => crate::download::run_model(&open_run_dir(run)?.1.model)?,
+                (None, Some(model)) => crate::download::model_path(model)?,
+                (None, None) => bail!("--model or --run is required"),
+            };
+            let params = bora_aws::InvokeParams {
+                max_tokens: u32::try_from(args.max_tokens).unwrap_or(u32::MAX),
+                temperature: args.temperature,
+                top_p: args.top_p,
+            };
+            let answers = crate::bedrock::answers(
+                &args.bedrock,
+                arn,
+                &model,
+                &args.data,
+                &metric,
+                args.limit,
+                &params,
+            )?;
+            Some((arn.as_str(), answers))
+        }
+        None => None,
+    };
+    let deployed = deployed.as_ref().map(|(arn, a)| (*arn, a.as_slice()));
     let (results, report) = match &args.run {
         Some(run) => {
             let examples = Examples {
@@ -132,7 +162,14 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 limit: args.limit,
                 max_tokens: args.max_tokens,
             };
-            let evaluated = eval_run(run, &args.quant, examples, &args.decoding(), judge)?;
+            let evaluated = eval_run(
+                run,
+                &args.quant,
+                examples,
+                &args.decoding(),
+                judge,
+                deployed,
+            )?;
             if let Some(tracking) = tracking {
                 track(tracking, run, &evaluated.0)?;
             }
@@ -153,9 +190,13 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 limit: args.limit,
                 max_tokens: args.max_tokens,
             };
-            let (mut results, samples) = evaluate_with(&config, &args.decoding(), &mut progress())?;
+            let (mut results, mut samples) =
+                evaluate_with(&config, &args.decoding(), &mut progress())?;
             if let Some((model, judge_config)) = judge {
                 results.judge = Some(bora_eval::judge(&samples, model, judge_config)?);
+            }
+            if let Some((arn, answers)) = deployed {
+                add_deployed(&mut results, &mut samples, &config.metric, arn, answers)?;
             }
             let report = write_eval_dir(&out, &results, &samples, None)?;
             (results, report)
@@ -180,14 +221,16 @@ pub struct Examples<'a> {
     pub max_tokens: usize,
 }
 
-/// Evaluates a run's final adapter against its base model, writes `RUN/eval/` and logs the
-/// scores to the run; returns the results and the HTML report's path.
+/// Evaluates a run's final adapter against its base model (and, given a deployed model's
+/// name and answers, that model too), writes `RUN/eval/` and logs the scores to the run;
+/// returns the results and the HTML report's path.
 pub fn eval_run(
     run: &Path,
     quant: &crate::generate::QuantArg,
     examples: Examples<'_>,
     decoding: &Decoding,
     judge: Option<(&dyn JudgeModel, &JudgeConfig)>,
+    deployed: Option<(&str, &[DeployedAnswer])>,
 ) -> Result<(EvalResults, PathBuf)> {
     let Examples {
         data,
@@ -215,9 +258,18 @@ pub fn eval_run(
         limit,
         max_tokens,
     };
-    let (mut results, samples) = evaluate_with(&eval_config, decoding, &mut progress())?;
+    let (mut results, mut samples) = evaluate_with(&eval_config, decoding, &mut progress())?;
     if let Some((model, judge_config)) = judge {
         results.judge = Some(bora_eval::judge(&samples, model, judge_config)?);
+    }
+    if let Some((arn, answers)) = deployed {
+        add_deployed(
+            &mut results,
+            &mut samples,
+            &eval_config.metric,
+            arn,
+            answers,
+        )?;
     }
     let report = write_eval_dir(&dir.eval_dir(), &results, &samples, Some(&info))?;
     log_to_run(run, &results, info.last_step())?;
@@ -257,20 +309,26 @@ fn print_summary(r: &EvalResults) {
             j.invalid
         );
     }
-    let sides = [("base", Some(&r.base)), ("tuned", r.tuned.as_ref())];
-    for (name, s) in sides {
-        if let Some(s) = s {
-            println!(
-                "{name:>5}: {} {:.1}% ({}/{}, 95% CI {:.1}–{:.1}%), answer NLL {:.3}",
-                r.metric,
-                100.0 * s.score,
-                s.correct,
-                r.n,
-                100.0 * s.ci95[0],
-                100.0 * s.ci95[1],
-                s.nll
-            );
-        }
+    let local = |name, s: &bora_eval::SideScore| {
+        let nll = format!("answer NLL {:.3}", s.nll);
+        (name, s.score, s.correct, s.ci95, nll)
+    };
+    let mut rows = vec![local("base", &r.base)];
+    rows.extend(r.tuned.as_ref().map(|t| local("tuned", t)));
+    rows.extend(
+        r.deployed
+            .as_ref()
+            .map(|d| ("deployed", d.score, d.correct, d.ci95, d.model.clone())),
+    );
+    for (name, score, correct, ci95, detail) in rows {
+        println!(
+            "{name:>5}: {} {:.1}% ({correct}/{}, 95% CI {:.1}–{:.1}%), {detail}",
+            r.metric,
+            100.0 * score,
+            r.n,
+            100.0 * ci95[0],
+            100.0 * ci95[1],
+        );
     }
 }
 

@@ -351,7 +351,7 @@ pub fn merged_dir(root: &Path) -> PathBuf {
 pub fn write_safetensors(path: &Path, dtype: &str, n: usize) {
     let header = json!({"w": {"dtype": dtype, "shape": [n], "data_offsets": [0, 2 * n]}});
     let mut h = header.to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
