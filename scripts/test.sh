@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The test command of the README: fetch what the tests read (default model, Mistral tokenizer
-# files; both pinned by sha256), then run every test of the workspace and close with one
-# summary line over all test binaries.
+# files, both pinned by sha256; moto's S3 server, pinned, for the Bedrock tests), then run
+# every test of the workspace and close with one summary line over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-default-model.sh >/dev/null
 scripts/fetch-tokenizers.sh >/dev/null
+# The S3 server `bora deploy bedrock`'s tests upload to (moto's, pinned, into .venv-aws).
+python3 scripts/aws_test_venv.py >/dev/null
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0

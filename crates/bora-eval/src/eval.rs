@@ -99,6 +99,9 @@ pub struct EvalResults {
     /// The judge's verdicts (`--metric judge`), beside the text metric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<crate::judge::JudgeResults>,
+    /// The deployed model's score ([`crate::add_deployed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<crate::deployed::DeployedScore>,
 }
 
 /// [`SamplingParams`] as `results.json` records them.
@@ -152,6 +155,11 @@ pub struct SampleRow {
     pub base_usage: Option<AnswerUsage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned_usage: Option<AnswerUsage>,
+    /// The deployed model's answer and score ([`crate::add_deployed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_score: Option<f64>,
 }
 
 /// Progress of the two generation passes.
@@ -316,6 +324,7 @@ pub fn evaluate_with(
         eval_seconds: start.elapsed().as_secs_f64(),
         sampling: SamplingRecord::of(&decoding.sampling),
         judge: None,
+        deployed: None,
     };
     Ok((results, samples))
 }
@@ -353,11 +362,14 @@ fn sample_rows(
             tuned_score: tuned_scores.map(|s| as_f(s[i])),
             base_usage: Some(base.usage[i]),
             tuned_usage: tuned.map(|t| t.usage[i]),
+            deployed: None,
+            deployed_score: None,
         })
         .collect()
 }
 
-/// The `--json` object: `{"metric", "n", "base": {"score"}, "tuned": {"score"}}`.
+/// The `--json` object: `{"metric", "n", "base": {"score"}, "tuned": {"score"}}`, and
+/// `"deployed": {"score"}` with a deployed side.
 pub fn summary_json(results: &EvalResults) -> serde_json::Value {
     let mut out = serde_json::json!({
         "metric": results.metric,
@@ -366,6 +378,9 @@ pub fn summary_json(results: &EvalResults) -> serde_json::Value {
     });
     if let Some(t) = &results.tuned {
         out["tuned"] = serde_json::json!({"score": t.score});
+    }
+    if let Some(d) = &results.deployed {
+        out["deployed"] = serde_json::json!({"score": d.score});
     }
     out
 }

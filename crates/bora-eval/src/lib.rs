@@ -6,11 +6,13 @@
 //! answer against the last assistant message, and computes Wilson intervals ([`wilson`]) and answer NLL ([`masked_nll`]). [`write_eval_dir`] writes
 //! `results.json`, `samples.jsonl`, `report.md` and `report.html`; [`log_to_run`] adds the
 //! scores to the run's TensorBoard events and `metrics.jsonl`. [`judge`] grades base against
-//! tuned answers with a judge model (`--metric judge`). [`demo_splits`] generates the
+//! tuned answers with a judge model (`--metric judge`); [`add_deployed`] adds a deployed
+//! copy's answers (Amazon Bedrock) as a third side. [`demo_splits`] generates the
 //! bundled demo task.
 #![forbid(unsafe_code)]
 
 mod demo;
+mod deployed;
 mod error;
 mod eval;
 mod judge;
@@ -21,6 +23,7 @@ mod runner;
 mod task;
 
 pub use demo::{demo_example, demo_splits};
+pub use deployed::{add_deployed, DeployedAnswer, DeployedScore};
 pub use error::{EvalError, Result};
 pub use eval::{
     evaluate, evaluate_with, summary_json, AnswerUsage, Decoding, EvalConfig, EvalResults,

@@ -85,6 +85,9 @@ pub fn eval_scalars(results: &EvalResults) -> Vec<(String, f64)> {
             out.push((format!("eval/{name}/nll"), s.nll));
         }
     }
+    if let Some(d) = &results.deployed {
+        out.push(("eval/deployed/score".into(), d.score));
+    }
     out
 }
 

@@ -48,30 +48,80 @@ pub fn samples_to_speak(samples: &[SampleRow], n: usize) -> Vec<&SampleRow> {
     ranked
 }
 
+/// The first [`SHOWN`] samples `f` accepts.
+fn pick(samples: &[SampleRow], f: impl Fn(&SampleRow) -> bool) -> Vec<&SampleRow> {
+    samples.iter().filter(|s| f(s)).take(SHOWN).collect()
+}
+
 /// The examples that say most about what tuning did: those it fixed (base wrong, tuned right)
 /// and those it broke (base right, tuned wrong). Without an adapter: the base model's misses.
+/// With a deployed copy, also those where it scored otherwise than the local model.
 fn instructive(samples: &[SampleRow]) -> Vec<(&'static str, Vec<&SampleRow>)> {
-    let pick =
-        |f: &dyn Fn(&SampleRow) -> bool| samples.iter().filter(|s| f(s)).take(SHOWN).collect();
+    let mut lists = instructive_local(samples);
+    if samples.iter().any(|s| s.deployed_score.is_some()) {
+        lists.push((
+            "Deployed model scored differently",
+            pick(samples, |s| {
+                s.deployed_score.is_some() && s.deployed_score != Some(local_score(s))
+            }),
+        ));
+    }
+    lists
+}
+
+/// The score of the local model a deployment was made from: the tuned one, else the base.
+fn local_score(s: &SampleRow) -> f64 {
+    s.tuned_score.unwrap_or(s.base_score)
+}
+
+fn instructive_local(samples: &[SampleRow]) -> Vec<(&'static str, Vec<&SampleRow>)> {
     if samples.iter().any(|s| s.tuned.is_some()) {
         vec![
             (
                 "Fixed by tuning",
-                pick(&|s| s.base_score < 1.0 && s.tuned_score == Some(1.0)),
+                pick(samples, |s| {
+                    s.base_score < 1.0 && s.tuned_score == Some(1.0)
+                }),
             ),
             (
                 "Broken by tuning",
-                pick(&|s| s.base_score == 1.0 && s.tuned_score == Some(0.0)),
+                pick(samples, |s| {
+                    s.base_score == 1.0 && s.tuned_score == Some(0.0)
+                }),
             ),
         ]
     } else {
-        vec![("Missed by the model", pick(&|s| s.base_score < 1.0))]
+        vec![("Missed by the model", pick(samples, |s| s.base_score < 1.0))]
     }
 }
 
-fn sides(r: &EvalResults) -> Vec<(&'static str, &SideScore)> {
-    let mut out = vec![("base", &r.base)];
-    out.extend(r.tuned.as_ref().map(|t| ("tuned", t)));
+/// One row of the score table: a local side, or the deployed copy (which has no NLL).
+struct SideRow {
+    name: &'static str,
+    score: f64,
+    ci95: [f64; 2],
+    correct: usize,
+    /// Answer NLL and perplexity, for the sides that run here.
+    nll: Option<(f64, f64)>,
+}
+
+fn sides(r: &EvalResults) -> Vec<SideRow> {
+    let local = |name, s: &SideScore| SideRow {
+        name,
+        score: s.score,
+        ci95: s.ci95,
+        correct: s.correct,
+        nll: Some((s.nll, s.ppl)),
+    };
+    let mut out = vec![local("base", &r.base)];
+    out.extend(r.tuned.as_ref().map(|t| local("tuned", t)));
+    out.extend(r.deployed.as_ref().map(|d| SideRow {
+        name: "deployed",
+        score: d.score,
+        ci95: d.ci95,
+        correct: d.correct,
+        nll: None,
+    }));
     out
 }
 
@@ -99,20 +149,31 @@ pub fn score_table(r: &EvalResults) -> String {
     let mut md = String::new();
     md.push_str("| model | score | 95% CI (Wilson) | correct | answer NLL | answer PPL |\n");
     md.push_str("|---|---:|---:|---:|---:|---:|\n");
-    for (name, s) in sides(r) {
+    for s in sides(r) {
+        let (nll, ppl) = nll_cells(&s);
         let _ = writeln!(
             md,
-            "| {name} | {} | {} – {} | {}/{} | {:.3} | {:.2} |",
+            "| {} | {} | {} – {} | {}/{} | {nll} | {ppl} |",
+            s.name,
             pct(s.score),
             pct(s.ci95[0]),
             pct(s.ci95[1]),
             s.correct,
             r.n,
-            s.nll,
-            s.ppl
         );
     }
+    if let Some(d) = &r.deployed {
+        let _ = writeln!(md, "\nDeployed: `{}`.", md_code(&d.model));
+    }
     md
+}
+
+/// The NLL and PPL cells of a row; a dash for the deployed side.
+fn nll_cells(s: &SideRow) -> (String, String) {
+    match s.nll {
+        Some((nll, ppl)) => (format!("{nll:.3}"), format!("{ppl:.2}")),
+        None => ("–".into(), "–".into()),
+    }
 }
 
 /// The evaluation as a model card shows it: what was measured, how answers were drawn, and
@@ -223,6 +284,9 @@ pub fn render_markdown(r: &EvalResults, samples: &[SampleRow], run: Option<&RunI
             if let Some(t) = &s.tuned {
                 let _ = writeln!(md, "  - tuned: `{}`", md_code(t));
             }
+            if let Some(d) = &s.deployed {
+                let _ = writeln!(md, "  - deployed: `{}`", md_code(d));
+            }
         }
     }
     if let Some(info) = run {
@@ -270,7 +334,7 @@ h1{font-size:26px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 10px;color:#2a3
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:16px}\
 table{border-collapse:collapse;width:100%;font-size:14px}th,td{padding:6px 10px;text-align:left;border-bottom:1px solid #e6e8ee}\
 th{color:#5b6478;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}\
-.big{font-size:30px;font-weight:700}.base{color:#8a94a8}.tuned{color:#2f6fed}\
+.big{font-size:30px;font-weight:700}.base{color:#8a94a8}.tuned{color:#2f6fed}.deployed{color:#2fa36b}\
 .ex{font-size:13px;border-left:3px solid #2fa36b;padding:8px 12px;margin:10px 0;background:#fafbfd;display:grid;grid-template-columns:72px 1fr;gap:4px 10px;align-items:baseline}\
 .ex.bad{border-color:#d9534f}.ex .k{color:#5b6478;font-size:12px;font-weight:600}\
 .ex code{background:#eef1f6;padding:2px 6px;border-radius:3px;white-space:pre-wrap;word-break:break-word;font-size:12px}\
@@ -278,6 +342,7 @@ pre{background:#1d2330;color:#e6e8ee;padding:12px;border-radius:8px;font-size:12
 
 const BASE_COLOR: &str = "#9aa4b8";
 const TUNED_COLOR: &str = "#2f6fed";
+const DEPLOYED_COLOR: &str = "#2fa36b";
 
 /// One self-contained HTML page.
 pub fn render_html(r: &EvalResults, samples: &[SampleRow], run: Option<&RunInfo>) -> String {
@@ -353,28 +418,37 @@ pub fn render_html_with_audio(
             .unwrap_or_default()
     );
     h.push_str("<div class=\"grid\"><div class=\"card\">");
-    for (name, s) in sides(r) {
+    for s in sides(r) {
         let _ = write!(
             h,
             "<div style=\"display:inline-block;margin-right:36px\"><div class=\"sub\" style=\"margin:0\">{name}</div><div class=\"big {name}\">{}</div></div>",
-            pct(s.score)
+            pct(s.score),
+            name = s.name
         );
     }
     h.push_str("<table><tr><th>model</th><th>score</th><th>95% CI (Wilson)</th><th>correct</th><th>answer NLL</th><th>PPL</th></tr>");
-    for (name, s) in sides(r) {
+    for s in sides(r) {
+        let (nll, ppl) = nll_cells(&s);
         let _ = write!(
             h,
-            "<tr><td class=\"{name}\"><b>{name}</b></td><td class=\"n\">{}</td><td class=\"n\">{} – {}</td><td class=\"n\">{}/{}</td><td class=\"n\">{:.3}</td><td class=\"n\">{:.2}</td></tr>",
+            "<tr><td class=\"{name}\"><b>{name}</b></td><td class=\"n\">{}</td><td class=\"n\">{} – {}</td><td class=\"n\">{}/{}</td><td class=\"n\">{nll}</td><td class=\"n\">{ppl}</td></tr>",
             pct(s.score),
             pct(s.ci95[0]),
             pct(s.ci95[1]),
             s.correct,
             r.n,
-            s.nll,
-            s.ppl
+            name = s.name
         );
     }
-    h.push_str("</table></div><div class=\"card\">");
+    h.push_str("</table>");
+    if let Some(d) = &r.deployed {
+        let _ = write!(
+            h,
+            "<div class=\"sub\">deployed: <code>{}</code></div>",
+            esc(&d.model)
+        );
+    }
+    h.push_str("</div><div class=\"card\">");
     h.push_str(&bars_svg(r));
     h.push_str("</div></div>");
     if let Some(j) = &r.judge {
@@ -420,6 +494,9 @@ pub fn render_html_with_audio(
             if let Some(t) = &s.tuned {
                 field(&mut h, "tuned", t);
             }
+            if let Some(d) = &s.deployed {
+                field(&mut h, "deployed", d);
+            }
             h.push_str("</div>");
         }
         h.push_str("</div>");
@@ -461,11 +538,12 @@ fn bars_svg(r: &EvalResults) -> String {
     }
     let all = sides(r);
     let slot = (w - left) / all.len() as f64;
-    for (i, (name, side)) in all.iter().enumerate() {
-        let color = if *name == "base" {
-            BASE_COLOR
-        } else {
-            TUNED_COLOR
+    for (i, side) in all.iter().enumerate() {
+        let name = side.name;
+        let color = match name {
+            "base" => BASE_COLOR,
+            "deployed" => DEPLOYED_COLOR,
+            _ => TUNED_COLOR,
         };
         let bw = slot * 0.45;
         let x = left + slot * i as f64 + (slot - bw) / 2.0;

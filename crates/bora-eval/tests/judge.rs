@@ -87,6 +87,8 @@ fn samples() -> Vec<SampleRow> {
                 tuned_score: None,
                 base_usage: None,
                 tuned_usage: None,
+                deployed: None,
+                deployed_score: None,
             }
         })
         .collect()

@@ -30,6 +30,8 @@ fn sample(line: usize, base: f64, tuned: f64) -> SampleRow {
         tuned_score: Some(tuned),
         base_usage: None,
         tuned_usage: None,
+        deployed: None,
+        deployed_score: None,
     }
 }
 
@@ -46,6 +48,7 @@ fn results(samples: &[SampleRow]) -> EvalResults {
         eval_seconds: 1.0,
         sampling: None,
         judge: None,
+        deployed: None,
     }
 }
 

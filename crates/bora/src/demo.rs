@@ -138,6 +138,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         &bora_eval::Decoding::default(),
         None,
         None,
+        None,
     )?;
     let tuned = results.tuned.as_ref().map(|t| t.score).unwrap_or(f64::NAN);
     println!(

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bora_eval::{
-    evaluate_with, log_to_run, sample_rows, summary_json, tracking_summary,
-    write_eval_dir_with_audio, Decoding, EvalConfig, EvalResults, JudgeConfig, JudgeModel, Metric,
-    Progress, RunInfo, SampleRow, SpokenSample, SAMPLE_COLUMNS,
+    add_deployed, evaluate_with, log_to_run, sample_rows, summary_json, tracking_summary,
+    write_eval_dir_with_audio, Decoding, DeployedAnswer, EvalConfig, EvalResults, JudgeConfig,
+    JudgeModel, Metric, Progress, RunInfo, SampleRow, SpokenSample, SAMPLE_COLUMNS,
 };
 use bora_hub::speech::{SpeechClient, SpeechError};
 use bora_hub::wandb::{Table, WandbTracking};
@@ -95,6 +95,10 @@ pub struct EvalArgs {
     speak: Option<usize>,
     #[command(flatten)]
     voice: crate::speak::VoiceArgs,
+    /// Also ask the model deployed to Amazon Bedrock (`bora deploy bedrock`) every prompt, and
+    /// show its scores beside the local ones.
+    #[command(flatten)]
+    bedrock: crate::bedrock::BedrockModelArg,
 }
 
 impl EvalArgs {
@@ -148,6 +152,32 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         }
         _ => None,
     };
+    let deployed = match &args.bedrock.bedrock {
+        Some(arn) => {
+            let model = match (&args.run, &args.model) {
+                (Some(run), _) => crate::download::run_model(&open_run_dir(run)?.1.model)?,
+                (None, Some(model)) => crate::download::model_path(model)?,
+                (None, None) => bail!("--model or --run is required"),
+            };
+            let params = bora_aws::InvokeParams {
+                max_tokens: u32::try_from(args.max_tokens).unwrap_or(u32::MAX),
+                temperature: args.temperature,
+                top_p: args.top_p,
+            };
+            let answers = crate::bedrock::answers(
+                &args.bedrock,
+                arn,
+                &model,
+                &args.data,
+                &metric,
+                args.limit,
+                &params,
+            )?;
+            Some((arn.as_str(), answers))
+        }
+        None => None,
+    };
+    let deployed = deployed.as_ref().map(|(arn, a)| (*arn, a.as_slice()));
     let (results, samples, report) = match &args.run {
         Some(run) => {
             let examples = Examples {
@@ -156,7 +186,15 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 limit: args.limit,
                 max_tokens: args.max_tokens,
             };
-            let evaluated = eval_run(run, &args.quant, examples, &args.decoding(), judge, speech)?;
+            let evaluated = eval_run(
+                run,
+                &args.quant,
+                examples,
+                &args.decoding(),
+                judge,
+                deployed,
+                speech,
+            )?;
             if let Some(tracking) = tracking {
                 track(tracking, run, &evaluated.0)?;
             }
@@ -177,9 +215,13 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
                 limit: args.limit,
                 max_tokens: args.max_tokens,
             };
-            let (mut results, samples) = evaluate_with(&config, &args.decoding(), &mut progress())?;
+            let (mut results, mut samples) =
+                evaluate_with(&config, &args.decoding(), &mut progress())?;
             if let Some((model, judge_config)) = judge {
                 results.judge = Some(bora_eval::judge(&samples, model, judge_config)?);
+            }
+            if let Some((arn, answers)) = deployed {
+                add_deployed(&mut results, &mut samples, &config.metric, arn, answers)?;
             }
             let (spoken, failure) = spoken(speech, &samples);
             let report = write_eval_dir_with_audio(&out, &results, &samples, None, &spoken)?;
@@ -245,15 +287,17 @@ fn speech_outcome(failure: Option<SpeechError>, report: &Path) -> Result<()> {
     }
 }
 
-/// Evaluates a run's final adapter against its base model, writes `RUN/eval/` (with the
-/// answers of `speech`'s examples read aloud) and logs the scores to the run; returns the
-/// results, the samples and the HTML report's path.
+/// Evaluates a run's final adapter against its base model (and, given a deployed model's
+/// name and answers, that model too), writes `RUN/eval/` (with the answers of `speech`'s
+/// examples read aloud) and logs the scores to the run; returns the results, the samples and
+/// the HTML report's path.
 pub fn eval_run(
     run: &Path,
     quant: &crate::generate::QuantArg,
     examples: Examples<'_>,
     decoding: &Decoding,
     judge: Option<(&dyn JudgeModel, &JudgeConfig)>,
+    deployed: Option<(&str, &[DeployedAnswer])>,
     speech: Option<(&SpeechClient, usize)>,
 ) -> Result<(EvalResults, Vec<SampleRow>, PathBuf)> {
     let Examples {
@@ -282,9 +326,18 @@ pub fn eval_run(
         limit,
         max_tokens,
     };
-    let (mut results, samples) = evaluate_with(&eval_config, decoding, &mut progress())?;
+    let (mut results, mut samples) = evaluate_with(&eval_config, decoding, &mut progress())?;
     if let Some((model, judge_config)) = judge {
         results.judge = Some(bora_eval::judge(&samples, model, judge_config)?);
+    }
+    if let Some((arn, answers)) = deployed {
+        add_deployed(
+            &mut results,
+            &mut samples,
+            &eval_config.metric,
+            arn,
+            answers,
+        )?;
     }
     let (spoken, failure) = spoken(speech, &samples);
     let report =
@@ -328,20 +381,26 @@ fn print_summary(r: &EvalResults) {
             j.invalid
         );
     }
-    let sides = [("base", Some(&r.base)), ("tuned", r.tuned.as_ref())];
-    for (name, s) in sides {
-        if let Some(s) = s {
-            println!(
-                "{name:>5}: {} {:.1}% ({}/{}, 95% CI {:.1}–{:.1}%), answer NLL {:.3}",
-                r.metric,
-                100.0 * s.score,
-                s.correct,
-                r.n,
-                100.0 * s.ci95[0],
-                100.0 * s.ci95[1],
-                s.nll
-            );
-        }
+    let local = |name, s: &bora_eval::SideScore| {
+        let nll = format!("answer NLL {:.3}", s.nll);
+        (name, s.score, s.correct, s.ci95, nll)
+    };
+    let mut rows = vec![local("base", &r.base)];
+    rows.extend(r.tuned.as_ref().map(|t| local("tuned", t)));
+    rows.extend(
+        r.deployed
+            .as_ref()
+            .map(|d| ("deployed", d.score, d.correct, d.ci95, d.model.clone())),
+    );
+    for (name, score, correct, ci95, detail) in rows {
+        println!(
+            "{name:>5}: {} {:.1}% ({correct}/{}, 95% CI {:.1}–{:.1}%), {detail}",
+            r.metric,
+            100.0 * score,
+            r.n,
+            100.0 * ci95[0],
+            100.0 * ci95[1],
+        );
     }
 }
 

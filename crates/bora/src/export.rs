@@ -283,6 +283,38 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// The run's merged export for a deployment: `RUN_DIR/export/merged` as `bora export --format
+/// merged` writes it (bf16, verified), written first when it is missing or older than the
+/// run's adapter.
+pub fn merged_for_run(run_dir: &Path) -> Result<PathBuf> {
+    let out = run_dir.join("export").join(Format::Merged.name());
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let adapter = open_run_dir(run_dir)?.0.adapter_dir();
+    let fresh = match (
+        modified(&out.join("config.json")),
+        modified(&adapter.join(bora_run::ADAPTER_WEIGHTS_FILE)),
+    ) {
+        (Some(export), Some(adapter)) => export >= adapter,
+        _ => false,
+    };
+    if fresh {
+        println!("using the merged export {}", out.display());
+        return Ok(out);
+    }
+    run(&ExportArgs {
+        run: Some(run_dir.to_path_buf()),
+        model: None,
+        adapter: None,
+        format: Format::Merged,
+        out: Some(out.clone()),
+        dtype: None,
+        shard_size: DEFAULT_SHARD_BYTES,
+        no_verify: false,
+        force: true,
+    })?;
+    Ok(out)
+}
+
 fn report(v: Option<&Verification>) {
     match v {
         None => println!("not verified (--no-verify)"),

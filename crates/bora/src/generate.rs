@@ -132,6 +132,8 @@ pub struct GenerateArgs {
 pub struct ChatArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    bedrock: crate::bedrock::BedrockModelArg,
     /// System message for the conversation.
     #[arg(long)]
     system: Option<String>,
@@ -348,25 +350,43 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
 }
 
 pub fn chat(args: &ChatArgs) -> Result<()> {
+    if let Some(arn) = &args.bedrock.bedrock {
+        return chat_bedrock(args, arn);
+    }
     let (model, tok) = load(&args.model, true)?;
     let opts = options(&model, &tok, &args.sampling)?;
     let format = chat_format(&tok, model.source())?;
+    let mut gen = Generator::new(&model);
+    let who = model.source().display().to_string();
+    let mut speech = args.speak.start()?;
+    chat_loop(args.system.as_deref(), &who, |conv| {
+        let ids = format.encode(&tok, conv, true)?.ids;
+        Ok(stream(&mut gen, &tok, &ids, &opts, speech.as_mut())?.text)
+    })?;
+    match speech {
+        Some(speech) => speech.finish(),
+        None => Ok(()),
+    }
+}
+
+/// The conversation of `bora chat`: one user message per stdin line; `answer` prints the
+/// reply to stdout as it is written and returns it, and it joins the conversation.
+fn chat_loop(
+    system: Option<&str>,
+    who: &str,
+    mut answer: impl FnMut(&Conversation) -> Result<String>,
+) -> Result<()> {
     let mut conv = Conversation {
         messages: Vec::new(),
         tools: Vec::new(),
     };
-    if let Some(system) = &args.system {
+    if let Some(system) = system {
         conv.messages.push(message(Role::System, system));
     }
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!(
-            "Chatting with {} (end with Ctrl-D)",
-            model.source().display()
-        );
+        eprintln!("Chatting with {who} (end with Ctrl-D)");
     }
-    let mut gen = Generator::new(&model);
-    let mut speech = args.speak.start()?;
     let mut lines = std::io::stdin().lock().lines();
     loop {
         if interactive {
@@ -378,11 +398,49 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
             continue;
         }
         conv.messages.push(message(Role::User, &line));
-        let ids = format.encode(&tok, &conv, true)?.ids;
-        let g = stream(&mut gen, &tok, &ids, &opts, speech.as_mut())?;
+        let reply = answer(&conv);
         println!();
-        conv.messages.push(message(Role::Assistant, &g.text));
+        conv.messages.push(message(Role::Assistant, &reply?));
     }
+    Ok(())
+}
+
+/// `bora chat --bedrock ARN`: the same conversation loop, each answer streamed from the
+/// imported model (InvokeModelWithResponseStream); only the tokenizer and chat format of
+/// --model are loaded here.
+fn chat_bedrock(args: &ChatArgs, arn: &str) -> Result<()> {
+    let path = match &args.model.model {
+        Some(model) => crate::download::model_path(model)?,
+        None => bora_formats::cache::default_model(),
+    };
+    let tok = Tokenizer::from_file(&path)
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    let format = chat_format(&tok, &path)?;
+    let aws = args.bedrock.connect()?;
+    let s = &args.sampling;
+    let params = bora_aws::InvokeParams {
+        max_tokens: u32::try_from(s.max_tokens).unwrap_or(u32::MAX),
+        temperature: s.temperature,
+        top_p: s.top_p,
+    };
+    let who = format!("{arn} on Amazon Bedrock");
+    let mut speech = args.speak.start()?;
+    chat_loop(args.system.as_deref(), &who, |conv| {
+        let ids = format.encode(&tok, conv, true)?.ids;
+        let prompt = crate::bedrock::prompt_text(&tok, &ids);
+        let mut stdout = std::io::stdout();
+        let reply = aws.invoke_stream(arn, &prompt, &params, &mut |piece| {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+            if let Some(speech) = speech.as_mut() {
+                speech.push(piece);
+            }
+        });
+        if let Some(speech) = speech.as_mut() {
+            speech.end_answer();
+        }
+        Ok(reply?)
+    })?;
     match speech {
         Some(speech) => speech.finish(),
         None => Ok(()),

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bedrock;
 mod data;
 mod demo;
 mod download;
@@ -59,6 +60,8 @@ enum Command {
     Export(Box<export::ExportArgs>),
     /// Publish a run to the Hugging Face Hub with a model card.
     Push(Box<push::PushArgs>),
+    /// Deploy a run's merged model to a service: `bora deploy bedrock` (Amazon Bedrock).
+    Deploy(Box<bedrock::DeployArgs>),
     /// Fetch a model by its Hub name into the Hugging Face cache (and print its path).
     Download(download::DownloadArgs),
 }
@@ -81,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Command::Export(args) => export::run(&args)?,
         Command::Push(args) => push::run(&args)?,
         Command::Download(args) => download::run(&args)?,
+        Command::Deploy(args) => bedrock::deploy(&args)?,
     }
     Ok(())
 }
