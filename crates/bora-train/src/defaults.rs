@@ -19,7 +19,7 @@ use bora_tokenizer::Tokenizer;
 
 use crate::config::RunConfig;
 use crate::error::Result;
-use crate::recipe::{plan_data, train_memory, DataPlan};
+use crate::recipe::{gib, plan_data, train_memory, DataPlan};
 
 /// A setting bora chose, and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,8 +195,8 @@ pub fn choose_defaults(
         }
         let peak = peaks.last().copied().unwrap_or(0);
         let memory = match available {
-            Some(a) => format!("{} of {} available", gib(peak), gib(a)),
-            None => format!("{}; available memory unknown", gib(peak)),
+            Some(a) => format!("{:.2} GiB of {:.2} GiB available", gib(peak), gib(a)),
+            None => format!("{:.2} GiB; available memory unknown", gib(peak)),
         };
         let why = if batch == SEQUENCES_PER_STEP {
             "fits"
@@ -321,10 +321,6 @@ pub fn choose_defaults(
     }
     config.validate()?;
     Ok((plan, choices))
-}
-
-fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
 /// `x` with two significant digits, so printed and saved rates read as the rule means them

@@ -768,7 +768,7 @@ pub fn check_memory(config: &RunConfig, info: &CheckpointInfo) -> Result<()> {
     })
 }
 
-fn gib(bytes: u64) -> f64 {
+pub(crate) fn gib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 30)
 }
 

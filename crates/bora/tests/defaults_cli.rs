@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_ok, bora, model_dir, write_chats};
+use common::{assert_ok, bora, copy_dir, model_dir, write_chats};
 use serde_json::Value;
 
 fn train(args: &[&str]) -> (String, String) {
@@ -290,17 +290,4 @@ fn early_stopping_keeps_the_best_adapter_and_resumes_to_it() {
     train(&["train", "--resume", resumed.to_str().unwrap()]);
     assert!(weights(&resumed.join("adapter")) == weights(&run.join("adapter")));
     assert_eq!(val_losses(&resumed), vals);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
 }
