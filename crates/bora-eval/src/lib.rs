@@ -15,6 +15,7 @@ mod demo;
 mod deployed;
 mod error;
 mod eval;
+mod heldout;
 mod judge;
 mod metric;
 mod output;
@@ -29,6 +30,7 @@ pub use eval::{
     evaluate, evaluate_with, summary_json, AnswerUsage, Decoding, EvalConfig, EvalResults,
     Progress, SampleRow, SamplingRecord, Side, SideScore,
 };
+pub use heldout::{score_heldout, Heldout, HeldoutScore, HELDOUT_SAMPLE};
 pub use judge::{
     judge, judge_markdown, parse_score, parse_verdict, JudgeConfig, JudgeMode, JudgeModel,
     JudgeResults, JudgedExample, MeanScore, Rate, Verdict, GENERAL_RUBRIC,
@@ -45,4 +47,4 @@ pub use report::{
 pub use runner::{
     example_seed, masked_nll, run_side, run_side_constrained, JsonAnswers, SideOutput,
 };
-pub use task::{load_items, EvalItem};
+pub use task::{expected_answers, load_items, EvalItem};

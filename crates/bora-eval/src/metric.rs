@@ -6,6 +6,11 @@ use std::str::FromStr;
 
 use crate::error::EvalError;
 
+/// Most distinct answers [`Metric::infer`] reads as a class list.
+const MAX_LABELS: usize = 20;
+/// Most words of one class label.
+const MAX_LABEL_WORDS: usize = 3;
+
 /// How an answer is compared with the expected answer (the last assistant message).
 #[derive(Debug, Clone)]
 pub enum Metric {
@@ -104,6 +109,34 @@ impl Metric {
                 _ => false,
             },
         }
+    }
+
+    /// The metric a set of expected answers calls for, when nobody named one: `json` when
+    /// every answer is a JSON object or array (key order and spacing then do not count),
+    /// `choice` over the labels when the answers are a few short labels each seen more than
+    /// once on average (a classification), `exact` otherwise.
+    pub fn infer<S: AsRef<str>>(expected: &[S]) -> Metric {
+        let answers: Vec<&str> = expected.iter().map(|s| s.as_ref().trim()).collect();
+        let structured = |a: &&str| {
+            matches!(
+                serde_json::from_str::<serde_json::Value>(a),
+                Ok(serde_json::Value::Object(_) | serde_json::Value::Array(_))
+            )
+        };
+        if !answers.is_empty() && answers.iter().all(structured) {
+            return Metric::Json;
+        }
+        let mut labels: Vec<&str> = answers.clone();
+        labels.sort_unstable();
+        labels.dedup();
+        let short = |l: &&str| {
+            !l.is_empty() && l.split_whitespace().count() <= MAX_LABEL_WORDS && !l.contains(',')
+        };
+        let few = labels.len() <= MAX_LABELS && answers.len() >= 2 * labels.len();
+        if labels.len() >= 2 && few && labels.iter().all(short) {
+            return Metric::Choice(labels.into_iter().map(str::to_owned).collect());
+        }
+        Metric::Exact
     }
 
     /// Why an expected answer can never score under this metric (checked for every example

@@ -119,6 +119,26 @@ pub fn load_items(
     Ok(items)
 }
 
+/// The expected answers of a JSONL file (each example's last assistant message, or its
+/// completion), for [`Metric::infer`]; examples without one (`text`, a last turn that is not
+/// the assistant's) are left out.
+pub fn expected_answers(path: &Path) -> Result<Vec<String>> {
+    let outcome = read_jsonl(path)?;
+    Ok(outcome
+        .records
+        .iter()
+        .filter_map(|record| match &record.example {
+            Example::Chat(conv) => conv
+                .messages
+                .last()
+                .filter(|m| m.role == Role::Assistant && m.tool_calls.is_empty())
+                .map(Message::text),
+            Example::Completion { completion, .. } => Some(completion.clone()),
+            Example::Text(_) => None,
+        })
+        .collect())
+}
+
 /// The calls of an assistant message as the JSON list the `tool_call` metric reads.
 fn expected_calls(m: &Message) -> String {
     let calls: Vec<serde_json::Value> = m

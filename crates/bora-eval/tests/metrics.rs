@@ -155,3 +155,23 @@ fn tool_call_compares_names_and_arguments_as_values() {
     assert!(m.check_expected("plain text").is_err());
     assert_eq!(m.to_string(), "tool_call");
 }
+
+#[test]
+fn inferred_metric_follows_the_expected_answers() {
+    let json = [r#"{"a": 1}"#, "[1, 2]", r#" {"b": "x"} "#];
+    assert_eq!(Metric::infer(&json).to_string(), "json");
+    // A bare number is JSON but not a structure: exact.
+    assert_eq!(Metric::infer(&["1", "2", "3"]).to_string(), "exact");
+    let classes = ["billing", "outage", "billing", "refund", "outage", "refund"];
+    assert_eq!(
+        Metric::infer(&classes).to_string(),
+        "choice:billing,outage,refund"
+    );
+    // Every answer different: not a class list.
+    let free = ["a cat sat", "the dog ran", "birds fly south"];
+    assert_eq!(Metric::infer(&free).to_string(), "exact");
+    // Long answers are not labels even when repeated.
+    let long = ["one two three four", "one two three four", "x", "x"];
+    assert_eq!(Metric::infer(&long).to_string(), "exact");
+    assert_eq!(Metric::infer::<&str>(&[]).to_string(), "exact");
+}

@@ -8,6 +8,9 @@
 //! runs/NAME/adapter/                         the final adapter, PEFT layout
 //! runs/NAME/timing.json                      training wall time, for reports
 //! runs/NAME/eval/                            results and reports of `bora eval --run`
+//! runs/NAME/val.jsonl                        the validation examples held out of the training file
+//! runs/NAME/best-adapter/                    the adapter of the lowest validation loss (early stopping)
+//! runs/NAME/heldout.json                     the generation score on the validation examples
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -19,6 +22,17 @@ pub const ADAPTER_DIR: &str = "adapter";
 pub const EVAL_DIR: &str = "eval";
 /// Written at the end of a run: how long training took, for eval reports.
 pub const TIMING_FILE: &str = "timing.json";
+/// The validation examples a run held out of its training file, as the file's own lines, so
+/// the held-out score and later evaluations read exactly what training never saw.
+pub const VAL_SPLIT_FILE: &str = "val.jsonl";
+/// Under early stopping: the adapter of the lowest validation loss so far, which becomes the
+/// final adapter.
+pub const BEST_ADAPTER_DIR: &str = "best-adapter";
+/// In `best-adapter/`: the step and validation loss of the adapter there.
+pub const BEST_STATE_FILE: &str = "best.json";
+/// The generation score on (a sample of) the validation examples, written at the end of
+/// `bora train`.
+pub const HELDOUT_FILE: &str = "heldout.json";
 /// The prefix TensorBoard (and `wandb sync --sync-tensorboard`) looks for.
 pub const EVENTS_PREFIX: &str = "events.out.tfevents.";
 
@@ -83,6 +97,18 @@ impl RunDir {
 
     pub fn eval_dir(&self) -> PathBuf {
         self.root.join(EVAL_DIR)
+    }
+
+    pub fn val_split_path(&self) -> PathBuf {
+        self.root.join(VAL_SPLIT_FILE)
+    }
+
+    pub fn best_adapter_dir(&self) -> PathBuf {
+        self.root.join(BEST_ADAPTER_DIR)
+    }
+
+    pub fn heldout_path(&self) -> PathBuf {
+        self.root.join(HELDOUT_FILE)
     }
 
     pub fn timing_path(&self) -> PathBuf {

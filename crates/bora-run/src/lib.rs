@@ -18,8 +18,9 @@ pub use error::{Result, RunError};
 pub use events::{crc32c, masked_crc32c, wall_time, EventWriter};
 pub use layout::{
     checkpoint_dir_name, parse_checkpoint_dir_name, RunDir, ADAPTER_CONFIG_FILE, ADAPTER_DIR,
-    ADAPTER_WEIGHTS_FILE, CHECKPOINTS_DIR, CONFIG_FILE, EVAL_DIR, EVENTS_PREFIX, LATEST_FILE,
-    METRICS_FILE, OPTIMIZER_FILE, TIMING_FILE, TRAINER_STATE_FILE,
+    ADAPTER_WEIGHTS_FILE, BEST_ADAPTER_DIR, BEST_STATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE,
+    EVAL_DIR, EVENTS_PREFIX, HELDOUT_FILE, LATEST_FILE, METRICS_FILE, OPTIMIZER_FILE, TIMING_FILE,
+    TRAINER_STATE_FILE, VAL_SPLIT_FILE,
 };
 pub use sink::{JsonlSink, MetricSink, Metrics, RunFiles, TensorBoardSink};
 pub use timing::Timing;

@@ -137,6 +137,13 @@ pub struct TrainSection {
     /// Recompute activations in backward instead of storing them (less memory, about a
     /// third more compute). Default false.
     pub recompute: bool,
+    /// Early stopping: stop after this many validations in a row without a lower validation
+    /// loss, and keep the adapter of the lowest as the final one; 0: off. Default 0
+    /// (`bora train --auto`: 3).
+    pub patience: u64,
+    /// Before the run, pick `optim.lr` with a short learning-rate range test on the training
+    /// data (when `optim.lr` is not given). Default false (`bora train --auto`: true).
+    pub lr_range_test: bool,
 }
 
 /// QLoRA: keep the frozen base quantized in memory; backward only multiplies by it.
@@ -279,6 +286,8 @@ impl Default for TrainSection {
             keep_checkpoints: 2,
             eval_every: 100,
             recompute: false,
+            patience: 0,
+            lr_range_test: false,
         }
     }
 }
@@ -318,6 +327,25 @@ impl RunConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+    }
+
+    /// The dotted names of the keys a config file sets (`optim.lr`), so that defaults chosen
+    /// for the run leave them as written.
+    pub fn keys_in_file(path: impl AsRef<Path>) -> Result<Vec<String>> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| TrainError::ConfigSyntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut keys = Vec::new();
+        for (name, value) in &table {
+            match value.as_table() {
+                Some(section) => keys.extend(section.keys().map(|k| format!("{name}.{k}"))),
+                None => keys.push(name.clone()),
+            }
+        }
+        Ok(keys)
     }
 
     /// Parses and validates config text (errors carry `<config>` as the path).

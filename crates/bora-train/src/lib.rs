@@ -16,9 +16,12 @@
 mod adapter;
 mod checkpoint;
 mod config;
+mod defaults;
+mod early_stop;
 mod error;
 mod fsutil;
 mod grad;
+mod lr_range;
 mod optim;
 mod recipe;
 mod resolve;
@@ -44,11 +47,14 @@ pub use config::{
     DataSection, LoraSection, ModelSection, OptimSection, QloraSection, RunConfig, TrackingSection,
     TrainSection,
 };
+pub use defaults::{choose_defaults, Choice, Unset, ADAPTIVE_KEYS};
+pub use early_stop::{validations_since, Best, EarlyStopping};
 pub use error::{Result, TrainError};
 pub use grad::{
     check_grads, check_loss, clip_grad_norm, global_grad_norm, scale_grads, AccumulatedStep,
     GradAccumulation,
 };
+pub use lr_range::{range_lr, suggest_lr, Suggestion, RANGE_END, RANGE_START, RANGE_STEPS};
 pub use optim::{AdamW, AdamWConfig, AdamWState};
 pub use recipe::{
     check_memory, load_base, measure_step, memory_by_use, model_shape, plan_data, run,
@@ -56,6 +62,6 @@ pub use recipe::{
 };
 pub use resolve::NewRun;
 pub use rng::{init_lora, kaiming_uniform_bound, Rng, RngState, Stream};
-pub use run::{create_run_dir, open_run_dir};
+pub use run::{create_run_dir, create_run_dir_noted, open_run_dir};
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use torch::{run_torch, TorchEnv, REQUIREMENTS, TRAINER_PY};

@@ -21,13 +21,16 @@ use serde::Serialize;
 
 use crate::checkpoint::{save_adapter, Checkpoint, NamedTensor, ParamSpec};
 use crate::config::RunConfig;
+use crate::defaults::{choose_defaults, Choice, Unset};
+use crate::early_stop::{publish_best_as_final, save_best, Best, EarlyStopping};
 use crate::error::{Result, TrainError};
 use crate::grad::{
     check_grads, check_loss, clip_grad_norm, global_grad_norm, scale_grads, GradAccumulation,
 };
+use crate::lr_range::{range_test, suggest_lr};
 use crate::optim::AdamW;
 use crate::rng::{init_lora, Rng, Stream};
-use crate::run::{create_run_dir, open_run_dir};
+use crate::run::{create_run_dir_noted, open_run_dir};
 use crate::schedule::LrSchedule;
 
 /// How a run starts.
@@ -40,6 +43,9 @@ pub enum Start {
         /// Where the files of a Hub id in `model.path` are (the caller resolves it); `None`
         /// when `model.path` is the model's path itself.
         model_dir: Option<PathBuf>,
+        /// The settings the user left out, which bora chooses for this model and data
+        /// ([`crate::choose_defaults`]); empty: `config` is taken as it is.
+        unset: Unset,
     },
     /// Continue the run in this directory from its latest checkpoint (or from the start when
     /// it was killed before its first checkpoint).
@@ -52,6 +58,8 @@ pub enum Start {
 /// What the loop reports to whoever shows progress.
 #[derive(Debug)]
 pub enum Event<'a> {
+    /// The settings bora chose for this run, each with its reason (a new run only).
+    Chosen(&'a [Choice]),
     /// Set-up is done; training runs optimizer steps `first_step + 1 ..= total_steps`.
     Begin {
         first_step: u64,
@@ -65,6 +73,12 @@ pub enum Event<'a> {
     Checkpoint {
         step: u64,
         dir: &'a Path,
+    },
+    /// Early stopping's outcome: the adapter of `best` became the final one; `stopped_at` is
+    /// the step the run stopped after, `None` when it ran to its last step.
+    BestKept {
+        best: Best,
+        stopped_at: Option<u64>,
     },
 }
 
@@ -118,6 +132,8 @@ pub(crate) fn closing_sinks(
 /// same wherever the steps run (`--on cpu|torch`).
 pub(crate) struct SetUp {
     pub config: RunConfig,
+    /// The settings bora chose (a new run with settings left out).
+    pub choices: Vec<Choice>,
     pub model: Model,
     pub data: DataPlan,
     pub batches: BatchConfig,
@@ -138,29 +154,49 @@ pub(crate) struct SetUp {
 /// directory and initializes (or restores) the adapter, optimizer, RNG and data position.
 pub(crate) fn set_up(start: Start) -> Result<SetUp> {
     // ---- Set up: the config, validated whole before any work.
-    let (config, place, model_dir) = match start {
+    let (mut config, place, model_dir, unset) = match start {
         Start::New {
             runs_root,
             config,
             model_dir,
+            unset,
         } => {
             config.validate()?;
-            (*config, Place::New(runs_root), model_dir)
+            (*config, Place::New(runs_root), model_dir, unset)
         }
         Start::Resume { dir, model_dir } => {
             let (run_dir, config) = open_run_dir(dir)?;
-            (config, Place::Existing(run_dir), model_dir)
+            (
+                config,
+                Place::Existing(run_dir),
+                model_dir,
+                Unset::default(),
+            )
         }
     };
-    let t = &config.train;
 
-    // ---- Model and tokenizer.
+    // ---- Model and tokenizer; the settings left to bora, chosen for them and the data.
     let model_path = model_dir
         .as_deref()
-        .unwrap_or(Path::new(&config.model.path));
-    check_memory(&config, &CheckpointInfo::open(model_path)?)?;
-    let model = load_base(&config, model_path)?;
-    let tokenizer = Tokenizer::from_file(model_path)?;
+        .unwrap_or(Path::new(&config.model.path))
+        .to_path_buf();
+    let info = CheckpointInfo::open(&model_path)?;
+    let tokenizer = Tokenizer::from_file(&model_path)?;
+    let (data, choices) = if unset.is_empty() {
+        (plan_data(&config, &tokenizer)?, Vec::new())
+    } else {
+        choose_defaults(&mut config, &unset, &info, &tokenizer, available_memory()?)?
+    };
+    check_memory(&config, &info)?;
+    let model = load_base(&config, &model_path)?;
+    let mut choices = choices;
+    if config.train.lr_range_test && unset.contains("optim.lr") {
+        choices.retain(|c| c.key != "optim.lr");
+        choices.push(choose_lr_by_range_test(&mut config, &data, &model)?);
+    }
+    if config.train.patience > 0 && matches!(place, Place::New(_)) {
+        choices.push(early_stopping_note(&config, &data));
+    }
     if tokenizer.vocab_size() > model.config.vocab_size {
         return Err(TrainError::Mismatch {
             what: format!(
@@ -172,9 +208,6 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
         });
     }
 
-    // ---- Data: train and validation samples, fitted to the sequence length, and the step
-    // count.
-    let data = plan_data(&config, &tokenizer)?;
     let batches = data.batches;
     let total_steps = data.total_steps;
 
@@ -183,7 +216,8 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
     let (run_dir, resuming) = match place {
         Place::Existing(run_dir) => (run_dir, true),
         Place::New(runs_root) => {
-            let run_dir = create_run_dir(&runs_root, &config)?;
+            let notes: Vec<String> = choices.iter().map(ToString::to_string).collect();
+            let run_dir = create_run_dir_noted(&runs_root, &config, &notes)?;
             if crate::latest_checkpoint(&run_dir.checkpoints_dir())?.is_some() {
                 return Err(TrainError::Config {
                     key: "name".into(),
@@ -193,6 +227,9 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
                         run_dir.path().display()
                     ),
                 });
+            }
+            if config.data.eval_path().is_none() && !data.val.is_empty() {
+                write_val_split(&run_dir, &config.data.train, &data.val)?;
             }
             (run_dir, false)
         }
@@ -237,17 +274,10 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
             )
         }
         None => {
-            // PEFT's init: A uniform in ±1/√in, B zero (already), drawn in tensor order.
-            let mut init = Rng::new(t.seed, Stream::Init);
-            for (name, shape, values) in lora.tensors_mut() {
-                if name.ends_with("lora_A.weight") {
-                    let (a, _) = init_lora(&mut init, shape[0], shape[1], 0);
-                    values.copy_from_slice(&a);
-                }
-            }
+            lora = fresh_lora(&config, &model, &spec);
             (
                 AdamW::new(config.adamw(), &sizes),
-                Rng::new(t.seed, Stream::Dropout),
+                Rng::new(config.train.seed, Stream::Dropout),
                 bora_data::DataPosition::default(),
                 0,
                 0.0,
@@ -256,6 +286,7 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
     };
     Ok(SetUp {
         config,
+        choices,
         model,
         data,
         batches,
@@ -280,6 +311,7 @@ fn train(
 ) -> Result<Summary> {
     let SetUp {
         config,
+        choices,
         model,
         data,
         batches,
@@ -305,6 +337,9 @@ fn train(
         sink.start(&run_dir, first_step)?;
     }
 
+    if !choices.is_empty() {
+        on_event(Event::Chosen(&choices));
+    }
     on_event(Event::Begin {
         first_step,
         total_steps,
@@ -318,7 +353,10 @@ fn train(
     let elapsed_before = elapsed;
     let mut step = first_step;
     let (mut last_loss, mut last_val_loss) = (None, None);
-    while step < total_steps {
+    let early_stopping = t.patience > 0 && !data.val.is_empty();
+    let mut stopping = EarlyStopping::resume(&run_dir, t.patience, t.eval_every, first_step)?;
+    let stops_after = |stopping: &EarlyStopping, step| early_stopping && stopping.stops_after(step);
+    while step < total_steps && !stops_after(&stopping, step) {
         let started = Instant::now();
         grads.zero();
         // The summed token loss of each micro-batch accumulates into `grads`; the window is
@@ -398,9 +436,22 @@ fn train(
         on_event(Event::Step(&metrics));
         last_loss = Some(done.loss);
         last_val_loss = val_loss.or(last_val_loss);
+        if let Some(val_loss) = val_loss.filter(|_| early_stopping) {
+            if stopping.observe(step, val_loss) {
+                let best = Best { step, val_loss };
+                save_best(
+                    &run_dir,
+                    &config.adapter_config(),
+                    &named_tensors(&lora),
+                    best,
+                )?;
+            }
+        }
 
-        let save_now =
-            (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || step == total_steps;
+        // A stopped run saves its state, so a resume sees that it stopped.
+        let save_now = (t.checkpoint_every > 0 && step % t.checkpoint_every == 0)
+            || step == total_steps
+            || stops_after(&stopping, step);
         if save_now {
             for sink in sinks.iter_mut() {
                 sink.flush()?;
@@ -420,12 +471,20 @@ fn train(
         }
     }
 
-    // ---- Clean up: the final adapter in PEFT layout, and the timing for reports.
-    save_adapter(
-        &run_dir.adapter_dir(),
-        &config.adapter_config(),
-        &named_tensors(&lora),
-    )?;
+    // ---- Clean up: the final adapter in PEFT layout (under early stopping, the best one),
+    // and the timing for reports.
+    match stopping.best.filter(|_| early_stopping) {
+        Some(best) => {
+            publish_best_as_final(&run_dir)?;
+            let stopped_at = (step < total_steps).then_some(step);
+            on_event(Event::BestKept { best, stopped_at });
+        }
+        None => save_adapter(
+            &run_dir.adapter_dir(),
+            &config.adapter_config(),
+            &named_tensors(&lora),
+        )?,
+    }
     let timing = write_timing(&run_dir, step, elapsed)?;
     Ok(Summary {
         run_dir: run_dir.path().to_path_buf(),
@@ -437,7 +496,86 @@ fn train(
     })
 }
 
-fn lora_spec(config: &RunConfig) -> LoraSpec {
+/// What early stopping will do in this run, printed with the choices.
+fn early_stopping_note(config: &RunConfig, data: &DataPlan) -> Choice {
+    let t = &config.train;
+    let reason = if data.val.is_empty() {
+        "off: the run has no validation examples".to_string()
+    } else {
+        format!(
+            "early stopping: stop after {} validations (every {} steps) without a lower \
+             validation loss, keep the lowest one's adapter; --patience 0 to turn off",
+            t.patience, t.eval_every
+        )
+    };
+    Choice {
+        key: "train.patience",
+        value: t.patience.to_string(),
+        reason,
+    }
+}
+
+/// Sets `optim.lr` from a range test on the run's data; the rule's rate stays when the
+/// curve suggests nothing.
+fn choose_lr_by_range_test(
+    config: &mut RunConfig,
+    data: &DataPlan,
+    model: &Model,
+) -> Result<Choice> {
+    let test = range_test(config, data, model)?;
+    let cost = format!(
+        "{} steps of 1 micro-batch, {:.0}s",
+        test.losses.len(),
+        test.seconds
+    );
+    let reason = match suggest_lr(&test.lrs, &test.losses) {
+        Some(s) => {
+            config.optim.lr = s.lr;
+            format!("{}; {cost}; --lr to override", s.reason)
+        }
+        None => format!(
+            "the range test's loss never fell ({cost}), so the rule's rate for the model and \
+             adapter; --lr to override"
+        ),
+    };
+    Ok(Choice {
+        key: "optim.lr",
+        value: format!("{:e}", config.optim.lr),
+        reason,
+    })
+}
+
+/// Writes the training file's lines that `val` holds (by line number) to the run's
+/// `val.jsonl`, in file order.
+fn write_val_split(run_dir: &RunDir, train: &Path, val: &[Sample]) -> Result<()> {
+    let text = std::fs::read_to_string(train).map_err(crate::error::io_err(train))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    for sample in val {
+        if let Some(line) = sample.line.checked_sub(1).and_then(|i| lines.get(i)) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    crate::fsutil::write_atomic(&run_dir.val_split_path(), out.as_bytes())?;
+    Ok(())
+}
+
+/// The adapter a new run starts from: PEFT's init, A uniform in ±1/√in and B zero, drawn
+/// in tensor order from `train.seed`.
+pub(crate) fn fresh_lora(config: &RunConfig, model: &Model, spec: &LoraSpec) -> Lora {
+    let mut lora = Lora::zeros(&model.config, spec);
+    let mut init = Rng::new(config.train.seed, Stream::Init);
+    for (name, shape, values) in lora.tensors_mut() {
+        if name.ends_with("lora_A.weight") {
+            let (a, _) = init_lora(&mut init, shape[0], shape[1], 0);
+            values.copy_from_slice(&a);
+        }
+    }
+    lora
+}
+
+pub(crate) fn lora_spec(config: &RunConfig) -> LoraSpec {
     LoraSpec {
         rank: config.lora.rank,
         alpha: config.lora.alpha,
@@ -630,7 +768,7 @@ pub fn check_memory(config: &RunConfig, info: &CheckpointInfo) -> Result<()> {
     })
 }
 
-fn gib(bytes: u64) -> f64 {
+pub(crate) fn gib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 30)
 }
 
@@ -777,7 +915,7 @@ fn validation_loss(
 }
 
 /// The targets the loss sees: `None` where the loss mask is off (prompt tokens, padding).
-fn masked_targets(batch: &Batch) -> Vec<Option<u32>> {
+pub(crate) fn masked_targets(batch: &Batch) -> Vec<Option<u32>> {
     batch
         .targets
         .iter()
@@ -786,7 +924,7 @@ fn masked_targets(batch: &Batch) -> Vec<Option<u32>> {
         .collect()
 }
 
-fn train_batch<'a>(batch: &'a Batch, targets: &'a [Option<u32>]) -> TrainBatch<'a> {
+pub(crate) fn train_batch<'a>(batch: &'a Batch, targets: &'a [Option<u32>]) -> TrainBatch<'a> {
     TrainBatch {
         inputs: &batch.inputs,
         targets,

@@ -7,6 +7,7 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 use crate::config::RunConfig;
+use crate::defaults::Unset;
 use crate::error::{Result, TrainError};
 
 /// The settings of a new run as flags give them.
@@ -116,6 +117,22 @@ impl NewRun {
     }
 }
 
+impl NewRun {
+    /// The adaptive settings ([`crate::ADAPTIVE_KEYS`]) neither the config file nor a flag
+    /// gives, which bora then chooses for the model and data. A `--val` file counts as giving
+    /// the validation split.
+    pub fn unset(&self) -> Result<Unset> {
+        let mut given: Vec<String> = self.overrides.iter().map(|(k, _)| k.clone()).collect();
+        if let Some(path) = &self.config_file {
+            given.extend(RunConfig::keys_in_file(path)?);
+        }
+        if self.val.is_some() {
+            given.push("data.val_fraction".into());
+        }
+        Ok(Unset::except(given.iter().map(String::as_str)))
+    }
+}
+
 fn absolute_if_local(path: &Path) -> PathBuf {
     if !path.exists() {
         return path.to_path_buf();
@@ -148,6 +165,9 @@ mod tests {
                 "1e-6"
             ]
         );
+        let unset = run.unset().unwrap();
+        assert!(!unset.contains("optim.lr") && !unset.contains("train.seed"));
+        assert!(unset.contains("train.epochs") && unset.contains("data.val_fraction"));
         assert!(run
             .set("optim.eps")
             .unwrap_err()

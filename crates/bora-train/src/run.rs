@@ -16,8 +16,19 @@ use crate::fsutil::write_atomic;
 /// mix of two runs. A reused directory's file is rewritten when its text differs: the
 /// tracking settings changed, or an older bora wrote it without keys added since.
 pub fn create_run_dir(runs_root: &Path, config: &RunConfig) -> Result<RunDir> {
+    create_run_dir_noted(runs_root, config, &[])
+}
+
+/// [`create_run_dir`] with `notes` (the settings bora chose and why) as comments at the top
+/// of the saved config, so the file says where each value came from.
+pub fn create_run_dir_noted(
+    runs_root: &Path,
+    config: &RunConfig,
+    notes: &[String],
+) -> Result<RunDir> {
     config.validate()?;
-    let text = config.to_toml()?;
+    let comments: String = notes.iter().map(|n| format!("# chosen: {n}\n")).collect();
+    let text = format!("{comments}{}", config.to_toml()?);
     let run = RunDir::at(runs_root.join(&config.name));
     let config_path = run.config_path();
     match fs::read_to_string(&config_path) {

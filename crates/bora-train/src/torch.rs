@@ -338,11 +338,20 @@ fn train_torch(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Summary> {
     let mut s = set_up(start)?;
+    if s.config.train.patience > 0 {
+        return Err(TrainError::Config {
+            key: "train.patience".into(),
+            reason: "early stopping runs with --on cpu only; set it to 0 for --on torch".into(),
+        });
+    }
     let job = s.run_dir.path().join(JOB_DIR);
     let states = write_job(&mut s, &job, &env.dtype)?;
     let run_dir = s.run_dir.path().to_path_buf();
     for sink in sinks.iter_mut() {
         sink.start(&s.run_dir, s.first_step)?;
+    }
+    if !s.choices.is_empty() {
+        on_event(Event::Chosen(&s.choices));
     }
     on_event(Event::Begin {
         first_step: s.first_step,

@@ -12,8 +12,8 @@ use bora_data::{
 use bora_model::CheckpointInfo;
 use bora_tokenizer::Tokenizer;
 use bora_train::{
-    load_base, measure_step, memory_by_use, model_shape, plan_data, train_memory, DataPlan,
-    RunConfig, TrainError,
+    choose_defaults, load_base, measure_step, memory_by_use, model_shape, plan_data, train_memory,
+    DataPlan, RunConfig, TrainError, Unset,
 };
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -109,8 +109,9 @@ pub fn run(args: &DataArgs, default_model: &Path) -> Result<()> {
     }
 }
 
-/// The run config `bora train` would resolve from the same file and flags.
-fn run_config(args: &CheckArgs, default_model: &Path) -> Result<RunConfig> {
+/// The run config `bora train` would resolve from the same file and flags, and the settings
+/// left for it to choose.
+fn run_config(args: &CheckArgs, default_model: &Path) -> Result<(RunConfig, Unset)> {
     let mut config = match &args.config {
         Some(path) => RunConfig::load_unchecked(path)?,
         None => RunConfig::default(),
@@ -159,11 +160,19 @@ fn run_config(args: &CheckArgs, default_model: &Path) -> Result<RunConfig> {
         config.apply_override(key, value)?;
     }
     config.validate()?;
-    Ok(config)
+    let mut given: Vec<String> = overrides.iter().map(|(k, _)| (*k).to_owned()).collect();
+    if let Some(path) = &args.config {
+        given.extend(RunConfig::keys_in_file(path)?);
+    }
+    if args.val.is_some() {
+        given.push("data.val_fraction".into());
+    }
+    let unset = Unset::except(given.iter().map(String::as_str));
+    Ok((config, unset))
 }
 
 fn check(args: &CheckArgs, default_model: &Path) -> Result<()> {
-    let config = run_config(args, default_model)?;
+    let (mut config, unset) = run_config(args, default_model)?;
     let model = crate::download::model_path(Path::new(&config.model.path))?;
     let tok = Tokenizer::from_file(&model)
         .with_context(|| format!("loading the tokenizer of {}", model.display()))?;
@@ -171,7 +180,13 @@ fn check(args: &CheckArgs, default_model: &Path) -> Result<()> {
     let info = CheckpointInfo::open(&model)
         .with_context(|| format!("reading model {}", model.display()))?;
 
-    let plan = match plan_data(&config, &tok) {
+    // The settings `bora train` would choose, chosen the same way, so the two agree.
+    let planned = if unset.is_empty() {
+        plan_data(&config, &tok).map(|plan| (plan, Vec::new()))
+    } else {
+        choose_defaults(&mut config, &unset, &info, &tok, available_memory()?)
+    };
+    let (plan, choices) = match planned {
         Err(TrainError::Data(DataError::BadLines { path, errors })) => {
             for e in &errors {
                 eprintln!("{e}");
@@ -186,6 +201,9 @@ fn check(args: &CheckArgs, default_model: &Path) -> Result<()> {
     };
     for line in &plan.skipped {
         eprintln!("skipped {line}");
+    }
+    for choice in &choices {
+        eprintln!("{choice}");
     }
     let t = &config.train;
     let skipped = plan.skipped.len();

@@ -9,7 +9,7 @@ use bora_eval::Metric;
 use bora_run::RunFiles;
 use bora_train::{
     run, DataSection, Event, LoraSection, ModelSection, OptimSection, RunConfig, Start,
-    TrainSection,
+    TrainSection, Unset,
 };
 use clap::Args;
 
@@ -103,6 +103,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
             runs_root,
             config: Box::new(config),
             model_dir: None,
+            unset: Unset::default(),
         },
         vec![Box::new(RunFiles::default())],
         &mut |event| {

@@ -3,14 +3,16 @@
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use bora_eval::{score_heldout, Heldout, HeldoutScore, HELDOUT_SAMPLE};
 use bora_hub::wandb::{Target, TrackedRun, WandbTracking};
 use bora_run::{MetricSink, RunDir, RunFiles};
 use bora_train::{
-    run, run_torch, Event, ModelSection, NewRun, RunConfig, Start, TorchEnv, TrackingSection,
+    open_run_dir, run, run_torch, Event, ModelSection, NewRun, RunConfig, Start, TorchEnv,
+    TrackingSection,
 };
 use clap::Args;
 
@@ -23,7 +25,8 @@ pub struct TrainArgs {
         "batch_size", "grad_accum", "seq_len", "rank", "alpha", "dropout", "targets", "rslora",
         "seed", "qlora", "pack", "warmup_steps", "schedule", "weight_decay", "max_grad_norm",
         "checkpoint_every", "keep_checkpoints", "eval_every", "recompute", "skip_bad_lines",
-        "val_fraction", "drop_overlong", "wandb", "wandb_offline", "wandb_registry",
+        "val_fraction", "drop_overlong", "wandb", "wandb_offline", "wandb_registry", "auto",
+        "patience", "lr_range_test",
     ])]
     resume: Option<PathBuf>,
     /// Base model (`model.path`): a `.gguf` file, a model directory, or a Hub id
@@ -118,6 +121,18 @@ pub struct TrainArgs {
     /// `data.val_fraction` (without --val)
     #[arg(long)]
     val_fraction: Option<f64>,
+    /// Choose the learning rate with a short range test on the training data (unless --lr is
+    /// given) and stop early on validation loss, keeping the best adapter: `--lr-range-test
+    /// --patience 3`.
+    #[arg(long)]
+    auto: bool,
+    /// `train.patience`: stop after this many validations without a lower validation loss
+    /// and keep the best adapter (0: off).
+    #[arg(long)]
+    patience: Option<u64>,
+    /// `train.lr_range_test`: pick the learning rate with a range test before the run.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    lr_range_test: Option<bool>,
     /// `data.drop_overlong`
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     drop_overlong: Option<bool>,
@@ -139,6 +154,11 @@ pub struct TrainArgs {
     /// first use, or BORA_TORCH_PYTHON names one). The run directory is the same either way.
     #[arg(long, default_value = "cpu", value_name = "WHERE")]
     on: String,
+    /// At the end, score generated answers on this many validation examples (`heldout.json`
+    /// in the run directory; 0: no score). The metric is inferred from the expected answers:
+    /// json, choice (a class list) or exact.
+    #[arg(long, value_name = "N", default_value_t = HELDOUT_SAMPLE)]
+    heldout: usize,
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
@@ -152,12 +172,14 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             (start, config)
         }
         None => {
-            let (runs_root, mut config) = resolve_config(args)?;
+            let new_run = new_run(args)?;
+            let (runs_root, mut config) = new_run.resolve()?;
             let model_dir = pin_hub_model(&mut config.model)?;
             let start = Start::New {
                 runs_root,
                 config: Box::new(config.clone()),
                 model_dir,
+                unset: new_run.unset()?,
             };
             (start, config)
         }
@@ -194,7 +216,31 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         summary.timing.train_seconds,
         summary.adapter_dir.display()
     );
+    if let Some(score) = heldout_score(&summary.run_dir, args.heldout)? {
+        println!("{}", score.line());
+    }
     Ok(())
+}
+
+/// The generation score on up to `limit` of the run's validation examples (its `--val` file
+/// or the split it held out), written to `heldout.json`; `None` without validation examples.
+fn heldout_score(run: &Path, limit: usize) -> Result<Option<HeldoutScore>> {
+    let (dir, config) = open_run_dir(run)?;
+    let data = match config.data.eval_path() {
+        Some(path) => path.to_path_buf(),
+        None if dir.val_split_path().is_file() => dir.val_split_path(),
+        None => return Ok(None),
+    };
+    let model = crate::download::run_model(&config.model)?;
+    let heldout = Heldout {
+        quantize: config.qlora.quantize()?,
+        model,
+        adapter: dir.adapter_dir(),
+        data,
+        limit,
+    };
+    let mut quiet = |_| {};
+    Ok(score_heldout(&dir, &heldout, &mut quiet)?)
 }
 
 /// For a Hub id in `model.path`: its snapshot directory, fetched if needed, with the commit
@@ -218,8 +264,13 @@ fn hub_model_dir(model: &ModelSection) -> Result<Option<PathBuf>> {
     pin_hub_model(&mut pinned)
 }
 
+/// Validations without improvement before `--auto` stops a run: with ten validations per
+/// run, three tolerate the noise of a small validation set and still save a third of a run
+/// that has stopped improving.
+const AUTO_PATIENCE: u64 = 3;
+
 /// The config file (or defaults), then every flag given, by the key it sets.
-fn resolve_config(args: &TrainArgs) -> Result<(PathBuf, RunConfig)> {
+fn new_run(args: &TrainArgs) -> Result<NewRun> {
     let Some(out) = &args.out else {
         bail!("--out runs/NAME is required for a new run (or --resume runs/NAME)");
     };
@@ -256,13 +307,21 @@ fn resolve_config(args: &TrainArgs) -> Result<(PathBuf, RunConfig)> {
     r.value("data.skip_bad_lines", args.skip_bad_lines);
     r.float("data.val_fraction", args.val_fraction);
     r.value("data.drop_overlong", args.drop_overlong);
+    r.value(
+        "train.patience",
+        args.patience.or(args.auto.then_some(AUTO_PATIENCE)),
+    );
+    r.value(
+        "train.lr_range_test",
+        args.lr_range_test.or(args.auto.then_some(true)),
+    );
     r.string("tracking.wandb", args.wandb.as_deref());
     r.value("tracking.wandb_offline", args.wandb_offline);
     r.string("tracking.wandb_registry", args.wandb_registry.as_deref());
     for item in &args.set {
         r.set(item)?;
     }
-    Ok(r.resolve()?)
+    Ok(r)
 }
 
 /// The W&B sink `tracking` asks for, if any, for the run `config`; its messages go to
@@ -323,6 +382,11 @@ impl Progress {
 
     fn event(&mut self, event: Event<'_>) {
         match event {
+            Event::Chosen(choices) => {
+                for choice in choices {
+                    eprintln!("{choice}");
+                }
+            }
             Event::Begin {
                 first_step,
                 total_steps,
@@ -379,6 +443,16 @@ impl Progress {
                         clock(eta)
                     );
                 }
+            }
+            Event::BestKept { best, stopped_at } => {
+                let clear = if self.terminal { "\r\x1b[2K" } else { "" };
+                let stopped = stopped_at
+                    .map(|s| format!("stopped early after step {s}; "))
+                    .unwrap_or_default();
+                eprintln!(
+                    "{clear}{stopped}final adapter: step {} (lowest validation loss {:.4})",
+                    best.step, best.val_loss
+                );
             }
             Event::Checkpoint { step, dir } => {
                 let clear = if self.terminal { "\r\x1b[2K" } else { "" };

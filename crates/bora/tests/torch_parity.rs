@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 
 use bora_formats::safetensors::Safetensors;
-use common::{assert_ok, bora, model_dir, write_chats};
+use common::{assert_ok, bora, copy_dir, model_dir, write_chats};
 use serde_json::Value;
 
 const STEPS: usize = 20;
@@ -162,19 +162,6 @@ fn parity(fixture: &str, extra: &[&str]) {
             .join("checkpoints/step-10/optimizer.safetensors")
             .exists());
         assert!(!run.join(".torch-job").exists());
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
     }
 }
 

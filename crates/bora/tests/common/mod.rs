@@ -99,3 +99,18 @@ pub fn write_chats(path: &Path, n: usize) {
         .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
+
+/// Copies a directory tree (a run directory, to resume a copy of it).
+#[allow(dead_code)]
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
