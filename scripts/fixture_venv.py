@@ -17,18 +17,19 @@ PACKAGES = [
     "safetensors", "numpy", "tokenizers", "sentencepiece", "tiktoken", "accelerate", "tensorboard",
     "huggingface_hub==2.5.0", "mistralai==3.8.0", "bitsandbytes==0.50.2",
 ]
-MARKER = VENV / "bora-packages.txt"
 
 
-def ensure_venv(script: str) -> None:
-    """Re-executes `script` inside `.venv-fixtures`, creating it or installing what it lacks."""
-    if Path(sys.prefix).resolve() == VENV.resolve():
+def ensure_venv(script: str, venv: Path = VENV, packages: list = PACKAGES) -> None:
+    """Re-executes `script` inside `venv` (`.venv-fixtures` unless a script needs only a few
+    packages and names a smaller one), creating it or installing what it lacks."""
+    if Path(sys.prefix).resolve() == venv.resolve():
         return
-    python = VENV / "bin" / "python"
+    python = venv / "bin" / "python"
     if not python.exists():
-        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-    wanted = "\n".join(PACKAGES)
-    if not MARKER.exists() or MARKER.read_text() != wanted:
-        subprocess.check_call([str(python), "-m", "pip", "install", "--quiet", *PACKAGES])
-        MARKER.write_text(wanted)
+        subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
+    wanted = "\n".join(packages)
+    marker = venv / "bora-packages.txt"
+    if not marker.exists() or marker.read_text() != wanted:
+        subprocess.check_call([str(python), "-m", "pip", "install", "--quiet", *packages])
+        marker.write_text(wanted)
     os.execv(str(python), [str(python), script, *sys.argv[1:]])

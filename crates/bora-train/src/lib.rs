@@ -18,6 +18,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod fsutil;
+mod gpu;
 mod grad;
 mod optim;
 mod recipe;
@@ -45,6 +46,7 @@ pub use config::{
     TrainSection,
 };
 pub use error::{Result, TrainError};
+pub use gpu::{gpu_flops_per_token, gpu_train_memory, GpuMemory, GPU_RUNTIME_BYTES};
 pub use grad::{
     check_grads, check_loss, clip_grad_norm, global_grad_norm, scale_grads, AccumulatedStep,
     GradAccumulation,
@@ -58,4 +60,7 @@ pub use resolve::NewRun;
 pub use rng::{init_lora, kaiming_uniform_bound, Rng, RngState, Stream};
 pub use run::{create_run_dir, open_run_dir};
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use torch::{run_torch, TorchEnv, REQUIREMENTS, TRAINER_PY};
+pub use torch::{
+    run_torch, run_trainer, LocalTrainer, ModelAccess, TorchEnv, TrainerHost, REQUIREMENTS,
+    TRAINER_PY,
+};

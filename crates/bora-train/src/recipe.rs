@@ -14,7 +14,9 @@ use bora_data::{
     fit, load, split, Batch, BatchConfig, Encoder, FitReport, Holdout, Loader, Overlong, Sample,
 };
 use bora_formats::quant::WeightType;
-use bora_model::{CheckpointInfo, LoadOptions, Lora, LoraSpec, Model, TrainBatch, Trainer};
+use bora_model::{
+    CheckpointInfo, LoadOptions, Lora, LoraSpec, Model, ModelConfig, TrainBatch, Trainer,
+};
 use bora_run::{MetricSink, Metrics, RunDir, Timing};
 use bora_tokenizer::Tokenizer;
 use serde::Serialize;
@@ -116,9 +118,12 @@ pub(crate) fn closing_sinks(
 
 /// Everything a run needs before its first step, fresh or from the last checkpoint; the
 /// same wherever the steps run (`--on cpu|torch`).
-pub(crate) struct SetUp {
+pub(crate) struct SetUp<M = Model> {
     pub config: RunConfig,
-    pub model: Model,
+    /// The base as the steps need it: its weights for bora's own loop, nothing for a trainer
+    /// that loads the base itself.
+    pub model: M,
+    pub model_config: ModelConfig,
     pub data: DataPlan,
     pub batches: BatchConfig,
     pub run_dir: RunDir,
@@ -137,6 +142,18 @@ pub(crate) struct SetUp {
 /// Validates the config, loads model, tokenizer and data, makes (or opens) the run
 /// directory and initializes (or restores) the adapter, optimizer, RNG and data position.
 pub(crate) fn set_up(start: Start) -> Result<SetUp> {
+    set_up_with(start, |config, path, info| {
+        check_memory(config, info)?;
+        load_base(config, path)
+    })
+}
+
+/// [`set_up`] with the base loaded by `load_base` (given the config, the model's path and
+/// its header): a trainer that runs elsewhere needs the model's shape, not its weights.
+pub(crate) fn set_up_with<M>(
+    start: Start,
+    load_base: impl FnOnce(&RunConfig, &Path, &CheckpointInfo) -> Result<M>,
+) -> Result<SetUp<M>> {
     // ---- Set up: the config, validated whole before any work.
     let (config, place, model_dir) = match start {
         Start::New {
@@ -158,16 +175,17 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
     let model_path = model_dir
         .as_deref()
         .unwrap_or(Path::new(&config.model.path));
-    check_memory(&config, &CheckpointInfo::open(model_path)?)?;
-    let model = load_base(&config, model_path)?;
+    let info = CheckpointInfo::open(model_path)?;
+    let model = load_base(&config, model_path, &info)?;
+    let model_config = info.config;
     let tokenizer = Tokenizer::from_file(model_path)?;
-    if tokenizer.vocab_size() > model.config.vocab_size {
+    if tokenizer.vocab_size() > model_config.vocab_size {
         return Err(TrainError::Mismatch {
             what: format!(
                 "{}: the tokenizer has {} tokens but the model only {} embeddings",
                 model_path.display(),
                 tokenizer.vocab_size(),
-                model.config.vocab_size
+                model_config.vocab_size
             ),
         });
     }
@@ -202,7 +220,7 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
 
     // ---- Adapter, optimizer, RNG and data position: fresh, or from the last checkpoint.
     let spec = lora_spec(&config);
-    let mut lora = Lora::zeros(&model.config, &spec);
+    let mut lora = Lora::zeros(&model_config, &spec);
     let params: Vec<ParamSpec> = lora
         .tensors()
         .into_iter()
@@ -257,6 +275,7 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
     Ok(SetUp {
         config,
         model,
+        model_config,
         data,
         batches,
         run_dir,
@@ -281,6 +300,7 @@ fn train(
     let SetUp {
         config,
         model,
+        model_config: _,
         data,
         batches,
         run_dir,

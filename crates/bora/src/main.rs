@@ -9,6 +9,7 @@ mod download;
 mod eval;
 mod export;
 mod generate;
+mod jobs;
 mod judge;
 mod push;
 mod serve;
@@ -58,6 +59,8 @@ enum Command {
     Push(Box<push::PushArgs>),
     /// Fetch a model by its Hub name into the Hugging Face cache (and print its path).
     Download(download::DownloadArgs),
+    /// The Hugging Face Jobs of `bora train --on hf-jobs`: list, logs, cancel.
+    Jobs(jobs::JobsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Command::Export(args) => export::run(&args)?,
         Command::Push(args) => push::run(&args)?,
         Command::Download(args) => download::run(&args)?,
+        Command::Jobs(args) => jobs::run(&args)?,
     }
     Ok(())
 }

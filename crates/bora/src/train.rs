@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use bora_hub::hub::Flavor;
 use bora_hub::wandb::{Target, TrackedRun, WandbTracking};
+use bora_jobs::{Account, HfJobsHost};
 use bora_run::{MetricSink, RunDir, RunFiles};
 use bora_train::{
-    run, run_torch, Event, ModelSection, NewRun, RunConfig, Start, TorchEnv, TrackingSection,
+    run, run_torch, run_trainer, Event, ModelSection, NewRun, RunConfig, Start, TorchEnv,
+    TrackingSection,
 };
 use clap::Args;
 
@@ -129,22 +132,25 @@ pub struct TrainArgs {
     /// that uploads the run's TensorBoard files later.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     wandb_offline: Option<bool>,
-    /// Where the steps run: `cpu` (bora's kernels) or `torch` (the PyTorch trainer on this
+    /// Where the steps run: `cpu` (bora's kernels), `torch` (the PyTorch trainer on this
     /// machine's GPU, or its CPU in f32; its environment is created under the bora cache on
-    /// first use, or BORA_TORCH_PYTHON names one). The run directory is the same either way.
+    /// first use, or BORA_TORCH_PYTHON names one), or `hf-jobs:FLAVOR` (the same trainer as a
+    /// Hugging Face Job, e.g. hf-jobs:a10g-large; see docs/hf-jobs.md). The run directory is
+    /// the same every way.
     #[arg(long, default_value = "cpu", value_name = "WHERE")]
     on: String,
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
-    let (start, config) = match &args.resume {
+    let (start, config, model_dir) = match &args.resume {
         Some(dir) => {
             let config = RunConfig::load(RunDir::at(dir).config_path())?;
+            let model_dir = hub_model_dir(&config.model)?;
             let start = Start::Resume {
                 dir: dir.clone(),
-                model_dir: hub_model_dir(&config.model)?,
+                model_dir: model_dir.clone(),
             };
-            (start, config)
+            (start, config, model_dir)
         }
         None => {
             let (runs_root, mut config) = resolve_config(args)?;
@@ -152,10 +158,32 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             let start = Start::New {
                 runs_root,
                 config: Box::new(config.clone()),
-                model_dir,
+                model_dir: model_dir.clone(),
             };
-            (start, config)
+            (start, config, model_dir)
         }
+    };
+    // A remote run is checked and priced before anything else happens.
+    let remote = match args.on.strip_prefix("hf-jobs:") {
+        Some(flavor) => {
+            let flavor = Flavor::find(flavor).map_err(anyhow::Error::msg)?;
+            let model_dir = model_dir.unwrap_or_else(|| PathBuf::from(&config.model.path));
+            let estimate = bora_jobs::preflight(&config, &model_dir, &flavor)?;
+            for line in estimate.lines() {
+                eprintln!("{line}");
+            }
+            let account = Account::from_env(|k| std::env::var(k).ok())?;
+            let run_dir = args.resume.clone().or_else(|| args.out.clone());
+            detach_on_interrupt(run_dir.unwrap_or_default(), flavor.name);
+            Some(HfJobsHost::new(
+                account,
+                flavor,
+                estimate.timeout_seconds,
+                &config.name,
+                Box::new(|line| eprintln!("{line}")),
+            ))
+        }
+        None => None,
     };
     let mut sinks: Vec<Box<dyn MetricSink>> = vec![Box::new(RunFiles::default())];
     if let Some(tracking) = wandb_tracking(&config.tracking, &config)? {
@@ -163,14 +191,15 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     }
     let mut progress = Progress::new();
     let mut on_event = |event: Event<'_>| progress.event(event);
-    let summary = match args.on.as_str() {
-        "cpu" => run(start, sinks, &mut on_event)?,
-        "torch" => {
+    let summary = match (args.on.as_str(), remote) {
+        (_, Some(mut host)) => run_trainer(start, &mut host, sinks, &mut on_event)?,
+        ("cpu", None) => run(start, sinks, &mut on_event)?,
+        ("torch", None) => {
             let cache = bora_formats::cache::bora_home();
             let env = TorchEnv::resolve(&cache, &mut |line| eprintln!("{line}"))?;
             run_torch(start, &env, sinks, &mut on_event)?
         }
-        other => bail!("--on {other:?}: expected cpu or torch"),
+        (other, None) => bail!("--on {other:?}: expected cpu, torch or hf-jobs:FLAVOR"),
     };
     println!(
         "trained {} steps in {:.1}s; adapter: {}",
@@ -179,6 +208,28 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         summary.adapter_dir.display()
     );
     Ok(())
+}
+
+/// Ctrl-C while a Hugging Face Job is followed: bora stops following and says how to reach
+/// the job, which keeps running (it is billed until it ends or is cancelled).
+fn detach_on_interrupt(run_dir: PathBuf, flavor: &'static str) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            return;
+        };
+        if runtime.block_on(tokio::signal::ctrl_c()).is_ok() {
+            let run = run_dir.display();
+            eprintln!(
+                "\ndetached: the job keeps running on Hugging Face. `bora jobs cancel {run}` \
+                 stops it, `bora jobs logs {run} --follow` follows it, and `bora train --resume \
+                 {run} --on hf-jobs:{flavor}` continues from the last checkpoint bora downloaded"
+            );
+            std::process::exit(130);
+        }
+    });
 }
 
 /// For a Hub id in `model.path`: its snapshot directory, fetched if needed, with the commit
