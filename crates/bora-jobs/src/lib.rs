@@ -280,9 +280,18 @@ enum LogMessage {
     End(std::result::Result<JobInfo, String>),
 }
 
+/// What [`HfJobsHost::start`] does.
+enum Mode {
+    /// Upload the job files and start a job; follow it unless `detach`.
+    Launch { detach: bool },
+    /// Follow the run's recorded job (`bora jobs attach`).
+    Attach(JobRecord),
+}
+
 /// The trainer as a Hugging Face Job.
 pub struct HfJobsHost {
     account: Account,
+    mode: Mode,
     flavor: Flavor,
     timeout_seconds: u64,
     run_name: String,
@@ -296,17 +305,19 @@ pub struct HfJobsHost {
 }
 
 impl HfJobsHost {
-    /// A host that runs run `run_name` on `flavor` with `timeout_seconds`; `on_line` hears
-    /// what bora does (uploads, the job's URL).
+    /// A host that runs run `run_name` on `flavor` with `timeout_seconds`, and follows it
+    /// unless `detach`; `on_line` hears what bora does (uploads, the job's URL).
     pub fn new(
         account: Account,
         flavor: Flavor,
         timeout_seconds: u64,
         run_name: &str,
+        detach: bool,
         on_line: Box<dyn FnMut(&str)>,
     ) -> HfJobsHost {
         HfJobsHost {
             account,
+            mode: Mode::Launch { detach },
             flavor,
             timeout_seconds,
             run_name: run_name.to_owned(),
@@ -320,6 +331,24 @@ impl HfJobsHost {
         }
     }
 
+    /// A host that follows the job recorded in `run_dir` (started with `--detach`, or left
+    /// with Ctrl-C) from the start of its log.
+    pub fn attach(
+        account: Account,
+        run_dir: &Path,
+        run_name: &str,
+        on_line: Box<dyn FnMut(&str)>,
+    ) -> Result<HfJobsHost> {
+        let record = JobRecord::load(run_dir)?;
+        let flavor = Flavor::find(&record.flavor).map_err(|what| JobsError::Record {
+            path: run_dir.join(JOB_RECORD),
+            what,
+        })?;
+        let mut host = HfJobsHost::new(account, flavor, 0, run_name, false, on_line);
+        host.mode = Mode::Attach(record);
+        Ok(host)
+    }
+
     /// How the log stream is read (tests shorten the silence allowed).
     pub fn with_log_options(mut self, options: LogOptions) -> HfJobsHost {
         self.log_options = options;
@@ -328,7 +357,10 @@ impl HfJobsHost {
 
     /// The run's folder in the jobs repo.
     fn folder(&self) -> String {
-        format!("runs/{}", self.run_name)
+        match &self.mode {
+            Mode::Attach(record) => record.folder.clone(),
+            Mode::Launch { .. } => format!("runs/{}", self.run_name),
+        }
     }
 
     /// The job as `run_job` gets it.
@@ -487,11 +519,37 @@ impl TrainerHost for HfJobsHost {
     fn start(&mut self, job: &Path) -> bora_train::Result<()> {
         self.job_dir = job.to_path_buf();
         let run_dir = job.parent().unwrap_or(Path::new(".")).to_path_buf();
-        self.upload_job(job).map_err(trainer_error)?;
-        let info = self.launch(&run_dir).map_err(trainer_error)?;
+        let info = match &self.mode {
+            Mode::Launch { detach } => {
+                let detach = *detach;
+                self.upload_job(job).map_err(trainer_error)?;
+                let info = self.launch(&run_dir).map_err(trainer_error)?;
+                if detach {
+                    self.job = Some(info);
+                    return Ok(());
+                }
+                info
+            }
+            Mode::Attach(record) => {
+                let info = self
+                    .account
+                    .client()
+                    .inspect_job(&record.namespace, &record.id)
+                    .map_err(|e| trainer_error(e.into()))?;
+                (self.on_line)(&format!(
+                    "following job {} ({}): {}",
+                    info.id, info.stage, info.url
+                ));
+                info
+            }
+        };
         self.follow(&info);
         self.job = Some(info);
         Ok(())
+    }
+
+    fn detached(&self) -> bool {
+        matches!(self.mode, Mode::Launch { detach: true })
     }
 
     fn next_line(&mut self) -> bora_train::Result<Option<String>> {

@@ -102,10 +102,10 @@ pub fn run(
 
 /// Runs `steps` with `sinks`, then closes every sink with whether it succeeded (a close
 /// error counts only when the steps did not already fail).
-pub(crate) fn closing_sinks(
+pub(crate) fn closing_sinks<T>(
     mut sinks: Vec<Box<dyn MetricSink>>,
-    steps: impl FnOnce(&mut [Box<dyn MetricSink>]) -> Result<Summary>,
-) -> Result<Summary> {
+    steps: impl FnOnce(&mut [Box<dyn MetricSink>]) -> Result<T>,
+) -> Result<T> {
     let result = steps(&mut sinks);
     for sink in &mut sinks {
         let closed = sink.close(result.is_ok());

@@ -389,8 +389,14 @@ pub trait TrainerHost {
     /// `auto`, `float32` or `bfloat16` (see `trainers/torch/trainer.py`).
     fn dtype(&self) -> &str;
     fn model_access(&self) -> ModelAccess;
-    /// Starts the trainer on the prepared job directory.
+    /// Starts the trainer on the prepared job directory (or attaches to the one already
+    /// running on it).
     fn start(&mut self, job: &Path) -> Result<()>;
+    /// After [`TrainerHost::start`]: whether bora leaves the trainer running without
+    /// following it (a remote job started with `--detach`).
+    fn detached(&self) -> bool {
+        false
+    }
     /// The trainer's next stdout line; `None` once it has stopped.
     fn next_line(&mut self) -> Result<Option<String>>;
     /// The trainer's output directory `rel` (`checkpoints/step-N`, `adapter`) on this
@@ -477,16 +483,23 @@ pub fn run_torch(
     sinks: Vec<Box<dyn MetricSink>>,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Summary> {
-    run_trainer(start, &mut LocalTrainer::new(env.clone()), sinks, on_event)
+    run_trainer(start, &mut LocalTrainer::new(env.clone()), sinks, on_event)?.ok_or_else(|| {
+        TrainError::Trainer {
+            what: "the local trainer stopped being followed".into(),
+        }
+    })
 }
 
-/// Runs (or resumes) a training run with the torch trainer wherever `host` runs it.
+/// Runs (or resumes, or follows again) a training run with the torch trainer wherever `host`
+/// runs it; `None` when the host left the trainer running ([`TrainerHost::detached`]).
+/// Steps and checkpoints the run directory already has (a job followed again from the
+/// start of its log) are not mirrored twice.
 pub fn run_trainer(
     start: Start,
     host: &mut dyn TrainerHost,
     sinks: Vec<Box<dyn MetricSink>>,
     on_event: &mut dyn FnMut(Event<'_>),
-) -> Result<Summary> {
+) -> Result<Option<Summary>> {
     closing_sinks(sinks, |sinks| train_torch(start, host, sinks, on_event))
 }
 
@@ -495,7 +508,7 @@ fn train_torch(
     host: &mut dyn TrainerHost,
     sinks: &mut [Box<dyn MetricSink>],
     on_event: &mut dyn FnMut(Event<'_>),
-) -> Result<Summary> {
+) -> Result<Option<Summary>> {
     // The trainer loads the base itself: bora needs its shape, not its weights.
     let mut s = set_up_with(start, |_, _, _| Ok(()))?;
     let job = s.run_dir.path().join(JOB_DIR);
@@ -513,6 +526,9 @@ fn train_torch(
         skipped_lines: &s.data.skipped,
     });
     host.start(&job)?;
+    if host.detached() {
+        return Ok(None);
+    }
     let session = Instant::now();
     let (mut step, mut last_loss, mut last_val_loss, mut adapter) =
         (s.first_step, None, None, None);
@@ -523,6 +539,8 @@ fn train_torch(
             continue;
         };
         match event {
+            Line::Step(m) if m.step <= s.first_step => {}
+            Line::Checkpoint { step, .. } if step <= s.first_step => {}
             Line::Step(m) => {
                 for sink in sinks.iter_mut() {
                     sink.log(&m)?;
@@ -601,12 +619,12 @@ fn train_torch(
         s.elapsed + session.elapsed().as_secs_f64(),
     )?;
     std::fs::remove_dir_all(&job).map_err(io_err(&job))?;
-    Ok(Summary {
+    Ok(Some(Summary {
         run_dir: run_dir.clone(),
         adapter_dir: s.run_dir.adapter_dir(),
         steps: step,
         last_loss,
         last_val_loss,
         timing,
-    })
+    }))
 }

@@ -1,7 +1,8 @@
-//! `bora jobs list|logs|cancel`: the Hugging Face Jobs that `bora train --on hf-jobs` started,
+//! `bora jobs list|logs|cancel|attach`: the Hugging Face Jobs that `bora train --on hf-jobs` started,
 //! named by run directory or job id.
 
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 
 use anyhow::Result;
 use bora_hub::hub::LogOptions;
@@ -26,13 +27,16 @@ enum JobsCommand {
     },
     /// Cancel a job (runs/NAME or a job id).
     Cancel { job: String },
+    /// Follow a run's job (started with --detach, or left with Ctrl-C) into its run
+    /// directory: metrics, checkpoints, and the adapter at the end.
+    Attach { run: PathBuf },
 }
 
 pub fn run(args: &JobsArgs) -> Result<()> {
-    let account = Account::from_env(|k| std::env::var(k).ok())?;
+    let account = || Account::from_env(|k| std::env::var(k).ok());
     match &args.command {
         JobsCommand::List => {
-            for job in list_runs(&account)? {
+            for job in list_runs(&account()?)? {
                 println!(
                     "{}  {:<10}  {:<12}  {:<20}  {}",
                     job.id,
@@ -44,6 +48,7 @@ pub fn run(args: &JobsArgs) -> Result<()> {
             }
         }
         JobsCommand::Logs { job, follow } => {
+            let account = account()?;
             let (namespace, id) = resolve_job(job, &account)?;
             let options = LogOptions {
                 follow: *follow,
@@ -64,10 +69,12 @@ pub fn run(args: &JobsArgs) -> Result<()> {
             }
         }
         JobsCommand::Cancel { job } => {
+            let account = account()?;
             let (namespace, id) = resolve_job(job, &account)?;
             account.client().cancel_job(&namespace, &id)?;
             println!("cancelled job {id}");
         }
+        JobsCommand::Attach { run } => crate::train::attach(run)?,
     }
     Ok(())
 }

@@ -59,7 +59,7 @@ enum Command {
     Push(Box<push::PushArgs>),
     /// Fetch a model by its Hub name into the Hugging Face cache (and print its path).
     Download(download::DownloadArgs),
-    /// The Hugging Face Jobs of `bora train --on hf-jobs`: list, logs, cancel.
+    /// The Hugging Face Jobs of `bora train --on hf-jobs`: list, logs, cancel, attach.
     Jobs(jobs::JobsArgs),
 }
 

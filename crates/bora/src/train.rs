@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -12,7 +12,7 @@ use bora_hub::wandb::{Target, TrackedRun, WandbTracking};
 use bora_jobs::{Account, HfJobsHost};
 use bora_run::{MetricSink, RunDir, RunFiles};
 use bora_train::{
-    run, run_torch, run_trainer, Event, ModelSection, NewRun, RunConfig, Start, TorchEnv,
+    run, run_torch, run_trainer, Event, ModelSection, NewRun, RunConfig, Start, Summary, TorchEnv,
     TrackingSection,
 };
 use clap::Args;
@@ -139,6 +139,10 @@ pub struct TrainArgs {
     /// the same every way.
     #[arg(long, default_value = "cpu", value_name = "WHERE")]
     on: String,
+    /// With --on hf-jobs: return once the job is started; `bora jobs attach runs/NAME`
+    /// follows it later (metrics, checkpoints, adapter).
+    #[arg(long)]
+    detach: bool,
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
@@ -180,19 +184,30 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 flavor,
                 estimate.timeout_seconds,
                 &config.name,
+                args.detach,
                 Box::new(|line| eprintln!("{line}")),
             ))
         }
+        None if args.detach => bail!("--detach is for --on hf-jobs:FLAVOR"),
         None => None,
     };
-    let mut sinks: Vec<Box<dyn MetricSink>> = vec![Box::new(RunFiles::default())];
-    if let Some(tracking) = wandb_tracking(&config.tracking, &config)? {
-        sinks.push(Box::new(tracking));
-    }
+    let sinks = sinks_for(&config)?;
     let mut progress = Progress::new();
     let mut on_event = |event: Event<'_>| progress.event(event);
     let summary = match (args.on.as_str(), remote) {
-        (_, Some(mut host)) => run_trainer(start, &mut host, sinks, &mut on_event)?,
+        (_, Some(mut host)) => match run_trainer(start, &mut host, sinks, &mut on_event)? {
+            Some(summary) => summary,
+            None => {
+                let run = args.resume.clone().or_else(|| args.out.clone());
+                let run = run.unwrap_or_default();
+                println!(
+                    "detached: `bora jobs attach {0}` follows the job into the run directory, \
+                     `bora jobs cancel {0}` stops it",
+                    run.display()
+                );
+                return Ok(());
+            }
+        },
         ("cpu", None) => run(start, sinks, &mut on_event)?,
         ("torch", None) => {
             let cache = bora_formats::cache::bora_home();
@@ -201,12 +216,50 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
         (other, None) => bail!("--on {other:?}: expected cpu, torch or hf-jobs:FLAVOR"),
     };
+    print_summary(&summary);
+    Ok(())
+}
+
+fn print_summary(summary: &Summary) {
     println!(
         "trained {} steps in {:.1}s; adapter: {}",
         summary.steps,
         summary.timing.train_seconds,
         summary.adapter_dir.display()
     );
+}
+
+/// The run's own files, and W&B when its config asks for it.
+fn sinks_for(config: &RunConfig) -> Result<Vec<Box<dyn MetricSink>>> {
+    let mut sinks: Vec<Box<dyn MetricSink>> = vec![Box::new(RunFiles::default())];
+    if let Some(tracking) = wandb_tracking(&config.tracking, config)? {
+        sinks.push(Box::new(tracking));
+    }
+    Ok(sinks)
+}
+
+/// `bora jobs attach RUN`: follows the run's job from the start of its log, mirroring what
+/// the run directory lacks (steps, checkpoints) and downloading the adapter at the end.
+pub fn attach(run_dir: &Path) -> Result<()> {
+    let config = RunConfig::load(RunDir::at(run_dir).config_path())?;
+    let model_dir = hub_model_dir(&config.model)?;
+    let account = Account::from_env(|k| std::env::var(k).ok())?;
+    let mut host = HfJobsHost::attach(
+        account,
+        run_dir,
+        &config.name,
+        Box::new(|line| eprintln!("{line}")),
+    )?;
+    let start = Start::Resume {
+        dir: run_dir.to_path_buf(),
+        model_dir,
+    };
+    let mut progress = Progress::new();
+    let mut on_event = |event: Event<'_>| progress.event(event);
+    match run_trainer(start, &mut host, sinks_for(&config)?, &mut on_event)? {
+        Some(summary) => print_summary(&summary),
+        None => bail!("{}: the job was not followed", run_dir.display()),
+    }
     Ok(())
 }
 
@@ -224,8 +277,9 @@ fn detach_on_interrupt(run_dir: PathBuf, flavor: &'static str) {
             let run = run_dir.display();
             eprintln!(
                 "\ndetached: the job keeps running on Hugging Face. `bora jobs cancel {run}` \
-                 stops it, `bora jobs logs {run} --follow` follows it, and `bora train --resume \
-                 {run} --on hf-jobs:{flavor}` continues from the last checkpoint bora downloaded"
+                 stops it, `bora jobs attach {run}` follows it into the run directory again, \
+                 and after it stopped `bora train --resume {run} --on hf-jobs:{flavor}` \
+                 continues from the last checkpoint"
             );
             std::process::exit(130);
         }

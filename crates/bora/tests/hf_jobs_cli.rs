@@ -228,7 +228,11 @@ fn setup() -> Setup {
 
 /// A new 4-step run (micro-batches of `batch` × `seq` tokens) on a10g-small with `token`.
 fn train_as(s: &Setup, token: &str, batch: &str, seq: &str) -> Output {
-    let args = [
+    train_with(s, token, batch, seq, &[])
+}
+
+fn train_with(s: &Setup, token: &str, batch: &str, seq: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
         "train",
         "--model",
         MODEL,
@@ -249,6 +253,7 @@ fn train_as(s: &Setup, token: &str, batch: &str, seq: &str) -> Output {
         "--on",
         "hf-jobs:a10g-small",
     ];
+    args.extend_from_slice(extra);
     bora_env(&s.hub.url, s.home.path(), &[("HF_TOKEN", token)], &args)
 }
 
@@ -490,6 +495,56 @@ fn a_failed_job_shows_its_stage_message_and_last_lines_then_resumes_from_its_che
         .files
         .contains_key("runs/support/job/initial_optimizer.safetensors"));
     drop(st);
+    assert_eq!(metrics_steps(&s.run), [1, 2, 3, 4]);
+}
+
+#[test]
+fn a_detached_job_is_followed_later_by_jobs_attach() {
+    let s = setup();
+    s.hub.run_jobs_with(stand_in(Ending::Complete));
+    let out = train_with(&s, TOKEN, "2", "16", &["--detach"]);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("bora jobs attach {}", s.run.display())),
+        "{stdout}"
+    );
+    assert!(s.run.join("hf-job.json").is_file());
+    assert!(!s.run.join("adapter").exists());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.hub.jobs()[0].stage != "COMPLETED" {
+        assert!(Instant::now() < deadline, "the stand-in job never finished");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let attach = |s: &Setup| {
+        bora_env(
+            &s.hub.url,
+            s.home.path(),
+            &[("HF_TOKEN", TOKEN)],
+            &["jobs", "attach", s.run.to_str().unwrap()],
+        )
+    };
+    let out = attach(&s);
+    assert_ok(&out);
+    assert!(
+        text(&out.stderr).contains("following job"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(metrics_steps(&s.run), [1, 2, 3, 4]);
+    assert!(s.run.join("checkpoints/step-2").is_dir());
+    let adapter = Safetensors::open(s.run.join("adapter/adapter_model.safetensors")).unwrap();
+    let first = &adapter.tensors()[0].name;
+    assert!(adapter
+        .tensor_f32(first)
+        .unwrap()
+        .iter()
+        .all(|&v| v == 0.125));
+    assert_eq!(s.hub.jobs().len(), 1, "attaching starts no job");
+    assert_token_kept_secret(&out, &s.run);
+
+    // Attaching again mirrors nothing twice.
+    assert_ok(&attach(&s));
     assert_eq!(metrics_steps(&s.run), [1, 2, 3, 4]);
 }
 

@@ -9,7 +9,7 @@ mod common;
 #[path = "../../bora-hub/tests/hub_support/mod.rs"]
 mod hub_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::{assert_ok, bora_env, fixture, word, write_tokenizer};
 use hub_support::{FakeHub, ModelRepo, TOKEN};

@@ -145,7 +145,10 @@ impl FakeHub {
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
-                    handle(stream, &shared, &base);
+                    // One thread per connection: a job's log stream stays open while the
+                    // client makes other requests.
+                    let (shared, base) = (Arc::clone(&shared), base.clone());
+                    std::thread::spawn(move || handle(stream, &shared, &base));
                 }
             });
         }
