@@ -232,7 +232,13 @@ fn train_as(s: &Setup, token: &str, batch: &str, seq: &str) -> Output {
 }
 
 fn train_with(s: &Setup, token: &str, batch: &str, seq: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
+    let mut args = train_args(s, batch, seq);
+    args.extend_from_slice(extra);
+    bora_env(&s.hub.url, s.home.path(), &[("HF_TOKEN", token)], &args)
+}
+
+fn train_args<'a>(s: &'a Setup, batch: &'a str, seq: &'a str) -> Vec<&'a str> {
+    vec![
         "train",
         "--model",
         MODEL,
@@ -252,9 +258,7 @@ fn train_with(s: &Setup, token: &str, batch: &str, seq: &str, extra: &[&str]) ->
         "2",
         "--on",
         "hf-jobs:a10g-small",
-    ];
-    args.extend_from_slice(extra);
-    bora_env(&s.hub.url, s.home.path(), &[("HF_TOKEN", token)], &args)
+    ]
 }
 
 fn train(s: &Setup) -> Output {
@@ -600,23 +604,7 @@ fn ctrl_c_detaches_and_says_how_to_cancel_while_the_job_runs_on() {
         &s.hub.url,
         s.home.path(),
         &[("HF_TOKEN", TOKEN)],
-        &[
-            "train",
-            "--model",
-            MODEL,
-            "--data",
-            s.data.to_str().unwrap(),
-            "--out",
-            s.run.to_str().unwrap(),
-            "--max-steps",
-            "4",
-            "--seq-len",
-            "16",
-            "--rank",
-            "2",
-            "--on",
-            "hf-jobs:a10g-small",
-        ],
+        &train_args(&s, "2", "16"),
     )
     .stderr(std::process::Stdio::piped())
     .spawn()
