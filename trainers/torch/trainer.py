@@ -25,7 +25,10 @@ Job directory (written by `bora train --on torch|hf-jobs`):
 Output directory: `metrics.jsonl` (bora's schema), `checkpoints/step-N/` (PEFT adapter files and
 `optimizer.safetensors` with `NAME.exp_avg` / `NAME.exp_avg_sq`), `adapter/` (the final PEFT
 adapter). Each step, checkpoint and the end are also printed to stdout as one JSON line with an
-`event` key, which bora reads to mirror the run.
+`event` key, which bora reads to mirror the run; directories are named relative to `--out`.
+With `--hub-repo REPO --hub-path FOLDER` (a Hugging Face Job) each checkpoint and the final
+adapter are uploaded to `FOLDER/<dir>` of that repo before their line is printed, so bora,
+following the job's log, can download them.
 
 On a GPU: bf16 base (or NF4 through bitsandbytes for QLoRA), SDPA attention, gradient
 checkpointing where the job asks for it. On the CPU: f32 everywhere, for parity with bora.
@@ -82,6 +85,8 @@ def load_model(job, job_dir, device, dtype):
     model_path = job["model"]
     if job.get("gguf_file"):
         kwargs["gguf_file"] = job["gguf_file"]
+    if job.get("revision"):
+        kwargs["revision"] = job["revision"]
     base = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     if job.get("qlora") != "nf4":
         base.to(device)
@@ -152,6 +157,20 @@ def save_state(dirpath, model, params, optimizer, with_optimizer):
     os.replace(tmp, dirpath)
 
 
+def publish(args, out_dir, rel):
+    """Uploads `out_dir/rel` to the job's Hub folder (when there is one); returns `rel`."""
+    if args.hub_repo:
+        from huggingface_hub import HfApi
+
+        HfApi().upload_folder(
+            repo_id=args.hub_repo,
+            folder_path=str(out_dir / rel),
+            path_in_repo=f"{args.hub_path}/{rel}",
+            commit_message=f"bora trainer: {rel}",
+        )
+    return rel
+
+
 def validation_loss(model, val, device, window, dtype, count):
     model.eval()
     total, tokens = 0.0, 0
@@ -168,6 +187,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--job", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--hub-repo", help="model repo to upload checkpoints and the adapter to")
+    ap.add_argument("--hub-path", default="", help="folder of --hub-repo for them")
     args = ap.parse_args()
     job = load_job(args.job)
     torch.manual_seed(job.get("seed", 0))
@@ -236,15 +257,14 @@ def main():
         metrics.flush()
         emit("step", **row)
         if step in job["checkpoint_steps"]:
-            path = args.out / "checkpoints" / f"step-{step}"
-            save_state(path, model, params, optimizer, True)
-            emit("checkpoint", step=step, path=str(path))
+            rel = f"checkpoints/step-{step}"
+            save_state(args.out / rel, model, params, optimizer, True)
+            emit("checkpoint", step=step, path=publish(args, args.out, rel))
     metrics.close()
-    final = args.out / "adapter"
-    save_state(final, model, params, optimizer, False)
+    save_state(args.out / "adapter", model, params, optimizer, False)
     if torch.cuda.is_available():
         emit("memory", peak_bytes=torch.cuda.max_memory_allocated())
-    emit("done", adapter=str(final))
+    emit("done", adapter=publish(args, args.out, "adapter"))
 
 
 if __name__ == "__main__":

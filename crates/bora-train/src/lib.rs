@@ -20,6 +20,7 @@ mod defaults;
 mod early_stop;
 mod error;
 mod fsutil;
+mod gpu;
 mod grad;
 mod lr_range;
 mod optim;
@@ -50,6 +51,7 @@ pub use config::{
 pub use defaults::{choose_defaults, Choice, Unset, ADAPTIVE_KEYS};
 pub use early_stop::{validations_since, Best, EarlyStopping};
 pub use error::{Result, TrainError};
+pub use gpu::{gpu_flops_per_token, gpu_train_memory, GpuMemory, GPU_RUNTIME_BYTES};
 pub use grad::{
     check_grads, check_loss, clip_grad_norm, global_grad_norm, scale_grads, AccumulatedStep,
     GradAccumulation,
@@ -64,4 +66,7 @@ pub use resolve::NewRun;
 pub use rng::{init_lora, kaiming_uniform_bound, Rng, RngState, Stream};
 pub use run::{create_run_dir, create_run_dir_noted, open_run_dir};
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use torch::{run_torch, TorchEnv, REQUIREMENTS, TRAINER_PY};
+pub use torch::{
+    run_torch, run_trainer, LocalTrainer, ModelAccess, TorchEnv, TrainerHost, REQUIREMENTS,
+    TRAINER_PY,
+};

@@ -92,7 +92,7 @@ pub fn range_test(config: &RunConfig, plan: &DataPlan, model: &Model) -> Result<
     let started = Instant::now();
     let t = &config.train;
     let spec = lora_spec(config);
-    let mut lora = fresh_lora(config, model, &spec);
+    let mut lora = fresh_lora(config, &model.config, &spec);
     let mut grads = Lora::zeros(&model.config, &spec);
     let sizes: Vec<usize> = lora
         .tensors()

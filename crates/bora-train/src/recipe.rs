@@ -14,7 +14,9 @@ use bora_data::{
     fit, load, split, Batch, BatchConfig, Encoder, FitReport, Holdout, Loader, Overlong, Sample,
 };
 use bora_formats::quant::WeightType;
-use bora_model::{CheckpointInfo, LoadOptions, Lora, LoraSpec, Model, TrainBatch, Trainer};
+use bora_model::{
+    CheckpointInfo, LoadOptions, Lora, LoraSpec, Model, ModelConfig, TrainBatch, Trainer,
+};
 use bora_run::{MetricSink, Metrics, RunDir, Timing};
 use bora_tokenizer::Tokenizer;
 use serde::Serialize;
@@ -114,10 +116,10 @@ pub fn run(
 
 /// Runs `steps` with `sinks`, then closes every sink with whether it succeeded (a close
 /// error counts only when the steps did not already fail).
-pub(crate) fn closing_sinks(
+pub(crate) fn closing_sinks<T>(
     mut sinks: Vec<Box<dyn MetricSink>>,
-    steps: impl FnOnce(&mut [Box<dyn MetricSink>]) -> Result<Summary>,
-) -> Result<Summary> {
+    steps: impl FnOnce(&mut [Box<dyn MetricSink>]) -> Result<T>,
+) -> Result<T> {
     let result = steps(&mut sinks);
     for sink in &mut sinks {
         let closed = sink.close(result.is_ok());
@@ -130,11 +132,14 @@ pub(crate) fn closing_sinks(
 
 /// Everything a run needs before its first step, fresh or from the last checkpoint; the
 /// same wherever the steps run (`--on cpu|torch`).
-pub(crate) struct SetUp {
+pub(crate) struct SetUp<M = Model> {
     pub config: RunConfig,
     /// The settings bora chose (a new run with settings left out).
     pub choices: Vec<Choice>,
-    pub model: Model,
+    /// The base as the steps need it: its weights for bora's own loop, nothing for a trainer
+    /// that loads the base itself.
+    pub model: M,
+    pub model_config: ModelConfig,
     pub data: DataPlan,
     pub batches: BatchConfig,
     pub run_dir: RunDir,
@@ -153,6 +158,36 @@ pub(crate) struct SetUp {
 /// Validates the config, loads model, tokenizer and data, makes (or opens) the run
 /// directory and initializes (or restores) the adapter, optimizer, RNG and data position.
 pub(crate) fn set_up(start: Start) -> Result<SetUp> {
+    set_up_with(start, |config, path, info| {
+        check_memory(config, info)?;
+        load_base(config, path)
+    })
+}
+
+/// [`set_up`] with the base loaded by `load_base` (given the config, the model's path and
+/// its header): a trainer that runs elsewhere needs the model's shape, not its weights.
+/// The base a set-up holds: the weights for bora's own steps, or nothing (`()`) for a trainer
+/// that loads the base itself. Only the former can run a learning-rate range test.
+pub(crate) trait BaseWeights {
+    fn weights(&self) -> Option<&Model>;
+}
+
+impl BaseWeights for Model {
+    fn weights(&self) -> Option<&Model> {
+        Some(self)
+    }
+}
+
+impl BaseWeights for () {
+    fn weights(&self) -> Option<&Model> {
+        None
+    }
+}
+
+pub(crate) fn set_up_with<M: BaseWeights>(
+    start: Start,
+    load_base: impl FnOnce(&RunConfig, &Path, &CheckpointInfo) -> Result<M>,
+) -> Result<SetUp<M>> {
     // ---- Set up: the config, validated whole before any work.
     let (mut config, place, model_dir, unset) = match start {
         Start::New {
@@ -187,23 +222,29 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
     } else {
         choose_defaults(&mut config, &unset, &info, &tokenizer, available_memory()?)?
     };
-    check_memory(&config, &info)?;
-    let model = load_base(&config, &model_path)?;
+    let model = load_base(&config, &model_path, &info)?;
+    let model_config = info.config;
     let mut choices = choices;
     if config.train.lr_range_test && unset.contains("optim.lr") {
+        let Some(weights) = model.weights() else {
+            return Err(TrainError::Config {
+                key: "train.lr_range_test".into(),
+                reason: "the learning-rate range test runs with --on cpu only; give --lr".into(),
+            });
+        };
         choices.retain(|c| c.key != "optim.lr");
-        choices.push(choose_lr_by_range_test(&mut config, &data, &model)?);
+        choices.push(choose_lr_by_range_test(&mut config, &data, weights)?);
     }
     if config.train.patience > 0 && matches!(place, Place::New(_)) {
         choices.push(early_stopping_note(&config, &data));
     }
-    if tokenizer.vocab_size() > model.config.vocab_size {
+    if tokenizer.vocab_size() > model_config.vocab_size {
         return Err(TrainError::Mismatch {
             what: format!(
                 "{}: the tokenizer has {} tokens but the model only {} embeddings",
                 model_path.display(),
                 tokenizer.vocab_size(),
-                model.config.vocab_size
+                model_config.vocab_size
             ),
         });
     }
@@ -239,7 +280,7 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
 
     // ---- Adapter, optimizer, RNG and data position: fresh, or from the last checkpoint.
     let spec = lora_spec(&config);
-    let mut lora = Lora::zeros(&model.config, &spec);
+    let mut lora = Lora::zeros(&model_config, &spec);
     let params: Vec<ParamSpec> = lora
         .tensors()
         .into_iter()
@@ -274,7 +315,7 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
             )
         }
         None => {
-            lora = fresh_lora(&config, &model, &spec);
+            lora = fresh_lora(&config, &model_config, &spec);
             (
                 AdamW::new(config.adamw(), &sizes),
                 Rng::new(config.train.seed, Stream::Dropout),
@@ -288,6 +329,7 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
         config,
         choices,
         model,
+        model_config,
         data,
         batches,
         run_dir,
@@ -313,6 +355,7 @@ fn train(
         config,
         choices,
         model,
+        model_config: _,
         data,
         batches,
         run_dir,
@@ -563,8 +606,8 @@ fn write_val_split(run_dir: &RunDir, train: &Path, val: &[Sample]) -> Result<()>
 
 /// The adapter a new run starts from: PEFT's init, A uniform in ±1/√in and B zero, drawn
 /// in tensor order from `train.seed`.
-pub(crate) fn fresh_lora(config: &RunConfig, model: &Model, spec: &LoraSpec) -> Lora {
-    let mut lora = Lora::zeros(&model.config, spec);
+pub(crate) fn fresh_lora(config: &RunConfig, model: &ModelConfig, spec: &LoraSpec) -> Lora {
+    let mut lora = Lora::zeros(model, spec);
     let mut init = Rng::new(config.train.seed, Stream::Init);
     for (name, shape, values) in lora.tensors_mut() {
         if name.ends_with("lora_A.weight") {

@@ -9,6 +9,12 @@
 //! bora checkpoints (adding the dropout RNG and data position the CPU loop would have saved,
 //! so `--resume` works whichever way the run continues), and publishes the final adapter.
 //! The run directory is the one a CPU run leaves.
+//!
+//! Where the trainer runs is a [`TrainerHost`]: a process on this machine ([`LocalTrainer`]),
+//! or a remote job that the caller starts, follows and fetches files from (Hugging Face
+//! Jobs, driven by `bora train --on hf-jobs`). Either way bora reads the trainer's stdout
+//! protocol: one JSON line per step, checkpoint and the end, with output directories named
+//! relative to the trainer's `--out`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -27,7 +33,7 @@ use crate::error::{io_err, Result, TrainError};
 use crate::fsutil::write_atomic;
 use crate::optim::AdamWState;
 use crate::recipe::{
-    closing_sinks, named_tensors, set_up, write_timing, Event, SetUp, Start, Summary,
+    closing_sinks, named_tensors, set_up_with, write_timing, Event, SetUp, Start, Summary,
 };
 use crate::rng::RngState;
 
@@ -112,8 +118,17 @@ struct StepState {
 /// Writes the job: `job.json`, the micro-batches of steps `first_step+1 ..= total_steps`
 /// in the order the CPU loop draws them, the validation batches, the initial adapter (and
 /// the optimizer moments when resuming). Returns the CPU loop's state at each checkpoint step.
-fn write_job(s: &mut SetUp, job: &Path, dtype: &str) -> Result<HashMap<u64, StepState>> {
+fn write_job(
+    s: &mut SetUp<()>,
+    job: &Path,
+    dtype: &str,
+    access: ModelAccess,
+) -> Result<HashMap<u64, StepState>> {
     let t = &s.config.train;
+    // A job left by a run that stopped is stale: start from an empty directory.
+    if job.exists() {
+        std::fs::remove_dir_all(job).map_err(io_err(job))?;
+    }
     std::fs::create_dir_all(job).map_err(io_err(job))?;
     let mut loader = Loader::new(&s.data.train, s.batches, s.position)?;
     let mut tensors = Vec::new();
@@ -177,22 +192,13 @@ fn write_job(s: &mut SetUp, job: &Path, dtype: &str) -> Result<HashMap<u64, Step
         }
         write_safetensors(job.join("initial_optimizer.safetensors"), &moments, None)?;
     }
-    let model_path = Path::new(&s.config.model.path);
-    let (model, gguf_file) = match model_path.extension() {
-        Some(e) if e == "gguf" => (
-            model_path.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            model_path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned()),
-        ),
-        _ => (model_path.to_path_buf(), None),
-    };
-    let model = std::fs::canonicalize(&model).unwrap_or(model);
+    let (model, gguf_file, revision) = trainer_model(&s.config.model, access)?;
     let lrs: Vec<f64> = (0..s.total_steps).map(|i| s.schedule.lr(i)).collect();
     let o = &s.config.optim;
     let spec = json!({
         "model": model,
         "gguf_file": gguf_file,
+        "revision": revision,
         "seed": t.seed,
         "first_step": s.first_step,
         "total_steps": s.total_steps,
@@ -219,16 +225,64 @@ fn write_job(s: &mut SetUp, job: &Path, dtype: &str) -> Result<HashMap<u64, Step
     })?;
     write_atomic(&path, text.as_bytes())?;
     write_atomic(&job.join("trainer.py"), TRAINER_PY.as_bytes())?;
+    write_atomic(&job.join("requirements.txt"), REQUIREMENTS.as_bytes())?;
     Ok(states)
+}
+
+/// How the trainer finds the base model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelAccess {
+    /// The files on this machine (`model.path`, or the Hub snapshot bora downloaded).
+    LocalFiles,
+    /// The Hub id at the run's pinned commit: a remote machine downloads it itself.
+    Hub,
+}
+
+/// What `from_pretrained` gets: a directory or Hub id, the GGUF file inside it if any, and
+/// the commit (for a Hub id).
+fn trainer_model(
+    model: &crate::ModelSection,
+    access: ModelAccess,
+) -> Result<(String, Option<String>, Option<String>)> {
+    match access {
+        ModelAccess::LocalFiles => {
+            let path = Path::new(&model.path);
+            let (dir, gguf) = match path.extension() {
+                Some(e) if e == "gguf" => (
+                    path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                ),
+                _ => (path.to_path_buf(), None),
+            };
+            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+            Ok((dir.display().to_string(), gguf, None))
+        }
+        ModelAccess::Hub => {
+            if model.revision.is_empty() {
+                return Err(TrainError::Config {
+                    key: "model.path".into(),
+                    reason: format!(
+                        "`{}` is a local path; a remote trainer downloads the base from the \
+                         Hub, so give a Hub id (ORG/NAME or ORG/NAME:FILE.gguf)",
+                        model.path
+                    ),
+                });
+            }
+            let (repo, gguf) = match model.path.split_once(':') {
+                Some((repo, file)) => (repo.to_owned(), Some(file.to_owned())),
+                None => (model.path.clone(), None),
+            };
+            Ok((repo, gguf, Some(model.revision.clone())))
+        }
+    }
 }
 
 /// The one sliding window the trainer applies, `None` where no layer's window is shorter
 /// than a sequence; models whose layers differ (interleaved windows) are refused.
-fn sliding_window(s: &SetUp) -> Result<Option<usize>> {
+fn sliding_window(s: &SetUp<()>) -> Result<Option<usize>> {
     let seq = s.config.train.seq_len;
     let windows: Vec<Option<usize>> = s
-        .model
-        .config
+        .model_config
         .layer_windows
         .iter()
         .map(|w| w.filter(|&w| w < seq))
@@ -240,7 +294,7 @@ fn sliding_window(s: &SetUp) -> Result<Option<usize>> {
                 "this model's layers have different sliding windows ({:?}) shorter than the \
                  sequence; the torch trainer applies one window: train on the CPU or set \
                  train.seq_len to at most the shortest window",
-                s.model.config.layer_windows
+                s.model_config.layer_windows
             ),
         }),
         Some(first) => Ok(*first),
@@ -289,10 +343,20 @@ fn push_batch(out: &mut Vec<(String, TensorData<'static>)>, i: usize, b: &Batch)
 #[serde(tag = "event", rename_all = "lowercase")]
 enum Line {
     Step(Metrics),
-    Checkpoint { step: u64, path: PathBuf },
-    Memory { peak_bytes: u64 },
-    Done { adapter: PathBuf },
-    Error { message: String },
+    /// `path` is relative to the trainer's output directory.
+    Checkpoint {
+        step: u64,
+        path: String,
+    },
+    Memory {
+        peak_bytes: u64,
+    },
+    Done {
+        adapter: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 fn read_tensors(
@@ -320,24 +384,133 @@ fn tensors_of(params: &[ParamSpec], values: Vec<Vec<f32>>) -> Vec<NamedTensor> {
         .collect()
 }
 
-/// Runs (or resumes) a training run with the torch trainer; the same run directory, metrics
-/// and events as [`crate::run`].
+/// Where the trainer runs and how bora talks to it.
+pub trait TrainerHost {
+    /// `auto`, `float32` or `bfloat16` (see `trainers/torch/trainer.py`).
+    fn dtype(&self) -> &str;
+    fn model_access(&self) -> ModelAccess;
+    /// Starts the trainer on the prepared job directory (or attaches to the one already
+    /// running on it).
+    fn start(&mut self, job: &Path) -> Result<()>;
+    /// After [`TrainerHost::start`]: whether bora leaves the trainer running without
+    /// following it (a remote job started with `--detach`).
+    fn detached(&self) -> bool {
+        false
+    }
+    /// The trainer's next stdout line; `None` once it has stopped.
+    fn next_line(&mut self) -> Result<Option<String>>;
+    /// The trainer's output directory `rel` (`checkpoints/step-N`, `adapter`) on this
+    /// machine, holding at least `files`.
+    fn fetch(&mut self, rel: &str, files: &[&str]) -> Result<PathBuf>;
+    /// After the last line: why the trainer failed, or `None` when it succeeded.
+    fn failure(&mut self) -> Result<Option<String>>;
+}
+
+/// The trainer as a process on this machine, its output inside the job directory.
+pub struct LocalTrainer {
+    env: TorchEnv,
+    out: PathBuf,
+    child: Option<std::process::Child>,
+    lines: Option<std::io::Lines<BufReader<std::process::ChildStdout>>>,
+}
+
+impl LocalTrainer {
+    pub fn new(env: TorchEnv) -> Self {
+        Self {
+            env,
+            out: PathBuf::new(),
+            child: None,
+            lines: None,
+        }
+    }
+}
+
+impl TrainerHost for LocalTrainer {
+    fn dtype(&self) -> &str {
+        &self.env.dtype
+    }
+
+    fn model_access(&self) -> ModelAccess {
+        ModelAccess::LocalFiles
+    }
+
+    fn start(&mut self, job: &Path) -> Result<()> {
+        self.out = job.join("out");
+        let mut child = Command::new(&self.env.python)
+            .arg(job.join("trainer.py"))
+            .arg("--job")
+            .arg(job)
+            .arg("--out")
+            .arg(&self.out)
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| TrainError::Trainer {
+                what: format!("cannot start {}: {e}", self.env.python.display()),
+            })?;
+        let stdout = child.stdout.take().ok_or_else(|| TrainError::Trainer {
+            what: "the trainer's output is not readable".into(),
+        })?;
+        self.lines = Some(BufReader::new(stdout).lines());
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn next_line(&mut self) -> Result<Option<String>> {
+        match self.lines.as_mut().and_then(Iterator::next) {
+            Some(line) => Ok(Some(line.map_err(io_err(&self.out))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn fetch(&mut self, rel: &str, _files: &[&str]) -> Result<PathBuf> {
+        Ok(self.out.join(rel))
+    }
+
+    fn failure(&mut self) -> Result<Option<String>> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(Some("the trainer was never started".into()));
+        };
+        let status = child.wait().map_err(io_err(&self.out))?;
+        Ok((!status.success()).then(|| format!("the torch trainer exited with {status}")))
+    }
+}
+
+/// Runs (or resumes) a training run with the torch trainer on this machine; the same run
+/// directory, metrics and events as [`crate::run`].
 pub fn run_torch(
     start: Start,
     env: &TorchEnv,
     sinks: Vec<Box<dyn MetricSink>>,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Summary> {
-    closing_sinks(sinks, |sinks| train_torch(start, env, sinks, on_event))
+    run_trainer(start, &mut LocalTrainer::new(env.clone()), sinks, on_event)?.ok_or_else(|| {
+        TrainError::Trainer {
+            what: "the local trainer stopped being followed".into(),
+        }
+    })
+}
+
+/// Runs (or resumes, or follows again) a training run with the torch trainer wherever `host`
+/// runs it; `None` when the host left the trainer running ([`TrainerHost::detached`]).
+/// Steps and checkpoints the run directory already has (a job followed again from the
+/// start of its log) are not mirrored twice.
+pub fn run_trainer(
+    start: Start,
+    host: &mut dyn TrainerHost,
+    sinks: Vec<Box<dyn MetricSink>>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Option<Summary>> {
+    closing_sinks(sinks, |sinks| train_torch(start, host, sinks, on_event))
 }
 
 fn train_torch(
     start: Start,
-    env: &TorchEnv,
+    host: &mut dyn TrainerHost,
     sinks: &mut [Box<dyn MetricSink>],
     on_event: &mut dyn FnMut(Event<'_>),
-) -> Result<Summary> {
-    let mut s = set_up(start)?;
+) -> Result<Option<Summary>> {
+    // The trainer loads the base itself: bora needs its shape, not its weights.
+    let mut s = set_up_with(start, |_, _, _| Ok(()))?;
     if s.config.train.patience > 0 {
         return Err(TrainError::Config {
             key: "train.patience".into(),
@@ -345,7 +518,8 @@ fn train_torch(
         });
     }
     let job = s.run_dir.path().join(JOB_DIR);
-    let states = write_job(&mut s, &job, &env.dtype)?;
+    let dtype = host.dtype().to_owned();
+    let states = write_job(&mut s, &job, &dtype, host.model_access())?;
     let run_dir = s.run_dir.path().to_path_buf();
     for sink in sinks.iter_mut() {
         sink.start(&s.run_dir, s.first_step)?;
@@ -360,32 +534,22 @@ fn train_torch(
         val_examples: s.data.val.len(),
         skipped_lines: &s.data.skipped,
     });
-    let out = job.join("out");
-    let mut child = Command::new(&env.python)
-        .arg(job.join("trainer.py"))
-        .arg("--job")
-        .arg(&job)
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| TrainError::Trainer {
-            what: format!("cannot start {}: {e}", env.python.display()),
-        })?;
+    host.start(&job)?;
+    if host.detached() {
+        return Ok(None);
+    }
     let session = Instant::now();
-    let stdout = child.stdout.take().ok_or_else(|| TrainError::Trainer {
-        what: "the trainer's output is not readable".into(),
-    })?;
     let (mut step, mut last_loss, mut last_val_loss, mut adapter) =
         (s.first_step, None, None, None);
-    for line in BufReader::new(stdout).lines() {
-        let line = line.map_err(io_err(&out))?;
+    while let Some(line) = host.next_line()? {
         // Anything that is not an event (a library's warning) is passed on as is.
         let Ok(event) = serde_json::from_str::<Line>(&line) else {
             eprintln!("{line}");
             continue;
         };
         match event {
+            Line::Step(m) if m.step <= s.first_step => {}
+            Line::Checkpoint { step, .. } if step <= s.first_step => {}
             Line::Step(m) => {
                 for sink in sinks.iter_mut() {
                     sink.log(&m)?;
@@ -402,6 +566,8 @@ fn train_torch(
                 let state = states.get(&step).ok_or_else(|| TrainError::Trainer {
                     what: format!("the trainer saved step {step}, which is no checkpoint step"),
                 })?;
+                let path =
+                    host.fetch(&path, &[crate::ADAPTER_WEIGHTS_FILE, crate::OPTIMIZER_FILE])?;
                 let params = read_tensors(&path, crate::ADAPTER_WEIGHTS_FILE, &s.params, "")?;
                 let exp_avg = read_tensors(&path, crate::OPTIMIZER_FILE, &s.params, ".exp_avg")?;
                 let exp_avg_sq =
@@ -435,19 +601,21 @@ fn train_torch(
             Line::Error { message } => return Err(TrainError::Trainer { what: message }),
         }
     }
-    let status = child.wait().map_err(io_err(&job))?;
-    let adapter = match (status.success(), adapter) {
-        (true, Some(path)) => path,
-        _ => {
+    let failure = host.failure()?;
+    let adapter = match (failure, adapter) {
+        (None, Some(path)) => path,
+        (why, _) => {
             return Err(TrainError::Trainer {
                 what: format!(
-                    "the torch trainer stopped ({status}) at step {step}; its log is above, and \
-                     `bora train --resume {}` continues from the last checkpoint",
+                    "{} at step {step}; its log is above, and `bora train --resume {}` \
+                     continues from the last checkpoint",
+                    why.unwrap_or_else(|| "the trainer stopped without its adapter".into()),
                     run_dir.display()
                 ),
             })
         }
     };
+    let adapter = host.fetch(&adapter, &[crate::ADAPTER_WEIGHTS_FILE])?;
     let values = read_tensors(&adapter, crate::ADAPTER_WEIGHTS_FILE, &s.params, "")?;
     save_adapter(
         &s.run_dir.adapter_dir(),
@@ -460,12 +628,12 @@ fn train_torch(
         s.elapsed + session.elapsed().as_secs_f64(),
     )?;
     std::fs::remove_dir_all(&job).map_err(io_err(&job))?;
-    Ok(Summary {
+    Ok(Some(Summary {
         run_dir: run_dir.clone(),
         adapter_dir: s.run_dir.adapter_dir(),
         steps: step,
         last_loss,
         last_val_loss,
         timing,
-    })
+    }))
 }

@@ -10,6 +10,7 @@ mod download;
 mod eval;
 mod export;
 mod generate;
+mod jobs;
 mod judge;
 mod push;
 mod serve;
@@ -64,6 +65,8 @@ enum Command {
     Deploy(Box<bedrock::DeployArgs>),
     /// Fetch a model by its Hub name into the Hugging Face cache (and print its path).
     Download(download::DownloadArgs),
+    /// The Hugging Face Jobs of `bora train --on hf-jobs`: list, logs, cancel, attach.
+    Jobs(jobs::JobsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         Command::Push(args) => push::run(&args)?,
         Command::Download(args) => download::run(&args)?,
         Command::Deploy(args) => bedrock::deploy(&args)?,
+        Command::Jobs(args) => jobs::run(&args)?,
     }
     Ok(())
 }

@@ -8,10 +8,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bora_eval::{score_heldout, Heldout, HeldoutScore, HELDOUT_SAMPLE};
+use bora_hub::hub::Flavor;
 use bora_hub::wandb::{Target, TrackedRun, WandbTracking};
+use bora_jobs::{Account, HfJobsHost};
 use bora_run::{MetricSink, RunDir, RunFiles};
 use bora_train::{
-    open_run_dir, run, run_torch, Event, ModelSection, NewRun, RunConfig, Start, TorchEnv,
+    open_run_dir, run, run_torch, run_trainer, Event, ModelSection, NewRun, RunConfig, Start,
+    Summary, TorchEnv,
     TrackingSection,
 };
 use clap::Args;
@@ -149,9 +152,11 @@ pub struct TrainArgs {
     /// or REGISTRY/COLLECTION.
     #[arg(long, value_name = "[REGISTRY/]COLLECTION")]
     wandb_registry: Option<String>,
-    /// Where the steps run: `cpu` (bora's kernels) or `torch` (the PyTorch trainer on this
+    /// Where the steps run: `cpu` (bora's kernels), `torch` (the PyTorch trainer on this
     /// machine's GPU, or its CPU in f32; its environment is created under the bora cache on
-    /// first use, or BORA_TORCH_PYTHON names one). The run directory is the same either way.
+    /// first use, or BORA_TORCH_PYTHON names one), or `hf-jobs:FLAVOR` (the same trainer as a
+    /// Hugging Face Job, e.g. hf-jobs:a10g-large; see docs/hf-jobs.md). The run directory is
+    /// the same every way.
     #[arg(long, default_value = "cpu", value_name = "WHERE")]
     on: String,
     /// At the end, score generated answers on this many validation examples (`heldout.json`
@@ -159,17 +164,22 @@ pub struct TrainArgs {
     /// json, choice (a class list) or exact.
     #[arg(long, value_name = "N", default_value_t = HELDOUT_SAMPLE)]
     heldout: usize,
+    /// With --on hf-jobs: return once the job is started; `bora jobs attach runs/NAME`
+    /// follows it later (metrics, checkpoints, adapter).
+    #[arg(long)]
+    detach: bool,
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
-    let (start, config) = match &args.resume {
+    let (start, config, model_dir) = match &args.resume {
         Some(dir) => {
             let config = RunConfig::load(RunDir::at(dir).config_path())?;
+            let model_dir = hub_model_dir(&config.model)?;
             let start = Start::Resume {
                 dir: dir.clone(),
-                model_dir: hub_model_dir(&config.model)?,
+                model_dir: model_dir.clone(),
             };
-            (start, config)
+            (start, config, model_dir)
         }
         None => {
             let new_run = new_run(args)?;
@@ -178,48 +188,93 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             let start = Start::New {
                 runs_root,
                 config: Box::new(config.clone()),
-                model_dir,
+                model_dir: model_dir.clone(),
                 unset: new_run.unset()?,
             };
-            (start, config)
+            (start, config, model_dir)
         }
     };
     let run_dir = match (&args.resume, &args.out) {
         (Some(dir), _) | (None, Some(dir)) => dir.clone(),
         (None, None) => bail!("--out runs/NAME is required for a new run (or --resume runs/NAME)"),
     };
-    let registry = crate::wandb_models::registry(&config.tracking)?;
-    let mut sinks: Vec<Box<dyn MetricSink>> = vec![Box::new(RunFiles::default())];
-    if let Some(mut tracking) = wandb_tracking(&config.tracking, &config)? {
-        tracking.log_adapter_at_close(crate::wandb_models::adapter_request(
-            &run_dir,
-            &config,
-            &config.tracking.wandb,
-            registry,
-        ));
-        sinks.push(Box::new(tracking));
-    }
+    // A remote run is checked and priced before anything else happens.
+    let remote = match args.on.strip_prefix("hf-jobs:") {
+        Some(flavor) => {
+            let flavor = Flavor::find(flavor).map_err(anyhow::Error::msg)?;
+            let model_dir = model_dir.unwrap_or_else(|| PathBuf::from(&config.model.path));
+            let estimate = bora_jobs::preflight(&config, &model_dir, &flavor)?;
+            for line in estimate.lines() {
+                eprintln!("{line}");
+            }
+            let account = Account::from_env(|k| std::env::var(k).ok())?;
+            detach_on_interrupt(run_dir.clone(), flavor.name);
+            Some(HfJobsHost::new(
+                account,
+                flavor,
+                estimate.timeout_seconds,
+                &config.name,
+                args.detach,
+                Box::new(|line| eprintln!("{line}")),
+            ))
+        }
+        None if args.detach => bail!("--detach is for --on hf-jobs:FLAVOR"),
+        None => None,
+    };
+    let sinks = sinks_for(&config, &run_dir)?;
     let mut progress = Progress::new();
     let mut on_event = |event: Event<'_>| progress.event(event);
-    let summary = match args.on.as_str() {
-        "cpu" => run(start, sinks, &mut on_event)?,
-        "torch" => {
+    let summary = match (args.on.as_str(), remote) {
+        (_, Some(mut host)) => match run_trainer(start, &mut host, sinks, &mut on_event)? {
+            Some(summary) => summary,
+            None => {
+                println!(
+                    "detached: `bora jobs attach {0}` follows the job into the run directory, \
+                     `bora jobs cancel {0}` stops it",
+                    run_dir.display()
+                );
+                return Ok(());
+            }
+        },
+        ("cpu", None) => run(start, sinks, &mut on_event)?,
+        ("torch", None) => {
             let cache = bora_formats::cache::bora_home();
             let env = TorchEnv::resolve(&cache, &mut |line| eprintln!("{line}"))?;
             run_torch(start, &env, sinks, &mut on_event)?
         }
-        other => bail!("--on {other:?}: expected cpu or torch"),
+        (other, None) => bail!("--on {other:?}: expected cpu, torch or hf-jobs:FLAVOR"),
     };
+    print_summary(&summary);
+    if let Some(score) = heldout_score(&summary.run_dir, args.heldout)? {
+        println!("{}", score.line());
+    }
+    Ok(())
+}
+
+fn print_summary(summary: &Summary) {
     println!(
         "trained {} steps in {:.1}s; adapter: {}",
         summary.steps,
         summary.timing.train_seconds,
         summary.adapter_dir.display()
     );
-    if let Some(score) = heldout_score(&summary.run_dir, args.heldout)? {
-        println!("{}", score.line());
+}
+
+/// The run's own files, and W&B when its config asks for it (which logs the final adapter as
+/// a `model` artifact when the run closes).
+fn sinks_for(config: &RunConfig, run_dir: &Path) -> Result<Vec<Box<dyn MetricSink>>> {
+    let registry = crate::wandb_models::registry(&config.tracking)?;
+    let mut sinks: Vec<Box<dyn MetricSink>> = vec![Box::new(RunFiles::default())];
+    if let Some(mut tracking) = wandb_tracking(&config.tracking, config)? {
+        tracking.log_adapter_at_close(crate::wandb_models::adapter_request(
+            run_dir,
+            config,
+            &config.tracking.wandb,
+            registry,
+        ));
+        sinks.push(Box::new(tracking));
     }
-    Ok(())
+    Ok(sinks)
 }
 
 /// The generation score on up to `limit` of the run's validation examples (its `--val` file
@@ -241,6 +296,54 @@ fn heldout_score(run: &Path, limit: usize) -> Result<Option<HeldoutScore>> {
     };
     let mut quiet = |_| {};
     Ok(score_heldout(&dir, &heldout, &mut quiet)?)
+}
+
+/// `bora jobs attach RUN`: follows the run's job from the start of its log, mirroring what
+/// the run directory lacks (steps, checkpoints) and downloading the adapter at the end.
+pub fn attach(run_dir: &Path) -> Result<()> {
+    let config = RunConfig::load(RunDir::at(run_dir).config_path())?;
+    let model_dir = hub_model_dir(&config.model)?;
+    let account = Account::from_env(|k| std::env::var(k).ok())?;
+    let mut host = HfJobsHost::attach(
+        account,
+        run_dir,
+        &config.name,
+        Box::new(|line| eprintln!("{line}")),
+    )?;
+    let start = Start::Resume {
+        dir: run_dir.to_path_buf(),
+        model_dir,
+    };
+    let mut progress = Progress::new();
+    let mut on_event = |event: Event<'_>| progress.event(event);
+    match run_trainer(start, &mut host, sinks_for(&config, run_dir)?, &mut on_event)? {
+        Some(summary) => print_summary(&summary),
+        None => bail!("{}: the job was not followed", run_dir.display()),
+    }
+    Ok(())
+}
+
+/// Ctrl-C while a Hugging Face Job is followed: bora stops following and says how to reach
+/// the job, which keeps running (it is billed until it ends or is cancelled).
+fn detach_on_interrupt(run_dir: PathBuf, flavor: &'static str) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            return;
+        };
+        if runtime.block_on(tokio::signal::ctrl_c()).is_ok() {
+            let run = run_dir.display();
+            eprintln!(
+                "\ndetached: the job keeps running on Hugging Face. `bora jobs cancel {run}` \
+                 stops it, `bora jobs attach {run}` follows it into the run directory again, \
+                 and after it stopped `bora train --resume {run} --on hf-jobs:{flavor}` \
+                 continues from the last checkpoint"
+            );
+            std::process::exit(130);
+        }
+    });
 }
 
 /// For a Hub id in `model.path`: its snapshot directory, fetched if needed, with the commit

@@ -9,10 +9,9 @@ mod common;
 #[path = "../../bora-hub/tests/hub_support/mod.rs"]
 mod hub_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
-use common::{assert_ok, fixture, word, write_tokenizer};
+use common::{assert_ok, bora_env, fixture, word, write_tokenizer};
 use hub_support::{FakeHub, ModelRepo, TOKEN};
 use serde_json::{json, Value};
 
@@ -46,32 +45,6 @@ fn llama_repo(id: &str, base: bool) -> (ModelRepo, String) {
     let mut repo = ModelRepo::new(id);
     let commit = repo.commit(&["main"], &files);
     (repo, commit)
-}
-
-/// bora with a clean Hugging Face environment: this Hub, this cache, no token unless given.
-fn bora_env(hub: &str, home: &Path, extra: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bora"));
-    cmd.args(args)
-        .env_remove("RUST_BACKTRACE")
-        .env("HOME", home)
-        .env("HF_HOME", home.join("hf"))
-        .env("HF_ENDPOINT", hub);
-    for k in [
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_TOKEN_PATH",
-        "HF_HUB_CACHE",
-        "HUGGINGFACE_HUB_CACHE",
-        "XDG_CACHE_HOME",
-        "HF_HUB_OFFLINE",
-        "TRANSFORMERS_OFFLINE",
-    ] {
-        cmd.env_remove(k);
-    }
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("bora runs")
 }
 
 fn text(b: &[u8]) -> String {

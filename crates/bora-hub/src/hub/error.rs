@@ -20,6 +20,20 @@ pub enum HubError {
         namespace: String,
         why: String,
     },
+    #[error("{url} rejected the token (401): it is invalid or expired; create a new write token (`hf auth login`) or set HF_TOKEN")]
+    TokenRejected { url: String },
+    #[error(
+        "the Jobs API refused to run jobs in `{namespace}` ({status}): {message}; Jobs need a \
+         namespace with a positive credit balance (a PRO/Team/Enterprise plan or prepaid credits) \
+         and a token with write access to it"
+    )]
+    JobsRefused {
+        namespace: String,
+        status: u16,
+        message: String,
+    },
+    #[error("no such job: {url} answered 404 ({message})")]
+    JobNotFound { url: String, message: String },
     #[error("{method} {url} answered {status}: {body}")]
     Status {
         method: &'static str,

@@ -4,12 +4,13 @@
 //! files go through LFS, upload LFS objects through the batch API (basic or multipart),
 //! then one ndjson commit. Everything before the first byte of content is sent exists to fail
 //! early: a bad repo id, a missing token or one without write access stop the push before any
-//! upload request.
+//! upload request. `jobs.rs` runs and follows Hugging Face Jobs.
 
 mod auth;
 mod download;
 mod error;
 pub(crate) mod http;
+mod jobs;
 mod upload;
 
 use std::fmt;
@@ -23,6 +24,7 @@ pub use download::{
 pub use error::HubError;
 pub(crate) use http::{shown, Body, Req};
 pub use http::{HubClient, Retry, RETRY_AFTER_CAP};
+pub use jobs::{Flavor, JobInfo, JobSpec, LogOptions, Secrets, FLAVORS, TERMINAL_STAGES};
 pub use upload::{FileOutcome, LocalFile, UploadEvent, UploadMode, UploadReport};
 
 pub type Result<T, E = HubError> = std::result::Result<T, E>;
@@ -165,8 +167,10 @@ impl Token {
         format!("Bearer {}", self.0)
     }
 
-    /// The token as it is, for a service that takes it in a header of its own.
-    fn secret(&self) -> &str {
+    /// The token itself, for the two places it must travel as a value: a service that takes
+    /// it in a header of its own, and the secrets of a Hugging Face Job that uploads to the
+    /// user's repo (sent encrypted, never as `env`).
+    pub fn secret(&self) -> &str {
         &self.0
     }
 }

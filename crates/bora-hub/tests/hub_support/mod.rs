@@ -5,12 +5,13 @@
 //! keeps real state (committed files and their oids, stored LFS objects), so a second push
 //! sees what the first one stored, and it records every request byte for byte so tests can
 //! assert exactly what a client sent. Faults (a 500, a dropped connection) are injected per
-//! request path prefix, once each.
+//! request path prefix, once each. The Jobs API (`jobs.rs`) runs on the same port.
 
 #![allow(dead_code)]
 
 #[path = "../http_wire/mod.rs"]
 mod http_wire;
+pub mod jobs;
 mod models;
 
 use std::collections::HashMap;
@@ -64,6 +65,13 @@ pub struct State {
     pub models: HashMap<String, models::ModelRepo>,
     /// The origin of LFS storage (another port).
     pub storage: String,
+    /// Jobs posted to the Jobs API, in order.
+    pub jobs: Vec<jobs::FakeJob>,
+    /// Runs each posted job (its container); none leaves jobs RUNNING.
+    pub job_runner: Option<jobs::Runner>,
+    /// The Jobs API's answer to every `run_job` instead of a job (status, body): a
+    /// namespace without credits.
+    pub jobs_refusal: Option<(u16, Value)>,
 }
 
 pub use models::ModelRepo;
@@ -137,7 +145,10 @@ impl FakeHub {
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
-                    handle(stream, &shared, &base);
+                    // One thread per connection: a job's log stream stays open while the
+                    // client makes other requests.
+                    let (shared, base) = (Arc::clone(&shared), base.clone());
+                    std::thread::spawn(move || handle(stream, &shared, &base));
                 }
             });
         }
@@ -170,6 +181,15 @@ impl FakeHub {
             .collect()
     }
 
+    /// Runs every job posted from now on with `runner`.
+    pub fn run_jobs_with(&self, runner: impl Fn(jobs::JobControl) + Send + Sync + 'static) {
+        self.state.lock().unwrap().job_runner = Some(std::sync::Arc::new(runner));
+    }
+
+    pub fn jobs(&self) -> Vec<jobs::FakeJob> {
+        self.state.lock().unwrap().jobs.clone()
+    }
+
     pub fn fail_once(&self, prefix: &str, fault: Fault) {
         self.state
             .lock()
@@ -193,7 +213,7 @@ fn respond(stream: &mut TcpStream, status: u16, body: &str, etag: Option<&str>) 
     let _ = stream.flush();
 }
 
-fn handle(mut stream: TcpStream, state: &Mutex<State>, base: &str) {
+fn handle(mut stream: TcpStream, state: &Arc<Mutex<State>>, base: &str) {
     let Some(req) = read_request(&stream) else {
         return;
     };
@@ -218,6 +238,23 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, base: &str) {
             return;
         }
         _ => {}
+    }
+    if path.starts_with("/api/jobs/") {
+        drop(s);
+        if !authed(&req) {
+            return respond(
+                &mut stream,
+                401,
+                &json!({"error": "Invalid credentials in Authorization header"}).to_string(),
+                None,
+            );
+        }
+        match jobs::route(state, &mut stream, &req, &path) {
+            Some(Some((status, body))) => respond(&mut stream, status, &body, None),
+            Some(None) => {}
+            None => respond(&mut stream, 404, "{\"error\":\"no such route\"}", None),
+        }
+        return;
     }
     if let Some(mut answer) = models::route(&s, &req, &path, base) {
         drop(s);

@@ -114,3 +114,38 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// bora with a clean Hugging Face environment: this Hub, this cache, no token unless given.
+#[allow(dead_code)]
+pub fn bora_env(hub: &str, home: &Path, extra: &[(&str, &str)], args: &[&str]) -> Output {
+    bora_env_command(hub, home, extra, args)
+        .output()
+        .expect("bora runs")
+}
+
+/// The command [`bora_env`] runs, to start it without waiting.
+#[allow(dead_code)]
+pub fn bora_env_command(hub: &str, home: &Path, extra: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bora"));
+    cmd.args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env("HOME", home)
+        .env("HF_HOME", home.join("hf"))
+        .env("HF_ENDPOINT", hub);
+    for k in [
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_TOKEN_PATH",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "XDG_CACHE_HOME",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+    ] {
+        cmd.env_remove(k);
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
