@@ -59,7 +59,7 @@ impl Player {
             Some(Player {
                 program,
                 args: args.to_vec(),
-                output_format: *format,
+                output_format: format,
             })
         })
     }

@@ -26,7 +26,7 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bora-hub/tests/f
 
 /// The audio of the `n`th answered request (0-based): the 440 Hz tone, then the 660 Hz one.
 pub fn tone(n: usize) -> Vec<u8> {
-    let name = if n % 2 == 0 {
+    let name = if n.is_multiple_of(2) {
         "tone_440.mp3"
     } else {
         "tone_660.mp3"
