@@ -208,18 +208,7 @@ fn check(req: &Request) -> Vec<String> {
 }
 
 fn respond(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)], body: &Value) {
-    let body = body.to_string();
-    let mut head = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in extra {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body.as_bytes());
-    let _ = stream.flush();
+    http_wire::respond_json(stream, status, extra, body.to_string().as_bytes());
 }
 
 /// ElevenLabs' error body.
