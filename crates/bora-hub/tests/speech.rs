@@ -272,6 +272,25 @@ fn a_failure_stops_speech_keeps_the_audio_before_it_and_names_the_cause() {
     assert_eq!(server.requests().len(), 2);
 }
 
+#[test]
+fn a_player_that_never_ends_is_stopped_with_a_clear_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("mpv");
+    std::fs::write(&script, "#!/bin/sh\nexec /bin/sleep 120\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let player = Player::detect(Some(dir.path().into())).unwrap();
+    let server = FakeElevenLabs::start();
+    let (c, _) = client(&server);
+    let mut stream = SpeechStream::start(c, AudioOut::Player(player)).unwrap();
+    stream_in_pieces(&mut stream, "Nobody is listening to this sentence.");
+    let e = stream.finish().unwrap_err().to_string();
+    assert!(
+        e.contains("the player mpv") && e.contains("stopped it"),
+        "{e}"
+    );
+}
+
 /// A player on a PATH of its own: a script that saves what it is fed.
 fn fake_player(dir: &Path, name: &str) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;

@@ -19,7 +19,7 @@ pub const DEFAULT_AUDIO_FILE: &str = "bora-answer.mp3";
 pub struct SpeakArgs {
     /// Read the answer aloud as it streams, with ElevenLabs text to speech (key from
     /// ELEVENLABS_API_KEY, endpoint from ELEVENLABS_BASE_URL): played with ffplay, mpv,
-    /// mpg123 or aplay when one is on PATH, else written to --audio-out.
+    /// mpg123 or aplay when one is on PATH, else written to bora-answer.mp3.
     #[arg(long)]
     speak: bool,
     #[command(flatten)]

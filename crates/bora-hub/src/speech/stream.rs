@@ -11,6 +11,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bora_formats::atomic::AtomicFile;
 
@@ -59,7 +60,7 @@ impl Player {
             Some(Player {
                 program,
                 args: args.to_vec(),
-                output_format: *format,
+                output_format: format,
             })
         })
     }
@@ -101,6 +102,13 @@ pub enum SpokenTo {
     Player { name: String },
 }
 
+/// The fewest bytes a second of the audio asked for takes (MP3 at 128 kbit/s; PCM at 24 kHz
+/// takes more), to bound how long a player may still be playing.
+const MIN_BYTES_PER_SECOND: f64 = 16_000.0;
+/// How long a player may take past the end of its audio before it is stopped: one that cannot
+/// open a sound device may wait forever.
+const PLAYER_GRACE: Duration = Duration::from_secs(10);
+
 enum Sink {
     File {
         file: AtomicFile,
@@ -110,6 +118,7 @@ enum Sink {
         child: Child,
         stdin: ChildStdin,
         name: String,
+        bytes: u64,
     },
 }
 
@@ -133,7 +142,12 @@ impl Sink {
                         source,
                     })?;
                 let stdin = child.stdin.take().expect("stdin was piped");
-                Ok(Sink::Player { child, stdin, name })
+                Ok(Sink::Player {
+                    child,
+                    stdin,
+                    name,
+                    bytes: 0,
+                })
             }
         }
     }
@@ -145,17 +159,23 @@ impl Sink {
                 *bytes += audio.len() as u64;
                 Ok(())
             }
-            Sink::Player { stdin, name, .. } => stdin
-                .write_all(audio)
-                .and_then(|_| stdin.flush())
-                .map_err(|source| SpeechError::Output {
-                    what: format!("the player {name} stopped taking audio"),
-                    source,
-                }),
+            Sink::Player {
+                stdin, name, bytes, ..
+            } => {
+                *bytes += audio.len() as u64;
+                stdin
+                    .write_all(audio)
+                    .and_then(|_| stdin.flush())
+                    .map_err(|source| SpeechError::Output {
+                        what: format!("the player {name} stopped taking audio"),
+                        source,
+                    })
+            }
         }
     }
 
-    /// Renames the file into place, or lets the player play out what it has and waits.
+    /// Renames the file into place, or lets the player play out what it has and waits (no
+    /// longer than the audio lasts and [`PLAYER_GRACE`]).
     fn close(self, path: &AudioOut) -> Result<SpokenTo, SpeechError> {
         match (self, path) {
             (Sink::File { file, bytes }, AudioOut::File(path)) => {
@@ -170,14 +190,32 @@ impl Sink {
                     mut child,
                     stdin,
                     name,
+                    bytes,
                 },
                 _,
             ) => {
                 drop(stdin);
-                child.wait().map_err(|source| SpeechError::Output {
+                let longest = Duration::from_secs_f64(bytes as f64 / MIN_BYTES_PER_SECOND);
+                let deadline = Instant::now() + longest + PLAYER_GRACE;
+                let waiting = |source| SpeechError::Output {
                     what: format!("waiting for the player {name}"),
                     source,
-                })?;
+                };
+                while child.try_wait().map_err(waiting)?.is_none() {
+                    if Instant::now() > deadline {
+                        // Stopping it is all that is left to do; its exit status says nothing.
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(SpeechError::Output {
+                            what: format!("the player {name}"),
+                            source: std::io::Error::other(format!(
+                                "still running {} s after its audio should have ended; stopped it (is there a sound device? --audio-out FILE writes the audio instead)",
+                                PLAYER_GRACE.as_secs()
+                            )),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 Ok(SpokenTo::Player { name })
             }
             (Sink::File { .. }, AudioOut::Player(_)) => {

@@ -26,7 +26,7 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bora-hub/tests/f
 
 /// The audio of the `n`th answered request (0-based): the 440 Hz tone, then the 660 Hz one.
 pub fn tone(n: usize) -> Vec<u8> {
-    let name = if n % 2 == 0 {
+    let name = if n.is_multiple_of(2) {
         "tone_440.mp3"
     } else {
         "tone_660.mp3"
@@ -208,18 +208,7 @@ fn check(req: &Request) -> Vec<String> {
 }
 
 fn respond(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)], body: &Value) {
-    let body = body.to_string();
-    let mut head = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in extra {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body.as_bytes());
-    let _ = stream.flush();
+    http_wire::respond_json(stream, status, extra, body.to_string().as_bytes());
 }
 
 /// ElevenLabs' error body.

@@ -13,8 +13,8 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
-use http_wire::read_request;
 pub use http_wire::Request;
+use http_wire::{read_request, respond_json as respond};
 use serde_json::{json, Value};
 
 pub const API_KEY: &str = "test-mistral-key-0123456789";
@@ -100,20 +100,6 @@ impl FakeMistral {
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().unwrap().requests.clone()
     }
-}
-
-fn respond(stream: &mut TcpStream, status: u16, extra: &[(&str, &str)], body: &[u8]) {
-    let mut head = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in extra {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body);
-    let _ = stream.flush();
 }
 
 fn serve(mut stream: TcpStream, state: &Mutex<State>, answerer: &Answerer) {
