@@ -14,8 +14,7 @@ use bora_jobs::{Account, HfJobsHost};
 use bora_run::{MetricSink, RunDir, RunFiles};
 use bora_train::{
     open_run_dir, run, run_torch, run_trainer, Event, ModelSection, NewRun, RunConfig, Start,
-    Summary, TorchEnv,
-    TrackingSection,
+    Summary, TorchEnv, TrackingSection,
 };
 use clap::Args;
 
@@ -316,7 +315,12 @@ pub fn attach(run_dir: &Path) -> Result<()> {
     };
     let mut progress = Progress::new();
     let mut on_event = |event: Event<'_>| progress.event(event);
-    match run_trainer(start, &mut host, sinks_for(&config, run_dir)?, &mut on_event)? {
+    match run_trainer(
+        start,
+        &mut host,
+        sinks_for(&config, run_dir)?,
+        &mut on_event,
+    )? {
         Some(summary) => print_summary(&summary),
         None => bail!("{}: the job was not followed", run_dir.display()),
     }
