@@ -323,6 +323,7 @@ impl HubClient {
                 etag: None,
                 error_code: None,
                 retry_after: None,
+                content_type: None,
                 body,
             };
             return Err(StreamError::Hub(self.job_error(&req, resp, namespace)));
