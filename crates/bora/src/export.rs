@@ -311,6 +311,7 @@ pub fn merged_for_run(run_dir: &Path) -> Result<PathBuf> {
         shard_size: DEFAULT_SHARD_BYTES,
         no_verify: false,
         force: true,
+        wandb: None,
     })?;
     Ok(out)
 }
