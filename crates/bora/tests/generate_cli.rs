@@ -279,7 +279,7 @@ fn json_schema_constrains_a_sampled_answer() {
         assert!(v["count"].is_i64() && v["ok"].is_boolean(), "{v}");
     }
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, r#"{"type": "string", "maxLength": 3}"#).unwrap();
+    std::fs::write(&bad, r#"{"type": "integer", "multipleOf": 3}"#).unwrap();
     let out = bora(&[
         "generate",
         "--prompt",
@@ -288,5 +288,5 @@ fn json_schema_constrains_a_sampled_answer() {
         bad.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("maxLength"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multipleOf"));
 }
