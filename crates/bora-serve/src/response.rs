@@ -232,6 +232,12 @@ pub(crate) async fn whole_response(
             left -= 1;
         }
     }
+    Ok(whole_body(&meta, choices))
+}
+
+/// The response body of finished choices: what a whole answer sends, and what an observer
+/// is told of a streamed one.
+fn whole_body(meta: &Meta, choices: Vec<Choice>) -> Value {
     let mut completion_tokens = 0;
     let mut out = Vec::new();
     for (i, mut c) in choices.into_iter().enumerate() {
@@ -277,8 +283,11 @@ pub(crate) async fn whole_response(
     }
     let mut body = meta.envelope(false, Value::Array(out));
     body["usage"] = meta.usage(completion_tokens);
-    Ok(body)
+    body
 }
+
+/// Told the whole response a stream added up to, once its last choice finished.
+pub(crate) type OnStreamed = Box<dyn FnOnce(Value) + Send>;
 
 fn sse(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
@@ -296,6 +305,7 @@ pub(crate) fn stream_response(
     meta: Meta,
     rx: UnboundedReceiver<(usize, Event)>,
     include_usage: bool,
+    on_done: Option<OnStreamed>,
 ) -> Response {
     let mut first = VecDeque::new();
     if meta.endpoint == Endpoint::Chat {
@@ -313,6 +323,7 @@ pub(crate) fn stream_response(
         pending: VecDeque<Bytes>,
         done: bool,
         include_usage: bool,
+        on_done: Option<OnStreamed>,
     }
     let state = St {
         choices: (0..meta.n).map(|i| Choice::new(&meta, i)).collect(),
@@ -323,6 +334,7 @@ pub(crate) fn stream_response(
         pending: first,
         done: false,
         include_usage,
+        on_done,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
@@ -345,6 +357,7 @@ pub(crate) fn stream_response(
                 left,
                 include_usage,
                 done,
+                on_done,
                 ..
             } = &mut st;
             let Some(choice) = choices.get_mut(i) else {
@@ -358,6 +371,9 @@ pub(crate) fn stream_response(
                     continue;
                 }
             };
+            if on_done.is_some() {
+                choice.collect(pieces.clone());
+            }
             let chat = meta.endpoint == Endpoint::Chat;
             for piece in pieces {
                 let c = match piece {
@@ -406,6 +422,9 @@ pub(crate) fn stream_response(
                 }
                 pending.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
                 *done = true;
+                if let Some(on_done) = on_done.take() {
+                    on_done(whole_body(meta, std::mem::take(choices)));
+                }
             }
         }
     });

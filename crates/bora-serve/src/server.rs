@@ -28,7 +28,7 @@ use crate::conn::{self, Limits};
 use crate::engine::{Job, Rejected, Scheduler};
 use crate::error::{ApiError, ServeError};
 use crate::request::{completion_prompt, parse_body, Params};
-use crate::response::{stream_response, whole_response, Endpoint, Meta};
+use crate::response::{stream_response, whole_response, Endpoint, Meta, OnStreamed};
 use crate::tools::read_shape;
 
 /// How the server runs; every field is a `bora serve` flag.
@@ -54,9 +54,10 @@ pub struct ServeOptions {
     pub chat_template: Option<String>,
 }
 
-/// Something told of each answered (non-streamed) request, after its response is built and
-/// before it is sent. It runs on an I/O thread, so it must return at once: queue the
-/// request, never send it from here.
+/// Something told of each answered request: a whole answer after its response is built and
+/// before it is sent, a stream once its last choice finished (with the response the stream
+/// added up to). It runs on an I/O thread, so it must return at once: queue the request,
+/// never send it from here.
 pub trait RequestObserver: Send + Sync + std::fmt::Debug {
     fn answered(&self, request: AnsweredRequest);
 }
@@ -431,11 +432,7 @@ async fn start(
     let raw = body;
     let body = parse_body(&raw)?;
     let params = Params::read(&body, endpoint == Endpoint::Chat)?;
-    let observed = state
-        .observer
-        .clone()
-        .filter(|_| !params.stream)
-        .map(|o| (o, body.clone()));
+    let observed = state.observer.clone().map(|o| (o, body.clone()));
     let Some(served) = state.models.iter().find(|m| m.id == params.model) else {
         let names: Vec<String> = state.models.iter().map(|m| m.id.clone()).collect();
         return Err(ApiError::unknown_model(&params.model, &names));
@@ -518,18 +515,24 @@ async fn start(
         tokenizer: state.tokenizer.clone(),
         id_seed: seed,
     };
+    let tell = observed.map(|(observer, request)| {
+        move |response: Value| {
+            observer.answered(AnsweredRequest {
+                chat: endpoint == Endpoint::Chat,
+                request,
+                response,
+                arrived: arrived_at,
+                latency: arrived.elapsed(),
+            })
+        }
+    });
     if params.stream {
-        return Ok(stream_response(meta, rx, params.stream_usage));
+        let on_done = tell.map(|tell| Box::new(tell) as OnStreamed);
+        return Ok(stream_response(meta, rx, params.stream_usage, on_done));
     }
     let response = whole_response(meta, rx).await?;
-    if let Some((observer, request)) = observed {
-        observer.answered(AnsweredRequest {
-            chat: endpoint == Endpoint::Chat,
-            request,
-            response: response.clone(),
-            arrived: arrived_at,
-            latency: arrived.elapsed(),
-        });
+    if let Some(tell) = tell {
+        tell(response.clone());
     }
     Ok(Json(response).into_response())
 }

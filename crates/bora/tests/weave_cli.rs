@@ -283,6 +283,29 @@ fn post(addr: &str, path: &str, body: &Value) -> Value {
     serde_json::from_str(body).unwrap()
 }
 
+/// The `data:` chunks of a streamed answer, up to `[DONE]`.
+fn post_stream(addr: &str, path: &str, body: &Value) -> Vec<Value> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .take_while(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
 #[test]
 fn serve_traces_each_answered_request_as_a_weave_call() {
     let tmp = tempfile::tempdir().unwrap();
@@ -324,18 +347,40 @@ fn serve_traces_each_answered_request_as_a_weave_call() {
         );
         answers.push(response);
     }
+    // A streamed answer is traced with the response its chunks add up to.
+    let chunks = post_stream(
+        &addr,
+        "/v1/completions",
+        &json!({"model": "llama", "prompt": "g h", "max_tokens": 3, "stream": true}),
+    );
+    let streamed_text: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap_or_default())
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let calls = loop {
         let calls: Vec<_> = server.state().calls.values().cloned().collect();
-        if calls.len() >= 2 || Instant::now() > deadline {
+        if calls.len() >= 3 || Instant::now() > deadline {
             break calls;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(calls.len(), 2);
-    for call in &calls {
+    assert_eq!(calls.len(), 3);
+    let streamed = calls
+        .iter()
+        .find(|c| c["output"]["id"] == chunks[0]["id"])
+        .expect("the streamed answer traced");
+    assert_eq!(
+        streamed["output"]["choices"][0]["text"],
+        streamed_text.as_str()
+    );
+    assert_eq!(streamed["inputs"]["stream"], true);
+    for call in calls
+        .iter()
+        .filter(|c| c["output"]["id"] != chunks[0]["id"])
+    {
         assert_eq!(op(call), "bora.serve.completion");
         let answer = answers
             .iter()
