@@ -264,7 +264,8 @@ fn a_bad_weave_target_is_refused() {
 }
 
 /// A POST of `body` to `path`; the response body.
-fn post(addr: &str, path: &str, body: &Value) -> Value {
+/// The body of the answer to `POST path` with a JSON `body`, read to the end.
+fn post_raw(addr: &str, path: &str, body: &Value) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
@@ -279,27 +280,17 @@ fn post(addr: &str, path: &str, body: &Value) -> Value {
     .unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
-    let (_, body) = text.split_once("\r\n\r\n").unwrap();
-    serde_json::from_str(body).unwrap()
+    text.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+fn post(addr: &str, path: &str, body: &Value) -> Value {
+    serde_json::from_str(&post_raw(addr, path, body)).unwrap()
 }
 
 /// The `data:` chunks of a streamed answer, up to `[DONE]`.
 fn post_stream(addr: &str, path: &str, body: &Value) -> Vec<Value> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let body = body.to_string();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
+    post_raw(addr, path, body)
+        .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .take_while(|d| *d != "[DONE]")
         .map(|d| serde_json::from_str(d).unwrap())
