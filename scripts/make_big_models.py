@@ -58,14 +58,15 @@ TOKENIZERS = {
 SHARD_BYTES = 4 << 30  # transformers' default max_shard_size is 5 GB; smaller keeps RAM low here
 
 
-def ensure_venv():
+def ensure_venv(extra=()):
+    """Runs the calling script again inside `.venv-bigmodels`, with PACKAGES and `extra` installed."""
     if Path(sys.prefix).resolve() == VENV.resolve():
         return
     python = VENV / "bin" / "python"
     if not python.exists():
         subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-        subprocess.check_call([str(python), "-m", "pip", "install", "--quiet", *PACKAGES])
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+    subprocess.check_call([str(python), "-m", "pip", "install", "--quiet", *PACKAGES, *extra])
+    os.execv(str(python), [str(python), os.path.abspath(sys.argv[0]), *sys.argv[1:]])
 
 
 def main():
