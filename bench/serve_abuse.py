@@ -4,11 +4,14 @@
 Starts the server, measures well-behaved clients (non-streaming chat completions from
 `--clients` threads) alone, then again while `--abusers` abusive connections stay open:
 a quarter never send, a quarter send their headers a byte a second (slowloris), a quarter
-send a short streaming request and never read the answer (tiny receive buffer), a quarter send
-20 MB bodies (one per connection, a new connection every 5 s). The load generator runs on the
-same machine, so its own CPU use counts against the server. Prints both throughputs and their
-ratio, checks that Python's `http.client` receives the 413 for a 20 MB body, and samples the
-server's resident memory throughout.
+send a streaming request for one token and never read the answer (tiny receive buffer), a
+quarter send 20 MB bodies (one per connection, a new connection every 5 s). A non-reader
+asks for one token because the generation it asks for is real work, which the server shares
+first come, first served with everyone (50 non-readers asking 16 tokens each queue 800
+tokens ahead of the well-behaved clients); what is measured is the cost of the connections.
+The load generator runs on the same machine, so its own CPU use counts against the server.
+Prints both throughputs and their ratio, checks that Python's `http.client` receives the
+413 for a 20 MB body, and samples the server's resident memory throughout.
 `--soak SECONDS` keeps the abuse and the clients going that long and prints memory every
 30 s (flat memory means bounded buffers). Standard library only.
 
@@ -109,11 +112,14 @@ def measure(port, clients, seconds):
 class Abuse:
     """Keeps `n` abusive connections open, reopening each one the server closes."""
 
-    def __init__(self, port, n):
+    KINDS = ("silent", "slowloris", "nonreader", "oversized")
+
+    def __init__(self, port, n, kinds=KINDS, nonreader_tokens=1):
         self.port, self.n, self.stop = port, n, threading.Event()
+        self.nonreader_tokens = nonreader_tokens
         self.opened = 0
         self.threads = []
-        kinds = [self.silent, self.slowloris, self.nonreader, self.oversized]
+        kinds = [getattr(self, k) for k in kinds]
         for i in range(n):
             t = threading.Thread(target=self.loop, args=(kinds[i % len(kinds)],), daemon=True)
             self.threads.append(t)
@@ -159,7 +165,7 @@ class Abuse:
 
     def nonreader(self, s):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-        body = json.dumps({"model": "bench", "stream": True, "max_tokens": 16,
+        body = json.dumps({"model": "bench", "stream": True, "max_tokens": self.nonreader_tokens,
                            "messages": [{"role": "user", "content": "Tell a long story."}]})
         s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
@@ -200,6 +206,10 @@ def main():
     ap.add_argument("--seconds", type=float, default=30, help="each throughput measurement")
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--abusers", type=int, default=200)
+    ap.add_argument("--kinds", default=",".join(Abuse.KINDS),
+                    help="abusers, shared out in turn (a comma-separated subset of the default)")
+    ap.add_argument("--nonreader-tokens", type=int, default=1,
+                    help="tokens each non-reader asks for (real work, served like anyone's)")
     ap.add_argument("--soak", type=float, default=0, help="seconds of abuse + clients, memory sampled")
     args = ap.parse_args()
 
@@ -219,11 +229,11 @@ def main():
         base = measure(port, args.clients, args.seconds)
         print(f"alone:           {base['req_per_s']:.2f} req/s, {base['tok_per_s']:.1f} tok/s, "
               f"errors {base['errors']}, other statuses {base['status']}")
-        abuse = Abuse(port, args.abusers)
+        abuse = Abuse(port, args.abusers, args.kinds.split(","), args.nonreader_tokens)
         abuse.start()
         time.sleep(3)
         under = measure(port, args.clients, args.seconds)
-        print(f"with {args.abusers} abusers: {under['req_per_s']:.2f} req/s, {under['tok_per_s']:.1f} tok/s, "
+        print(f"with {args.abusers} abusers ({args.kinds}; non-readers ask {args.nonreader_tokens} tokens): {under['req_per_s']:.2f} req/s, {under['tok_per_s']:.1f} tok/s, "
               f"errors {under['errors']} {under['last_error'] or ''}, other statuses {under['status']}, "
               f"abusive connections opened {abuse.opened}")
         ratio = under["tok_per_s"] / base["tok_per_s"] if base["tok_per_s"] else float("nan")
