@@ -4,9 +4,7 @@
 //! a file only when its check passed, and nothing else is left beside it.
 #![no_main]
 
-#[path = "tiny.rs"]
-mod tiny;
-
+use std::path::Path;
 use std::sync::OnceLock;
 
 use bora_formats::quant::GgmlType;
@@ -26,7 +24,12 @@ const TYPES: [GgmlType; 7] = [
 
 fn base() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
-    M.get_or_init(|| Model::load(tiny::gguf(), &LoadOptions::default()).expect("the tiny GGUF"))
+    M.get_or_init(|| {
+        // The tiny Llama fixture of bora-model (2 layers, hidden 64, vocabulary 96).
+        let gguf = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../crates/bora-model/tests/fixtures/tiny/llama.gguf");
+        Model::load(gguf, &LoadOptions::default()).expect("the tiny GGUF")
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
