@@ -84,7 +84,10 @@ fn answer(mut conn: TcpStream, queue: &Mutex<Vec<Vec<u8>>>) -> bool {
             length = v.trim().parse().unwrap_or(0);
         }
     }
-    let _ = std::io::copy(&mut reader.by_ref().take(length as u64), &mut std::io::sink());
+    let _ = std::io::copy(
+        &mut reader.by_ref().take(length as u64),
+        &mut std::io::sink(),
+    );
     let next = {
         let mut q = queue.lock().expect("lock");
         if q.len() > 1 {
