@@ -80,11 +80,14 @@ printf '\0{"name": "user", "type": "user", "orgs": [{"name": "org", "roleInOrg":
 printf '\0{"data": {"upsertBucket": {"bucket": {"id": "r", "name": "abcdefgh", "displayName": "fuzz", "project": {"name": "p", "entity": {"name": "e"}}}}}}\0\0{"exitcode": null, "limits": {}}' |
   seed hub_responses wandb
 
-# Jobs, chat and speech responses: status byte as above (10 = 200 audio/mpeg, 20 = 200
+# Jobs, chat, speech and Weave responses: status byte as above (10 = 200 audio/mpeg, 20 = 200
 # text/event-stream), then the body; NUL between.
 JOB='{"id": "job1", "status": {"stage": "RUNNING", "message": null}, "owner": {"name": "org"}, "flavor": "a10g-small", "labels": {"bora-run": "r1"}, "createdAt": "2026-01-01T00:00:00Z"}'
 printf '\0%s\0\0%s\0\0[%s]\0\x14data: {"data": "step 1 loss 2.0", "timestamp": "t"}\n\ndata: {"data": "done"}\n\n\0\0{}\0\0{"id": "c", "object": "chat.completion", "model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": "{\\"a\\": 4}"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}\0\x0aID3mp3' "$JOB" "$JOB" "$JOB" |
   seed api_responses jobs_chat_speech
+
+printf '\0{"data": {"viewer": {"username": "u", "defaultEntity": {"name": "e"}}}}\0\0{"data": {"project": {"name": "p"}}}\0\0{"min_required_weave_python_version": "0.52.22"}\0\0{"digest": "abc"}' |
+  seed api_responses weave
 
 # GGUF export: kind, type, rank, scale (f32 LE), seed.
 printf '\0\1\4\x00\x00\x80\x3e\0\1' | seed gguf_export merged_f16

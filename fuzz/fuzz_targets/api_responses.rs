@@ -1,9 +1,10 @@
 //! Responses of a hostile or broken Hugging Face Jobs API, Mistral (OpenAI-compatible) chat
-//! API and ElevenLabs text-to-speech API: every client call ends in a result or an error,
-//! never a panic, a hang or an allocation sized by the response. A loopback server
-//! ([`loopback::Hostile`]) answers with the input's responses while the clients run the
-//! calls of `bora train --on hf-jobs` (run, inspect, list, logs, cancel), of `bora data synth`
-//! and `bora eval --judge` (one chat completion) and of `bora chat --speak` (one sentence).
+//! API, ElevenLabs text-to-speech API and Weave trace server: every client call ends in a
+//! result or an error, never a panic, a hang or an allocation sized by the response. A
+//! loopback server ([`loopback::Hostile`]) answers with the input's responses while the
+//! clients run the calls of `bora train --on hf-jobs` (run, inspect, list, logs, cancel), of
+//! `bora data synth` and `bora eval --judge` (one chat completion), of `bora chat --speak`
+//! (one sentence) and of `bora serve --weave` (connect, then trace one request).
 #![no_main]
 
 #[path = "loopback.rs"]
@@ -15,6 +16,8 @@ use std::time::Duration;
 use bora_hub::chat::{ChatClient, ChatRequest, Message};
 use bora_hub::hub::{HubClient, JobSpec, LogOptions, Retry, Token};
 use bora_hub::speech::{SpeechClient, SpeechRequest};
+use bora_hub::wandb::ApiKey;
+use bora_hub::weave::{ServeTracer, TracedRequest, WeaveClient};
 use libfuzzer_sys::fuzz_target;
 
 /// Two attempts, no waiting between them.
@@ -75,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = chat.complete(&request);
     }
 
-    server.replay(responses);
+    server.replay(responses.clone());
     let env = |name: &str| match name {
         "ELEVENLABS_API_KEY" => Some("xi-fuzz".to_owned()),
         "ELEVENLABS_BASE_URL" => Some(url.clone()),
@@ -89,4 +92,35 @@ fuzz_target!(|data: &[u8]| {
             output_format: "mp3_44100_128",
         });
     }
+
+    // Weave's connection retries 429 and 5xx answers with real waits (1 s, then 2 s) that
+    // no public setting shortens, so those statuses become 200 here; everything else of
+    // the input is served as it is.
+    server.replay(responses.into_iter().map(without_retried_status).collect());
+    let (base, trace) = (url.clone(), format!("{url}/traces"));
+    let tracer = ServeTracer::start(
+        move || WeaveClient::connect(&base, &trace, ApiKey::new("x".repeat(40)), "p", None),
+        4,
+        |_| {},
+    );
+    let now = std::time::SystemTime::now();
+    tracer.trace(TracedRequest {
+        chat: true,
+        request: serde_json::json!({"model": "base", "messages": [{"role": "user", "content": "hi"}]}),
+        response: serde_json::json!({"model": "base", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
+        started: now,
+        ended: now,
+    });
+    tracer.finish(Duration::from_secs(20));
 });
+
+/// The status byte of a response with a retried status (429, 500, 503) turned into 200's
+/// with the same content type.
+fn without_retried_status(mut response: Vec<u8>) -> Vec<u8> {
+    if let Some(first) = response.first_mut() {
+        if matches!(*first % 10, 7..=9) {
+            *first -= *first % 10;
+        }
+    }
+    response
+}
