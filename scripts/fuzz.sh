@@ -2,6 +2,8 @@
 # Runs each cargo-fuzz target in fuzz/ for SECONDS (default 180), seeded from the test
 # fixtures, and prints libFuzzer's final line per target (executions, coverage, corpus).
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (default: every target)
+# FUZZ_SANITIZER=none builds without AddressSanitizer (faster to build and run; panics,
+# hangs and memory limits are still caught; out-of-bounds access in unsafe code is not).
 # Needs `cargo install cargo-fuzz` and a nightly toolchain; without nightly it uses stable
 # with RUSTC_BOOTSTRAP=1 (cargo-fuzz needs the unstable `-Zsanitizer` flag). Crashes land in
 # fuzz/artifacts/TARGET/; a target that crashes makes the script exit non-zero.
@@ -12,7 +14,7 @@ SECONDS_EACH=${1:-180}
 shift || true
 TARGETS=("$@")
 if [[ ${#TARGETS[@]} == 0 ]]; then
-  TARGETS=(gguf safetensors tokenizer data chat_template config serve_request hub_responses gguf_export)
+  TARGETS=(gguf safetensors tokenizer data chat_template config serve_request hub_responses api_responses gguf_export)
 fi
 
 if rustup toolchain list | grep -q '^nightly'; then
@@ -22,6 +24,8 @@ else
   export RUSTC_BOOTSTRAP=1
   CARGO=(cargo)
 fi
+
+SANITIZER=${FUZZ_SANITIZER:-address}
 
 SEEDS=fuzz/seeds
 rm -rf "$SEEDS"
@@ -76,6 +80,15 @@ printf '\0{"name": "user", "type": "user", "orgs": [{"name": "org", "roleInOrg":
 printf '\0{"data": {"upsertBucket": {"bucket": {"id": "r", "name": "abcdefgh", "displayName": "fuzz", "project": {"name": "p", "entity": {"name": "e"}}}}}}\0\0{"exitcode": null, "limits": {}}' |
   seed hub_responses wandb
 
+# Jobs, chat, speech and Weave responses: status byte as above (10 = 200 audio/mpeg, 20 = 200
+# text/event-stream), then the body; NUL between.
+JOB='{"id": "job1", "status": {"stage": "RUNNING", "message": null}, "owner": {"name": "org"}, "flavor": "a10g-small", "labels": {"bora-run": "r1"}, "createdAt": "2026-01-01T00:00:00Z"}'
+printf '\0%s\0\0%s\0\0[%s]\0\x14data: {"data": "step 1 loss 2.0", "timestamp": "t"}\n\ndata: {"data": "done"}\n\n\0\0{}\0\0{"id": "c", "object": "chat.completion", "model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": "{\\"a\\": 4}"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}\0\x0aID3mp3' "$JOB" "$JOB" "$JOB" |
+  seed api_responses jobs_chat_speech
+
+printf '\0{"data": {"viewer": {"username": "u", "defaultEntity": {"name": "e"}}}}\0\0{"data": {"project": {"name": "p"}}}\0\0{"min_required_weave_python_version": "0.52.22"}\0\0{"digest": "abc"}' |
+  seed api_responses weave
+
 # GGUF export: kind, type, rank, scale (f32 LE), seed.
 printf '\0\1\4\x00\x00\x80\x3e\0\1' | seed gguf_export merged_f16
 printf '\1\0\2\x00\x00\x00\x3f\0\2' | seed gguf_export lora_f32
@@ -87,10 +100,10 @@ for t in "${TARGETS[@]}"; do
   [[ -d "$SEEDS/$t" ]] && seeds=("$ROOT/$SEEDS/$t")
   log="fuzz/corpus/$t.log"
   echo "== $t (${SECONDS_EACH}s)"
-  (cd fuzz && "${CARGO[@]}" fuzz run "$t" "corpus/$t" "${seeds[@]}" -- \
-    -max_total_time="$SECONDS_EACH" -timeout=60 -rss_limit_mb=4096 -print_final_stats=1) >"$log" 2>&1
+  (cd fuzz && "${CARGO[@]}" fuzz run --sanitizer "$SANITIZER" "$t" "corpus/$t" "${seeds[@]}" -- \
+    -max_total_time="$SECONDS_EACH" -timeout=30 -rss_limit_mb=2048 -print_final_stats=1) >"$log" 2>&1
   rc=$?
-  grep -E '^#[0-9]+ +(DONE|INITED)' "$log" | tail -1
+  grep -E "^#[0-9]+[[:space:]]+(DONE|INITED)" "$log" | tail -1
   grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb' "$log"
   if [[ $rc != 0 ]]; then
     failed=1

@@ -4,9 +4,7 @@
 //! a file only when its check passed, and nothing else is left beside it.
 #![no_main]
 
-#[path = "tiny.rs"]
-mod tiny;
-
+use std::path::Path;
 use std::sync::OnceLock;
 
 use bora_formats::quant::GgmlType;
@@ -26,7 +24,12 @@ const TYPES: [GgmlType; 7] = [
 
 fn base() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
-    M.get_or_init(|| Model::load(tiny::gguf(), &LoadOptions::default()).expect("the tiny GGUF"))
+    M.get_or_init(|| {
+        // The tiny Llama fixture of bora-model (2 layers, hidden 64, vocabulary 96).
+        let gguf = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../crates/bora-model/tests/fixtures/tiny/llama.gguf");
+        Model::load(gguf, &LoadOptions::default()).expect("the tiny GGUF")
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -48,7 +51,12 @@ fuzz_target!(|data: &[u8]| {
     if !scale.is_finite() || rank == 0 {
         return;
     }
-    let lora = Lora::random(&model.config, rank, scale, u64::from(*s0) << 8 | u64::from(*s1));
+    let lora = Lora::random(
+        &model.config,
+        rank,
+        scale,
+        u64::from(*s0) << 8 | u64::from(*s1),
+    );
     let dir = std::env::temp_dir().join(format!("bora-fuzz-export-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let out = dir.join("out.gguf");
@@ -61,11 +69,15 @@ fuzz_target!(|data: &[u8]| {
     match result {
         Ok(()) => {
             assert!(out.is_file());
-            Model::load(&out, &LoadOptions::default()).map(|_| ()).or_else(|_| {
-                Lora::load_gguf_lora(&out, &model.config).map(|_| ())
-            }).expect("a verified export reloads");
+            Model::load(&out, &LoadOptions::default())
+                .map(|_| ())
+                .or_else(|_| Lora::load_gguf_lora(&out, &model.config).map(|_| ()))
+                .expect("a verified export reloads");
         }
-        Err(_) => assert!(!out.exists(), "a failed export left a file under its final name"),
+        Err(_) => assert!(
+            !out.exists(),
+            "a failed export left a file under its final name"
+        ),
     }
     let names: Vec<String> = std::fs::read_dir(&dir)
         .expect("read dir")

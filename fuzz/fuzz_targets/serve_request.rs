@@ -68,7 +68,12 @@ fuzz_target!(|data: &[u8]| {
             .expect("the body ends");
         (status, bytes)
     });
-    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{}", String::from_utf8_lossy(&bytes));
+    assert_ne!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
     if !status.is_success() {
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("an error body is JSON");
         assert!(v["error"]["message"].is_string(), "{v}");

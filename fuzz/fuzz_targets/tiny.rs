@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-pub const VOCAB: u32 = 96;
+const VOCAB: u32 = 96;
 
 /// The model directory, made once per process.
 pub fn model_dir() -> &'static PathBuf {
@@ -23,11 +23,6 @@ pub fn model_dir() -> &'static PathBuf {
         write_tokenizer(&dir);
         dir
     })
-}
-
-/// The tiny model as a GGUF file (the base GGUF exports are written from).
-pub fn gguf() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/bora-model/tests/fixtures/tiny/llama.gguf")
 }
 
 fn write_tokenizer(dir: &Path) {
