@@ -6,10 +6,11 @@ Every peer trains the same randomly initialised fp32 SmolLM2-135M-shaped model (
 hidden 576, 9 heads / 3 kv heads, SwiGLU 1536, vocab 49152, tied embeddings), written once as
 an HF directory, with LoRA r16 α32 on all seven projections, a batch of 4 × 256 tokens (the
 first 32 of each row masked out of the loss) and the same number of threads. Each peer runs in
-its own child process, one after the other; the child reports seconds per step after one
-warm-up step, and its peak RSS is read from wait4(). The PyTorch steps include AdamW's update;
-bora's (`examples/train_step.rs`) time forward + backward only, the update being under 1% of a
-step. bora also trains QLoRA on the default Q4_1 GGUF.
+its own child process, one after the other; the child reports seconds and CPU seconds (all
+threads, spin-waits of idle workers included) per step after one warm-up step, and its peak
+RSS is read from wait4(). The PyTorch steps include AdamW's update; bora's
+(`examples/train_step.rs`) time forward + backward only, the update being under 1% of a step.
+bora also trains QLoRA on the default Q4_1 GGUF.
 
 Run from the repo root after `cargo build --release -p bora-model --example train_step`:
 
@@ -57,13 +58,13 @@ def batch(vocab):
 
 
 def timed(step, steps):
+    """Seconds and CPU seconds (all threads) per step after one warm-up step: on a shared
+    machine the CPU time hardly moves with the load, the wall time does."""
     step()
-    times = []
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
-        t0 = time.perf_counter()
         step()
-        times.append(time.perf_counter() - t0)
-    return sum(times) / len(times)
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
 
 
 def peft_child(path, steps, compile_):
@@ -180,22 +181,23 @@ def main():
         torch.set_num_threads(args.threads)
         kind, path, compile_ = args.child
         fn = peft_child if kind == "peft" else minimal_child
-        s = fn(path, args.steps, compile_ == "1")
-        print(json.dumps({"s_per_step": s, "cpu": torch.backends.cpu.get_cpu_capability()}))
+        s, cpu_s = fn(path, args.steps, compile_ == "1")
+        print(json.dumps({"s_per_step": s, "cpu_s_per_step": cpu_s,
+                          "cpu": torch.backends.cpu.get_cpu_capability()}))
         return
     tokens = BATCH * SEQ
     print(f"SmolLM2-135M shape, {BATCH}x{SEQ} tokens, LoRA r{RANK} a{ALPHA:g} on 7 projections, "
           f"{args.threads} threads, load average at start {os.getloadavg()[0]:.1f}")
-    print(f"{'peer':32} {'s/step':>8} {'tokens/s':>9} {'peak RSS MiB':>13} {'time / bora fp32':>17} {'ISA':>8}",
-          flush=True)
+    print(f"{'peer':32} {'s/step':>8} {'tokens/s':>9} {'CPU s/step':>11} {'peak RSS MiB':>13}"
+          f" {'time / bora fp32':>17} {'CPU / bora fp32':>16} {'ISA':>8}", flush=True)
     base = None
 
     def report(name, r):
         nonlocal base
-        s = r["s_per_step"]
-        base = base or s
-        print(f"{name:32} {s:8.3f} {tokens / s:9.1f} {r['peak_rss_mib']:13.0f} {s / base:16.2f}x"
-              f" {r.get('cpu', '?'):>8}", flush=True)
+        s, cpu_s = r["s_per_step"], r["cpu_s_per_step"]
+        base = base or (s, cpu_s)
+        print(f"{name:32} {s:8.3f} {tokens / s:9.1f} {cpu_s:11.2f} {r['peak_rss_mib']:13.0f}"
+              f" {s / base[0]:16.2f}x {cpu_s / base[1]:15.2f}x {r.get('cpu', '?'):>8}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         # In a child: a forked peer's peak RSS starts from its parent's, so the parent must
