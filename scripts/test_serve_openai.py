@@ -22,7 +22,15 @@ clients (arguments streamed in pieces, joined by the openai client's own stream 
 parameters by pydantic), none and auto, streamed tool calls equal to the whole answer, and a
 follow-up turn with the tool result. A random model never calls a tool on its own, so the
 calls come from constrained decoding of the model's own logits: the parser reads real
-generated tokens.
+generated tokens. On the same server, an adapter that `bora train` teaches the tiny model
+(about half a minute of CPU) from the tool-call conversations of
+`crates/bora-serve/tests/fixtures/tool_use_train.jsonl` (mistral-common's shape) is served as
+`tools`: with tool_choice auto the model itself calls the trained tool, with the trained
+arguments and id, in exactly the tokens mistral-common encodes for that call (the served
+logprob tokens equal the fixture `tool_calls.json`'s), read back as mistral-common decodes them;
+it answers in text where it was trained to, also after a tool result; named, required/any,
+none, the openai client's stream accumulation and the mistralai client (whole and streamed)
+give the trained call.
 
 Last it serves the default model with a Hermes-style chat template (`--chat-template`, the
 template of the rendering fixture) and checks tool calls read back from `<tool_call>` text:
@@ -181,15 +189,17 @@ def main():
             server.wait()
     mistral_dir = work / "tiny-mistral"
     write_tiny_mistral(mistral_dir)
+    adapter = train_tool_adapter(mistral_dir, work / "runs" / "tools")
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([
         str(bora_bin()), "serve", "--model", str(mistral_dir), "--name", "tiny",
-        "--port", str(port), "--api-key", KEY, "--context", "1024",
+        "--port", str(port), "--api-key", KEY, "--context", "1024", "--adapter", f"tools={adapter}",
     ])
     try:
         wait_healthy(base_url, server)
         tool_checks(openai, base_url)
+        trained_tool_checks(openai, base_url)
     finally:
         server.kill()
         server.wait()
@@ -223,47 +233,57 @@ def wait_healthy(base_url, server):
 
 
 def write_tiny_mistral(directory):
-    """A 1-layer Mistral with random weights and the Tekken 240718 tokenizer (131072 tokens),
-    as an HF directory: config.json, model.safetensors (written by hand), tekken.json."""
+    """A 2-layer Mistral with random weights and the Tekken 240718 tokenizer (131072 tokens),
+    as an HF directory: config.json, model.safetensors (written by hand), tekken.json.
+
+    Small enough to write and train in seconds, shaped so that a LoRA adapter can teach it
+    exact answers: every embedding and output row is distinct (each weight matrix is a window
+    sliding over one block of random values whose length, a prime above the vocabulary size,
+    never repeats a row), and the final norm's weight of 8 widens the logits' range so that a
+    trained token can take nearly all the probability among 131072."""
     home = Path(os.environ.get("BORA_HOME", Path.home() / ".cache" / "bora"))
     tekken = home / "tokenizers" / "tekken_240718.json"
     if not tekken.is_file():
         sys.exit(f"{tekken} is missing: run scripts/fetch-tokenizers.sh")
     directory.mkdir(parents=True)
     (directory / "tekken.json").write_bytes(tekken.read_bytes())
-    vocab, hidden, inter, heads, kv, head_dim = 131072, 32, 64, 4, 2, 8
+    vocab, hidden, inter, heads, kv, head_dim, layers = 131072, 64, 128, 4, 2, 16, 2
     config = {
         "architectures": ["MistralForCausalLM"], "model_type": "mistral", "bos_token_id": 1,
         "eos_token_id": 2, "head_dim": head_dim, "hidden_act": "silu", "hidden_size": hidden,
         "intermediate_size": inter, "max_position_embeddings": 4096,
-        "num_attention_heads": heads, "num_hidden_layers": 1, "num_key_value_heads": kv,
+        "num_attention_heads": heads, "num_hidden_layers": layers, "num_key_value_heads": kv,
         "rms_norm_eps": 1e-5, "rope_theta": 1000000.0, "sliding_window": None,
         "tie_word_embeddings": False, "vocab_size": vocab,
     }
     (directory / "config.json").write_text(json.dumps(config))
-    p = "model.layers.0."
     shapes = {
         "model.embed_tokens.weight": [vocab, hidden], "lm_head.weight": [vocab, hidden],
-        "model.norm.weight": [hidden], p + "input_layernorm.weight": [hidden],
-        p + "post_attention_layernorm.weight": [hidden],
-        p + "self_attn.q_proj.weight": [heads * head_dim, hidden],
-        p + "self_attn.k_proj.weight": [kv * head_dim, hidden],
-        p + "self_attn.v_proj.weight": [kv * head_dim, hidden],
-        p + "self_attn.o_proj.weight": [hidden, heads * head_dim],
-        p + "mlp.gate_proj.weight": [inter, hidden], p + "mlp.up_proj.weight": [inter, hidden],
-        p + "mlp.down_proj.weight": [hidden, inter],
+        "model.norm.weight": [hidden],
     }
+    for layer in range(layers):
+        p = f"model.layers.{layer}."
+        shapes.update({
+            p + "input_layernorm.weight": [hidden], p + "post_attention_layernorm.weight": [hidden],
+            p + "self_attn.q_proj.weight": [heads * head_dim, hidden],
+            p + "self_attn.k_proj.weight": [kv * head_dim, hidden],
+            p + "self_attn.v_proj.weight": [kv * head_dim, hidden],
+            p + "self_attn.o_proj.weight": [hidden, heads * head_dim],
+            p + "mlp.gate_proj.weight": [inter, hidden], p + "mlp.up_proj.weight": [inter, hidden],
+            p + "mlp.down_proj.weight": [hidden, inter],
+        })
     rng = random.Random(5)
-    block = [rng.uniform(-1.0, 1.0) for _ in range(4099)]
+    block_len = 131101  # a prime above the vocabulary size
+    block = [rng.uniform(-1.0, 1.0) for _ in range(block_len)]
     header, blobs, offset = {}, [], 0
     for name, shape in shapes.items():
         n = shape[0] * (shape[1] if len(shape) > 1 else 1)
         if len(shape) == 1:
-            values = [1.0] * n
+            blob = struct.pack(f"<{n}f", *[8.0 if name == "model.norm.weight" else 1.0] * n)
         else:
             scale = 1.0 / shape[1] ** 0.5
-            values = [block[i % len(block)] * scale for i in range(n)]
-        blob = struct.pack(f"<{n}f", *values)
+            window = struct.pack(f"<{block_len}f", *(v * scale for v in block))
+            blob = (window * (n // block_len + 1))[: 4 * n]
         header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
         blobs.append(blob)
         offset += len(blob)
@@ -271,6 +291,39 @@ def write_tiny_mistral(directory):
     head += b" " * (-len(head) % 8)
     with open(directory / "model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+FIXTURES = ROOT / "crates" / "bora-serve" / "tests" / "fixtures"
+# Conversations in mistral-common's tool-call shape: calls of two tools, a plain answer, and a
+# tool result answered in text. The tiny model learns them with `bora train`.
+TOOL_DATA = FIXTURES / "tool_use_train.jsonl"
+# mistral-common's encodings and decodings of the same calls (scripts/make_toolcall_fixtures.py).
+TOOL_CALLS_FIXTURE = FIXTURES / "tool_calls.json"
+# Seconds to a minute of CPU; the loss then ends near 0.003.
+TRAIN_FLAGS = [
+    "--val-fraction", "0", "--heldout", "0", "--max-steps", "150", "--batch-size", "4",
+    "--seq-len", "512", "--lr", "1e-2", "--rank", "16", "--alpha", "32", "--warmup-steps", "10",
+    "--seed", "1", "--checkpoint-every", "150",
+]
+TRAINED_LOSS = 0.05
+
+
+def train_tool_adapter(model_dir, run_dir):
+    """Trains a LoRA adapter on TOOL_DATA with `bora train`; returns its directory."""
+    started = time.monotonic()
+    subprocess.run(
+        [str(bora_bin()), "train", "--model", str(model_dir), "--data", str(TOOL_DATA),
+         "--out", str(run_dir), *TRAIN_FLAGS],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    check(
+        f"bora train on the tool-use set: final loss below {TRAINED_LOSS} "
+        f"({last.get('loss')}, {time.monotonic() - started:.0f} s)",
+        last.get("step") == 150 and last.get("loss", 1.0) < TRAINED_LOSS,
+        last,
+    )
+    return run_dir / "adapter"
 
 
 WEATHER = {
@@ -475,13 +528,11 @@ def tool_checks(openai, base_url):
         (streamed, whole, finish),
     )
 
-    final, fragments = accumulate_stream(client, tool_choice=named, **common)
+    # The random model writes `arguments` before `name`, so its arguments follow the name in
+    # one piece; the trained adapter's stream (trained_tool_checks) has them in pieces.
+    final, _ = accumulate_stream(client, tool_choice=named, **common)
     got = [{"id": t.id, "name": t.function.name, "arguments": t.function.arguments} for t in final.choices[0].message.tool_calls or []]
-    check(
-        "openai: the client's stream accumulation gives the whole answer, arguments in pieces",
-        got == whole and fragments > 1,
-        (got, whole, fragments),
-    )
+    check("openai: the client's stream accumulation gives the whole answer", got == whole, (got, whole))
 
     r = client.chat.completions.create(tool_choice="none", **common)
     check("openai: tool_choice=none gives no tool calls", not r.choices[0].message.tool_calls, r)
@@ -521,6 +572,95 @@ def tool_checks(openai, base_url):
         "mistralai: streamed tool call parses",
         finish == "tool_calls" and all(json.loads(p["arguments"]) is not None for p in parts.values()) and parts,
         (parts, finish),
+    )
+
+
+def trained_tool_checks(openai, base_url):
+    """The tiny Mistral with the adapter trained on TOOL_DATA (`tools`): with tool_choice auto
+    the model itself calls the trained tool with the trained arguments and id, or answers in
+    text where it was trained to; its tokens are those mistral-common encodes for the call, and
+    the call read back is mistral-common's decoding of them. Named, required/any, streamed and
+    the mistralai client give the same call; the tool result turn gives the trained answer."""
+    examples = [json.loads(line) for line in TOOL_DATA.read_text().splitlines()]
+    tools = examples[0]["tools"]
+    fixture = json.loads(TOOL_CALLS_FIXTURE.read_text())
+    encoded = {
+        case["calls"][0]["id"]: case
+        for case in fixture["cases"]
+        if case["tokenizer"] == "tekken_240718.json" and "pieces" in case
+    }
+    client = openai.OpenAI(base_url=base_url + "/v1", api_key=KEY, max_retries=0)
+    greedy = {"model": "tools", "tools": tools, "temperature": 0, "max_tokens": 80}
+
+    def parsed(calls):
+        return [(c.function.name, json.loads(c.function.arguments)) for c in calls or []]
+
+    def trained(message):
+        return [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message.get("tool_calls", [])]
+
+    for k, example in enumerate(examples):
+        prompt, answer = example["messages"][:-1], example["messages"][-1]
+        r = client.chat.completions.create(messages=prompt, logprobs=True, **greedy)
+        c = r.choices[0]
+        if answer.get("tool_calls"):
+            want_id = answer["tool_calls"][0]["id"]
+            case = encoded.get(want_id, {})
+            check(
+                f"trained {k}: tool_choice auto, the model calls the trained tool with the trained arguments and id",
+                c.finish_reason == "tool_calls" and parsed(c.message.tool_calls) == trained(answer)
+                and [t.id for t in c.message.tool_calls] == [want_id],
+                r,
+            )
+            check(
+                f"trained {k}: the tokens are mistral-common's encoding of the call, read back as mistral-common decodes them",
+                [t.bytes for t in c.logprobs.content] == case.get("pieces")
+                and [(t.id, t.function.name, json.loads(t.function.arguments)) for t in c.message.tool_calls]
+                == [(d["id"], d["name"], d["arguments"]) for d in case.get("calls", [])],
+                (r, case),
+            )
+        else:
+            check(
+                f"trained {k}: tool_choice auto, the model answers in text where it was trained to",
+                c.finish_reason == "stop" and not c.message.tool_calls and c.message.content == answer["content"],
+                r,
+            )
+
+    prompt, answer = examples[0]["messages"][:-1], examples[0]["messages"][-1]
+    want = trained(answer)
+    named = {"type": "function", "function": {"name": want[0][0]}}
+    r = client.chat.completions.create(messages=prompt, tool_choice=named, **greedy)
+    check("trained: a named tool gives the trained call", parsed(r.choices[0].message.tool_calls) == want, r)
+    r = client.chat.completions.create(messages=prompt, tool_choice="required", parallel_tool_calls=False, **greedy)
+    check("trained: tool_choice=required gives the trained call", parsed(r.choices[0].message.tool_calls) == want, r)
+    r = client.chat.completions.create(messages=prompt, tool_choice="none", **greedy)
+    check("trained: tool_choice=none gives no tool calls", not r.choices[0].message.tool_calls, r)
+    r = client.chat.completions.create(messages=prompt, **{**greedy, "model": "tiny"})
+    check("trained: the base model without the adapter does not make the call", parsed(r.choices[0].message.tool_calls) != want, r)
+    final, fragments = accumulate_stream(client, messages=prompt, **greedy)
+    f = final.choices[0]
+    check(
+        "trained: streamed (openai stream accumulation), the trained call, arguments in pieces",
+        f.finish_reason == "tool_calls" and parsed(f.message.tool_calls) == want and fragments > 1,
+        (final, fragments),
+    )
+
+    from mistralai.client import Mistral
+
+    m = Mistral(api_key=KEY, server_url=base_url)
+    sent = {"model": "tools", "tools": tools, "temperature": 0, "max_tokens": 80}
+    for choice in ("auto", "any"):
+        r = m.chat.complete(messages=prompt, tool_choice=choice, parallel_tool_calls=False, **sent)
+        got = [(t.function.name, json.loads(t.function.arguments)) for t in r.choices[0].message.tool_calls or []]
+        check(f"trained, mistralai: tool_choice={choice} gives the trained call", got == want, r)
+    parts, finish = mistral_stream_calls(m, messages=prompt, **sent)
+    got = [(p["name"], json.loads(p["arguments"])) for _, p in sorted(parts.items())]
+    check("trained, mistralai: the streamed call is the trained one", finish == "tool_calls" and got == want, (parts, finish))
+    follow = next(e["messages"] for e in examples if e["messages"][-2]["role"] == "tool")
+    r = m.chat.complete(messages=follow[:-1], **sent)
+    check(
+        "trained, mistralai: the tool result turn gets the trained answer",
+        r.choices[0].message.content == follow[-1]["content"] and not r.choices[0].message.tool_calls,
+        r,
     )
 
 
