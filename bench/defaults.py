@@ -25,12 +25,21 @@ time of `bora train`, measured here, with `--heldout 0` so every condition's tim
 alone. Every run uses `--seq-len` (default 128, enough for every example of these tasks) so
 the comparison fits a small machine.
 
+Each run also records its last validation loss and last training loss (read from the run's
+metrics.jsonl) and the load average before and after it. `--model tiny-mistral` trains a
+1-layer Mistral with random weights and the Tekken tokenizer (the one the `bora serve` test
+writes, from `scripts/test_serve_openai.py`): it scores about 0 whatever it is taught, so its
+losses are the comparison.
+
 Run from the repo root after `cargo build --release -p bora`:
 
     python3 bench/defaults.py [--tasks classify,extract,convert] [--sizes 200,1000,5000]
-        [--model PATH] [--sweep 3e-4,1e-3,3e-3] [--out bench-defaults] [--seq-len 128]
+        [--model PATH|tiny-mistral] [--sweep 3e-4,1e-3,3e-3] [--out bench-defaults]
+        [--seq-len 128] [--conditions base,fixed,defaults,auto,sweep]
 
-It prints a Markdown table and writes OUT/results.json.
+It prints a Markdown table and writes OUT/results.json. A second call with the same OUT keeps
+the results already there and makes only the runs that are missing, so a long comparison can
+be made in parts.
 """
 import argparse
 import json
@@ -137,6 +146,30 @@ def evaluate(where, test, metric, log):
     return side["score"], result["base"]["score"]
 
 
+def last_losses(run):
+    """The run's last training loss and last validation loss (None when it had no validation)."""
+    train, val = None, None
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        train = m.get("loss", train)
+        val = m.get("val_loss", val)
+    return train, val
+
+
+def tiny_mistral(out):
+    """The `bora serve` test's tiny random Mistral, written once under OUT."""
+    directory = out / "tiny-mistral"
+    if not (directory / "model.safetensors").is_file():
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from test_serve_openai import write_tiny_mistral
+        write_tiny_mistral(directory)
+    return str(directory)
+
+
+def load():
+    return round(os.getloadavg()[0], 1)
+
+
 def lr_of(run):
     for line in (run / "config.toml").read_text().splitlines():
         if line.startswith("lr = "):
@@ -156,28 +189,35 @@ def main():
     a = p.parse_args()
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    model = tiny_mistral(out) if a.model == "tiny-mistral" else a.model
+    model_name = a.model if a.model == "tiny-mistral" else Path(a.model).name
     conditions = a.conditions.split(",")
-    common = ["--model", a.model, "--seq-len", a.seq_len, "--heldout", "0"]
+    common = ["--model", model, "--seq-len", a.seq_len, "--heldout", "0"]
     fixed = ["--lr", "1e-4", "--epochs", "1", "--warmup-steps", "0", "--batch-size", "4",
              "--grad-accum", "1", "--val-fraction", "0", "--eval-every", "100"]
     runs = [("fixed", fixed), ("defaults", []), ("auto", ["--auto"])]
     if "sweep" in conditions:
         runs += [(f"lr={lr}", ["--lr", lr]) for lr in a.sweep.split(",")]
-    results = []
+    saved = out / "results.json"
+    results = json.loads(saved.read_text()) if saved.is_file() else []
     for task in a.tasks.split(","):
         make, metric = TASKS[task]
         for size in map(int, a.sizes.split(",")):
-            d = out / f"{task}-{size}"
+            d = out / f"{model_name}-{task}-{size}"
             d.mkdir(exist_ok=True)
             train, test = d / "train.jsonl", d / "test.jsonl"
             write(train, make, size, seed=size)
             write(test, make, TEST, seed=10_000_000 + size)
-            row = {"task": task, "size": size, "metric": metric}
-            if "base" in conditions:
-                row["base"], _ = evaluate(["--model", a.model, "--out", str(d / "base-eval")],
+            row = next((r for r in results if (r["model"], r["task"], r["size"]) ==
+                        (model_name, task, size)), None)
+            if row is None:
+                row = {"model": model_name, "task": task, "size": size, "metric": metric}
+                results.append(row)
+            if "base" in conditions and "base" not in row:
+                row["base"], _ = evaluate(["--model", model, "--out", str(d / "base-eval")],
                                           test, metric, d / "base-eval.log")
             for name, flags in runs:
-                if name not in conditions and not name.startswith("lr="):
+                if name in row or (name not in conditions and not name.startswith("lr=")):
                     continue
                 chosen = row.get("defaults")
                 if name.startswith("lr=") and chosen and float(flags[1]) == chosen["lr"]:
@@ -185,29 +225,46 @@ def main():
                     row[name] = chosen
                     continue
                 run = d / name.replace("=", "")
+                load_before = load()
                 _, seconds = bora(["train", "--data", str(train), "--out", str(run), *common,
                                    *flags], d / f"{run.name}.log")
+                load_after = load()
                 score, _ = evaluate(["--run", str(run)], test, metric, d / f"{run.name}-eval.log")
                 steps = json.loads((run / "timing.json").read_text())["steps"]
+                train_loss, val_loss = last_losses(run)
                 row[name] = {"score": score, "seconds": round(seconds, 1), "steps": steps,
-                             "lr": lr_of(run)}
-                print(f"{task} {size} {name}: {100 * score:.0f}% in {seconds:.0f}s "
-                      f"({steps} steps, lr {lr_of(run)})", file=sys.stderr, flush=True)
-            results.append(row)
-            (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+                             "lr": lr_of(run), "train_loss": train_loss, "val_loss": val_loss,
+                             "load": [load_before, load_after]}
+                print(f"{model_name} {task} {size} {name}: {100 * score:.0f}% in "
+                      f"{seconds:.0f}s ({steps} steps, lr {lr_of(run)}, loss {train_loss}, "
+                      f"val {val_loss}, load {load_before}->{load_after})",
+                      file=sys.stderr, flush=True)
+                saved.write_text(json.dumps(results, indent=1) + "\n")
+            saved.write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
 
 
 def table(results):
-    lines = ["| task | n | base | fixed defaults | defaults | auto | best sweep |",
-             "|---|---|---|---|---|---|---|"]
-    cell = lambda r: f"{100 * r['score']:.0f}% ({r['seconds']:.0f} s, {r['steps']} steps, lr {r['lr']:.1e})" if r else "–"
+    lines = ["| model | task | n | base | fixed defaults | defaults | auto | best sweep |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def cell(r):
+        if not r:
+            return "–"
+        loss = f", loss {r['train_loss']:.3g}" if r.get("train_loss") is not None else ""
+        loss += f", val {r['val_loss']:.3g}" if r.get("val_loss") is not None else ""
+        return (f"{100 * r['score']:.0f}% ({r['seconds']:.0f} s, {r['steps']} steps, "
+                f"lr {r['lr']:.1e}{loss})")
+
     for row in results:
         sweep = [v for k, v in row.items() if k.startswith("lr=")]
-        best = max(sweep, key=lambda r: r["score"]) if sweep else None
+        # The best score; among equal scores (a random model's 0%) the lowest held-out loss.
+        held_out_loss = lambda r: r["val_loss"] if r.get("val_loss") is not None else float("inf")
+        best = max(sweep, key=lambda r: (r["score"], -held_out_loss(r))) if sweep else None
         base = f"{100 * row['base']:.0f}%" if "base" in row else "–"
-        lines.append(f"| {row['task']} | {row['size']} | {base} | {cell(row.get('fixed'))} | "
-                     f"{cell(row.get('defaults'))} | {cell(row.get('auto'))} | {cell(best)} |")
+        lines.append(f"| {row['model']} | {row['task']} | {row['size']} | {base} | "
+                     f"{cell(row.get('fixed'))} | {cell(row.get('defaults'))} | "
+                     f"{cell(row.get('auto'))} | {cell(best)} |")
     return "\n".join(lines)
 
 

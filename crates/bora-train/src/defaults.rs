@@ -19,6 +19,7 @@ use bora_tokenizer::Tokenizer;
 
 use crate::config::RunConfig;
 use crate::error::Result;
+use crate::lr_range::RANGE_STEPS;
 use crate::recipe::{gib, plan_data, train_memory, DataPlan};
 
 /// A setting bora chose, and why.
@@ -110,13 +111,19 @@ pub fn lora_lr(parameters: u64, rank: usize, alpha: f64, rslora: bool) -> f64 {
 /// extra capacity goes unused (Kalajdzievski, 2023).
 pub const RSLORA_FROM_RANK: usize = 32;
 
-/// At least this many optimizer steps when the user gives neither epochs nor max_steps: one
-/// epoch of a small dataset (42 steps for 1000 short examples) is rarely enough.
-pub const MIN_STEPS: u64 = 100;
+/// At least this many optimizer steps when the user gives neither epochs nor max_steps: as
+/// many as the range test of `--auto` makes, so a run on a set whose epoch is shorter costs at
+/// most one pass plus a range test. What a small set needs is enough updates at a rate that
+/// moves the adapter, not many passes: at the rule's rate one pass of 42 steps learned the
+/// 1000-example routing task to 100%, and the earlier minimum of 100 steps made a
+/// 200-example run three passes and three times the one-pass time.
+pub const MIN_STEPS: u64 = RANGE_STEPS as u64;
 /// At most this many epochs to reach [`MIN_STEPS`]: more passes over a tiny set memorize it.
 pub const MAX_EPOCHS: u64 = 10;
 
-/// Epochs that give at least [`MIN_STEPS`] optimizer steps, at most [`MAX_EPOCHS`].
+/// Whole epochs that give at least [`MIN_STEPS`] optimizer steps, at most [`MAX_EPOCHS`]: one
+/// pass whenever a pass is long enough, so a set is looped only when it is smaller than
+/// [`MIN_STEPS`] steps, and then the run ends within one epoch of the minimum.
 pub fn epochs_for(steps_per_epoch: u64) -> u64 {
     MIN_STEPS
         .div_ceil(steps_per_epoch.max(1))
@@ -133,24 +140,38 @@ pub fn warmup_for(total_steps: u64) -> u64 {
     (total_steps as f64 * 0.05).round().clamp(1.0, 100.0) as u64
 }
 
-/// Validation evaluations per run, when there is a validation set.
-pub const EVALUATIONS: u64 = 10;
+/// Validations per run at most: enough for the loss curve and early stopping to see the
+/// run's shape.
+pub const MAX_EVALUATIONS: u64 = 10;
+/// The share of the training compute that validations may cost. A validation pass is a
+/// forward over the held-out examples, about a third of a training step over as many; at a
+/// tenth, the validations cost no more than training on the examples held out would have.
+pub const VALIDATION_SHARE: f64 = 0.1;
 
-/// Validation every tenth of the run, so loss curves and early stopping see its shape.
-pub fn eval_every_for(total_steps: u64) -> u64 {
-    total_steps.div_ceil(EVALUATIONS).max(1)
+/// Validations for a run of `train_batches` micro-batches whose validation pass is
+/// `val_batches` micro-batches: as many as cost at most [`VALIDATION_SHARE`] of training, at
+/// least 1 (the last step's), at most [`MAX_EVALUATIONS`].
+pub fn evaluations_for(train_batches: u64, val_batches: u64) -> u64 {
+    let affordable = 3.0 * VALIDATION_SHARE * train_batches as f64 / val_batches.max(1) as f64;
+    (affordable.floor() as u64).clamp(1, MAX_EVALUATIONS)
+}
+
+/// Validation every `total_steps / evaluations` steps, so they spread over the run.
+pub fn eval_every_for(total_steps: u64, evaluations: u64) -> u64 {
+    total_steps.div_ceil(evaluations.max(1)).max(1)
 }
 
 /// Fewer training examples than this get no validation split: every one is needed to learn.
 pub const MIN_EXAMPLES_FOR_SPLIT: usize = 50;
 /// Validation examples held out: 10% of the data, at least 10 (a score on fewer says
-/// little), at most 100 (more costs validation time and gains little precision for a
-/// loss).
+/// little), at most 50 (the end-of-run held-out score reads 50, and every validation pass
+/// costs a forward over all of them: more would buy a loss precision nobody reads with
+/// fewer validations).
 pub fn holdout_for(examples: usize) -> usize {
     if examples < MIN_EXAMPLES_FOR_SPLIT {
         return 0;
     }
-    (examples / 10).clamp(10, 100)
+    (examples / 10).clamp(10, 50)
 }
 
 /// Sequences per optimizer step bora aims for.
@@ -283,7 +304,10 @@ pub fn choose_defaults(
         config.train.epochs = epochs;
         plan.total_steps = config.total_steps(plan.micro_per_epoch);
         let why = if epochs == 1 {
-            format!("one epoch is {steps_per_epoch} steps, at least {MIN_STEPS}")
+            format!(
+                "one pass: an epoch is {steps_per_epoch} steps, at least {MIN_STEPS}; more \
+                 passes would cost time without a better score"
+            )
         } else if epochs == MAX_EPOCHS {
             format!(
                 "an epoch is {steps_per_epoch} steps; {MIN_STEPS} would take more than \
@@ -312,11 +336,17 @@ pub fn choose_defaults(
         );
     }
     if unset.contains("train.eval_every") && !plan.val.is_empty() {
-        config.train.eval_every = eval_every_for(total);
+        let val_batches = plan.val_batches();
+        let evaluations = evaluations_for(plan.micro_batches(config), val_batches);
+        config.train.eval_every = eval_every_for(total, evaluations);
         choose(
             "train.eval_every",
             config.train.eval_every.to_string(),
-            format!("{EVALUATIONS} validations over {total} steps; --eval-every to override"),
+            format!(
+                "{evaluations} validations over {total} steps: each is {val_batches} \
+                 forward micro-batches, and together they cost at most a tenth of training \
+                 (at most {MAX_EVALUATIONS}); --eval-every to override"
+            ),
         );
     }
     config.validate()?;
@@ -361,12 +391,37 @@ mod tests {
     }
 
     #[test]
-    fn small_datasets_get_epochs_for_enough_steps() {
-        assert_eq!(epochs_for(42), 3);
-        assert_eq!(epochs_for(100), 1);
-        assert_eq!(epochs_for(1000), 1);
+    fn a_set_is_looped_only_when_one_pass_is_short_of_the_minimum() {
+        // A pass long enough is the whole run: no set of 36 steps or more loops.
+        for steps_per_epoch in [MIN_STEPS, 45, 225, 10_000] {
+            assert_eq!(epochs_for(steps_per_epoch), 1, "{steps_per_epoch}");
+        }
+        // A shorter pass is repeated until the minimum is reached, and the run ends less
+        // than one pass beyond it.
+        for steps_per_epoch in [5, 12, 20, MIN_STEPS - 1] {
+            let steps = epochs_for(steps_per_epoch) * steps_per_epoch;
+            assert!(steps >= MIN_STEPS, "{steps_per_epoch}: {steps}");
+            assert!(
+                steps < MIN_STEPS + steps_per_epoch,
+                "{steps_per_epoch}: {steps}"
+            );
+        }
+        // A tiny set stops at the cap rather than being memorized.
         assert_eq!(epochs_for(3), MAX_EPOCHS);
         assert_eq!(epochs_for(0), MAX_EPOCHS);
+    }
+
+    #[test]
+    fn a_short_set_costs_at_most_one_pass_and_a_range_test() {
+        // With one micro-batch a step, a range test is RANGE_STEPS micro-batches: the
+        // defaults' steps never exceed the fixed one-pass run's by more.
+        for steps_per_epoch in 1..200 {
+            let steps = epochs_for(steps_per_epoch) * steps_per_epoch;
+            assert!(
+                steps <= steps_per_epoch + RANGE_STEPS as u64,
+                "{steps_per_epoch}: {steps}"
+            );
+        }
     }
 
     #[test]
@@ -378,11 +433,40 @@ mod tests {
     }
 
     #[test]
-    fn holdout_is_a_tenth_between_10_and_100_and_none_for_tiny_sets() {
-        assert_eq!(holdout_for(49), 0);
-        assert_eq!(holdout_for(50), 10);
+    fn holdout_is_a_tenth_between_10_and_50_and_none_for_tiny_sets() {
+        assert_eq!(holdout_for(MIN_EXAMPLES_FOR_SPLIT - 1), 0);
+        assert_eq!(holdout_for(MIN_EXAMPLES_FOR_SPLIT), 10);
         assert_eq!(holdout_for(300), 30);
-        assert_eq!(holdout_for(5000), 100);
+        assert_eq!(holdout_for(5000), 50);
+    }
+
+    #[test]
+    fn validations_cost_at_most_a_tenth_of_training() {
+        // A pass forward over the held-out batches costs a third of training on as many.
+        for (train, val) in [(45, 5), (238, 13), (1238, 13), (900, 25), (10, 3)] {
+            let evaluations = evaluations_for(train, val);
+            let cost = (evaluations * val) as f64 / 3.0;
+            assert!(
+                evaluations == 1 || cost <= VALIDATION_SHARE * train as f64,
+                "{train}/{val}: {evaluations}"
+            );
+            // One more would cost more than the share, unless the cap stops it first.
+            let one_more = ((evaluations + 1) * val) as f64 / 3.0;
+            assert!(
+                evaluations == MAX_EVALUATIONS || one_more > VALIDATION_SHARE * train as f64,
+                "{train}/{val}: {evaluations}"
+            );
+        }
+        // The last step's validation is always made.
+        assert_eq!(evaluations_for(10, 30), 1);
+        assert_eq!(evaluations_for(100_000, 1), MAX_EVALUATIONS);
+    }
+
+    #[test]
+    fn validations_spread_over_the_run() {
+        assert_eq!(eval_every_for(45, 2), 23);
+        assert_eq!(eval_every_for(238, 5), 48);
+        assert_eq!(eval_every_for(3, 10), 1);
     }
 
     #[test]
@@ -390,12 +474,6 @@ mod tests {
         assert_eq!(batch_for(|_| true), (4, 1));
         assert_eq!(batch_for(|b| b <= 2), (2, 2));
         assert_eq!(batch_for(|_| false), (1, 4));
-    }
-
-    #[test]
-    fn eval_every_gives_ten_evaluations() {
-        assert_eq!(eval_every_for(126), 13);
-        assert_eq!(eval_every_for(3), 1);
     }
 
     #[test]

@@ -97,7 +97,7 @@ fn json_figures_are_consistent() {
     );
     assert!(trained > 0 && trained < total);
     // No packing: one example per row, 10 rows in batches of 4 → 3 batches, 2 per step → 2
-    // steps an epoch; without --epochs, the 10 epochs `bora train` chooses (100 steps would
+    // steps an epoch; without --epochs, the 10 epochs `bora train` chooses (36 steps would
     // take more passes than its cap of 10) → 20 steps.
     assert_eq!(
         (v["batches"].as_u64(), v["steps"].as_u64()),

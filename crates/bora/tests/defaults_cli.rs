@@ -86,11 +86,11 @@ fn unset_settings_are_chosen_printed_saved_and_scored_on_held_out_examples() {
     let config = read(&run.join("config.toml"));
     assert!(config.starts_with("# chosen: "), "{config}");
     assert!(config.contains("# chosen: optim.lr "), "{config}");
-    // An epoch of 108 short examples packed into 32 tokens is 7 steps: 100 steps would take
-    // more passes than the cap, so the run makes 10.
-    assert!(config.contains("\nepochs = 10\n"), "{config}");
+    // An epoch of 108 short examples packed into 32 tokens is 6 steps, short of the 36-step
+    // minimum: the set is passed over as few times as reach it, 6.
+    assert!(config.contains("\nepochs = 6\n"), "{config}");
     assert!(
-        stderr.contains("would take more than 10 passes"),
+        stderr.contains("an epoch is 6 steps; 6 make 36 (at least 36)"),
         "{stderr}"
     );
     assert!(config.contains("\nval_fraction = 0.1\n"), "{config}");
