@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 pub use auth::{AccessCheck, WhoAmI};
 pub use download::{
-    locate_model, locate_tokenizer, DownloadEvent, Downloader, HubCache, LocalModel, Located,
+    locate_model, locate_model_config, locate_tokenizer, DownloadEvent, Downloader, HubCache, LocalModel, Located,
     ModelRef, DEFAULT_REVISION,
 };
 pub use error::HubError;
