@@ -11,3 +11,4 @@ fi
 .venv-torch/bin/pip install --quiet -r trainers/torch/requirements.txt
 export BORA_TORCH_PYTHON="$PWD/.venv-torch/bin/python"
 cargo test --release -p bora --test torch_parity -- --ignored --test-threads=1 "$@"
+cargo test --release -p bora --test hf_jobs_cli -- --ignored --test-threads=1 "$@"
