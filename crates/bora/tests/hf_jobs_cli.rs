@@ -854,15 +854,8 @@ fn the_real_job_trains_against_the_test_hub_and_resumes_from_its_checkpoint() {
     let err = text(&out.stderr);
     assert!(err.contains("stage ERROR"), "{err}");
     assert_no_weights_before_the_job(&s);
-    assert_eq!(metrics_steps(&s.run), [1, 2]);
-    assert!(s
-        .run
-        .join("checkpoints/step-2/adapter_model.safetensors")
-        .is_file());
-    assert!(s
-        .run
-        .join("checkpoints/step-2/optimizer.safetensors")
-        .is_file());
+    assert_eq!(metrics_steps(&s.run), [1, 2], "{err}");
+    assert!(s.run.join("checkpoints/step-2").is_dir(), "{err}");
     {
         let st = s.hub.state.lock().unwrap();
         assert!(st

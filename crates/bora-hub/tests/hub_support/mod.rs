@@ -350,6 +350,8 @@ fn route(s: &mut State, req: &Recorded, path: &str, base: &str) -> (u16, String,
     }
     match (req.method.as_str(), path) {
         ("GET", "/api/whoami-v2") => ok(s.whoami.clone()),
+        // `create_commit` checks a committed README.md's metadata here first.
+        ("POST", "/api/validate-yaml") => ok(json!({})),
         ("POST", "/api/repos/create") => {
             let v = req.json();
             let id = format!(
@@ -494,7 +496,12 @@ fn route(s: &mut State, req: &Recorded, path: &str, base: &str) -> (u16, String,
             let n = s.commits.len();
             s.commits.push(lines);
             let oid = format!("{:040x}", n + 1);
-            ok(json!({"commitUrl": format!("{base}/commit/{oid}"), "commitOid": oid}))
+            // As the Hub names it: the repo's page, `/ORG/NAME/commit/OID`.
+            let repo = p
+                .strip_prefix("/api/models/")
+                .and_then(|rest| rest.split("/commit/").next())
+                .unwrap_or_default();
+            ok(json!({"commitUrl": format!("{base}/{repo}/commit/{oid}"), "commitOid": oid}))
         }
         _ => (
             404,
