@@ -252,7 +252,12 @@ fn tree(s: &State, id: &str, rev: &str) -> Answer {
     };
     let rev = decode(rev.split('/').next().unwrap_or_default());
     let Some(commit) = repo.resolve(&rev) else {
-        return error(404, "RevisionNotFound", &format!("Invalid rev id: {rev}"), &[]);
+        return error(
+            404,
+            "RevisionNotFound",
+            &format!("Invalid rev id: {rev}"),
+            &[],
+        );
     };
     let entries: Vec<_> = repo.commits[commit]
         .iter()
