@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The torch trainer's tests: `bora train --on torch` against `bora train` on tiny Llama,
-# Mistral and Nemo models and an NF4 base (crates/bora/tests/torch_parity.rs), and the real
+# Mistral and Nemo models (crates/bora/tests/torch_parity.rs), and the real
 # Hugging Face Job: the command bora posts, run as a local process by the test Jobs API
 # against the test Hub (upload, resume, two processes under torchrun; the ignored tests of
 # crates/bora/tests/hf_jobs_cli.rs). Not part of scripts/test.sh: the environment (torch from

@@ -2,7 +2,7 @@
 //! initial adapter, the PyTorch trainer (transformers + peft) and bora's own loop give the
 //! same losses step by step and the same adapter, on tiny Llama (SmolLM2's architecture),
 //! Mistral (with a sliding window shorter than the sequences) and Nemo (head_dim ≠
-//! hidden/heads) models, and with an NF4 base (QLoRA) on both sides.
+//! hidden/heads) models.
 //!
 //! Needs a Python environment with `trainers/torch/requirements.txt` (several GB), so it is
 //! ignored in the default suite; `scripts/test_torch_parity.sh` makes the environment and
@@ -181,12 +181,4 @@ fn mistral_with_sliding_window_matches_the_cpu_run() {
 #[ignore = "needs the torch environment: scripts/test_torch_parity.sh"]
 fn nemo_matches_the_cpu_run() {
     parity("nemo", &[]);
-}
-
-#[test]
-#[ignore = "needs the torch environment: scripts/test_torch_parity.sh"]
-fn nf4_base_matches_the_cpu_run() {
-    // Both sides train on the NF4 base as bitsandbytes quantizes it (bora's own NF4, and
-    // bitsandbytes' through transformers), dequantized and computed in f32.
-    parity("llama", &["--qlora", "nf4"]);
 }
