@@ -2,7 +2,9 @@
 the answers bora's test Jobs API gives are ones that client accepts.
 
 A local server plays the Jobs API: `POST /api/jobs/NS` (run_job), `GET /api/jobs/NS/ID`
-(inspect_job), `GET /api/jobs/NS?label=K=V` (list_jobs), `POST /api/jobs/NS/ID/cancel`
+(inspect_job), `GET /api/jobs/NS?label=K=V` (list_jobs, answered in two pages: the first
+names the second in a `Link: <URL>; rel="next"` header, which the client follows as its
+`paginate` does), `POST /api/jobs/NS/ID/cancel`
 (cancel_job) and the server-sent-events log stream `GET /api/jobs/NS/ID/logs`
 (fetch_job_logs, followed and not), plus the answers of a bad token (401) and of a namespace
 without credits (402). The client parses every answer into its own types (`JobInfo`, log
@@ -70,6 +72,9 @@ def job_info(stage, message=None):
 recorded = []
 # The answer the server gives next, by (method, path without query).
 answers = {}
+# Paginated answers, by (method, path without query): (status, answer, next page's target or
+# None) in the order they are given; the next page's target goes out as a `Link` header.
+pages = {}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -79,7 +84,11 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         path = self.path.split("?")[0]
-        status, answer = answers[(method, path)]
+        next_page = None
+        if pages.get((method, path)):
+            status, answer, next_page = pages[(method, path)].pop(0)
+        else:
+            status, answer = answers[(method, path)]
         recorded.append({
             "method": method,
             "target": self.path,
@@ -87,6 +96,7 @@ class Handler(BaseHTTPRequestHandler):
             "body": json.loads(raw) if raw else None,
             "status": status,
             "answer": answer,
+            "next": next_page,
         })
         if isinstance(answer, list) and path.endswith("/logs"):
             data = "".join(f"data: {json.dumps(e)}\n\n" for e in answer).encode()
@@ -98,6 +108,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", kind)
         self.send_header("content-length", str(len(data)))
         self.send_header("connection", "close")
+        if next_page is not None:
+            host = f"http://{self.server.server_address[0]}:{self.server.server_address[1]}"
+            self.send_header("link", f'<{host}{next_page}>; rel="next"')
         self.end_headers()
         self.wfile.write(data)
         self.close_connection = True
@@ -152,7 +165,11 @@ def main():
     assert case["result"]["stage"] == "ERROR", case
     cases[name] = case
 
-    answers[("GET", base)] = (200, [job_info("RUNNING")])
+    second = dict(job_info("COMPLETED"), id=JOB_ID[:-4] + "0913")
+    pages[("GET", base)] = [
+        (200, [job_info("RUNNING")], f"{base}?label=bora-run%3Dsupport-bot&cursor=2"),
+        (200, [second], None),
+    ]
 
     def listing():
         return [
@@ -161,7 +178,8 @@ def main():
         ]
 
     name, case = call("list_jobs", listing, {"labels": {"bora-run": "support-bot"}, "namespace": NAMESPACE})
-    assert case["result"][0]["id"] == JOB_ID, case
+    assert [j["id"] for j in case["result"]] == [JOB_ID, second["id"]], case
+    assert len(case["requests"]) == 2, case
     cases[name] = case
 
     answers[("POST", f"{base}/{JOB_ID}/cancel")] = (200, {})
@@ -184,6 +202,8 @@ def main():
         assert case["result"] == [e["data"] for e in LOG_EVENTS[1:]], case
         cases[name] = case
 
+    # These bodies are this server's words, not the Hub's: bora reads the status and shows the
+    # `error` text as it comes, so nothing depends on them.
     for status, body in [
         (401, {"error": "Invalid credentials in Authorization header"}),
         (402, {"error": "You have exceeded your monthly included credits for Jobs. Add a payment method to continue."}),

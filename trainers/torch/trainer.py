@@ -32,6 +32,12 @@ following the job's log, can download them.
 
 On a GPU: bf16 base (or NF4 through bitsandbytes for QLoRA), SDPA attention, gradient
 checkpointing where the job asks for it. On the CPU: f32 everywhere, for parity with bora.
+
+Under `torchrun --nproc_per_node N` (a multi-GPU flavor) the run stays the same: the
+micro-batches of each accumulation window are shared out across the N processes (micro-batch
+`i` of a window to rank `i mod N`), the LoRA gradients and the window's loss are summed
+across them (all-reduce) before the one normalisation by the window's trained tokens, and
+every rank takes the same optimizer step. Rank 0 alone writes, uploads and prints.
 """
 import argparse
 import json
@@ -60,9 +66,42 @@ def load_job(job_dir):
     return json.loads((job_dir / "job.json").read_text())
 
 
-def pick_device_and_dtype(job):
+class Ranks:
+    """This process's place among torchrun's processes: `rank` of `world` (0 of 1 alone)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = 0
+        self.local = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.world > 1:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+            self.rank = torch.distributed.get_rank()
+
+    @property
+    def leader(self):
+        return self.rank == 0
+
+    def owns(self, index):
+        """Whether micro-batch `index` of a window is this rank's."""
+        return index % self.world == self.rank
+
+    def sum_(self, tensor):
+        """Sums `tensor` across the ranks, in place."""
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        return tensor
+
+    def close(self):
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def pick_device_and_dtype(job, ranks):
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(ranks.local)
+    device = torch.device("cuda", ranks.local) if cuda else torch.device("cpu")
     want = job.get("dtype", "auto")
     if want == "auto":
         dtype = torch.bfloat16 if cuda else torch.float32
@@ -82,6 +121,7 @@ def load_model(job, job_dir, device, dtype):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
+        kwargs["device_map"] = {"": device}
     model_path = job["model"]
     if job.get("gguf_file"):
         kwargs["gguf_file"] = job["gguf_file"]
@@ -90,6 +130,14 @@ def load_model(job, job_dir, device, dtype):
     base = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     if job.get("qlora") != "nf4":
         base.to(device)
+    elif device.type == "cpu":
+        # On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for its bf16 kernel
+        # on the first forward in eval mode without gradients (a validation), its block maxima
+        # rounded to bf16, and computes in bf16 from then on. Kept off, the weight stays the
+        # NF4 base dequantized in f32, as bora computes with it.
+        for module in base.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     base.config.use_cache = False
     if job.get("recompute"):
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -171,16 +219,21 @@ def publish(args, out_dir, rel):
     return rel
 
 
-def validation_loss(model, val, device, window, dtype, count):
+def validation_loss(model, val, device, window, dtype, count, ranks):
     model.eval()
-    total, tokens = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64)
     with torch.no_grad():
         for i in range(count):
-            ce, n = loss_sum(model, val, i, device, window, dtype)
-            total += float(ce)
-            tokens += n
+            if ranks.owns(i):
+                ce, _ = loss_sum(model, val, i, device, window, dtype)
+                total += float(ce)
     model.train()
-    return total / max(tokens, 1)
+    tokens = sum(trained_tokens(val, i) for i in range(count))
+    return float(ranks.sum_(total)) / max(tokens, 1)
+
+
+def trained_tokens(tensors, i):
+    return int((tensors[f"targets.{i}"] != -100).sum())
 
 
 def main():
@@ -191,8 +244,9 @@ def main():
     ap.add_argument("--hub-path", default="", help="folder of --hub-repo for them")
     args = ap.parse_args()
     job = load_job(args.job)
+    ranks = Ranks()
     torch.manual_seed(job.get("seed", 0))
-    device, dtype = pick_device_and_dtype(job)
+    device, dtype = pick_device_and_dtype(job, ranks)
     model = load_model(job, args.job, device, dtype)
     model.train()
     params = lora_params(model)
@@ -215,21 +269,28 @@ def main():
     val_count = job.get("val_batches", 0)
     window = job.get("sliding_window")
     accum = job["grad_accum"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    metrics = open(args.out / "metrics.jsonl", "a")
+    if ranks.leader:
+        args.out.mkdir(parents=True, exist_ok=True)
+        metrics = open(args.out / "metrics.jsonl", "a")
     micro = 0
     for step in range(job["first_step"] + 1, job["total_steps"] + 1):
         started = time.time()
         optimizer.zero_grad(set_to_none=False)
-        window_loss, window_tokens = 0.0, 0
-        for _ in range(job["micro_batches"][step - job["first_step"] - 1]):
-            ce, n = loss_sum(model, batches, micro, device, window, dtype)
-            ce.backward()
-            window_loss += float(ce)
-            window_tokens += n
-            micro += 1
+        count = job["micro_batches"][step - job["first_step"] - 1]
+        window_loss = torch.zeros((), dtype=torch.float64)
+        for i in range(count):
+            if ranks.owns(i):
+                ce, _ = loss_sum(model, batches, micro + i, device, window, dtype)
+                ce.backward()
+                window_loss += float(ce)
+        window_tokens = sum(trained_tokens(batches, micro + i) for i in range(count))
+        micro += count
+        grads = []
+        for _, p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(ranks.sum_(p.grad))
         scale = 1.0 / max(window_tokens, 1)
-        grads = [p.grad for _, p in params]
         for g in grads:
             g.mul_(scale)
         if job["max_grad_norm"] > 0:
@@ -240,9 +301,10 @@ def main():
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
-        loss = window_loss / max(window_tokens, 1)
+        loss = float(ranks.sum_(window_loss)) / max(window_tokens, 1)
         if not math.isfinite(loss):
-            emit("error", step=step, message=f"step {step}: the loss is {loss}")
+            if ranks.leader:
+                emit("error", step=step, message=f"step {step}: the loss is {loss}")
             sys.exit(1)
         row = {
             "step": step,
@@ -252,7 +314,9 @@ def main():
             "tokens_per_s": window_tokens / max(time.time() - started, 1e-9),
         }
         if step in job["eval_steps"] and val is not None and val_count:
-            row["val_loss"] = validation_loss(model, val, device, window, dtype, val_count)
+            row["val_loss"] = validation_loss(model, val, device, window, dtype, val_count, ranks)
+        if not ranks.leader:
+            continue
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
         emit("step", **row)
@@ -260,12 +324,14 @@ def main():
             rel = f"checkpoints/step-{step}"
             save_state(args.out / rel, model, params, optimizer, True)
             emit("checkpoint", step=step, path=publish(args, args.out, rel))
+    ranks.close()
+    if not ranks.leader:
+        return
     metrics.close()
     save_state(args.out / "adapter", model, params, optimizer, False)
     if torch.cuda.is_available():
         emit("memory", peak_bytes=torch.cuda.max_memory_allocated())
     emit("done", adapter=publish(args, args.out, "adapter"))
-
 
 if __name__ == "__main__":
     main()

@@ -32,6 +32,9 @@ struct Script {
 
 enum Answer {
     Json(u16, Value),
+    /// A page of a list whose `Link` header names the next page: this target on the same
+    /// server, or this URL when it is one.
+    Page(Value, String),
     /// A log stream: these events, then the connection closes.
     Events(Vec<Value>),
     /// A log stream that sends these events and then stays silent (held open).
@@ -64,17 +67,32 @@ fn serve(answers: Vec<Answer>) -> (String, Arc<Mutex<Script>>) {
             let Some(answer) = answer else {
                 continue;
             };
-            std::thread::spawn(move || answer_with(stream, answer));
+            let url = url_of(&stream);
+            std::thread::spawn(move || answer_with(stream, answer, &url));
         }
     });
     (url, script)
 }
 
-fn answer_with(mut stream: TcpStream, answer: Answer) {
+fn url_of(stream: &TcpStream) -> String {
+    format!("http://{}", stream.local_addr().unwrap())
+}
+
+fn answer_with(mut stream: TcpStream, answer: Answer, url: &str) {
     let sse =
         |events: &[Value]| -> String { events.iter().map(|e| format!("data: {e}\n\n")).collect() };
+    let mut link = String::new();
     let (status, kind, body, hold) = match answer {
         Answer::Json(status, v) => (status, "application/json", v.to_string(), false),
+        Answer::Page(v, next) => {
+            let next = if next.starts_with("http") {
+                next
+            } else {
+                format!("{url}{next}")
+            };
+            link = format!("link: <{next}>; rel=\"next\"\r\n");
+            (200, "application/json", v.to_string(), false)
+        }
         Answer::Events(e) => (200, "text/event-stream", sse(&e), false),
         Answer::EventsThenSilence(e) => (200, "text/event-stream", sse(&e), true),
     };
@@ -82,7 +100,7 @@ fn answer_with(mut stream: TcpStream, answer: Answer) {
         format!("HTTP/1.1 {status} X\r\ncontent-type: {kind}\r\nconnection: close\r\n\r\n")
     } else {
         format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 {status} X\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n{link}connection: close\r\n\r\n",
             body.len()
         )
     };
@@ -103,6 +121,8 @@ fn recorded_answers(case: &Value) -> Vec<Answer> {
         .map(|r| {
             if r["target"].as_str().unwrap().ends_with("/logs") {
                 Answer::Events(r["answer"].as_array().unwrap().clone())
+            } else if let Some(next) = r["next"].as_str() {
+                Answer::Page(r["answer"].clone(), next.to_owned())
             } else {
                 Answer::Json(r["status"].as_u64().unwrap() as u16, r["answer"].clone())
             }
@@ -208,10 +228,17 @@ fn requests_match_the_official_client() {
     let jobs = client(&url, token)
         .list_jobs(ns, &[("bora-run", "support-bot")])
         .unwrap();
+    // Two pages, the second found through the first's `Link` header.
     assert_same_requests("list_jobs", case, &script.lock().unwrap().requests);
-    assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0].id, case["result"][0]["id"]);
-    assert_eq!(jobs[0].labels["bora-run"], "support-bot");
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    let want: Vec<&str> = case["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!((ids.len(), ids), (2, want));
+    assert_eq!(jobs[1].labels["bora-run"], "support-bot");
 
     let case = &cases["cancel_job"];
     let (url, script) = serve(recorded_answers(case));
@@ -342,4 +369,14 @@ fn a_missing_job_is_named() {
     let err = client(&url, "hf_x").inspect_job("ada", "nope").unwrap_err();
     assert!(matches!(err, HubError::JobNotFound { .. }), "{err}");
     assert!(err.to_string().contains("/api/jobs/ada/nope"), "{err}");
+}
+
+#[test]
+fn a_next_page_off_the_endpoint_is_not_followed_with_the_token() {
+    let off = "http://127.0.0.2:9/api/jobs/ada?cursor=2";
+    let (url, script) = serve(vec![Answer::Page(serde_json::json!([]), off.into())]);
+    let err = client(&url, "hf_x").list_jobs("ada", &[]).unwrap_err();
+    assert!(matches!(err, HubError::Protocol { .. }), "{err}");
+    assert!(err.to_string().contains("127.0.0.2:9"), "{err}");
+    assert_eq!(script.lock().unwrap().requests.len(), 1);
 }

@@ -33,8 +33,10 @@ use bora_train::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The image the job runs in: Python with pip; the trainer's pinned requirements (torch with
-/// its CUDA libraries among them) are installed into it.
+/// The image the job runs in: Docker Hub's official Python image (Debian with bash, Python
+/// and pip), as `huggingface_hub`'s Jobs guide runs it. The job's command installs the
+/// trainer's pinned requirements into it with pip: PyPI's torch wheels for Linux carry their
+/// CUDA libraries, bitsandbytes its CUDA kernels, so nothing else is needed of the image.
 pub const IMAGE: &str = "python:3.12";
 
 /// The repo (under the user's namespace) that holds every run's job files and outputs.
@@ -44,10 +46,11 @@ pub const JOBS_REPO_NAME: &str = "bora-jobs";
 pub const JOB_RECORD: &str = "hf-job.json";
 
 /// The job's command (its `huggingface_hub` pin is the trainer requirements'): fetch the
-/// run's job folder, install the pinned requirements, run the
-/// trainer with its outputs uploaded back to the run's folder. `BORA_REPO` and `BORA_FOLDER`
-/// come from the job's environment, `HF_TOKEN` from its secrets (and `HF_ENDPOINT`, when
-/// set, from the environment: how a test Hub is reached).
+/// run's job folder, install the pinned requirements, run the trainer with its outputs
+/// uploaded back to the run's folder; on a flavor of `BORA_GPUS` > 1 GPUs, one trainer
+/// process per GPU under `torchrun` (data parallel). `BORA_REPO`, `BORA_FOLDER` and
+/// `BORA_GPUS` come from the job's environment, `HF_TOKEN` from its secrets (and
+/// `HF_ENDPOINT`, when set, from the environment: how a test Hub is reached).
 pub const JOB_SCRIPT: &str = r#"set -eu
 WORK="${TMPDIR:-/tmp}/bora-job"
 python -m pip install --quiet --disable-pip-version-check "huggingface_hub==2.5.0"
@@ -58,7 +61,12 @@ snapshot_download(repo_id=os.environ["BORA_REPO"], allow_patterns=[os.environ["B
 PY
 JOB="$WORK/$BORA_FOLDER/job"
 python -m pip install --quiet --disable-pip-version-check -r "$JOB/requirements.txt"
-exec python "$JOB/trainer.py" --job "$JOB" --out "$WORK/out" --hub-repo "$BORA_REPO" --hub-path "$BORA_FOLDER/out"
+if [ "${BORA_GPUS:-1}" -gt 1 ]; then
+  set -- python -m torch.distributed.run --standalone --nproc_per_node "$BORA_GPUS"
+else
+  set -- python
+fi
+exec "$@" "$JOB/trainer.py" --job "$JOB" --out "$WORK/out" --hub-repo "$BORA_REPO" --hub-path "$BORA_FOLDER/out"
 "#;
 
 /// Share of a GPU's dense bf16 peak assumed for a LoRA step of eager PyTorch in the duration
@@ -111,6 +119,8 @@ pub struct Estimate {
     pub flavor: String,
     pub memory: GpuMemory,
     pub flavor_memory_gib: f64,
+    /// GPUs the trainer runs on (data parallel when more than one).
+    pub gpus: u32,
     pub steps: u64,
     pub tokens: u64,
     pub seconds: f64,
@@ -124,11 +134,16 @@ impl Estimate {
         let m = &self.memory;
         vec![
             format!(
-                "GPU memory: about {:.1} GiB of {}'s {:.0} GiB (weights {:.1}, LoRA state {:.2}, \
+                "GPU memory: about {:.1} GiB of {}'s {:.0} GiB{} (weights {:.1}, LoRA state {:.2}, \
                  activations {:.1}, logits {:.1}, CUDA runtime {:.1})",
                 gib(m.peak_bytes),
                 self.flavor,
                 self.flavor_memory_gib,
+                if self.gpus > 1 {
+                    format!(" per GPU, data parallel on {} GPUs", self.gpus)
+                } else {
+                    String::new()
+                },
                 gib(m.weight_bytes),
                 gib(m.lora_bytes),
                 gib(m.activation_bytes),
@@ -159,10 +174,18 @@ fn clock(seconds: f64) -> String {
     }
 }
 
-/// Checks the run fits `flavor` and estimates its duration, cost and timeout. `model_dir` is
-/// the base's files on this machine (config and tokenizer are read; no weights).
+/// GPUs that take micro-batches: the flavor's, at most one per micro-batch of a step (a
+/// step's `grad_accum` micro-batches are shared out across them, so the step, and the
+/// run, stay those of one GPU).
+fn working_gpus(config: &RunConfig, flavor: &Flavor) -> u32 {
+    flavor.gpus.min(config.train.grad_accum.max(1))
+}
+
+/// Checks the run fits `flavor` (each of its GPUs) and estimates its duration, cost and
+/// timeout. `model_dir` is the base's files on this machine: its config and tokenizer, the
+/// weights being the job's to download.
 pub fn preflight(config: &RunConfig, model_dir: &Path, flavor: &Flavor) -> Result<Estimate> {
-    let info = CheckpointInfo::open(model_dir).map_err(TrainError::from)?;
+    let info = CheckpointInfo::open_shape(model_dir).map_err(TrainError::from)?;
     let memory = gpu_train_memory(config, &info)?;
     let have = flavor.gpu_memory_gib;
     if gib(memory.peak_bytes) > have {
@@ -185,7 +208,9 @@ pub fn preflight(config: &RunConfig, model_dir: &Path, flavor: &Flavor) -> Resul
     let t = &config.train;
     let tokens = plan.micro_batches(config) * (t.batch_size * t.seq_len) as u64;
     let flops = gpu_flops_per_token(config, &info) as f64 * tokens as f64;
-    let seconds = flops / (flavor.bf16_tflops * 1e12 * GPU_UTILIZATION) + SETUP_SECONDS;
+    let gpus = working_gpus(config, flavor);
+    let seconds =
+        flops / (gpus as f64 * flavor.bf16_tflops * 1e12 * GPU_UTILIZATION) + SETUP_SECONDS;
     // Twice the estimate and half an hour, in whole minutes, at least an hour: an estimate
     // off by half still finishes, and a hung job stops costing.
     let timeout_seconds = ((2.0 * seconds + 1800.0) / 60.0).ceil() as u64 * 60;
@@ -193,6 +218,7 @@ pub fn preflight(config: &RunConfig, model_dir: &Path, flavor: &Flavor) -> Resul
         flavor: flavor.name.into(),
         memory,
         flavor_memory_gib: have,
+        gpus,
         steps: plan.total_steps,
         tokens,
         usd: seconds / 3600.0 * flavor.usd_per_hour,
@@ -369,6 +395,7 @@ impl HfJobsHost {
         let mut env = BTreeMap::from([
             ("BORA_REPO".to_owned(), self.account.repo.to_string()),
             ("BORA_FOLDER".to_owned(), folder),
+            ("BORA_GPUS".to_owned(), self.flavor.gpus.to_string()),
             ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
         ]);
         if self.account.endpoint != bora_hub::hub::DEFAULT_ENDPOINT {

@@ -19,7 +19,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::layer::{Adapt, Adapters, Attend, AttnActs, LayerCtx, MlpActs};
 use crate::lora::Lora;
-use crate::weights::{CheckpointKind, ModelWeights, TensorSource};
+use crate::weights::{config_held_bytes, CheckpointKind, ModelWeights, TensorSource};
 
 /// Options that shape a loaded model without changing its weights.
 #[derive(Debug, Clone, Default)]
@@ -191,7 +191,9 @@ pub enum Logits {
 /// estimates and the choice of an in-memory type need before a multi-gigabyte load.
 pub struct CheckpointInfo {
     pub config: ModelConfig,
-    source: TensorSource,
+    /// The weights' headers, or for a directory holding the config without the weights
+    /// ([`CheckpointInfo::open_shape`]) the type its config says they are stored in.
+    source: Result<TensorSource, GgmlType>,
 }
 
 /// Parameters from which an unquantized checkpoint is held in Q8_0 by default for inference
@@ -201,19 +203,56 @@ pub const DEFAULT_Q8_PARAMS: u64 = 1_000_000_000;
 impl CheckpointInfo {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let (config, source) = open_checkpoint(path.as_ref())?;
-        Ok(Self { config, source })
+        Ok(Self {
+            config,
+            source: Ok(source),
+        })
+    }
+
+    /// [`CheckpointInfo::open`], or for a Hugging Face or Mistral directory that holds the
+    /// config but no weight file, the config alone, with the weights in the type the config
+    /// names (`dtype`, `torch_dtype`; bf16, as Mistral's Hub checkpoints store them, when it
+    /// names none): what a run whose trainer downloads the weights itself (a Hugging Face
+    /// Job) needs to plan, without the weights on this machine.
+    pub fn open_shape(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let has_weights = std::fs::read_dir(path).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+        });
+        let (hf, mistral) = (path.join("config.json"), path.join("params.json"));
+        let config = if !path.is_dir() || has_weights {
+            return Self::open(path);
+        } else if hf.is_file() {
+            ModelConfig::from_hf_config(&hf)?
+        } else if mistral.is_file() {
+            ModelConfig::from_params_json(&mistral)?
+        } else {
+            return Self::open(path);
+        };
+        let stored = if hf.is_file() { &hf } else { &mistral };
+        Ok(Self {
+            config,
+            source: Err(stored_type(stored)),
+        })
     }
 
     /// Bytes of the weights once loaded with `quantize` ([`LoadOptions::quantize`]), in the
     /// types [`Model::load`] holds them in.
     pub fn weight_bytes(&self, quantize: Option<WeightType>) -> u64 {
-        self.source.held_bytes(&self.config, quantize)
+        match &self.source {
+            Ok(source) => source.held_bytes(&self.config, quantize),
+            Err(stored) => config_held_bytes(&self.config, *stored, quantize),
+        }
     }
 
     /// True when the decoder's projections are stored as f32, f16 or bf16 (so `quantize`
-    /// applies to them).
+    /// applies to them); so is a checkpoint known by its config alone.
     pub fn unquantized(&self) -> bool {
-        self.source.projections_unquantized()
+        self.source
+            .as_ref()
+            .map_or(true, TensorSource::projections_unquantized)
     }
 
     /// The in-memory type for generating, scoring and serving when the user names none: an
@@ -226,6 +265,24 @@ impl CheckpointInfo {
     pub fn inference_quant(&self) -> Option<WeightType> {
         (self.unquantized() && self.config.parameter_count() >= DEFAULT_Q8_PARAMS)
             .then_some(WeightType::Ggml(GgmlType::Q8_0))
+    }
+}
+
+/// The type a config file says its weights are stored in (`dtype`, or `torch_dtype` before
+/// transformers 5): f32, f16, or bf16 when it says another or none.
+fn stored_type(config: &Path) -> GgmlType {
+    let named = std::fs::read(config)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| {
+            ["dtype", "torch_dtype"]
+                .iter()
+                .find_map(|k| v[*k].as_str().map(str::to_owned))
+        });
+    match named.as_deref() {
+        Some("float32") => GgmlType::F32,
+        Some("float16") => GgmlType::F16,
+        _ => GgmlType::BF16,
     }
 }
 

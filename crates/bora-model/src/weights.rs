@@ -37,6 +37,51 @@ fn held_type(stored: GgmlType, quantize: Option<WeightType>) -> WeightType {
     }
 }
 
+/// Bytes of one tensor as [`TensorSource::held_bytes`] counts it: vectors in f32, the
+/// embeddings and output head (`global`) as stored, projections in [`held_type`].
+fn held_tensor_bytes(
+    shape: &[usize],
+    stored: GgmlType,
+    global: bool,
+    quantize: Option<WeightType>,
+) -> u64 {
+    let elems: usize = shape.iter().product();
+    let ty = match shape.len() {
+        1 => WeightType::Ggml(GgmlType::F32),
+        _ if global => WeightType::Ggml(stored),
+        _ => held_type(stored, quantize),
+    };
+    let cols = shape.last().copied().unwrap_or(1);
+    match ty {
+        WeightType::Ggml(ty) => {
+            ty.row_bytes(cols)
+                .map_or(4 * elems, |b| b * (elems / cols.max(1))) as u64
+        }
+        WeightType::Nf4 => Nf4::size_for(elems) as u64,
+    }
+}
+
+/// [`TensorSource::held_bytes`] of a checkpoint known by its config alone, its weights taken
+/// as stored in `stored` (what a Hub model's safetensors hold, bf16 for Mistral's).
+pub(crate) fn config_held_bytes(
+    cfg: &ModelConfig,
+    stored: GgmlType,
+    quantize: Option<WeightType>,
+) -> u64 {
+    let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (q, kv) = (cfg.q_dim(), cfg.kv_dim());
+    let projections = [[q, d], [kv, d], [kv, d], [d, q], [f, d], [f, d], [d, f]];
+    let layer: u64 = projections
+        .iter()
+        .map(|shape| held_tensor_bytes(shape, stored, false, quantize))
+        .sum::<u64>()
+        + 2 * held_tensor_bytes(&[d], stored, false, quantize);
+    let heads = if cfg.tied_embeddings { 1 } else { 2 };
+    heads * held_tensor_bytes(&[v, d], stored, true, quantize)
+        + cfg.n_layers as u64 * layer
+        + held_tensor_bytes(&[d], stored, false, quantize)
+}
+
 /// Which layout a checkpoint uses; decides tensor names and whether q/k rows are interleaved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckpointKind {
@@ -312,20 +357,7 @@ impl TensorSource {
             .iter()
             .filter(|(name, _)| !(cfg.tied_embeddings && name.as_str() == head))
             .map(|(name, t)| {
-                let elems: usize = t.shape.iter().product();
-                let ty = match t.shape.len() {
-                    1 => WeightType::Ggml(GgmlType::F32),
-                    _ if name == embed || name == head => WeightType::Ggml(t.ty),
-                    _ => held_type(t.ty, quantize),
-                };
-                let cols = t.shape.last().copied().unwrap_or(1);
-                match ty {
-                    WeightType::Ggml(ty) => ty
-                        .row_bytes(cols)
-                        .map_or(4 * elems, |b| b * (elems / cols.max(1)))
-                        as u64,
-                    WeightType::Nf4 => Nf4::size_for(elems) as u64,
-                }
+                held_tensor_bytes(&t.shape, t.ty, name == embed || name == head, quantize)
             })
             .sum()
     }

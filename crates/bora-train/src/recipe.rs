@@ -169,16 +169,21 @@ pub(crate) fn set_up(start: Start) -> Result<SetUp> {
 /// The base a set-up holds: the weights for bora's own steps, or nothing (`()`) for a trainer
 /// that loads the base itself. Only the former can run a learning-rate range test.
 pub(crate) trait BaseWeights {
+    /// Whether the weight files must be on this machine; without, the model's config
+    /// suffices ([`CheckpointInfo::open_shape`]).
+    const LOADED_HERE: bool;
     fn weights(&self) -> Option<&Model>;
 }
 
 impl BaseWeights for Model {
+    const LOADED_HERE: bool = true;
     fn weights(&self) -> Option<&Model> {
         Some(self)
     }
 }
 
 impl BaseWeights for () {
+    const LOADED_HERE: bool = false;
     fn weights(&self) -> Option<&Model> {
         None
     }
@@ -215,7 +220,11 @@ pub(crate) fn set_up_with<M: BaseWeights>(
         .as_deref()
         .unwrap_or(Path::new(&config.model.path))
         .to_path_buf();
-    let info = CheckpointInfo::open(&model_path)?;
+    let info = if M::LOADED_HERE {
+        CheckpointInfo::open(&model_path)?
+    } else {
+        CheckpointInfo::open_shape(&model_path)?
+    };
     let tokenizer = Tokenizer::from_file(&model_path)?;
     let (data, choices) = if unset.is_empty() {
         (plan_data(&config, &tokenizer)?, Vec::new())

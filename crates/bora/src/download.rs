@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bora_hub::hub::{locate_model, locate_tokenizer, DownloadEvent, Downloader, Located, ModelRef};
+use bora_hub::hub::{
+    locate_model, locate_model_config, locate_tokenizer, DownloadEvent, Downloader, Located,
+    ModelRef,
+};
 use bora_train::ModelSection;
 use clap::Args;
 
@@ -42,6 +45,14 @@ pub fn run(args: &DownloadArgs) -> Result<()> {
 pub fn locate(text: &str, revision: Option<&str>) -> Result<Located> {
     let mut progress = Progress::new();
     locate_model(text, revision, env, &mut |e| progress.event(e))
+        .with_context(|| format!("model {text}"))
+}
+
+/// [`locate`] for a run trained elsewhere (`--on hf-jobs`): of a Hub model only the config
+/// and tokenizer are fetched, the job downloading the weights itself.
+pub fn locate_config(text: &str, revision: Option<&str>) -> Result<Located> {
+    let mut progress = Progress::new();
+    locate_model_config(text, revision, env, &mut |e| progress.event(e))
         .with_context(|| format!("model {text}"))
 }
 

@@ -170,10 +170,11 @@ pub struct TrainArgs {
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
+    let weights_here = !args.on.starts_with("hf-jobs:");
     let (start, config, model_dir) = match &args.resume {
         Some(dir) => {
             let config = RunConfig::load(RunDir::at(dir).config_path())?;
-            let model_dir = hub_model_dir(&config.model)?;
+            let model_dir = hub_model_dir(&config.model, weights_here)?;
             let start = Start::Resume {
                 dir: dir.clone(),
                 model_dir: model_dir.clone(),
@@ -183,7 +184,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         None => {
             let new_run = new_run(args)?;
             let (runs_root, mut config) = new_run.resolve()?;
-            let model_dir = pin_hub_model(&mut config.model)?;
+            let model_dir = pin_hub_model(&mut config.model, weights_here)?;
             let start = Start::New {
                 runs_root,
                 config: Box::new(config.clone()),
@@ -301,7 +302,7 @@ fn heldout_score(run: &Path, limit: usize) -> Result<Option<HeldoutScore>> {
 /// the run directory lacks (steps, checkpoints) and downloading the adapter at the end.
 pub fn attach(run_dir: &Path) -> Result<()> {
     let config = RunConfig::load(RunDir::at(run_dir).config_path())?;
-    let model_dir = hub_model_dir(&config.model)?;
+    let model_dir = hub_model_dir(&config.model, false)?;
     let account = Account::from_env(|k| std::env::var(k).ok())?;
     let mut host = HfJobsHost::attach(
         account,
@@ -352,12 +353,18 @@ fn detach_on_interrupt(run_dir: PathBuf, flavor: &'static str) {
 
 /// For a Hub id in `model.path`: its snapshot directory, fetched if needed, with the commit
 /// recorded in `model.revision` so resume and eval load the same files. `None` for a path.
-fn pin_hub_model(model: &mut ModelSection) -> Result<Option<PathBuf>> {
+/// `weights_here` false (a run on Hugging Face Jobs, whose job downloads the weights) fetches
+/// the config and tokenizer only.
+fn pin_hub_model(model: &mut ModelSection, weights_here: bool) -> Result<Option<PathBuf>> {
     if model.path.is_empty() {
         return Ok(None);
     }
     let revision = (!model.revision.is_empty()).then_some(model.revision.clone());
-    let located = crate::download::locate(&model.path, revision.as_deref())?;
+    let located = if weights_here {
+        crate::download::locate(&model.path, revision.as_deref())?
+    } else {
+        crate::download::locate_config(&model.path, revision.as_deref())?
+    };
     Ok(located.hub.map(|hub| {
         model.path = hub.model.name();
         model.revision = hub.commit;
@@ -366,9 +373,9 @@ fn pin_hub_model(model: &mut ModelSection) -> Result<Option<PathBuf>> {
 }
 
 /// A resumed run's Hub model, at the commit it started from (from the cache, no network).
-fn hub_model_dir(model: &ModelSection) -> Result<Option<PathBuf>> {
+fn hub_model_dir(model: &ModelSection, weights_here: bool) -> Result<Option<PathBuf>> {
     let mut pinned = model.clone();
-    pin_hub_model(&mut pinned)
+    pin_hub_model(&mut pinned, weights_here)
 }
 
 /// Validations without improvement before `--auto` stops a run: with ten validations per

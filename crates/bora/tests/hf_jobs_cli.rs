@@ -9,8 +9,14 @@
 //! checkpoint and adapter files stored in the repo before their line, as the trainer's
 //! `--hub-repo` mode does). What it proves is bora's side: preflight, upload, the job request,
 //! following the log, mirroring metrics and checkpoints, downloading the adapter, failures,
-//! cancellation and resume. The real trainer against a local Hub runs in
-//! `scripts/test_torch_parity.sh` (torch is too heavy for CI).
+//! cancellation and resume.
+//!
+//! The `#[ignore]`d tests at the end run the REAL job instead: the test Jobs API executes the
+//! command bora posted (`bash -c` the job script, with the job's environment and secrets) as
+//! a local process, with the pinned trainer environment first on `PATH` (CPU torch; the
+//! script's `pip install`s find everything installed, so nothing is fetched), against this
+//! test Hub (`HF_ENDPOINT`; `HF_HUB_DISABLE_XET=1`, since this Hub speaks LFS, not Xet). `scripts/test_torch_parity.sh` makes that environment and runs
+//! them (torch is too heavy for CI).
 
 #[allow(dead_code)]
 mod common;
@@ -131,23 +137,11 @@ fn stand_in(ending: Ending) -> impl Fn(JobControl) + Send + Sync + 'static {
             (spec, initial)
         };
         let publish = |rel: &str, files: Vec<(&str, Vec<u8>)>| {
-            let mut s = job.state.lock().unwrap();
-            let mut repo = s
-                .models
-                .remove(JOBS_REPO)
-                .unwrap_or_else(|| ModelRepo::new(JOBS_REPO));
-            let mut all: Vec<(String, Vec<u8>)> = repo
-                .refs
-                .get("main")
-                .map(|c| repo.commits[c].clone())
-                .unwrap_or_default();
-            for (name, bytes) in files {
-                all.push((format!("{folder}/out/{rel}/{name}"), bytes));
-            }
-            let borrowed: Vec<(&str, Vec<u8>)> =
-                all.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
-            repo.commit(&["main"], &borrowed);
-            s.models.insert(JOBS_REPO.into(), repo);
+            let files = files
+                .into_iter()
+                .map(|(name, bytes)| (format!("{folder}/out/{rel}/{name}"), bytes))
+                .collect();
+            job.state.lock().unwrap().commit_to_main(JOBS_REPO, files);
         };
         job.log("Collecting torch==2.15.0");
         let first = spec["first_step"].as_u64().unwrap();
@@ -204,6 +198,101 @@ fn stand_in(ending: Ending) -> impl Fn(JobControl) + Send + Sync + 'static {
     }
 }
 
+/// The real job: the posted command as a local process, its output lines the job's log. With
+/// `stop_after_checkpoint` the job is killed once its first checkpoint is announced (as a
+/// timeout or a crash would stop it), and ends in ERROR.
+fn local_process(stop_after_checkpoint: bool) -> impl Fn(JobControl) + Send + Sync + 'static {
+    move |job: JobControl| {
+        let python = PathBuf::from(
+            std::env::var("BORA_TORCH_PYTHON")
+                .expect("BORA_TORCH_PYTHON names the trainer's Python"),
+        );
+        let bin = python.parent().unwrap().to_path_buf();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let scratch = tempfile::tempdir().unwrap();
+        let command: Vec<String> = job.spec["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        let mut cmd = std::process::Command::new(&command[0]);
+        cmd.args(&command[1..])
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", scratch.path())
+            .env("TMPDIR", scratch.path())
+            .env("HF_HOME", scratch.path().join("hf"))
+            // The test Hub stores uploads through the LFS protocol; huggingface_hub uploads
+            // through Xet whenever hf_xet is installed, unless told not to.
+            .env("HF_HUB_DISABLE_XET", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for key in ["environment", "secrets"] {
+            for (k, v) in job.spec[key].as_object().unwrap() {
+                cmd.env(k, v.as_str().unwrap());
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let readers: Vec<_> = [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        ]
+        .into_iter()
+        .map(|out| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            })
+        })
+        .collect();
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(900);
+        let mut stopped = false;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(_) if stopped => {}
+                Ok(line) => {
+                    job.log(&line);
+                    if stop_after_checkpoint && line.contains("\"event\": \"checkpoint\"") {
+                        stopped = true;
+                        let _ = child.kill();
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if job.cancelled() || Instant::now() > deadline {
+                let _ = child.kill();
+            }
+        }
+        for r in readers {
+            r.join().unwrap();
+        }
+        let status = child.wait().unwrap();
+        if stopped {
+            job.finish(
+                "ERROR",
+                Some("stopped by the test after the first checkpoint"),
+            );
+        } else if status.success() {
+            job.finish("COMPLETED", None);
+        } else {
+            let message = format!("Job failed with exit code: {}", status.code().unwrap_or(-1));
+            job.finish("ERROR", Some(&message));
+        }
+    }
+}
+
 struct Setup {
     hub: FakeHub,
     home: tempfile::TempDir,
@@ -238,6 +327,13 @@ fn train_with(s: &Setup, token: &str, batch: &str, seq: &str, extra: &[&str]) ->
 }
 
 fn train_args<'a>(s: &'a Setup, batch: &'a str, seq: &'a str) -> Vec<&'a str> {
+    let mut args = run_args(s, &s.run, batch, seq);
+    args.extend(["--on", "hf-jobs:a10g-small"]);
+    args
+}
+
+/// A new 4-step run into `run` (checkpoints every 2 steps), without `--on`.
+fn run_args<'a>(s: &'a Setup, run: &'a Path, batch: &'a str, seq: &'a str) -> Vec<&'a str> {
     vec![
         "train",
         "--model",
@@ -245,7 +341,7 @@ fn train_args<'a>(s: &'a Setup, batch: &'a str, seq: &'a str) -> Vec<&'a str> {
         "--data",
         s.data.to_str().unwrap(),
         "--out",
-        s.run.to_str().unwrap(),
+        run.to_str().unwrap(),
         "--max-steps",
         "4",
         "--batch-size",
@@ -256,8 +352,6 @@ fn train_args<'a>(s: &'a Setup, batch: &'a str, seq: &'a str) -> Vec<&'a str> {
         "2",
         "--checkpoint-every",
         "2",
-        "--on",
-        "hf-jobs:a10g-small",
     ]
 }
 
@@ -312,6 +406,30 @@ fn assert_token_kept_secret(out: &Output, run: &Path) {
     }
 }
 
+/// No request for the base model's weights came before the job was posted; its config and
+/// tokenizer were fetched.
+fn assert_no_weights_before_the_job(s: &Setup) {
+    let calls = s.hub.calls();
+    let posted = calls
+        .iter()
+        .position(|(m, p)| m == "POST" && p == "/api/jobs/ada")
+        .expect("a job was posted");
+    let base: Vec<&String> = calls[..posted]
+        .iter()
+        .map(|(_, p)| p)
+        .filter(|p| p.starts_with(&format!("/{MODEL}/resolve/")))
+        .collect();
+    assert!(base.iter().any(|p| p.ends_with("/config.json")), "{base:?}");
+    assert!(
+        base.iter().any(|p| p.ends_with("/tokenizer.json")),
+        "{base:?}"
+    );
+    assert!(
+        !base.iter().any(|p| p.ends_with(".safetensors")),
+        "the weights were fetched before the job: {base:?}"
+    );
+}
+
 fn recorded_run_job() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -335,6 +453,10 @@ fn a_run_on_hf_jobs_mirrors_metrics_and_checkpoints_and_leaves_a_run_dir() {
         err.contains("Collecting torch"),
         "the job's log is shown: {err}"
     );
+
+    // Before the job, bora fetched the base's config and tokenizer, never its weights: the
+    // job downloads them itself.
+    assert_no_weights_before_the_job(&s);
 
     // One job, posted as huggingface_hub's run_job posts one.
     let jobs = s.hub.jobs();
@@ -675,4 +797,149 @@ fn a_run_that_cannot_fit_the_flavor_is_refused_with_the_numbers() {
         .calls()
         .iter()
         .any(|(_, p)| p.starts_with("/api/jobs") || p == "/api/repos/create"));
+}
+
+/// The real job's run into `run` on `flavor` with `grad_accum` micro-batches per step
+/// (dropout 0: the runs below are compared step by step).
+fn real_train(s: &Setup, run: &Path, flavor: &str, grad_accum: &str) -> Output {
+    let on = format!("hf-jobs:{flavor}");
+    let mut args = run_args(s, run, "2", "16");
+    args.extend([
+        "--grad-accum",
+        grad_accum,
+        "--dropout",
+        "0",
+        "--on",
+        on.as_str(),
+    ]);
+    bora_env(&s.hub.url, s.home.path(), &[("HF_TOKEN", TOKEN)], &args)
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).unwrap()["loss"].as_f64())
+        .collect()
+}
+
+/// Every adapter tensor of `a` within `tolerance` of `b`'s.
+fn assert_same_adapter(a: &Path, b: &Path, tolerance: f32) {
+    let open =
+        |run: &Path| Safetensors::open(run.join("adapter/adapter_model.safetensors")).unwrap();
+    let (x, y) = (open(a), open(b));
+    assert_eq!(x.tensors().len(), y.tensors().len());
+    for t in x.tensors() {
+        let (p, q) = (
+            x.tensor_f32(&t.name).unwrap(),
+            y.tensor_f32(&t.name).unwrap(),
+        );
+        let worst = p
+            .iter()
+            .zip(&q)
+            .map(|(u, v)| (u - v).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= tolerance, "{}: adapters differ by {worst}", t.name);
+    }
+}
+
+#[test]
+#[ignore = "needs the torch environment: scripts/test_torch_parity.sh"]
+fn the_real_job_trains_against_the_test_hub_and_resumes_from_its_checkpoint() {
+    let s = setup();
+    // Stopped after its first checkpoint (step 2), which the trainer uploaded to the repo.
+    s.hub.run_jobs_with(local_process(true));
+    let out = real_train(&s, &s.run, "a10g-small", "1");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("stage ERROR"), "{err}");
+    assert_no_weights_before_the_job(&s);
+    assert_eq!(metrics_steps(&s.run), [1, 2], "{err}");
+    assert!(s.run.join("checkpoints/step-2").is_dir(), "{err}");
+    {
+        let st = s.hub.state.lock().unwrap();
+        assert!(st
+            .files
+            .contains_key("runs/support/out/checkpoints/step-2/adapter_model.safetensors"));
+    }
+    assert_token_kept_secret(&out, &s.run);
+
+    // The resumed job starts from that checkpoint and finishes the run.
+    s.hub.run_jobs_with(local_process(false));
+    let out = resume(&s);
+    assert_ok(&out);
+    assert_eq!(metrics_steps(&s.run), [1, 2, 3, 4]);
+    assert!(s.run.join("checkpoints/step-4").is_dir());
+    assert_token_kept_secret(&out, &s.run);
+
+    // The same run without the stop: the resumed run is that run.
+    let whole = s.home.path().join("runs/whole");
+    assert_ok(&real_train(&s, &whole, "a10g-small", "1"));
+    let (a, b) = (losses(&s.run), losses(&whole));
+    assert_eq!(a.len(), 4);
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs(),
+            "step {}: {x} vs {y}",
+            step + 1
+        );
+    }
+    assert_same_adapter(&s.run, &whole, 1e-4);
+
+    // bora eval reads the run directory as a local run's.
+    let out = bora_env(
+        &s.hub.url,
+        s.home.path(),
+        &[],
+        &[
+            "eval",
+            "--run",
+            s.run.to_str().unwrap(),
+            "--data",
+            s.data.to_str().unwrap(),
+            "--metric",
+            "exact",
+            "--limit",
+            "2",
+            "--max-tokens",
+            "2",
+            "--json",
+        ],
+    );
+    assert_ok(&out);
+    let v: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["n"], 2);
+}
+
+#[test]
+#[ignore = "needs the torch environment: scripts/test_torch_parity.sh"]
+fn two_gpus_under_torchrun_train_the_run_of_one() {
+    let s = setup();
+    s.hub.run_jobs_with(local_process(false));
+    // Three micro-batches a step: two for rank 0, one for rank 1.
+    let one = s.home.path().join("runs/one");
+    assert_ok(&real_train(&s, &one, "a10g-small", "3"));
+    let two = s.home.path().join("runs/two");
+    let out = real_train(&s, &two, "a10g-largex2", "3");
+    assert_ok(&out);
+    let err = text(&out.stderr);
+    assert!(err.contains("data parallel on 2 GPUs"), "{err}");
+    let post = s
+        .hub
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.method == "POST" && r.path() == "/api/jobs/ada")
+        .unwrap();
+    assert_eq!(post.json()["environment"]["BORA_GPUS"], "2");
+    let (a, b) = (losses(&one), losses(&two));
+    assert_eq!((a.len(), b.len()), (4, 4));
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs(),
+            "step {}: {x} vs {y}",
+            step + 1
+        );
+    }
+    assert_same_adapter(&one, &two, 1e-4);
 }

@@ -333,6 +333,24 @@ fn index_shards(bytes: &[u8]) -> Option<Vec<String>> {
 }
 
 /// Whether a repo file is a tokenizer or chat-template file some reader of the model uses.
+/// A kind of file fetched without the weights, and what to say of a repo without one.
+struct FileKind {
+    is: fn(&str) -> bool,
+    missing: &'static str,
+}
+
+/// A model's config: Hugging Face's, or Mistral's for a consolidated checkpoint.
+const CONFIG: FileKind = FileKind {
+    is: |name| matches!(name, "config.json" | "params.json"),
+    missing: "no config (config.json, params.json)",
+};
+
+const TOKENIZER: FileKind = FileKind {
+    is: is_tokenizer_file,
+    missing: "no tokenizer file (tekken.json, tokenizer.model*, tokenizer.json); for a GGUF \
+              repo name the file: ORG/NAME:FILE.gguf",
+};
+
 fn is_tokenizer_file(name: &str) -> bool {
     matches!(
         name,
@@ -548,21 +566,52 @@ impl Downloader {
         model: &ModelRef,
         on: &mut dyn FnMut(DownloadEvent<'_>),
     ) -> Result<PathBuf> {
+        Ok(self.some_files(model, &[TOKENIZER], on)?.path)
+    }
+
+    /// A model's config and tokenizer without its weights: what planning a run needs when the
+    /// weights are loaded elsewhere (a Hugging Face Job downloads them itself), fetched as
+    /// [`Downloader::tokenizer`] fetches the tokenizer. A `:FILE.gguf` reference is that
+    /// whole file, whose config is inside it.
+    pub fn config_and_tokenizer(
+        &self,
+        model: &ModelRef,
+        on: &mut dyn FnMut(DownloadEvent<'_>),
+    ) -> Result<LocalModel> {
+        self.some_files(model, &[CONFIG, TOKENIZER], on)
+    }
+
+    /// The files of `model` of one of `kinds` (each kind must be present), from the cache when
+    /// a snapshot of that revision holds every kind, else fetched at the commit the revision
+    /// names now.
+    fn some_files(
+        &self,
+        model: &ModelRef,
+        kinds: &[FileKind],
+        on: &mut dyn FnMut(DownloadEvent<'_>),
+    ) -> Result<LocalModel> {
         if model.file.is_some() {
-            return Ok(self.model(model, on)?.path);
+            return self.model(model, on);
         }
         let revision = model.revision();
         let cached = self.cache.commit(&model.repo, revision).and_then(|commit| {
             let snapshot = self.cache.snapshot_dir(&model.repo, &commit);
-            let files = fs::read_dir(&snapshot).ok()?;
-            let has_tokenizer = files
+            let names: Vec<String> = fs::read_dir(&snapshot)
+                .ok()?
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .any(|name| is_tokenizer_file(&name));
-            has_tokenizer.then_some(snapshot)
+                .collect();
+            kinds
+                .iter()
+                .all(|kind| names.iter().any(|name| (kind.is)(name)))
+                .then(|| LocalModel {
+                    path: snapshot,
+                    model: model.clone(),
+                    commit,
+                })
         });
-        if let Some(snapshot) = &cached {
+        if let Some(found) = &cached {
             if self.offline || is_commit(revision) {
-                return Ok(snapshot.clone());
+                return Ok(found.clone());
             }
         }
         if self.offline {
@@ -574,33 +623,38 @@ impl Downloader {
         let (commit, listing) = match self.listing(&model.repo, revision) {
             Ok(listing) => listing,
             Err(e @ (HubError::Transport { .. } | HubError::Status { .. })) => {
-                let Some(snapshot) = cached else {
+                let Some(found) = cached else {
                     return Err(e);
                 };
                 on(DownloadEvent::UsingCache { why: e.to_string() });
-                return Ok(snapshot);
+                return Ok(found);
             }
             Err(e) => return Err(e),
         };
         let files: Vec<&String> = listing
             .iter()
             .map(|(name, _)| name)
-            .filter(|name| is_tokenizer_file(name))
+            .filter(|name| kinds.iter().any(|kind| (kind.is)(name)))
             .collect();
-        if files.is_empty() {
+        if let Some(kind) = kinds
+            .iter()
+            .find(|kind| !files.iter().any(|name| (kind.is)(name)))
+        {
             return Err(HubError::NoModel {
                 repo: model.repo.to_string(),
                 revision: revision.to_owned(),
-                what: "no tokenizer file (tekken.json, tokenizer.model*, tokenizer.json); \
-                       for a GGUF repo name the file: ORG/NAME:FILE.gguf"
-                    .to_owned(),
+                what: kind.missing.to_owned(),
             });
         }
         self.cache.write_ref(&model.repo, revision, &commit)?;
         for file in files {
             self.fetch_file(&model.repo, &commit, file, on)?;
         }
-        Ok(self.cache.snapshot_dir(&model.repo, &commit))
+        Ok(LocalModel {
+            path: self.cache.snapshot_dir(&model.repo, &commit),
+            model: model.clone(),
+            commit,
+        })
     }
 
     /// The model at the commit its revision names on the Hub now (`bora download`): files
@@ -1330,6 +1384,28 @@ pub fn locate_model(
     env: impl Fn(&str) -> Option<String>,
     on: &mut dyn FnMut(DownloadEvent<'_>),
 ) -> Result<Located> {
+    locate_with(text, revision, env, |d, model| d.model(model, on))
+}
+
+/// [`locate_model`] for a run whose weights are loaded elsewhere: of a Hub model, only the
+/// config and tokenizer are fetched ([`Downloader::config_and_tokenizer`]).
+pub fn locate_model_config(
+    text: &str,
+    revision: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+    on: &mut dyn FnMut(DownloadEvent<'_>),
+) -> Result<Located> {
+    locate_with(text, revision, env, |d, model| {
+        d.config_and_tokenizer(model, on)
+    })
+}
+
+fn locate_with(
+    text: &str,
+    revision: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+    fetch: impl FnOnce(&Downloader, &ModelRef) -> Result<LocalModel>,
+) -> Result<Located> {
     let path = Path::new(text);
     if path.exists() {
         return Ok(Located {
@@ -1342,7 +1418,7 @@ pub fn locate_model(
         Some(rev) => model.at(rev),
         None => model,
     };
-    let found = Downloader::from_env(env)?.model(&model, on)?;
+    let found = fetch(&Downloader::from_env(env)?, &model)?;
     Ok(Located {
         path: found.path.clone(),
         hub: Some(found),

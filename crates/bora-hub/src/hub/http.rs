@@ -131,7 +131,23 @@ pub(crate) struct Resp<B = String> {
     /// What `Retry-After` (or `retry-after-ms`) asked for.
     pub retry_after: Option<Duration>,
     pub content_type: Option<String>,
+    /// The `rel="next"` URL of a `Link` header: the next page of a paginated list.
+    pub next_page: Option<String>,
     pub body: B,
+}
+
+/// The `rel="next"` target of a `Link` header (`<URL>; rel="next", <URL>; rel="last"`), as
+/// `huggingface_hub`'s `paginate` reads it through `response.links`.
+pub(crate) fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let url = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        params
+            .split(';')
+            .filter_map(|p| p.trim().split_once('='))
+            .any(|(k, v)| k.trim() == "rel" && v.trim().trim_matches('"') == "next")
+            .then(|| url.to_owned())
+    })
 }
 
 /// A URL without its query: presigned storage URLs carry signatures there.
@@ -391,6 +407,7 @@ impl HubClient {
         let error_code = header("x-error-code");
         let retry_after = retry_after(response.headers());
         let content_type = header("content-type");
+        let next_page = header("link").as_deref().and_then(next_link);
         let body = read(response.into_body()).map_err(AttemptError::Http)?;
         Ok(Resp {
             status,
@@ -398,6 +415,7 @@ impl HubClient {
             error_code,
             retry_after,
             content_type,
+            next_page,
             body,
         })
     }

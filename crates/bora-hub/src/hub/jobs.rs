@@ -157,6 +157,10 @@ impl Default for LogOptions {
     }
 }
 
+/// Pages of a job list read at most: a server whose `Link` header never ends cannot keep a
+/// listing going forever.
+pub const MAX_JOB_PAGES: usize = 1000;
+
 /// Consecutive failed connections to the log stream before giving up (`max_retries` of
 /// `_stream_sse_events`).
 const LOG_RETRIES: u32 = 5;
@@ -187,7 +191,10 @@ impl HubClient {
         JobInfo::from_json(&v, &self.endpoint, &req.url)
     }
 
-    /// `GET /api/jobs/{namespace}?label=K=V…`: the jobs that carry all of `labels`.
+    /// `GET /api/jobs/{namespace}?label=K=V…`: the jobs that carry all of `labels`, every
+    /// page of them. Like `huggingface_hub`'s `paginate`, each answer's `Link: <URL>;
+    /// rel="next"` names the next page (its query included); a next page off this endpoint
+    /// is refused (the token would follow it), and at most [`MAX_JOB_PAGES`] are read.
     pub fn list_jobs(&self, namespace: &str, labels: &[(&str, &str)]) -> Result<Vec<JobInfo>> {
         let query: Vec<String> = labels
             .iter()
@@ -197,15 +204,36 @@ impl HubClient {
         if !query.is_empty() {
             url = format!("{url}?{}", query.join("&"));
         }
-        let req = get(url);
-        let v = self.send_job_json(&req, namespace)?;
-        let jobs = v.as_array().ok_or_else(|| HubError::Protocol {
-            url: req.url.clone(),
-            what: "the job list is not a JSON array".into(),
-        })?;
-        jobs.iter()
-            .map(|j| JobInfo::from_json(j, &self.endpoint, &req.url))
-            .collect()
+        let mut all = Vec::new();
+        for _ in 0..MAX_JOB_PAGES {
+            let req = get(url);
+            let (v, next_page) = self.send_job_page(&req, namespace)?;
+            let jobs = v.as_array().ok_or_else(|| HubError::Protocol {
+                url: req.url.clone(),
+                what: "the job list is not a JSON array".into(),
+            })?;
+            for j in jobs {
+                all.push(JobInfo::from_json(j, &self.endpoint, &req.url)?);
+            }
+            match next_page {
+                None => return Ok(all),
+                Some(next) if next.starts_with(&format!("{}/", self.endpoint)) => url = next,
+                Some(next) => {
+                    return Err(HubError::Protocol {
+                        url: req.url.clone(),
+                        what: format!(
+                            "the next page of the job list is off {}: {}",
+                            self.endpoint,
+                            super::http::shown(&next)
+                        ),
+                    })
+                }
+            }
+        }
+        Err(HubError::Protocol {
+            url: self.jobs_url(namespace),
+            what: format!("the job list has more than {MAX_JOB_PAGES} pages"),
+        })
     }
 
     /// `POST /api/jobs/{namespace}/{id}/cancel`.
@@ -324,6 +352,7 @@ impl HubClient {
                 error_code: None,
                 retry_after: None,
                 content_type: None,
+                next_page: None,
                 body,
             };
             return Err(StreamError::Hub(self.job_error(&req, resp, namespace)));
@@ -364,14 +393,20 @@ impl HubClient {
     }
 
     fn send_job_json(&self, req: &Req, namespace: &str) -> Result<Value> {
+        Ok(self.send_job_page(req, namespace)?.0)
+    }
+
+    /// A successful answer as JSON, with the next page its `Link` header names.
+    fn send_job_page(&self, req: &Req, namespace: &str) -> Result<(Value, Option<String>)> {
         let r = self.send(req)?;
         if !(200..300).contains(&r.status) {
             return Err(self.job_error(req, r, namespace));
         }
-        serde_json::from_str(&r.body).map_err(|e| HubError::Protocol {
+        let v = serde_json::from_str(&r.body).map_err(|e| HubError::Protocol {
             url: req.url.clone(),
             what: format!("the answer is not JSON: {e}"),
-        })
+        })?;
+        Ok((v, r.next_page))
     }
 
     /// The error for a refused job call: a bad token, a namespace that may not run jobs
@@ -447,37 +482,57 @@ fn encode(text: &str) -> String {
 }
 
 /// A GPU flavor of Hugging Face Jobs: what the preflight checks memory against and prices a
-/// run with. Prices are the hourly prices the Hub lists for Jobs and Spaces hardware
-/// (docs/hf-jobs.md cites them); memory is per GPU.
+/// run with. Names, GPU memory and prices are those of the Jobs hardware list
+/// (`GET /api/jobs/hardware`, as `huggingface_hub`'s `list_jobs_hardware` reads it; its
+/// guide's table of 2026-07-27 is cited in docs/hf-jobs.md); memory is per GPU.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Flavor {
     pub name: &'static str,
     pub gpu: &'static str,
+    /// GPUs of the machine; more than one runs the trainer data parallel (`torchrun`).
     pub gpus: u32,
     pub gpu_memory_gib: f64,
+    /// The machine's price, all its GPUs together.
     pub usd_per_hour: f64,
     /// bf16 dense tensor throughput of one GPU, TFLOP/s (the vendor's figure without
     /// sparsity), for the duration estimate.
     pub bf16_tflops: f64,
 }
 
-/// The single-GPU flavors a fine-tune runs on (`JobHardware` has no single H100 flavor).
-pub const FLAVORS: [Flavor; 8] = [
-    flavor("t4-small", "T4", 16.0, 0.40, 65.0),
-    flavor("t4-medium", "T4", 16.0, 0.60, 65.0),
-    flavor("l4x1", "L4", 24.0, 0.80, 121.0),
-    flavor("a10g-small", "A10G", 24.0, 1.00, 70.0),
-    flavor("a10g-large", "A10G", 24.0, 1.50, 70.0),
-    flavor("l40sx1", "L40S", 48.0, 1.80, 362.0),
-    flavor("a100-large", "A100", 80.0, 2.50, 312.0),
-    flavor("h200", "H200", 141.0, 5.00, 989.0),
+/// The GPU flavors a fine-tune runs on (`JobHardware` has no single H100 flavor).
+pub const FLAVORS: [Flavor; 18] = [
+    flavor("t4-small", "T4", 1, 16.0, 0.40, 65.0),
+    flavor("t4-medium", "T4", 1, 16.0, 0.60, 65.0),
+    flavor("l4x1", "L4", 1, 24.0, 0.80, 121.0),
+    flavor("l4x4", "L4", 4, 24.0, 3.80, 121.0),
+    flavor("a10g-small", "A10G", 1, 24.0, 1.00, 70.0),
+    flavor("a10g-large", "A10G", 1, 24.0, 1.50, 70.0),
+    flavor("a10g-largex2", "A10G", 2, 24.0, 3.00, 70.0),
+    flavor("a10g-largex4", "A10G", 4, 24.0, 5.00, 70.0),
+    flavor("l40sx1", "L40S", 1, 48.0, 1.80, 362.0),
+    flavor("l40sx4", "L40S", 4, 48.0, 8.30, 362.0),
+    flavor("l40sx8", "L40S", 8, 48.0, 23.50, 362.0),
+    flavor("a100-large", "A100", 1, 80.0, 2.50, 312.0),
+    flavor("a100x4", "A100", 4, 80.0, 10.00, 312.0),
+    flavor("a100x8", "A100", 8, 80.0, 20.00, 312.0),
+    flavor("h200", "H200", 1, 141.0, 5.00, 989.0),
+    flavor("h200x2", "H200", 2, 141.0, 10.00, 989.0),
+    flavor("h200x4", "H200", 4, 141.0, 20.00, 989.0),
+    flavor("h200x8", "H200", 8, 141.0, 40.00, 989.0),
 ];
 
-const fn flavor(name: &'static str, gpu: &'static str, mem: f64, usd: f64, tflops: f64) -> Flavor {
+const fn flavor(
+    name: &'static str,
+    gpu: &'static str,
+    gpus: u32,
+    mem: f64,
+    usd: f64,
+    tflops: f64,
+) -> Flavor {
     Flavor {
         name,
         gpu,
-        gpus: 1,
+        gpus,
         gpu_memory_gib: mem,
         usd_per_hour: usd,
         bf16_tflops: tflops,
@@ -494,7 +549,7 @@ impl Flavor {
             .ok_or_else(|| {
                 let names: Vec<&str> = FLAVORS.iter().map(|f| f.name).collect();
                 format!(
-                    "unknown Jobs flavor `{name}`; single-GPU flavors: {}",
+                    "unknown Jobs flavor `{name}`; GPU flavors: {}",
                     names.join(", ")
                 )
             })
@@ -504,6 +559,7 @@ impl Flavor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::http::next_link;
 
     #[test]
     fn space_images_and_optional_keys() {
@@ -539,6 +595,19 @@ mod tests {
         assert_eq!(Flavor::find("a10g-large").unwrap().gpu_memory_gib, 24.0);
         let err = Flavor::find("a10g").unwrap_err();
         assert!(err.contains("a10g-small") && err.contains("h200"), "{err}");
+        assert_eq!(Flavor::find("a100x4").unwrap().gpus, 4);
+    }
+
+    #[test]
+    fn next_pages_from_link_headers() {
+        let next = "<https://hf.co/api/jobs/ada?cursor=2>; rel=\"next\"";
+        assert_eq!(
+            next_link(next).as_deref(),
+            Some("https://hf.co/api/jobs/ada?cursor=2")
+        );
+        let both = "<https://hf.co/a?p=9>; rel=\"last\", <https://hf.co/a?p=2>; rel=next";
+        assert_eq!(next_link(both).as_deref(), Some("https://hf.co/a?p=2"));
+        assert_eq!(next_link("<https://hf.co/a?p=9>; rel=\"last\""), None);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::path::PathBuf;
 
 pub use auth::{AccessCheck, WhoAmI};
 pub use download::{
-    locate_model, locate_tokenizer, DownloadEvent, Downloader, HubCache, LocalModel, Located,
-    ModelRef, DEFAULT_REVISION,
+    locate_model, locate_model_config, locate_tokenizer, DownloadEvent, Downloader, HubCache,
+    LocalModel, Located, ModelRef, DEFAULT_REVISION,
 };
 pub use error::HubError;
 pub(crate) use http::{shown, Body, Req};

@@ -284,6 +284,50 @@ fn handle(mut stream: TcpStream, state: &Arc<Mutex<State>>, base: &str) {
     respond(&mut stream, status, &body, etag.as_deref());
 }
 
+/// Makes a commit's files downloadable: the repo's model entry (its `resolve` URLs and
+/// listing) gets them as a new `main` commit, as on the Hub, where what one client uploads
+/// another downloads.
+fn publish_commit(s: &mut State, path: &str, lines: &[Value]) {
+    let Some(id) = path
+        .strip_prefix("/api/models/")
+        .and_then(|rest| rest.split("/commit/").next())
+    else {
+        return;
+    };
+    let mut files = Vec::new();
+    for l in &lines[1..] {
+        let path = l["value"]["path"].as_str().unwrap_or_default().to_owned();
+        let bytes = match l["key"].as_str() {
+            Some("file") => s.regular[&path].clone(),
+            Some("lfsFile") => s.objects[l["value"]["oid"].as_str().unwrap_or_default()].clone(),
+            _ => continue,
+        };
+        files.push((path, bytes));
+    }
+    s.commit_to_main(id, files);
+}
+
+impl State {
+    /// Adds a `main` commit to model repo `id` (created if new) holding its files before,
+    /// with `files` added or replaced.
+    pub fn commit_to_main(&mut self, id: &str, files: Vec<(String, Vec<u8>)>) {
+        let mut repo = self.models.remove(id).unwrap_or_else(|| ModelRepo::new(id));
+        let mut all: Vec<(String, Vec<u8>)> = repo
+            .refs
+            .get("main")
+            .map(|c| repo.commits[c].clone())
+            .unwrap_or_default();
+        for (path, bytes) in files {
+            all.retain(|(p, _)| *p != path);
+            all.push((path, bytes));
+        }
+        let borrowed: Vec<(&str, Vec<u8>)> =
+            all.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
+        repo.commit(&["main"], &borrowed);
+        self.models.insert(id.to_owned(), repo);
+    }
+}
+
 fn authed(req: &Recorded) -> bool {
     req.header("authorization") == Some(&format!("Bearer {TOKEN}"))
 }
@@ -306,6 +350,8 @@ fn route(s: &mut State, req: &Recorded, path: &str, base: &str) -> (u16, String,
     }
     match (req.method.as_str(), path) {
         ("GET", "/api/whoami-v2") => ok(s.whoami.clone()),
+        // `create_commit` checks a committed README.md's metadata here first.
+        ("POST", "/api/validate-yaml") => ok(json!({})),
         ("POST", "/api/repos/create") => {
             let v = req.json();
             let id = format!(
@@ -446,10 +492,16 @@ fn route(s: &mut State, req: &Recorded, path: &str, base: &str) -> (u16, String,
                     k => panic!("unexpected commit line key {k}"),
                 }
             }
+            publish_commit(s, p, &lines);
             let n = s.commits.len();
             s.commits.push(lines);
             let oid = format!("{:040x}", n + 1);
-            ok(json!({"commitUrl": format!("{base}/commit/{oid}"), "commitOid": oid}))
+            // As the Hub names it: the repo's page, `/ORG/NAME/commit/OID`.
+            let repo = p
+                .strip_prefix("/api/models/")
+                .and_then(|rest| rest.split("/commit/").next())
+                .unwrap_or_default();
+            ok(json!({"commitUrl": format!("{base}/{repo}/commit/{oid}"), "commitOid": oid}))
         }
         _ => (
             404,

@@ -121,6 +121,9 @@ pub fn route(s: &State, req: &Recorded, path: &str, _base: &str) -> Option<Answe
     let (id, rest, listing) = if let Some(rest) = path.strip_prefix("/api/models/") {
         let mut parts = rest.splitn(4, '/');
         let (org, name, kind, rev) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if kind == "tree" {
+            return Some(tree(s, &format!("{org}/{name}"), rev));
+        }
         if kind != "revision" {
             return None;
         }
@@ -239,4 +242,32 @@ fn range_answer(req: &Recorded, bytes: Vec<u8>) -> Answer {
             bytes[n..].to_vec(),
         ),
     }
+}
+
+/// `GET /api/models/ORG/NAME/tree/REV?recursive=true` (what `snapshot_download` lists): every
+/// file of the revision, one page.
+fn tree(s: &State, id: &str, rev: &str) -> Answer {
+    let Some(repo) = s.models.get(id) else {
+        return error(404, "RepoNotFound", "Repository not found", &[]);
+    };
+    let rev = decode(rev.split('/').next().unwrap_or_default());
+    let Some(commit) = repo.resolve(&rev) else {
+        return error(
+            404,
+            "RevisionNotFound",
+            &format!("Invalid rev id: {rev}"),
+            &[],
+        );
+    };
+    let entries: Vec<_> = repo.commits[commit]
+        .iter()
+        .map(|(p, b)| {
+            let mut v = json!({"type": "file", "oid": git_sha1(b), "size": b.len(), "path": p});
+            if is_lfs(p, b.len() as u64) {
+                v["lfs"] = json!({"oid": sha256(b), "size": b.len(), "pointerSize": 134});
+            }
+            v
+        })
+        .collect();
+    answer(200, &[], json!(entries).to_string().into_bytes())
 }
