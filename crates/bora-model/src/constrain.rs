@@ -1711,24 +1711,24 @@ impl Recognizer {
         self.ws = other.ws;
     }
 
-    /// Inside a free string (no maximum length, no pattern) with no escape or character
-    /// pending: every plain-text token continues it and is allowed whatever the state.
-    fn in_plain_string(&self) -> bool {
+    /// Inside a string without a pattern, with no escape or character pending, every
+    /// plain-text token of at most the characters still allowed continues it, whatever the
+    /// state: those characters (`u32::MAX` without `maxLength`), else `None`.
+    fn plain_string_room(&self) -> Option<u32> {
         match self.stack.last() {
             Some(&Frame::Str {
                 esc: 0,
                 need: 0,
                 node,
+                chars,
                 ..
-            }) => matches!(
-                self.schema.nodes[node as usize],
+            }) => match self.schema.nodes[node as usize] {
                 Node::String {
-                    max: u32::MAX,
-                    pattern: None,
-                    ..
-                }
-            ),
-            _ => false,
+                    max, pattern: None, ..
+                } => Some(max.saturating_sub(chars)),
+                _ => None,
+            },
+            _ => None,
         }
     }
 }
@@ -1805,6 +1805,9 @@ pub struct VocabIndex {
     /// Bit set of tokens made only of string characters that need no escape: valid UTF-8
     /// without `"`, `\` or control characters.
     plain: Vec<u64>,
+    /// The plain tokens as (characters, id), fewest characters first, so a `maxLength`
+    /// string takes the ones that fit without walking the trie.
+    plain_by_chars: Vec<(u32, u32)>,
 }
 
 impl VocabIndex {
@@ -1826,16 +1829,19 @@ impl VocabIndex {
     pub fn from_token_bytes(bytes: Vec<Vec<u8>>) -> VocabIndex {
         let n = bytes.len();
         let mut plain = vec![0u64; n.div_ceil(64)];
+        let mut plain_by_chars = Vec::new();
         let (mut all, mut rest) = (Vec::new(), Vec::new());
         for (id, b) in bytes.iter().enumerate() {
             if b.is_empty() {
                 continue;
             }
             all.push((id as u32, b.as_slice()));
-            let is_plain = std::str::from_utf8(b).is_ok()
-                && b.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\');
-            if is_plain {
+            let text = std::str::from_utf8(b)
+                .ok()
+                .filter(|_| b.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\'));
+            if let Some(text) = text {
                 plain[id / 64] |= 1 << (id % 64);
+                plain_by_chars.push((text.chars().count() as u32, id as u32));
             } else {
                 rest.push((id as u32, b.as_slice()));
             }
@@ -1845,23 +1851,50 @@ impl VocabIndex {
             rest: Trie::build(&rest),
             bytes,
             plain,
+            plain_by_chars: {
+                plain_by_chars.sort_unstable();
+                plain_by_chars
+            },
         }
     }
 
     /// Writes into `out` (a bit set over the vocabulary) the tokens that may follow `r`.
     fn allowed(&self, r: &Recognizer, scratch: &mut Vec<Recognizer>, out: &mut [u64]) {
-        let trie = if r.in_plain_string() {
-            out.copy_from_slice(&self.plain);
-            &self.rest
-        } else {
-            out.fill(0);
-            &self.all
+        let trie = match r.plain_string_room() {
+            Some(room) => {
+                self.plain_within(room, out);
+                &self.rest
+            }
+            None => {
+                out.fill(0);
+                &self.all
+            }
         };
         while scratch.len() <= trie.depth {
             scratch.push(r.clone());
         }
         scratch[0].copy_from(r);
         walk(trie, 0, 0, scratch, out);
+    }
+
+    /// Writes into `out` the plain tokens of at most `room` characters.
+    fn plain_within(&self, room: u32, out: &mut [u64]) {
+        if self
+            .plain_by_chars
+            .last()
+            .is_none_or(|&(chars, _)| chars <= room)
+        {
+            out.copy_from_slice(&self.plain);
+            return;
+        }
+        out.fill(0);
+        for &(_, id) in self
+            .plain_by_chars
+            .iter()
+            .take_while(|&&(chars, _)| chars <= room)
+        {
+            out[id as usize / 64] |= 1 << (id % 64);
+        }
     }
 }
 
