@@ -609,7 +609,7 @@ fn with_the_judge_each_rows_weave_score_is_the_judges_verdict() {
         "--judge-mode",
         "score",
         "--judge-base-url",
-        &judge.url,
+        judge.url.as_str(),
         "--judge-api-key-env",
         JUDGE_KEY_ENV,
         "--rubric",
