@@ -14,6 +14,7 @@ use bora_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};
+use crate::judge::Judged;
 use crate::metric::{wilson, Metric, Z95};
 use crate::runner::{run_side_constrained, JsonAnswers, SideOutput};
 use crate::task::{load_items, EvalItem};
@@ -160,6 +161,9 @@ pub struct SampleRow {
     pub deployed: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed_score: Option<f64>,
+    /// The judge's verdict on this example, with `--metric judge` ([`crate::judge()`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<Judged>,
 }
 
 /// Progress of the two generation passes.
@@ -364,6 +368,7 @@ fn sample_rows(
             tuned_usage: tuned.map(|t| t.usage[i]),
             deployed: None,
             deployed_score: None,
+            judge: None,
         })
         .collect()
 }

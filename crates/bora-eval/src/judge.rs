@@ -299,11 +299,78 @@ fn reason(v: &Verdict) -> &str {
     }
 }
 
-struct Judged {
-    /// "win", "tie", "loss" or "invalid".
-    outcome: &'static str,
-    reasons: Vec<String>,
-    scores: Option<(u8, u8)>,
+/// The answer a verdict found better, named by model rather than by position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Winner {
+    Base,
+    Tuned,
+    Tie,
+}
+
+impl Winner {
+    fn of(v: &Verdict, tuned_is_a: bool) -> Winner {
+        match (v, tuned_is_a) {
+            (Verdict::Tie(_), _) => Winner::Tie,
+            (Verdict::A(_), true) | (Verdict::B(_), false) => Winner::Tuned,
+            _ => Winner::Base,
+        }
+    }
+}
+
+/// How the tuned answer fared against the base answer over both orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Win,
+    Tie,
+    Loss,
+    /// No readable verdict in one of the orders.
+    Invalid,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Win => "win",
+            Outcome::Tie => "tie",
+            Outcome::Loss => "loss",
+            Outcome::Invalid => "invalid",
+        }
+    }
+
+    /// The same outcome seen from the base answer: the tuned answer's win is its loss.
+    pub fn for_base(self) -> Outcome {
+        match self {
+            Outcome::Win => Outcome::Loss,
+            Outcome::Loss => Outcome::Win,
+            other => other,
+        }
+    }
+}
+
+/// The 1–10 scores of one example's two answers (`JudgeMode::Score`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JudgeScores {
+    pub base: u8,
+    pub tuned: u8,
+}
+
+/// The judge's verdict on one example, kept on its row of `samples.jsonl` so the verdicts
+/// can be read (and shown, as Weave shows scores) example by example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judged {
+    pub outcome: Outcome,
+    /// The better answer with the base answer shown first (as A); `None` when that verdict
+    /// was unreadable.
+    pub base_first: Option<Winner>,
+    /// The better answer with the tuned answer shown first.
+    pub tuned_first: Option<Winner>,
+    /// The judge's reasons, base shown first then tuned shown first (empty when invalid).
+    pub reasons: Vec<String>,
+    /// Both answers' scores, when the judge scored and both scores were readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<JudgeScores>,
 }
 
 fn judge_one(asker: &Asker, config: &JudgeConfig, system: &str, s: &SampleRow) -> Result<Judged> {
@@ -314,7 +381,10 @@ fn judge_one(asker: &Asker, config: &JudgeConfig, system: &str, s: &SampleRow) -
         let sys = SCORE_SYSTEM.replace("{rubric}", rubric(config));
         let b = asker.ask(&sys, &score_user(s, &s.base), parse_score)?;
         let t = asker.ask(&sys, &score_user(s, tuned), parse_score)?;
-        b.zip(t).map(|(b, t)| (b.0, t.0))
+        b.zip(t).map(|(b, t)| JudgeScores {
+            base: b.0,
+            tuned: t.0,
+        })
     } else {
         None
     };
@@ -322,18 +392,20 @@ fn judge_one(asker: &Asker, config: &JudgeConfig, system: &str, s: &SampleRow) -
         (Some(f), Some(g)) => {
             let points = tuned_points(f, false) + tuned_points(g, true);
             let outcome = if points > 1.0 {
-                "win"
+                Outcome::Win
             } else if points < 1.0 {
-                "loss"
+                Outcome::Loss
             } else {
-                "tie"
+                Outcome::Tie
             };
             (outcome, vec![reason(f).to_owned(), reason(g).to_owned()])
         }
-        _ => ("invalid", Vec::new()),
+        _ => (Outcome::Invalid, Vec::new()),
     };
     Ok(Judged {
         outcome,
+        base_first: first.as_ref().map(|v| Winner::of(v, false)),
+        tuned_first: second.as_ref().map(|v| Winner::of(v, true)),
         reasons,
         scores,
     })
@@ -351,9 +423,10 @@ fn rubric(config: &JudgeConfig) -> &str {
 /// Examples with wins and losses shown in reports, each.
 const SHOWN: usize = 3;
 
-/// Judges every sample's tuned answer against its base answer.
+/// Judges every sample's tuned answer against its base answer, and records each verdict on
+/// its sample (`SampleRow::judge`) once all are in.
 pub fn judge(
-    samples: &[SampleRow],
+    samples: &mut [SampleRow],
     model: &dyn JudgeModel,
     config: &JudgeConfig,
 ) -> Result<JudgeResults> {
@@ -399,9 +472,9 @@ pub fn judge(
             None => continue,
         }
     }
-    let count = |o: &str| judged.iter().filter(|j| j.outcome == o).count();
-    let valid = judged.len() - count("invalid");
-    let rate = |o: &str| {
+    let count = |o: Outcome| judged.iter().filter(|j| j.outcome == o).count();
+    let valid = judged.len() - count(Outcome::Invalid);
+    let rate = |o: Outcome| {
         let c = count(o);
         let (lo, hi) = wilson(c, valid, Z95);
         Rate {
@@ -410,7 +483,7 @@ pub fn judge(
             ci95: [lo, hi],
         }
     };
-    let mean = |pick: &dyn Fn((u8, u8)) -> u8| {
+    let mean = |pick: &dyn Fn(JudgeScores) -> u8| {
         let xs: Vec<f64> = judged
             .iter()
             .filter_map(|j| j.scores)
@@ -419,7 +492,7 @@ pub fn judge(
         mean_score(&xs)
     };
     let mut shown = Vec::new();
-    for outcome in ["win", "loss"] {
+    for outcome in [Outcome::Win, Outcome::Loss] {
         shown.extend(
             samples
                 .iter()
@@ -428,28 +501,32 @@ pub fn judge(
                 .take(SHOWN)
                 .map(|(s, j)| JudgedExample {
                     line: s.line,
-                    outcome: outcome.to_owned(),
+                    outcome: outcome.name().to_owned(),
                     reasons: j.reasons.clone(),
                 }),
         );
     }
     let scored = config.mode == JudgeMode::Score;
-    Ok(JudgeResults {
+    let results = JudgeResults {
         judge: model.name().to_owned(),
         mode: if scored { "pairwise+score" } else { "pairwise" }.into(),
         rubric: config.rubric.clone(),
         n: judged.len(),
         valid,
-        invalid: count("invalid"),
-        win: rate("win"),
-        tie: rate("tie"),
-        loss: rate("loss"),
-        base_score: scored.then(|| mean(&|s| s.0)).flatten(),
-        tuned_score: scored.then(|| mean(&|s| s.1)).flatten(),
+        invalid: count(Outcome::Invalid),
+        win: rate(Outcome::Win),
+        tie: rate(Outcome::Tie),
+        loss: rate(Outcome::Loss),
+        base_score: scored.then(|| mean(&|s| s.base)).flatten(),
+        tuned_score: scored.then(|| mean(&|s| s.tuned)).flatten(),
         requests: asker.requests.load(Ordering::Relaxed),
         cached: asker.cached.load(Ordering::Relaxed),
         samples: shown,
-    })
+    };
+    for (sample, verdict) in samples.iter_mut().zip(judged) {
+        sample.judge = Some(verdict);
+    }
+    Ok(results)
 }
 
 /// Mean with mean ± 1.96 standard errors (sample standard deviation); `None` when empty.

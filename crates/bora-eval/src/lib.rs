@@ -33,7 +33,8 @@ pub use eval::{
 pub use heldout::{score_heldout, Heldout, HeldoutScore, HELDOUT_SAMPLE};
 pub use judge::{
     judge, judge_markdown, parse_score, parse_verdict, JudgeConfig, JudgeMode, JudgeModel,
-    JudgeResults, JudgedExample, MeanScore, Rate, Verdict, GENERAL_RUBRIC,
+    JudgeResults, JudgeScores, Judged, JudgedExample, MeanScore, Outcome, Rate, Verdict, Winner,
+    GENERAL_RUBRIC,
 };
 pub use metric::{wilson, Metric, Z95};
 pub use output::{

@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use bora_eval::{judge, JudgeConfig, JudgeMode, JudgeModel, SampleRow};
+use bora_eval::{
+    judge, JudgeConfig, JudgeMode, JudgeModel, JudgeScores, Outcome, SampleRow, Winner,
+};
 
 /// A judge whose reply is a function of the conversation it is shown.
 struct Scripted<F> {
@@ -89,6 +91,7 @@ fn samples() -> Vec<SampleRow> {
                 tuned_usage: None,
                 deployed: None,
                 deployed_score: None,
+                judge: None,
             }
         })
         .collect()
@@ -117,7 +120,7 @@ fn oracle(m: &[(&str, &str)]) -> String {
 fn a_judge_that_always_prefers_the_first_answer_gives_ties() {
     let dir = tempfile::tempdir().unwrap();
     let j = scripted(|_| verdict("A", "the first one"));
-    let r = judge(&samples(), &j, &config(dir.path(), JudgeMode::Pairwise)).unwrap();
+    let r = judge(&mut samples(), &j, &config(dir.path(), JudgeMode::Pairwise)).unwrap();
     assert_eq!(
         (r.win.count, r.tie.count, r.loss.count, r.invalid),
         (0, 10, 0, 0)
@@ -133,10 +136,33 @@ fn a_judge_that_always_prefers_the_first_answer_gives_ties() {
 fn a_fair_judge_counts_wins_ties_and_losses_with_intervals() {
     let dir = tempfile::tempdir().unwrap();
     let j = scripted(oracle);
-    let r = judge(&samples(), &j, &config(dir.path(), JudgeMode::Pairwise)).unwrap();
+    let mut rows = samples();
+    let r = judge(&mut rows, &j, &config(dir.path(), JudgeMode::Pairwise)).unwrap();
     // Tuned right and base wrong on 0..5: wins; both right on 5..7: ties; base right and
     // tuned wrong on 7..10: losses.
     assert_eq!((r.win.count, r.tie.count, r.loss.count), (5, 2, 3));
+    // Each row carries its own verdict: the outcome and the winner in each order.
+    for (i, row) in rows.iter().enumerate() {
+        let (outcome, winner) = match i {
+            0..5 => (Outcome::Win, Winner::Tuned),
+            5..7 => (Outcome::Tie, Winner::Tie),
+            _ => (Outcome::Loss, Winner::Base),
+        };
+        let verdict = row.judge.as_ref().unwrap();
+        assert_eq!(verdict.outcome, outcome, "line {}", row.line);
+        assert_eq!(
+            (verdict.base_first, verdict.tuned_first),
+            (Some(winner), Some(winner))
+        );
+        assert_eq!(verdict.reasons.len(), 2);
+        assert_eq!(verdict.scores, None);
+    }
+    assert_eq!(Outcome::Win.for_base(), Outcome::Loss);
+    assert_eq!(Outcome::Tie.for_base(), Outcome::Tie);
+    // The verdict is part of the row as `samples.jsonl` holds it.
+    let line: serde_json::Value = serde_json::to_value(&rows[0]).unwrap();
+    assert_eq!(line["judge"]["outcome"], "win");
+    assert_eq!(line["judge"]["base_first"], "tuned");
     assert_eq!(r.win.rate, 0.5);
     let (lo, hi) = bora_eval::wilson(5, 10, bora_eval::Z95);
     assert_eq!(r.win.ci95, [lo, hi]);
@@ -176,8 +202,13 @@ fn unreadable_verdicts_are_asked_again_once_then_invalid() {
     });
     let mut s = samples();
     s.truncate(4);
-    let r = judge(&s, &j, &config(dir.path(), JudgeMode::Pairwise)).unwrap();
+    let r = judge(&mut s, &j, &config(dir.path(), JudgeMode::Pairwise)).unwrap();
     assert_eq!((r.valid, r.invalid), (2, 2));
+    let invalid = s[1].judge.as_ref().unwrap();
+    assert_eq!(invalid.outcome, Outcome::Invalid);
+    assert_eq!((invalid.base_first, invalid.tuned_first), (None, None));
+    assert!(invalid.reasons.is_empty());
+    assert_eq!(s[0].judge.as_ref().unwrap().outcome, Outcome::Win);
     assert_eq!(r.win.count, 2);
     assert_eq!(r.win.rate, 1.0);
     assert_eq!(j.calls.load(Ordering::Relaxed), 16, "two tries per order");
@@ -207,7 +238,13 @@ fn a_rerun_reads_every_verdict_from_the_cache() {
         let score = if a == r { 8 } else { 3 };
         serde_json::json!({"reason": "graded", "score": score}).to_string()
     };
-    let first = judge(&samples(), &scripted(scorer), &cfg).unwrap();
+    let mut rows = samples();
+    let first = judge(&mut rows, &scripted(scorer), &cfg).unwrap();
+    // Example 0: the tuned answer is the reference (8), the base answer is not (3).
+    assert_eq!(
+        rows[0].judge.as_ref().unwrap().scores,
+        Some(JudgeScores { base: 3, tuned: 8 })
+    );
     // 10 examples × (2 orders + 2 scores), less the repeats of examples 5 and 6 (same
     // answer on both sides).
     assert_eq!((first.requests, first.cached), (36, 4));
@@ -216,7 +253,7 @@ fn a_rerun_reads_every_verdict_from_the_cache() {
     assert_eq!((b.mean, t.mean, b.n), (5.5, 6.5, 10));
 
     let never = scripted(|_| panic!("the cache answers"));
-    let again = judge(&samples(), &never, &cfg).unwrap();
+    let again = judge(&mut samples(), &never, &cfg).unwrap();
     assert_eq!((again.requests, again.cached), (0, 40));
     assert_eq!(again.samples, first.samples);
     assert_eq!(again.win, first.win);
@@ -226,7 +263,7 @@ fn a_rerun_reads_every_verdict_from_the_cache() {
     let mut other = cfg.clone();
     other.rubric = Some("Be brief.".into());
     let counted = scripted(scorer);
-    judge(&samples()[..1], &counted, &other).unwrap();
+    judge(&mut samples()[..1], &counted, &other).unwrap();
     assert_eq!(counted.calls.load(Ordering::Relaxed), 4);
 }
 
@@ -236,7 +273,7 @@ fn judging_needs_a_tuned_answer_and_stops_on_a_service_error() {
     let mut s = samples();
     s[3].tuned = None;
     let e = judge(
-        &s,
+        &mut s,
         &scripted(oracle),
         &config(dir.path(), JudgeMode::Pairwise),
     )
@@ -252,6 +289,11 @@ fn judging_needs_a_tuned_answer_and_stops_on_a_service_error() {
             Err("401: check MISTRAL_API_KEY".into())
         }
     }
-    let e = judge(&samples(), &Down, &config(dir.path(), JudgeMode::Pairwise)).unwrap_err();
+    let e = judge(
+        &mut samples(),
+        &Down,
+        &config(dir.path(), JudgeMode::Pairwise),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("check MISTRAL_API_KEY"), "{e}");
 }

@@ -32,6 +32,7 @@ fn sample(line: usize, base: f64, tuned: f64) -> SampleRow {
         tuned_usage: None,
         deployed: None,
         deployed_score: None,
+        judge: None,
     }
 }
 

@@ -39,14 +39,16 @@ fn phase(recording: &[Value], name: &str) -> Vec<Value> {
 }
 
 /// The artifact operations and storage uploads of a recording, in order. The Python side's
-/// own lookups (`Viewer`, `ServerFeaturesQuery`, `ArtifactType`, `ArtifactByID`,
-/// `ArtifactMembershipByName`) are left out: bora knows their answers already.
-const ARTIFACT_OPERATIONS: [&str; 8] = [
+/// own lookups (`Viewer`, `ServerFeaturesQuery`, `ArtifactType`, `ArtifactMembershipByName`)
+/// are left out: bora knows their answers already. `ArtifactByID`, which `Artifact.wait`
+/// sends once the version is saved, is kept: its answer is the version's index.
+const ARTIFACT_OPERATIONS: [&str; 9] = [
     "CreateArtifact",
     "CreateArtifactManifest",
     "CreateArtifactFiles",
     "CompleteMultipartUploadArtifact",
     "CommitArtifact",
+    "ArtifactByID",
     "UseArtifact",
     "FetchOrgInfoFromEntity",
     "LinkArtifact",
@@ -211,11 +213,27 @@ fn logging_an_adapter_sends_what_wandb_sends_and_commits_the_files() {
         "CreateArtifactManifest",
         "CreateArtifactFiles",
         "CommitArtifact",
+        "ArtifactByID",
     ] {
         let ours = &sent_operations(&sent, op)[0]["query"];
         let theirs = &recorded_operations(&recorded, op)[0]["query"];
         assert_eq!(ours, theirs, "{op}");
     }
+    // The saved version is looked up by the id CreateArtifact gave, as wandb looks it up.
+    assert_eq!(
+        sent_operations(&sent, "ArtifactByID")[0]["variables"],
+        json!({"id": logged.id})
+    );
+    assert_eq!(
+        recorded_operations(&recorded, "ArtifactByID")[0]["variables"],
+        json!({"id": recorded_operations(&recorded, "CommitArtifact")[0]["variables"]["artifactID"]})
+    );
+    assert_eq!(logged.version, Some(0));
+    assert_eq!(logged.reference(), "team/proj/demo-adapter:v0");
+    assert_eq!(
+        logged.weave_ref().as_deref(),
+        Some("wandb-artifact:///team/proj/demo-adapter:v0")
+    );
     // CreateArtifact: the same variables, the digest wandb computed, no historyStep (bora
     // logs the artifact after the run's last step; the recording logged it after one row).
     let ours = without_client_ids(sent_operations(&sent, "CreateArtifact")[0]["variables"].clone());
@@ -317,6 +335,7 @@ fn the_same_adapter_keeps_its_version_and_a_changed_one_gets_the_next() {
     );
     assert_eq!(same.id, v0.id);
     assert!(same.reused);
+    assert_eq!(same.version, Some(0), "the version W&B already had");
 
     let before = server.requests().len();
     let changed = adapter_dir(tmp.path(), 2);
@@ -341,7 +360,8 @@ fn the_same_adapter_keeps_its_version_and_a_changed_one_gets_the_next() {
 
     let committed = server.committed();
     assert_eq!(committed.len(), 2);
-    assert_eq!(committed[1].stored.version, 1);
+    assert_eq!(committed[1].stored.version, Some(1));
+    assert_eq!(v1.version, Some(1));
     assert_eq!(committed[1].files, files_of(&changed));
 }
 

@@ -12,8 +12,8 @@ use bora_hub::hub::Retry;
 use bora_hub::wandb::{ApiKey, WandbError};
 use bora_hub::weave::digest::{bytes_digest, table_digest, value_digest};
 use bora_hub::weave::{
-    record_evaluation, EvalRecord, ModelRecord, Prediction, RecordedEvaluation, ScorerRecord,
-    ServeTracer, TestRow, TracedRequest, WeaveClient,
+    record_evaluation, EvalRecord, ModelRecord, Prediction, RecordedEvaluation, ScorerKind,
+    ScorerRecord, ServeTracer, TestRow, TracedRequest, WeaveClient,
 };
 use serde_json::{json, Value};
 use weave_server::{multipart, Failure, FakeWeave, Request, ENTITY};
@@ -78,7 +78,7 @@ fn record_like_the_recording() -> EvalRecord {
                 .zip(&rows)
                 .map(|((answer, p, c), (_, expected))| Prediction {
                     answer: (*answer).into(),
-                    correct: answer.eq_ignore_ascii_case(expected),
+                    score: json!({"correct": answer.eq_ignore_ascii_case(expected)}),
                     prompt_tokens: *p,
                     completion_tokens: *c,
                     latency: Duration::from_millis(40),
@@ -98,8 +98,7 @@ fn record_like_the_recording() -> EvalRecord {
             .collect(),
         scorer: ScorerRecord {
             name: "exact_match".into(),
-            metric: "exact_match".into(),
-            judge: None,
+            kind: ScorerKind::Metric("exact_match".into()),
         },
         models,
     }
@@ -457,17 +456,18 @@ fn rebuild_and_compare(server: &FakeWeave, recorded: &RecordedEvaluation, record
             assert_eq!(row["prompt"], record.rows[i].prompt.as_str());
             let p = &model.predictions[i];
             assert_eq!(row_call["output"]["output"]["answer"], p.answer.as_str());
-            assert_eq!(
-                row_call["output"]["scores"]["exact_match"]["correct"],
-                p.correct
-            );
+            assert_eq!(row_call["output"]["scores"]["exact_match"], p.score);
             let predict = children(row_call["id"].as_str().unwrap());
             assert_eq!(predict.len(), 2);
             let usage = &predict[0]["summary"]["usage"][model.model_id.as_str()];
             assert_eq!(usage["prompt_tokens"], p.prompt_tokens);
             assert_eq!(usage["completion_tokens"], p.completion_tokens);
         }
-        let correct = model.predictions.iter().filter(|p| p.correct).count();
+        let correct = model
+            .predictions
+            .iter()
+            .filter(|p| p.score["correct"] == true)
+            .count();
         assert_eq!(
             root["output"]["exact_match"]["correct"]["true_count"],
             correct

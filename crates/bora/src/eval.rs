@@ -218,7 +218,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             let (mut results, mut samples) =
                 evaluate_with(&config, &args.decoding(), &mut progress())?;
             if let Some((model, judge_config)) = judge {
-                results.judge = Some(bora_eval::judge(&samples, model, judge_config)?);
+                results.judge = Some(bora_eval::judge(&mut samples, model, judge_config)?);
             }
             if let Some((arn, answers)) = deployed {
                 add_deployed(&mut results, &mut samples, &config.metric, arn, answers)?;
@@ -237,9 +237,22 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         let names = crate::weave::EvalNames {
             data: &args.data,
             tuned: &tuned,
+            run: args.run.as_deref(),
         };
-        crate::weave::record_eval(client, &results, &samples, &names)
-            .with_context(|| format!("the evaluation itself is saved: {}", report.display()))?;
+        match crate::weave::record_eval(client, &results, &samples, &names) {
+            Ok(()) => {}
+            Err(e) if crate::weave::weave_unavailable(&e) => eprintln!(
+                "warning: weave: the evaluation's traces were dropped, Weave did not take them \
+                 ({e:#}); the evaluation itself is saved: {}",
+                report.display()
+            ),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "the evaluation itself is saved: {}",
+                    report.display()
+                )))
+            }
+        }
     }
     if args.json {
         println!("{}", summary_json(&results));
@@ -328,7 +341,7 @@ pub fn eval_run(
     };
     let (mut results, mut samples) = evaluate_with(&eval_config, decoding, &mut progress())?;
     if let Some((model, judge_config)) = judge {
-        results.judge = Some(bora_eval::judge(&samples, model, judge_config)?);
+        results.judge = Some(bora_eval::judge(&mut samples, model, judge_config)?);
     }
     if let Some((arn, answers)) = deployed {
         add_deployed(

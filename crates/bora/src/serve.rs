@@ -180,7 +180,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     })?;
     if let Some(tracer) = tracer {
         let (sent, dropped, failed) = tracer.finish(TRACE_FLUSH);
-        eprintln!("weave: {sent} request(s) traced, {dropped} dropped, {failed} not sent");
+        let warning = if dropped + failed > 0 {
+            "warning: "
+        } else {
+            ""
+        };
+        eprintln!("{warning}weave: {sent} request(s) traced, {dropped} dropped, {failed} not sent");
     }
     Ok(())
 }

@@ -5,11 +5,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bora_eval::{AnswerUsage, EvalResults, SampleRow, GENERAL_RUBRIC};
-use bora_hub::wandb::Target;
+use bora_eval::{AnswerUsage, EvalResults, Judged, Outcome, SampleRow, GENERAL_RUBRIC};
+use bora_hub::wandb::{read_artifacts, Target, WandbError};
 use bora_hub::weave::{
-    record_evaluation, EvalRecord, ModelRecord, Prediction, ScorerRecord, TestRow, WeaveClient,
+    record_evaluation, EvalRecord, ModelRecord, Prediction, ScorerKind, ScorerRecord, TestRow,
+    WeaveClient,
 };
+use serde_json::{json, Value};
 
 /// Connects to the Weave project `--weave` names (PROJECT or PROJECT/ENTITY), creating it
 /// when missing; called before any long work so a missing key or an unreachable server
@@ -25,6 +27,9 @@ pub struct EvalNames<'a> {
     pub data: &'a Path,
     /// The tuned model's object name (the run's or the adapter directory's name).
     pub tuned: &'a str,
+    /// The run evaluated: the W&B artifact its directory records for the adapter is the
+    /// tuned model's `artifact`.
+    pub run: Option<&'a Path>,
 }
 
 /// Records `results` and their `samples` as a Weave evaluation of the base model and, when
@@ -45,28 +50,43 @@ pub fn record_eval(
         .data
         .file_stem()
         .map_or_else(|| "test".to_owned(), |s| s.to_string_lossy().into_owned());
+    let judged = results.judge.is_some();
     let scorer = match &results.judge {
         Some(j) => ScorerRecord {
             name: format!("judge-{}", j.judge),
-            metric: results.metric.clone(),
-            judge: Some((
-                j.judge.clone(),
-                j.rubric
+            kind: ScorerKind::Judge {
+                model: j.judge.clone(),
+                rubric: j
+                    .rubric
                     .clone()
                     .unwrap_or_else(|| GENERAL_RUBRIC.to_owned()),
-            )),
+                mode: j.mode.clone(),
+            },
         },
         None => ScorerRecord {
             name: results.metric.clone(),
-            metric: results.metric.clone(),
-            judge: None,
+            kind: ScorerKind::Metric(results.metric.clone()),
         },
     };
-    let prediction = |answer: &str, score: f64, usage: Option<AnswerUsage>| {
+    // The scorer's output for one side's answer: the judge's verdict from that side, or the
+    // task metric's.
+    let score = |s: &SampleRow, tuned: bool| {
+        if judged {
+            judge_score(s.judge.as_ref(), tuned)
+        } else {
+            let score = if tuned {
+                s.tuned_score.unwrap_or(0.0)
+            } else {
+                s.base_score
+            };
+            json!({"correct": score >= 0.5})
+        }
+    };
+    let prediction = |answer: &str, score: Value, usage: Option<AnswerUsage>| {
         let usage = usage.unwrap_or_default();
         Prediction {
             answer: answer.to_owned(),
-            correct: score >= 0.5,
+            score,
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             latency: Duration::try_from_secs_f64(usage.seconds).unwrap_or_default(),
@@ -80,24 +100,29 @@ pub fn record_eval(
         artifact: None,
         predictions: samples
             .iter()
-            .map(|s| prediction(&s.base, s.base_score, s.base_usage))
+            .map(|s| prediction(&s.base, score(s, false), s.base_usage))
             .collect(),
     }];
     if results.tuned.is_some() {
+        let artifact = match names.run {
+            Some(run) => read_artifacts(run)
+                .context("reading the run's W&B artifacts")?
+                .get("adapter")
+                .and_then(|a| a.weave_ref()),
+            None => None,
+        };
         models.push(ModelRecord {
             name: names.tuned.to_owned(),
             model_id: format!("{base_model}+{}", names.tuned),
             base_model,
             adapter: results.adapter.clone(),
-            // The run directory does not record a W&B artifact of its adapter; once it does,
-            // its `wandb-artifact:///ENTITY/PROJECT/NAME:VERSION` ref goes here.
-            artifact: None,
+            artifact,
             predictions: samples
                 .iter()
                 .map(|s| {
                     prediction(
                         s.tuned.as_deref().unwrap_or_default(),
-                        s.tuned_score.unwrap_or(0.0),
+                        score(s, true),
                         s.tuned_usage,
                     )
                 })
@@ -126,4 +151,39 @@ pub fn record_eval(
         client.project().id()
     );
     Ok(())
+}
+
+/// One side's score from the judge's verdict on a row: `win`, `tie` and `loss` from that
+/// side (none of them when the verdict was unreadable, so Weave's fractions are over the
+/// valid rows, as bora's rates are), `valid`, the better answer in each order, the reasons,
+/// and the side's 1–10 score when the judge scored.
+fn judge_score(judged: Option<&Judged>, tuned: bool) -> Value {
+    let Some(j) = judged else {
+        return json!({"valid": false});
+    };
+    let outcome = if tuned {
+        j.outcome
+    } else {
+        j.outcome.for_base()
+    };
+    let valid = outcome != Outcome::Invalid;
+    let is = |o: Outcome| valid.then_some(outcome == o);
+    let mut score = json!({
+        "win": is(Outcome::Win), "tie": is(Outcome::Tie), "loss": is(Outcome::Loss),
+        "valid": valid,
+        "winner": {"base_first": j.base_first, "tuned_first": j.tuned_first},
+        "reasons": j.reasons,
+    });
+    if let Some(s) = j.scores {
+        score["score"] = json!(if tuned { s.tuned } else { s.base });
+    }
+    score
+}
+
+/// Whether recording failed because Weave did not answer in time or answered that it cannot
+/// now (429, 5xx after the retries): then the traces are dropped and the evaluation, saved
+/// already, stands. A refused key or a request Weave rejects is an error to fix.
+pub fn weave_unavailable(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<WandbError>()
+        .is_some_and(WandbError::is_transient)
 }

@@ -254,13 +254,19 @@ fn train_and_eval_go_to_one_wandb_run() {
         "logged before the run finished"
     );
     assert!(
-        err.contains("W&B artifact: team/proj/tiny-adapter:latest (new version"),
+        err.contains("W&B artifact: team/proj/tiny-adapter:v0 (new version"),
         "{err}"
     );
     let recorded: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("wandb-artifacts.json")).unwrap())
             .unwrap();
     assert_eq!(recorded["adapter"]["id"], json!(adapter.stored.id));
+    // The version index, as W&B answered wandb's own lookup of the saved version.
+    assert_eq!(
+        recorded["adapter"]["version"],
+        json!(adapter.stored.version)
+    );
+    assert_eq!(recorded["adapter"]["version"], 0);
 
     let out = bora_env(
         &[

@@ -166,6 +166,79 @@ mutation CommitArtifact ($artifactID: ID!) {
 }
 ";
 
+/// The Python side's lookup of a saved artifact (`Artifact.wait` after `run.log_artifact`):
+/// the answer carries the version's `versionIndex`, the `vN` of its name.
+const ARTIFACT_BY_ID: &str = "query ArtifactByID ($id: ID!, $includeAliases: Boolean = true) {
+\tartifact(id: $id) {
+\t\t... ArtifactFragment
+\t}
+}
+fragment ArtifactAliasFragment on ArtifactAlias {
+\t__typename
+\tid
+\talias
+}
+fragment ArtifactFragment on Artifact {
+\t__typename
+\tid
+\tartifactSequence {
+\t\t... SourceCollectionInfoFragment
+\t}
+\tversionIndex
+\tartifactType {
+\t\tname
+\t}
+\tdescription
+\tmetadata
+\tttlDurationSeconds
+\tttlIsInherited
+\ttags {
+\t\t... TagFragment
+\t}
+\thistoryStep
+\tstate
+\tsize
+\tdigest
+\tcommitHash
+\tfileCount
+\tcreatedAt
+\tupdatedAt
+\taliases @include(if: $includeAliases) {
+\t\tartifactCollection {
+\t\t\t... CollectionInfoFragment
+\t\t}
+\t\t... ArtifactAliasFragment
+\t}
+}
+fragment CollectionInfoFragment on ArtifactCollection {
+\t__typename
+\tname
+\tproject {
+\t\t... ProjectInfoFragment
+\t}
+}
+fragment ProjectInfoFragment on Project {
+\tid
+\tinternalId
+\tname
+\tentity {
+\t\tname
+\t}
+}
+fragment SourceCollectionInfoFragment on ArtifactSequence {
+\t__typename
+\tname
+\tproject {
+\t\t... ProjectInfoFragment
+\t}
+}
+fragment TagFragment on Tag {
+\t__typename
+\tid
+\tname
+}
+";
+
 const USE_ARTIFACT: &str = "
         mutation UseArtifact($entityName: String!, $projectName: String!, $runName: String!, \
 $artifactID: ID!) {
@@ -412,15 +485,34 @@ pub struct LoggedArtifact {
     pub digest: String,
     /// The W&B run that logged it.
     pub run: String,
+    /// The version's index in its collection (`v0`, `v1`, ...), as W&B answered it; absent
+    /// from run directories written before bora asked for it, or when W&B did not answer.
+    #[serde(default)]
+    pub version: Option<u64>,
     /// True when W&B already had this content and gave the existing version back.
     #[serde(skip)]
     pub reused: bool,
 }
 
 impl LoggedArtifact {
-    /// `entity/project/name:latest`, the reference `wandb` and the W&B UI take.
+    /// `entity/project/name:vN` (`:latest` when the index is not known), the reference
+    /// `wandb` and the W&B UI take.
     pub fn reference(&self) -> String {
-        format!("{}/{}/{}:latest", self.entity, self.project, self.name)
+        let alias = self
+            .version
+            .map_or_else(|| "latest".to_owned(), |v| format!("v{v}"));
+        format!("{}/{}/{}:{alias}", self.entity, self.project, self.name)
+    }
+
+    /// `wandb-artifact:///entity/project/name:vN`, the form Weave refers to a W&B artifact
+    /// by (its `wandb-artifact` ref scheme), pinned to this version; `None` when the index
+    /// is not known, since `latest` would move when a newer version is logged.
+    pub fn weave_ref(&self) -> Option<String> {
+        let version = self.version?;
+        Some(format!(
+            "wandb-artifact:///{}/{}/{}:v{version}",
+            self.entity, self.project, self.name
+        ))
     }
 }
 
@@ -484,7 +576,7 @@ fn graphql_retried(
     let mut attempt = 1;
     loop {
         match client.graphql(operation, query, variables.clone()) {
-            Err(e) if attempt < retry.attempts && is_transient(&e) => {
+            Err(e) if attempt < retry.attempts && e.is_transient() => {
                 let delay = retry.delay(attempt);
                 tracing::warn!("W&B {operation} failed ({e}); retrying in {delay:?}");
                 retry.wait(delay);
@@ -492,14 +584,6 @@ fn graphql_retried(
             }
             other => return other,
         }
-    }
-}
-
-fn is_transient(e: &WandbError) -> bool {
-    match e {
-        WandbError::Transport { .. } => true,
-        WandbError::Status { status, .. } => *status == 429 || *status >= 500,
-        _ => false,
     }
 }
 
@@ -587,22 +671,53 @@ impl WandbRun {
             kind: spec.kind.to_owned(),
             digest,
             run: state.id.clone(),
+            version: None,
             reused: committed,
         };
-        if committed {
-            return Ok(logged);
+        if !committed {
+            self.upload_version(&id, latest.as_deref(), spec.manifest, retry)?;
+            const COMMIT: &str = "CommitArtifact";
+            let data = graphql_retried(
+                &self.client,
+                retry,
+                COMMIT,
+                COMMIT_ARTIFACT,
+                &json!({"artifactID": id}),
+            )?;
+            str_at(&data, "/commitArtifact/artifact/id", COMMIT)?;
         }
-        self.upload_version(&id, latest.as_deref(), spec.manifest, retry)?;
-        const COMMIT: &str = "CommitArtifact";
-        let data = graphql_retried(
+        Ok(LoggedArtifact {
+            version: self.version_index(&id, retry),
+            ..logged
+        })
+    }
+
+    /// The committed version's index, asked for as wandb asks once a version is saved
+    /// (`ArtifactByID`). The version is W&B's either way, so a failed lookup is a warning
+    /// and an unknown index, never a failed log.
+    fn version_index(&self, artifact_id: &str, retry: &Retry) -> Option<u64> {
+        const BY_ID: &str = "ArtifactByID";
+        let answer = graphql_retried(
             &self.client,
             retry,
-            COMMIT,
-            COMMIT_ARTIFACT,
-            &json!({"artifactID": id}),
-        )?;
-        str_at(&data, "/commitArtifact/artifact/id", COMMIT)?;
-        Ok(logged)
+            BY_ID,
+            ARTIFACT_BY_ID,
+            &json!({"id": artifact_id}),
+        )
+        .and_then(|data| {
+            data.pointer("/artifact/versionIndex")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| missing(BY_ID, "artifact.versionIndex"))
+        });
+        match answer {
+            Ok(index) => Some(index),
+            Err(e) => {
+                tracing::warn!(
+                    "W&B artifact {artifact_id} is committed; its version index is not known: {e}"
+                );
+                None
+            }
+        }
     }
 
     /// The history step an artifact logged now belongs to: the step after the last one

@@ -92,6 +92,18 @@ pub enum WandbError {
     },
 }
 
+impl WandbError {
+    /// The server did not answer, or answered that it cannot now (429, 5xx): a failure of
+    /// the moment, which a later try may not meet, unlike a refused key or a bad request.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WandbError::Transport { .. } => true,
+            WandbError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = WandbError> = std::result::Result<T, E>;
 
 /// The W&B project and, when not the key's default, the entity (user or team) it belongs to.

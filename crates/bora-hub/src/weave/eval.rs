@@ -22,24 +22,35 @@ pub struct TestRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
     pub answer: String,
-    /// The scorer's verdict on the answer.
-    pub correct: bool,
+    /// The scorer's output for the answer, a JSON object as a weave scorer returns one
+    /// (`{"correct": true}` for a task metric); summarized as weave summarizes scores.
+    pub score: Value,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     /// From the prompt's first token in to the answer's last token out.
     pub latency: Duration,
 }
 
-/// The scorer: one of bora's task metrics, or the judge (its model and rubric) when the
-/// judge compared the answers, with the task metric's verdict per row.
+/// The scorer: one of bora's task metrics, or the judge model that compared the answers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScorerRecord {
     /// The object name; also the key of its scores in each row and in the summary.
     pub name: String,
-    /// The task metric (`exact`, `json`, `regex:...`).
-    pub metric: String,
-    /// The judge model and its rubric, when the evaluation used one.
-    pub judge: Option<(String, String)>,
+    pub kind: ScorerKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScorerKind {
+    /// A task metric (`exact`, `json`, `regex:...`).
+    Metric(String),
+    /// A judge model grading the two models' answers against each other.
+    Judge {
+        model: String,
+        /// The rubric the judge was given, as sent.
+        rubric: String,
+        /// `pairwise`, or `pairwise+score` when each answer was also scored 1–10.
+        mode: String,
+    },
 }
 
 /// A model evaluated: the base alone or the base with an adapter.
@@ -94,7 +105,8 @@ const PREDICT_AND_SCORE_SOURCE: &str = "# Recorded by `bora eval`: one row's ans
 const SUMMARIZE_SOURCE: &str = "# Recorded by `bora eval`: the mean of each numeric column and the count and\n# fraction of true verdicts, as weave's auto_summarize computes them.\nasync def summarize(self, eval_table) -> dict:\n    ...\n";
 const PREDICT_SOURCE: &str = "# Recorded by `bora eval`: the answer bora generated for the prompt (the base model,\n# or the base with the LoRA adapter unmerged), with its token counts.\ndef predict(self, prompt: str) -> dict:\n    ...\n";
 const SCORE_SOURCE: &str = "# Recorded by `bora eval`: bora's task metric applied to the answer and the expected\n# answer (`exact`, `contains`, `json`, `regex:...`, `choice:...`, `tool_call`).\ndef score(self, *, output: dict, expected: str) -> dict:\n    ...\n";
-const SCORER_SUMMARIZE_SOURCE: &str = "# Recorded by `bora eval`: the count and fraction of rows scored correct.\ndef summarize(self, score_rows: list) -> dict:\n    ...\n";
+const JUDGE_SCORE_SOURCE: &str = "# Recorded by `bora eval --metric judge`: the judge model compared this answer with the\n# other model's, shown in both orders (base first, then tuned first), by the rubric.\n# win/tie/loss are this model's outcome over both orders (none when a verdict was\n# unreadable), winner names the better answer in each order, score is this answer's\n# 1-10 grade when the judge also scored.\ndef score(self, *, output: dict, expected: str) -> dict:\n    ...\n";
+const SCORER_SUMMARIZE_SOURCE: &str = "# Recorded by `bora eval`: weave's auto_summarize of the score rows (the count and\n# fraction of true verdicts, the mean of numbers).\ndef summarize(self, score_rows: list) -> dict:\n    ...\n";
 
 /// Records `record` in the client's project: the ops, the dataset (a table and a
 /// `Dataset`), the scorer, the `Evaluation`, then per model its object and its evaluate call
@@ -112,17 +124,16 @@ pub fn record_evaluation(client: &WeaveClient, record: &EvalRecord) -> Result<Re
         let digest = create_object(client, name, val)?;
         Ok(project.object_ref("op", name, &digest))
     };
-    let scorer_class = if record.scorer.judge.is_some() {
-        "BoraJudge"
-    } else {
-        "BoraMetric"
+    let (scorer_class, score_source) = match &record.scorer.kind {
+        ScorerKind::Metric(_) => ("BoraMetric", SCORE_SOURCE),
+        ScorerKind::Judge { .. } => ("BoraJudge", JUDGE_SCORE_SOURCE),
     };
     let ops = Ops {
         evaluate: op("Evaluation.evaluate", EVALUATE_SOURCE)?,
         predict_and_score: op("Evaluation.predict_and_score", PREDICT_AND_SCORE_SOURCE)?,
         summarize: op("Evaluation.summarize", SUMMARIZE_SOURCE)?,
         predict: op(&format!("{MODEL_CLASS}.predict"), PREDICT_SOURCE)?,
-        score: op(&format!("{scorer_class}.score"), SCORE_SOURCE)?,
+        score: op(&format!("{scorer_class}.score"), score_source)?,
         scorer_summarize: op("Scorer.summarize", SCORER_SUMMARIZE_SOURCE)?,
     };
 
@@ -147,11 +158,18 @@ pub fn record_evaluation(client: &WeaveClient, record: &EvalRecord) -> Result<Re
     let scorer_name = super::object_name(&record.scorer.name);
     let mut scorer_val = json!({
         "_type": scorer_class, "name": scorer_name, "description": null, "column_map": null,
-        "metric": record.scorer.metric,
     });
-    if let Some((judge, rubric)) = &record.scorer.judge {
-        scorer_val["judge"] = json!(judge);
-        scorer_val["rubric"] = json!(rubric);
+    match &record.scorer.kind {
+        ScorerKind::Metric(metric) => scorer_val["metric"] = json!(metric),
+        ScorerKind::Judge {
+            model,
+            rubric,
+            mode,
+        } => {
+            scorer_val["judge"] = json!(model);
+            scorer_val["rubric"] = json!(rubric);
+            scorer_val["mode"] = json!(mode);
+        }
     }
     scorer_val["score"] = json!(ops.score);
     scorer_val["summarize"] = json!(ops.scorer_summarize);
@@ -308,7 +326,7 @@ fn record_model(
             "requests": 1, "prompt_tokens": p.prompt_tokens,
             "completion_tokens": p.completion_tokens, "total_tokens": total_tokens,
         }});
-        let verdict = json!({"correct": p.correct});
+        let verdict = p.score.clone();
         let row_start = *clock;
         let row_end = row_start + p.latency;
         *clock = row_end;
@@ -453,23 +471,75 @@ fn record_model(
 }
 
 /// The evaluate call's output, as weave's `Evaluation.summarize` computes it from the rows:
-/// the mean of each token count and of the latency, and the scorer's count and fraction of
-/// correct rows (the answer text, a string, has no summary).
+/// the mean of each token count and of the latency, and the scorer's summary of its scores
+/// (the answer text, a string, has no summary).
 fn summarize(model: &ModelRecord, score_key: &str) -> Value {
     let n = model.predictions.len().max(1) as f64;
     let mean = |f: &dyn Fn(&Prediction) -> f64| -> f64 {
         model.predictions.iter().map(f).sum::<f64>() / n
     };
-    let correct = model.predictions.iter().filter(|p| p.correct).count();
+    let scores: Vec<Value> = model.predictions.iter().map(|p| p.score.clone()).collect();
     json!({
         "output": {"usage": {
             "prompt_tokens": {"mean": mean(&|p| p.prompt_tokens as f64)},
             "completion_tokens": {"mean": mean(&|p| p.completion_tokens as f64)},
             "total_tokens": {"mean": mean(&|p| (p.prompt_tokens + p.completion_tokens) as f64)},
         }},
-        score_key: {"correct": {"true_count": correct, "true_fraction": correct as f64 / n}},
+        score_key: auto_summarize(&scores),
         "model_latency": {"mean": mean(&|p| p.latency.as_secs_f64())},
     })
+}
+
+/// weave's `auto_summarize`: over the non-null values of a column, the count and fraction
+/// of `true` for booleans, the mean for numbers, and per key (nested) for objects; other
+/// values (strings, lists) and columns of nulls have no summary (`null`). As weave does, a
+/// key's summary that has the key itself in it is merged into its parent.
+fn auto_summarize(values: &[Value]) -> Value {
+    let present: Vec<&Value> = values.iter().filter(|v| !v.is_null()).collect();
+    let Some(first) = present.first() else {
+        return Value::Null;
+    };
+    match first {
+        Value::Bool(_) => {
+            let count = present.iter().filter(|v| v.as_bool() == Some(true)).count();
+            json!({"true_count": count, "true_fraction": count as f64 / present.len() as f64})
+        }
+        Value::Number(_) => {
+            let sum: f64 = present.iter().filter_map(|v| v.as_f64()).sum();
+            json!({"mean": sum / present.len() as f64})
+        }
+        Value::Object(_) => {
+            let mut keys: Vec<&String> = Vec::new();
+            for object in present.iter().filter_map(|v| v.as_object()) {
+                for key in object.keys() {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+            let mut out = Map::new();
+            for key in keys {
+                let column: Vec<Value> = present
+                    .iter()
+                    .filter_map(|v| v.as_object())
+                    .map(|o| o.get(key).cloned().unwrap_or(Value::Null))
+                    .collect();
+                match auto_summarize(&column) {
+                    Value::Null => {}
+                    Value::Object(summary) if summary.contains_key(key) => out.extend(summary),
+                    summary => {
+                        out.insert(key.clone(), summary);
+                    }
+                }
+            }
+            if out.is_empty() {
+                Value::Null
+            } else {
+                Value::Object(out)
+            }
+        }
+        _ => Value::Null,
+    }
 }
 
 /// The `attributes` weave gives a call: who wrote it and, inside an evaluation, the
@@ -578,5 +648,41 @@ fn digest_field(answer: &Value, field: &str, what: &'static str) -> Result<Strin
             what,
             message: format!("the answer has no usable `{field}`: {answer}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_are_summarized_as_weave_summarizes_them() {
+        let rows = [
+            json!({"win": true, "loss": false, "score": 8, "winner": {"base_first": "tuned"}}),
+            json!({"win": false, "loss": true, "score": 3, "winner": {"base_first": "base"}}),
+            json!({"win": null, "loss": null, "valid": false}),
+        ];
+        let summary = auto_summarize(&rows);
+        // Nulls leave the count; strings have no summary; a bool column counts its trues.
+        assert_eq!(
+            summary["win"],
+            json!({"true_count": 1, "true_fraction": 0.5})
+        );
+        assert_eq!(summary["score"], json!({"mean": 5.5}));
+        assert_eq!(
+            summary["valid"],
+            json!({"true_count": 0, "true_fraction": 0.0})
+        );
+        assert!(summary.get("winner").is_none(), "{summary}");
+        // A key whose summary holds the key itself is merged into its parent.
+        let nested = [
+            json!({"correct": {"correct": true}}),
+            json!({"correct": {"correct": false}}),
+        ];
+        assert_eq!(
+            auto_summarize(&nested),
+            json!({"correct": {"true_count": 1, "true_fraction": 0.5}})
+        );
+        assert_eq!(auto_summarize(&[Value::Null]), Value::Null);
     }
 }

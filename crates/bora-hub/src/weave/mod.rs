@@ -31,8 +31,8 @@ mod tracer;
 
 pub use client::{trace_server_url, WeaveClient};
 pub use eval::{
-    record_evaluation, EvalRecord, ModelRecord, Prediction, RecordedEvaluation, ScorerRecord,
-    TestRow,
+    record_evaluation, EvalRecord, ModelRecord, Prediction, RecordedEvaluation, ScorerKind,
+    ScorerRecord, TestRow,
 };
 pub use ids::{timestamp, uuid7};
 pub use tracer::{ServeTracer, TracedRequest, TRACE_QUEUE};

@@ -52,6 +52,8 @@ pub struct ServeTracer {
 
 #[derive(Debug, Default)]
 struct Counts {
+    /// Taken into the queue.
+    queued: AtomicU64,
     sent: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
@@ -97,9 +99,12 @@ impl ServeTracer {
             },
             None => false,
         };
-        if !sent {
-            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        let count = if sent {
+            &self.counts.queued
+        } else {
+            &self.counts.dropped
+        };
+        count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Traces sent, dropped (queue full or Weave unreachable) and lost in failed batches.
@@ -111,7 +116,8 @@ impl ServeTracer {
         )
     }
 
-    /// Stops taking traces and waits up to `limit` for the queued ones to be sent.
+    /// Stops taking traces and waits up to `limit` for the queued ones to be sent; those
+    /// still queued or in flight then (Weave hanging or never reached) count as dropped.
     pub fn finish(&self, limit: Duration) -> (u64, u64, u64) {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
         let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -123,7 +129,10 @@ impl ServeTracer {
             });
             let _ = wait.recv_timeout(limit);
         }
-        self.counts()
+        let (sent, dropped, failed) = self.counts();
+        let queued = self.counts.queued.load(Ordering::Relaxed);
+        let left = queued.saturating_sub(sent + failed);
+        (sent, dropped + left, failed)
     }
 }
 

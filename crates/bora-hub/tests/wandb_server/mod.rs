@@ -48,12 +48,17 @@ struct FaultRule {
 #[derive(Debug, Clone)]
 pub struct StoredArtifact {
     pub id: String,
+    pub entity: String,
+    pub project: String,
     pub collection: String,
     pub kind: String,
+    pub description: Value,
     pub digest: String,
     pub metadata: Value,
+    pub history_step: Value,
     pub run: String,
-    pub version: usize,
+    /// The index among the collection's committed versions (`vN`), given at the commit.
+    pub version: Option<usize>,
     pub committed: bool,
     /// The uploaded `wandb_manifest.json`, once sent.
     pub manifest: Option<Value>,
@@ -494,22 +499,21 @@ fn artifact_operation(op: &str, vars: &Value, state: &mut State) -> Option<Resul
                     l.clone()
                 }
                 _ => {
-                    let version = artifacts
-                        .versions
-                        .iter()
-                        .filter(|a| a.collection == collection)
-                        .count();
                     let id = base64::engine::general_purpose::STANDARD
                         .encode(format!("Artifact:{}", artifacts.versions.len() + 1));
                     let a = StoredArtifact {
                         id,
+                        entity: input["entityName"].as_str().unwrap().to_owned(),
+                        project: input["projectName"].as_str().unwrap().to_owned(),
                         collection,
                         kind: input["artifactTypeName"].as_str().unwrap().to_owned(),
+                        description: input["description"].clone(),
                         digest,
                         metadata: serde_json::from_str(input["metadata"].as_str().unwrap())
                             .unwrap(),
+                        history_step: input["historyStep"].clone(),
                         run: input["runName"].as_str().unwrap().to_owned(),
-                        version,
+                        version: None,
                         committed: false,
                         manifest: None,
                     };
@@ -591,6 +595,18 @@ fn artifact_operation(op: &str, vars: &Value, state: &mut State) -> Option<Resul
         "CommitArtifact" => {
             let id = vars["artifactID"].as_str().unwrap();
             let storage = &artifacts.storage;
+            let collection = artifacts
+                .versions
+                .iter()
+                .find(|a| a.id == id)
+                .unwrap()
+                .collection
+                .clone();
+            let next_version = artifacts
+                .versions
+                .iter()
+                .filter(|a| a.collection == collection && a.committed)
+                .count();
             let a = artifacts.versions.iter_mut().find(|a| a.id == id).unwrap();
             let complete = a.manifest.as_ref().is_some_and(|m| {
                 m["contents"]
@@ -601,10 +617,49 @@ fn artifact_operation(op: &str, vars: &Value, state: &mut State) -> Option<Resul
             });
             if complete {
                 a.committed = true;
+                a.version = Some(next_version);
                 Ok(json!({"commitArtifact": {"artifact": {"id": a.id, "digest": a.digest}}}))
             } else {
                 Err("the manifest or a file it lists was not uploaded".to_owned())
             }
+        }
+        // The fields of wandb's `ArtifactFragment`, the ones its `ArtifactByID` asks for.
+        "ArtifactByID" => {
+            let id = vars["id"].as_str().unwrap();
+            let artifact = artifacts.versions.iter().find(|a| a.id == id).map(|a| {
+                let project = json!({"id": "UHJvamVjdDox", "internalId": "1",
+                                     "name": a.project, "entity": {"name": a.entity}});
+                let collection = json!({"__typename": "ArtifactSequence", "name": a.collection,
+                                        "project": project});
+                let aliases = if a.committed {
+                    json!([{"__typename": "ArtifactAlias", "id": "QWxpYXM6MQ==",
+                            "alias": "latest", "artifactCollection": collection}])
+                } else {
+                    json!([])
+                };
+                let manifest = a.manifest.as_ref();
+                let files = manifest.map_or(0, |m| m["contents"].as_object().unwrap().len());
+                let size: u64 = manifest.map_or(0, |m| {
+                    m["contents"]
+                        .as_object()
+                        .unwrap()
+                        .values()
+                        .map(|e| e["size"].as_u64().unwrap())
+                        .sum()
+                });
+                json!({
+                    "__typename": "Artifact", "id": a.id, "artifactSequence": collection,
+                    "versionIndex": a.version, "artifactType": {"name": a.kind},
+                    "description": a.description, "metadata": a.metadata.to_string(),
+                    "ttlDurationSeconds": -1, "ttlIsInherited": true, "tags": [],
+                    "historyStep": a.history_step,
+                    "state": if a.committed { "COMMITTED" } else { "PENDING" },
+                    "size": size, "digest": a.digest, "commitHash": "abcdef012345",
+                    "fileCount": files, "createdAt": "2026-01-01T00:00:00", "updatedAt": null,
+                    "aliases": aliases,
+                })
+            });
+            Ok(json!({ "artifact": artifact }))
         }
         "UseArtifact" => {
             let id = vars["artifactID"].as_str().unwrap().to_owned();
