@@ -2,6 +2,8 @@
 //! stand-in for W&B's API and the Weave trace server (`bora-hub/tests/weave_server`), with
 //! W&B's artifact API (`bora-hub/tests/wandb_server`) for a tracked run and a loopback
 //! Mistral API (`bora-hub/tests/mistral_api`) as the judge.
+// Each of the three stand-ins includes the shared HTTP reader (`http_wire`) privately.
+#![allow(clippy::duplicate_mod)]
 
 mod common;
 #[path = "../../bora-hub/tests/mistral_api/mod.rs"]
