@@ -300,6 +300,32 @@ struct Setup {
     run: PathBuf,
 }
 
+/// `bora eval --run` scores the run directory as it would a local run's.
+fn assert_eval_reads_the_run(s: &Setup) {
+    let out = bora_env(
+        &s.hub.url,
+        s.home.path(),
+        &[],
+        &[
+            "eval",
+            "--run",
+            s.run.to_str().unwrap(),
+            "--data",
+            s.data.to_str().unwrap(),
+            "--metric",
+            "exact",
+            "--limit",
+            "2",
+            "--max-tokens",
+            "2",
+            "--json",
+        ],
+    );
+    assert_ok(&out);
+    let v: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["n"], 2);
+}
+
 fn setup() -> Setup {
     let hub = FakeHub::start();
     hub.add_model(model_repo());
@@ -553,29 +579,7 @@ fn a_run_on_hf_jobs_mirrors_metrics_and_checkpoints_and_leaves_a_run_dir() {
     assert!(!s.run.join(".torch-job").exists());
     assert_token_kept_secret(&out, &s.run);
 
-    // The run directory is one eval uses as a local run's.
-    let out = bora_env(
-        &s.hub.url,
-        s.home.path(),
-        &[],
-        &[
-            "eval",
-            "--run",
-            s.run.to_str().unwrap(),
-            "--data",
-            s.data.to_str().unwrap(),
-            "--metric",
-            "exact",
-            "--limit",
-            "2",
-            "--max-tokens",
-            "2",
-            "--json",
-        ],
-    );
-    assert_ok(&out);
-    let v: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
-    assert_eq!(v["n"], 2);
+    assert_eval_reads_the_run(&s);
 
     // The same run again: nothing of the job files is sent twice.
     let again = s.home.path().join("runs/support");
@@ -886,29 +890,7 @@ fn the_real_job_trains_against_the_test_hub_and_resumes_from_its_checkpoint() {
     }
     assert_same_adapter(&s.run, &whole, 1e-4);
 
-    // bora eval reads the run directory as a local run's.
-    let out = bora_env(
-        &s.hub.url,
-        s.home.path(),
-        &[],
-        &[
-            "eval",
-            "--run",
-            s.run.to_str().unwrap(),
-            "--data",
-            s.data.to_str().unwrap(),
-            "--metric",
-            "exact",
-            "--limit",
-            "2",
-            "--max-tokens",
-            "2",
-            "--json",
-        ],
-    );
-    assert_ok(&out);
-    let v: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
-    assert_eq!(v["n"], 2);
+    assert_eval_reads_the_run(&s);
 }
 
 #[test]

@@ -13,10 +13,10 @@ mod wandb_server;
 #[path = "../../bora-hub/tests/weave_server/mod.rs"]
 mod weave_server;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Lines, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_ok, bora, model_dir, write_chats};
@@ -374,11 +374,10 @@ fn post_stream(addr: &str, path: &str, body: &Value) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn serve_traces_each_answered_request_as_a_weave_call() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = FakeWeave::start();
-    let model = model_dir(tmp.path(), "llama");
+/// `bora serve --weave` on the tiny Llama in `home`, tracing to `weave`: the child, its
+/// stderr lines after the address, and the address.
+fn serve_traced(home: &Path, weave: &FakeWeave) -> (Child, Lines<BufReader<ChildStderr>>, String) {
+    let model = model_dir(home, "llama");
     let mut child = command(
         &[
             "serve",
@@ -389,10 +388,11 @@ fn serve_traces_each_answered_request_as_a_weave_call() {
             "--weave",
             "bora-evals/bora-team",
         ],
-        tmp.path(),
-        &server,
+        home,
+        weave,
         true,
     )
+    .stdout(Stdio::null())
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
@@ -406,6 +406,14 @@ fn serve_traces_each_answered_request_as_a_weave_call() {
             break at.trim().to_owned();
         }
     };
+    (child, lines, addr)
+}
+
+#[test]
+fn serve_traces_each_answered_request_as_a_weave_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FakeWeave::start();
+    let (mut child, _stderr_kept_open, addr) = serve_traced(tmp.path(), &server);
     let mut answers = Vec::new();
     for prompt in ["a b c", "d e f"] {
         let response = post(
@@ -721,35 +729,7 @@ fn serve_answers_while_weave_never_answers_and_counts_the_traces_dropped() {
     let tmp = tempfile::tempdir().unwrap();
     let weave = FakeWeave::start();
     weave.fail_from(0, Failure::Hang);
-    let model = model_dir(tmp.path(), "llama");
-    let mut child = command(
-        &[
-            "serve",
-            "--model",
-            model.to_str().unwrap(),
-            "--port",
-            "0",
-            "--weave",
-            "bora-evals/bora-team",
-        ],
-        tmp.path(),
-        &weave,
-        true,
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("bora serve prints its address")
-            .unwrap();
-        if let Some(at) = line.split("on http://").nth(1) {
-            break at.trim().to_owned();
-        }
-    };
+    let (mut child, lines, addr) = serve_traced(tmp.path(), &weave);
     // The requests go in once the tracer's first request to Weave is held unanswered.
     let limit = Instant::now() + Duration::from_secs(120);
     while !weave
