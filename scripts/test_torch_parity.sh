@@ -13,5 +13,5 @@ if [ ! -x .venv-torch/bin/python ]; then
 fi
 .venv-torch/bin/pip install --quiet -r trainers/torch/requirements.txt
 export BORA_TORCH_PYTHON="$PWD/.venv-torch/bin/python"
-cargo test --release -p bora --test torch_parity -- --ignored --test-threads=1 "$@"
-cargo test --release -p bora --test hf_jobs_cli -- --ignored --test-threads=1 "$@"
+cargo test --release --workspace --test torch_parity -- --ignored --test-threads=1 "$@"
+cargo test --release --workspace --test hf_jobs_cli -- --ignored --test-threads=1 "$@"
